@@ -1,0 +1,350 @@
+/*
+ * vector.c: vectors as SQL arrays, and the SQL distance operators.
+ *
+ * A vector is a one-dimensional real[] without NULLs, NaN or infinity. Queries
+ * may also come as double precision[] or numeric[] (what client libraries send
+ * for a list of floats); they are converted to float4 with a range check.
+ *
+ * vidx_array_to_vector runs on every insert and every query, so the common
+ * case, a float4[] without a null bitmap, is a single pass over the data.
+ */
+#include "vidx.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/numeric.h"
+
+PG_FUNCTION_INFO_V1(vidx_l2_distance);
+PG_FUNCTION_INFO_V1(vidx_negative_inner_product);
+PG_FUNCTION_INFO_V1(vidx_cosine_distance);
+
+/* Bits of a float32 exponent; all set means NaN or infinity. */
+#define FLOAT4_EXP_MASK 0x7f800000U
+
+/* Raises the error for a non-finite element (NaN or +-Infinity) at subscript. */
+static void
+report_nonfinite(bool is_nan, int subscript, const char *what)
+{
+	if (is_nan)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s must not contain NaN", what),
+				 errdetail("The element at subscript %d is NaN.", subscript)));
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("%s must not contain infinite values", what),
+			 errdetail("The element at subscript %d is infinite.", subscript)));
+}
+
+/*
+ * Checks that n floats are finite. The common case is one branch-free pass the
+ * compiler can vectorize; only on failure is the culprit located.
+ */
+static void
+check_finite_float4(const float *v, int n, int lbound, const char *what)
+{
+	uint32		bad = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		uint32		bits;
+
+		memcpy(&bits, &v[i], sizeof(bits));
+		bad |= ((bits & FLOAT4_EXP_MASK) == FLOAT4_EXP_MASK);
+	}
+	if (likely(bad == 0))
+		return;
+
+	for (i = 0; i < n; i++)
+	{
+		if (!isfinite(v[i]))
+			report_nonfinite(isnan(v[i]), lbound + i, what);
+	}
+}
+
+/*
+ * Converts one finite-or-not double to float4, raising the proper error for
+ * NaN, infinity or a finite value out of the range of real.
+ */
+static inline float
+double_to_float4(double d, int subscript, const char *what)
+{
+	float		f;
+
+	if (unlikely(!isfinite(d)))
+		report_nonfinite(isnan(d), subscript, what);
+	f = (float) d;
+	if (unlikely(isinf(f)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s contains a value out of range for type real", what),
+				 errdetail("The element at subscript %d is %g.", subscript, d)));
+	return f;
+}
+
+/*
+ * Validates the array's shape and element type; returns the element count.
+ * Everything here is checked before anything is allocated.
+ */
+static int
+check_array_shape(ArrayType *array, const char *what)
+{
+	Oid			elemtype = ARR_ELEMTYPE(array);
+	int			ndim = ARR_NDIM(array);
+	int			n;
+
+	if (elemtype != FLOAT4OID && elemtype != FLOAT8OID && elemtype != NUMERICOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("%s must be an array of real, double precision or numeric, not %s",
+						what, format_type_be(elemtype))));
+	if (ndim > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s must be a one-dimensional array", what),
+				 errdetail("The array has %d dimensions.", ndim)));
+
+	n = (ndim == 0) ? 0 : ARR_DIMS(array)[0];
+	if (n <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("%s must have at least 1 dimension", what)));
+	if (n > VIDX_MAX_DIMS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s cannot have more than %d dimensions", what, VIDX_MAX_DIMS),
+				 errdetail("The array has %d elements.", n)));
+	return n;
+}
+
+/* Raises the error for the first NULL element of an array known to have one. */
+static void
+report_null_element(ArrayType *array, int n, const char *what)
+{
+	bits8	   *bitmap = ARR_NULLBITMAP(array);
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (bitmap != NULL && !(bitmap[i / 8] & (1 << (i % 8))))
+			break;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("%s must not contain NULL elements", what),
+			 errdetail("The element at subscript %d is NULL.", ARR_LBOUND(array)[0] + i)));
+}
+
+/*
+ * The vector of an array: for a float4[] without NULLs, a pointer into the
+ * array's own data when copy is false (or a palloc'd copy when it is true);
+ * for other element types always a palloc'd float array.
+ */
+static float *
+array_to_vector_internal(ArrayType *array, int *dims, const char *what, bool copy)
+{
+	int			n = check_array_shape(array, what);
+	int			lbound = ARR_LBOUND(array)[0];
+	Oid			elemtype = ARR_ELEMTYPE(array);
+	float	   *result;
+	int			i;
+
+	if (ARR_HASNULL(array) && array_contains_nulls(array))
+		report_null_element(array, n, what);
+
+	if (elemtype == FLOAT4OID)
+	{
+		/* No NULLs, so the data is n contiguous, int-aligned floats. */
+		const float *data = (const float *) ARR_DATA_PTR(array);
+
+		check_finite_float4(data, n, lbound, what);
+		if (copy)
+		{
+			result = (float *) palloc(sizeof(float) * n);
+			memcpy(result, data, sizeof(float) * n);
+		}
+		else
+			result = (float *) data;
+	}
+	else if (elemtype == FLOAT8OID)
+	{
+		/* No NULLs, so the data is n contiguous, double-aligned float8s. */
+		const float8 *data = (const float8 *) ARR_DATA_PTR(array);
+
+		result = (float *) palloc(sizeof(float) * n);
+		for (i = 0; i < n; i++)
+			result[i] = double_to_float4(data[i], lbound + i, what);
+	}
+	else
+	{
+		Datum	   *elems;
+		int			nelems;
+
+		deconstruct_array(array, NUMERICOID, -1, false, TYPALIGN_INT,
+						  &elems, NULL, &nelems);
+		Assert(nelems == n);
+		result = (float *) palloc(sizeof(float) * n);
+		for (i = 0; i < n; i++)
+		{
+			Numeric		num = DatumGetNumeric(elems[i]);
+			double		d;
+
+			/* Tell NaN and Infinity apart from values too large for float8. */
+			if (numeric_is_nan(num))
+				report_nonfinite(true, lbound + i, what);
+			if (numeric_is_inf(num))
+				report_nonfinite(false, lbound + i, what);
+			d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+												   NumericGetDatum(num)));
+			if (isinf(d))
+				ereport(ERROR,
+						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+						 errmsg("%s contains a value out of range for type real", what),
+						 errdetail("The element at subscript %d is %s.", lbound + i,
+								   numeric_out_sci(num, 6))));
+			result[i] = double_to_float4(d, lbound + i, what);
+		}
+		pfree(elems);
+	}
+
+	*dims = n;
+	return result;
+}
+
+float *
+vidx_array_to_vector(ArrayType *array, int *dims, const char *what)
+{
+	return array_to_vector_internal(array, dims, what, true);
+}
+
+void
+vidx_check_dims(int dims, int expected, Relation index)
+{
+	if (dims == expected)
+		return;
+	if (index != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("vector has %d dimensions, but index \"%s\" has %d",
+						dims, RelationGetRelationName(index), expected)));
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("different vector dimensions %d and %d", dims, expected)));
+}
+
+void
+vidx_check_nonzero(const float *v, int dims)
+{
+	/* The core's own kernel, so "zero" means exactly what makes it divide by 0. */
+	if (vidx_norm_sq(v, dims) == 0.0f)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("cosine distance is undefined for a zero vector")));
+}
+
+/*
+ * The metric in double precision, used only when the core's float kernels
+ * overflow (elements beyond about 1e19 in magnitude): every real is finite
+ * as a double and so are these sums, so the operator never returns infinity.
+ */
+static double
+distance_double(VidxMetric metric, const float *a, const float *b, int dims)
+{
+	double		acc = 0.0;
+	double		na = 0.0;
+	double		nb = 0.0;
+	double		c;
+	int			i;
+
+	switch (metric)
+	{
+		case VIDX_METRIC_L2:
+			for (i = 0; i < dims; i++)
+			{
+				double		d = (double) a[i] - (double) b[i];
+
+				acc += d * d;
+			}
+			return sqrt(acc);
+		case VIDX_METRIC_IP:
+			for (i = 0; i < dims; i++)
+				acc += (double) a[i] * (double) b[i];
+			return -acc;
+		case VIDX_METRIC_COSINE:
+			for (i = 0; i < dims; i++)
+			{
+				acc += (double) a[i] * (double) b[i];
+				na += (double) a[i] * (double) a[i];
+				nb += (double) b[i] * (double) b[i];
+			}
+			c = acc / (sqrt(na) * sqrt(nb));
+			if (c > 1.0)
+				c = 1.0;
+			else if (c < -1.0)
+				c = -1.0;
+			return 1.0 - c;
+	}
+	pg_unreachable();
+}
+
+/* Common body of the three SQL functions. */
+static Datum
+distance_common(FunctionCallInfo fcinfo, VidxMetric metric)
+{
+	ArrayType  *left = PG_GETARG_ARRAYTYPE_P(0);
+	ArrayType  *right = PG_GETARG_ARRAYTYPE_P(1);
+	const float *a;
+	const float *b;
+	int			adims;
+	int			bdims;
+	double		result;
+
+	a = array_to_vector_internal(left, &adims, "vector", false);
+	b = array_to_vector_internal(right, &bdims, "query vector", false);
+	vidx_check_dims(adims, bdims, NULL);
+
+	if (metric == VIDX_METRIC_COSINE)
+	{
+		vidx_check_nonzero(a, adims);
+		vidx_check_nonzero(b, bdims);
+	}
+
+	result = vidx_distance(metric, a, b, adims);
+	if (unlikely(!isfinite(result)))
+		result = distance_double(metric, a, b, adims);
+	if (result == 0.0)
+		result = 0.0;			/* no -0 from <#> of orthogonal vectors */
+	else if (metric == VIDX_METRIC_COSINE)
+	{
+		/* Rounding can push 1 - cos just outside [0, 2]. */
+		if (result < 0.0)
+			result = 0.0;
+		else if (result > 2.0)
+			result = 2.0;
+	}
+
+	PG_RETURN_FLOAT8(result);
+}
+
+Datum
+vidx_l2_distance(PG_FUNCTION_ARGS)
+{
+	return distance_common(fcinfo, VIDX_METRIC_L2);
+}
+
+Datum
+vidx_negative_inner_product(PG_FUNCTION_ARGS)
+{
+	return distance_common(fcinfo, VIDX_METRIC_IP);
+}
+
+Datum
+vidx_cosine_distance(PG_FUNCTION_ARGS)
+{
+	return distance_common(fcinfo, VIDX_METRIC_COSINE);
+}
