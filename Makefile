@@ -1,0 +1,32 @@
+# vidx: PGXS build of the extension (C glue + C++ core).
+#   make && make install        build and install into the PostgreSQL that pg_config names
+#   make installcheck           pg_regress tests (sql/ + expected/) against a running server
+# The core's unit tests and micro-benchmarks are built by CMake (see CMakeLists.txt).
+
+EXTENSION = vidx
+MODULE_big = vidx
+DATA = sql/vidx--0.1.0.sql
+
+GLUE_OBJS = src/vidx.o src/vector.o src/pages.o src/sidecar.o src/build.o \
+	src/insert.o src/scan.o src/vacuum.o src/functions.o
+CORE_OBJS = src/core/distance.o src/core/rotation.o src/core/rabitq.o \
+	src/core/kmeans.o src/core/tree.o src/core/sidecar_format.o src/core/topk.o
+OBJS = $(GLUE_OBJS) $(CORE_OBJS)
+
+REGRESS = vector_ops index_basic index_options index_vacuum
+REGRESS_OPTS = --load-extension=vidx
+
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Wno-declaration-after-statement
+PG_CXXFLAGS = -std=c++17 -fopenmp -Wall -Wextra
+SHLIB_LINK = -lstdc++ -fopenmp
+
+# No LLVM bitcode: the core is C++ with OpenMP, and JIT inlining of the glue buys nothing.
+override with_llvm = no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# The core's hot loops are worth more than PostgreSQL's default -O2.
+$(CORE_OBJS): CXXFLAGS += -O3

@@ -1,0 +1,507 @@
+/*
+ * build.c: CREATE INDEX (ambuild) and the init fork of unlogged indexes
+ * (ambuildempty).
+ *
+ * The build reads every vector once: it writes the original vector to the
+ * sidecar in slot order and keeps the rotated (normalized, for cosine) vector
+ * in memory. Then: k-means on a seeded sample gives the leaf centroids, the
+ * core groups them into a tree, every vector is assigned to its nearest leaf
+ * and encoded, and the pages are written in one pass in block order:
+ *
+ *   block 0          metapage
+ *   blocks 1..T      tree pages (the tree blob, verbatim)
+ *   then             the posting chain of leaf 0, of leaf 1, ...
+ *
+ * The pages are WAL-logged once, as whole pages, after they are written
+ * (log_newpage_range), as PostgreSQL's own bulk builds do.
+ */
+#include "vidx.h"
+
+#include <math.h>
+
+#include "access/tableam.h"
+#include "access/xloginsert.h"
+#include "catalog/index.h"
+#include "commands/progress.h"
+#include "common/pg_prng.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/smgr.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#define VIDX_SAMPLE_SEED UINT64CONST(0x76696478)	/* "vidx" */
+#define VIDX_KMEANS_SEED UINT64CONST(0x6b6d65616e73)
+
+typedef struct VidxBuildState
+{
+	Relation	index;
+	VidxMetric	metric;
+	int			dims;
+	uint64		build_id;
+	int64		ntuples;
+	int64		capacity;
+	float	   *vectors;		/* ntuples x dims, index space */
+	ItemPointerData *tids;
+	uint32	   *vhashes;
+	void	   *rotation;
+	float	   *scratch;
+	MemoryContext tmpcxt;
+} VidxBuildState;
+
+/* Leaves from the row count: sqrt(N), at least 1. */
+static int
+default_lists(int64 ntuples)
+{
+	double		l = sqrt((double) ntuples);
+
+	return (int) Max(1.0, Min(l, 1000000.0));
+}
+
+static void
+build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
+			   bool tupleIsAlive, void *state)
+{
+	VidxBuildState *bs = (VidxBuildState *) state;
+	MemoryContext old;
+	float	   *v;
+	int			dims;
+
+	if (isnull[0])
+		return;
+
+	old = MemoryContextSwitchTo(bs->tmpcxt);
+	v = vidx_array_to_vector(DatumGetArrayTypeP(values[0]), &dims, "vector");
+	if (bs->dims == 0)
+	{
+		MemoryContextSwitchTo(old);
+		bs->dims = dims;
+		bs->rotation = palloc(vidx_rotation_size(dims));
+		vidx_rotation_init(bs->rotation, dims, VIDX_ROTATION_SEED);
+		bs->scratch = palloc(sizeof(float) * dims);
+		vidx_sidecar_build_begin(index, dims, bs->build_id);
+		MemoryContextSwitchTo(bs->tmpcxt);
+	}
+	else if (dims != bs->dims)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("vector has %d dimensions, but earlier vectors of index \"%s\" have %d",
+						dims, RelationGetRelationName(index), bs->dims)));
+	if (bs->metric == VIDX_METRIC_COSINE)
+		vidx_check_nonzero(v, dims);
+
+	if (bs->ntuples == bs->capacity)
+	{
+		int64		cap = Max(1024, bs->capacity * 2);
+
+		MemoryContextSwitchTo(old);
+		if (bs->vectors == NULL)
+		{
+			bs->vectors = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * dims * cap);
+			bs->tids = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(ItemPointerData) * cap);
+			bs->vhashes = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * cap);
+		}
+		else
+		{
+			bs->vectors = repalloc_huge(bs->vectors, sizeof(float) * dims * cap);
+			bs->tids = repalloc_huge(bs->tids, sizeof(ItemPointerData) * cap);
+			bs->vhashes = repalloc_huge(bs->vhashes, sizeof(uint32) * cap);
+		}
+		bs->capacity = cap;
+		MemoryContextSwitchTo(bs->tmpcxt);
+	}
+
+	vidx_sidecar_build_write(bs->ntuples, tid, v);
+	bs->tids[bs->ntuples] = *tid;
+	bs->vhashes[bs->ntuples] = vidx_vector_hash(v, dims);
+	if (bs->metric == VIDX_METRIC_COSINE)
+	{
+		float		norm = sqrtf(vidx_norm_sq(v, dims));
+
+		for (int i = 0; i < dims; i++)
+			bs->scratch[i] = v[i] / norm;
+		vidx_rotation_apply(bs->rotation, bs->scratch, bs->vectors + bs->ntuples * dims);
+	}
+	else
+		vidx_rotation_apply(bs->rotation, v, bs->vectors + bs->ntuples * dims);
+	bs->ntuples++;
+
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(bs->tmpcxt);
+}
+
+/* Called by the core between k-means iterations, on this thread only. */
+static int
+kmeans_progress(void *arg, int64_t done, int64_t total)
+{
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL, total);
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, done);
+	return InterruptPending ? 1 : 0;
+}
+
+/* ---------- page writer: main fork through shared buffers, init fork through smgr ---------- */
+
+typedef struct PageWriter
+{
+	Relation	index;
+	ForkNumber	fork;
+	BlockNumber nblocks;
+	PGAlignedBlock page;
+} PageWriter;
+
+static void
+emit_page(PageWriter *w)
+{
+	Page		page = w->page.data;
+
+	if (w->fork == MAIN_FORKNUM)
+	{
+		Buffer		buf = vidx_new_buffer(w->index);
+
+		if (BufferGetBlockNumber(buf) != w->nblocks)
+			elog(ERROR, "vidx: unexpected block %u while building, expected %u",
+				 BufferGetBlockNumber(buf), w->nblocks);
+		memcpy(BufferGetPage(buf), page, BLCKSZ);
+		MarkBufferDirty(buf);
+		UnlockReleaseBuffer(buf);
+	}
+	else
+	{
+		log_newpage(&RelationGetSmgr(w->index)->smgr_rnode.node, w->fork, w->nblocks, page,
+					true);
+		PageSetChecksumInplace(page, w->nblocks);
+		smgrextend(RelationGetSmgr(w->index), w->fork, w->nblocks, page, true);
+	}
+	w->nblocks++;
+}
+
+static void
+finish_pages(PageWriter *w)
+{
+	if (w->fork == MAIN_FORKNUM)
+	{
+		if (RelationNeedsWAL(w->index) && w->nblocks > 0)
+			log_newpage_range(w->index, MAIN_FORKNUM, 0, w->nblocks, true);
+	}
+	else
+		smgrimmedsync(RelationGetSmgr(w->index), w->fork);
+}
+
+/* Number of postings that fit a page. */
+static int
+postings_per_page(int dims)
+{
+	Size		item = MAXALIGN(vidx_posting_size(dims));
+	Size		space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) -
+		MAXALIGN(sizeof(VidxPageOpaqueData));
+
+	return (int) (space / (item + sizeof(ItemIdData)));
+}
+
+/*
+ * Writes the whole index: metapage, tree pages, posting chains. postings holds
+ * ntuples postings of posting_size bytes, already grouped by leaf in leaf
+ * order, counts[l] of them for leaf l.
+ */
+static void
+write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *tree,
+			size_t tree_size, const char *postings, int64 ntuples, const uint32 *counts)
+{
+	const VidxTreeHeader *th = (const VidxTreeHeader *) tree;
+	int			nleaves = th->nleaves;
+	Size		psize = vidx_posting_size(dims);
+	int			per_page = postings_per_page(dims);
+	uint32		tree_pages = (uint32) ((tree_size + VIDX_TREE_PAGE_CAPACITY - 1) /
+									   VIDX_TREE_PAGE_CAPACITY);
+	BlockNumber *heads = palloc(sizeof(BlockNumber) * nleaves);
+	BlockNumber next_head = 1 + tree_pages;
+	VidxMetaPage meta;
+	const char *p = postings;
+
+	/* Chains are laid out leaf after leaf: their head blocks are known now. */
+	for (int l = 0; l < nleaves; l++)
+	{
+		heads[l] = next_head;
+		next_head += Max(1, (counts[l] + per_page - 1) / per_page);
+	}
+	for (uint32 i = 0; i < th->nnodes; i++)
+	{
+		VidxTreeNode *node = (VidxTreeNode *) vidx_tree_node(tree, i);
+
+		if (node->nchildren == 0)
+			node->head_block = heads[node->leaf_id];
+	}
+
+	/* Metapage. */
+	vidx_init_page(w->page.data, VIDX_PAGE_META);
+	meta = VidxPageGetMeta(w->page.data);
+	memset(meta, 0, sizeof(VidxMetaPageData));
+	meta->magic = VIDX_MAGIC;
+	meta->version = VIDX_FORMAT_VERSION;
+	meta->dims = dims;
+	meta->metric = metric;
+	meta->build_id = build_id;
+	meta->rotation_seed = VIDX_ROTATION_SEED;
+	meta->tree_start = 1;
+	meta->tree_pages = tree_pages;
+	meta->tree_bytes = tree_size;
+	meta->tree_version = 1;
+	meta->nleaves = nleaves;
+	meta->levels = th->levels;
+	meta->next_slot = ntuples;
+	meta->built_tuples = ntuples;
+	((PageHeader) w->page.data)->pd_lower = ((char *) meta + sizeof(VidxMetaPageData)) -
+		(char *) w->page.data;
+	emit_page(w);
+
+	/* Tree pages. */
+	for (uint32 i = 0; i < tree_pages; i++)
+	{
+		size_t		off = (size_t) i * VIDX_TREE_PAGE_CAPACITY;
+		size_t		n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, tree_size - off);
+
+		vidx_init_page(w->page.data, VIDX_PAGE_TREE);
+		memcpy(PageGetContents(w->page.data), (char *) tree + off, n);
+		((PageHeader) w->page.data)->pd_lower = (PageGetContents(w->page.data) + n) -
+			(char *) w->page.data;
+		emit_page(w);
+	}
+
+	/* Posting chains. */
+	for (int l = 0; l < nleaves; l++)
+	{
+		int			npages = Max(1, (counts[l] + per_page - 1) / per_page);
+		uint32		left = counts[l];
+
+		CHECK_FOR_INTERRUPTS();
+		for (int pg = 0; pg < npages; pg++)
+		{
+			VidxPageOpaque opaque;
+			int			n = Min((uint32) per_page, left);
+
+			vidx_init_page(w->page.data, VIDX_PAGE_POSTING);
+			opaque = VidxPageGetOpaque(w->page.data);
+			opaque->head = heads[l];
+			opaque->leaf_id = l;
+			opaque->next = (pg + 1 < npages) ? w->nblocks + 1 : InvalidBlockNumber;
+			if (pg == 0)
+			{
+				opaque->last = heads[l] + npages - 1;
+				/* Inserts start at the last page: the build filled the others. */
+				opaque->insert_hint = opaque->last;
+			}
+			for (int i = 0; i < n; i++)
+			{
+				if (PageAddItem(w->page.data, (Item) p, psize, InvalidOffsetNumber, false,
+								false) == InvalidOffsetNumber)
+					elog(ERROR, "vidx: failed to add posting to a new page");
+				p += psize;
+			}
+			left -= n;
+			emit_page(w);
+		}
+	}
+	finish_pages(w);
+	pfree(heads);
+}
+
+/* The tree of an index with no vector yet: a root and one leaf, no dims. */
+static void *
+empty_tree(size_t *size)
+{
+	char		err[256];
+	float		dummy = 0;
+	void	   *blob = vidx_tree_build(&dummy, NULL, 1, 0, VIDX_DEFAULT_FANOUT, VIDX_KMEANS_SEED,
+									   size, err, sizeof(err));
+	void	   *copy;
+
+	if (blob == NULL)
+		vidx_core_check(VIDX_E_INTERNAL, "tree build", err);
+	copy = palloc(*size);
+	memcpy(copy, blob, *size);
+	vidx_tree_free(blob);
+	return copy;
+}
+
+static uint64
+new_build_id(void)
+{
+	return (uint64) GetCurrentTimestamp() ^ ((uint64) MyProcPid << 48);
+}
+
+/* Chooses the sample rows (seeded partial Fisher-Yates) and copies them. */
+static float *
+sample_vectors(const VidxBuildState *bs, int64 nsample)
+{
+	float	   *sample;
+	int64	   *perm;
+	pg_prng_state rng;
+
+	if (nsample >= bs->ntuples)
+		return bs->vectors;
+	perm = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(int64) * bs->ntuples);
+	for (int64 i = 0; i < bs->ntuples; i++)
+		perm[i] = i;
+	pg_prng_seed(&rng, VIDX_SAMPLE_SEED);
+	for (int64 i = 0; i < nsample; i++)
+	{
+		int64		j = i + (int64) pg_prng_uint64_range(&rng, 0, bs->ntuples - 1 - i);
+		int64		t = perm[i];
+
+		perm[i] = perm[j];
+		perm[j] = t;
+	}
+	sample = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * bs->dims * nsample);
+	for (int64 i = 0; i < nsample; i++)
+		memcpy(sample + i * bs->dims, bs->vectors + perm[i] * bs->dims, sizeof(float) * bs->dims);
+	pfree(perm);
+	return sample;
+}
+
+IndexBuildResult *
+vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
+{
+	IndexBuildResult *result = palloc0(sizeof(IndexBuildResult));
+	VidxOptions *opts = vidx_index_options(index);
+	VidxBuildState bs;
+	PageWriter *w = palloc0(sizeof(PageWriter));
+	double		reltuples;
+	void	   *tree;
+	size_t		tree_size;
+	uint32	   *counts;
+	char	   *postings;
+	int			nleaves;
+	char		err[256];
+
+	if (RelationGetNumberOfBlocks(index) != 0)
+		elog(ERROR, "index \"%s\" already contains data", RelationGetRelationName(index));
+
+	memset(&bs, 0, sizeof(bs));
+	bs.index = index;
+	bs.metric = vidx_index_metric(index);
+	bs.build_id = new_build_id();
+	bs.tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "vidx build tuple",
+									  ALLOCSET_DEFAULT_SIZES);
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_LOAD);
+	reltuples = table_index_build_scan(heap, index, indexInfo, true, true, build_callback,
+									   &bs, NULL);
+
+	w->index = index;
+	w->fork = MAIN_FORKNUM;
+
+	if (bs.ntuples == 0)
+	{
+		uint32		zero = 0;
+
+		/* Nothing to cluster: one leaf; the first insert fixes the dimensions. */
+		if (bs.dims > 0)
+			vidx_sidecar_build_end();
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
+		tree = empty_tree(&tree_size);
+		write_index(w, bs.metric, 0, bs.build_id, tree, tree_size, NULL, 0, &zero);
+		result->heap_tuples = reltuples;
+		result->index_tuples = 0;
+		return result;
+	}
+	vidx_sidecar_build_end();
+
+	/* Leaves and k-means on a sample. */
+	{
+		int64		nsample;
+		float	   *sample;
+		float	   *centroids;
+		int32	   *assignment;
+		int			fanout = opts->fanout > 0 ? opts->fanout : VIDX_DEFAULT_FANOUT;
+		Size		psize = vidx_posting_size(bs.dims);
+		int64	   *offsets;
+
+		nleaves = opts->lists > 0 ? opts->lists : default_lists(bs.ntuples);
+		nleaves = (int) Min((int64) nleaves, bs.ntuples);
+		nsample = opts->sample_rows > 0 ? opts->sample_rows : Max(10000, (int64) nleaves * 64);
+		nsample = Min(Max(nsample, (int64) nleaves), bs.ntuples);
+
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_KMEANS);
+		sample = sample_vectors(&bs, nsample);
+		centroids = MemoryContextAllocHuge(CurrentMemoryContext,
+										   sizeof(float) * bs.dims * nleaves);
+		vidx_core_check(vidx_kmeans(sample, nsample, bs.dims, nleaves, opts->kmeans_iterations,
+									VIDX_KMEANS_SEED, centroids, kmeans_progress, NULL, err,
+									sizeof(err)),
+						"k-means", err);
+		if (sample != bs.vectors)
+			pfree(sample);
+
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_ASSIGN);
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL, bs.ntuples);
+		assignment = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(int32) * bs.ntuples);
+		vidx_assign(bs.vectors, bs.ntuples, bs.dims, centroids, nleaves, assignment);
+		CHECK_FOR_INTERRUPTS();
+
+		counts = palloc0(sizeof(uint32) * nleaves);
+		for (int64 i = 0; i < bs.ntuples; i++)
+			counts[assignment[i]]++;
+
+		{
+			void	   *blob = vidx_tree_build(centroids, counts, nleaves, bs.dims, fanout,
+											   VIDX_KMEANS_SEED, &tree_size, err, sizeof(err));
+
+			if (blob == NULL)
+				vidx_core_check(VIDX_E_NOMEM, "tree build", err);
+			tree = MemoryContextAllocHuge(CurrentMemoryContext, tree_size);
+			memcpy(tree, blob, tree_size);
+			vidx_tree_free(blob);
+		}
+		CHECK_FOR_INTERRUPTS();
+
+		/* Encode each vector against its leaf centroid, grouped by leaf. */
+		offsets = palloc(sizeof(int64) * (nleaves + 1));
+		offsets[0] = 0;
+		for (int l = 0; l < nleaves; l++)
+			offsets[l + 1] = offsets[l] + counts[l];
+		postings = MemoryContextAllocHuge(CurrentMemoryContext, psize * bs.ntuples);
+		for (int64 i = 0; i < bs.ntuples; i++)
+		{
+			int32		l = assignment[i];
+			VidxPosting *p = (VidxPosting *) (postings + psize * offsets[l]++);
+
+			memset(p, 0, psize);
+			vidx_rabitq_encode(bs.vectors + i * bs.dims, centroids + (int64) l * bs.dims,
+							   bs.dims, p);
+			p->heap_block = ItemPointerGetBlockNumber(&bs.tids[i]);
+			p->heap_offset = ItemPointerGetOffsetNumber(&bs.tids[i]);
+			p->slot = (uint32) i;
+			p->vhash = bs.vhashes[i];
+			if ((i & 1023) == 0)
+			{
+				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i);
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+		pfree(offsets);
+		pfree(assignment);
+		pfree(centroids);
+	}
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
+	write_index(w, bs.metric, bs.dims, bs.build_id, tree, tree_size, postings, bs.ntuples,
+				counts);
+
+	result->heap_tuples = reltuples;
+	result->index_tuples = bs.ntuples;
+	return result;
+}
+
+void
+vidx_buildempty(Relation index)
+{
+	PageWriter *w = palloc0(sizeof(PageWriter));
+	size_t		tree_size;
+	void	   *tree = empty_tree(&tree_size);
+	uint32		zero = 0;
+
+	w->index = index;
+	w->fork = INIT_FORKNUM;
+	write_index(w, vidx_index_metric(index), 0, new_build_id(), tree, tree_size, NULL, 0, &zero);
+}

@@ -1,0 +1,204 @@
+/*
+ * insert.c: aminsert. Route the vector down the tree to its nearest leaf,
+ * encode it against that leaf's centroid, take a sidecar slot from the
+ * metapage, write the sidecar record, then append the posting to the leaf's
+ * chain.
+ *
+ * Locking: at most one metapage lock, never together with another lock; on a
+ * chain, the head page first, then chain pages in chain order, then a new
+ * page. Every page change goes through GenericXLog.
+ */
+#include "vidx.h"
+
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "storage/bufmgr.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+/*
+ * Takes a sidecar slot; on an index that has no dimensions yet, the first
+ * vector fixes them. Returns the metapage as updated.
+ */
+static uint64
+take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
+{
+	Buffer		buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
+	GenericXLogState *state;
+	VidxMetaPage meta;
+	uint64		slot;
+
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	state = GenericXLogStart(index);
+	meta = VidxPageGetMeta(GenericXLogRegisterBuffer(state, buf, 0));
+	if (meta->dims == 0)
+	{
+		meta->dims = dims;
+		meta->tree_version++;
+	}
+	else if (meta->dims != (uint32) dims)
+	{
+		int			have = meta->dims;
+
+		GenericXLogAbort(state);
+		UnlockReleaseBuffer(buf);
+		vidx_check_dims(dims, have, index);
+	}
+	slot = meta->next_slot++;
+	memcpy(meta_out, meta, sizeof(VidxMetaPageData));
+	GenericXLogFinish(state);
+	UnlockReleaseBuffer(buf);
+	return slot;
+}
+
+/* Appends one posting to the chain that starts at head. */
+static void
+append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psize)
+{
+	Buffer		hbuf = ReadBuffer(index, head);
+	Buffer		cbuf;
+	BlockNumber target;
+	GenericXLogState *state;
+	Page		hpage;
+	Page		cpage;
+	VidxPageOpaque hopaque;
+
+	LockBuffer(hbuf, BUFFER_LOCK_EXCLUSIVE);
+	hopaque = VidxPageGetOpaque(BufferGetPage(hbuf));
+	if (hopaque->page_type != VIDX_PAGE_POSTING || hopaque->head != head)
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("index \"%s\": block %u is not the head of a posting chain",
+						RelationGetRelationName(index), head)));
+	target = BlockNumberIsValid(hopaque->insert_hint) ? hopaque->insert_hint : head;
+
+	/* Walk from the hint to the first page with room. */
+	cbuf = (target == head) ? hbuf : ReadBuffer(index, target);
+	if (cbuf != hbuf)
+		LockBuffer(cbuf, BUFFER_LOCK_EXCLUSIVE);
+	for (;;)
+	{
+		BlockNumber next;
+
+		if (PageGetFreeSpace(BufferGetPage(cbuf)) >= MAXALIGN(psize))
+			break;
+		next = VidxPageGetOpaque(BufferGetPage(cbuf))->next;
+		if (!BlockNumberIsValid(next))
+			break;
+		if (cbuf != hbuf)
+			UnlockReleaseBuffer(cbuf);
+		cbuf = ReadBuffer(index, next);
+		LockBuffer(cbuf, BUFFER_LOCK_EXCLUSIVE);
+	}
+
+	state = GenericXLogStart(index);
+	hpage = GenericXLogRegisterBuffer(state, hbuf, 0);
+	cpage = (cbuf == hbuf) ? hpage : GenericXLogRegisterBuffer(state, cbuf, 0);
+	hopaque = VidxPageGetOpaque(hpage);
+
+	if (PageGetFreeSpace(cpage) >= MAXALIGN(psize))
+	{
+		if (PageAddItem(cpage, (Item) p, psize, InvalidOffsetNumber, false, false) ==
+			InvalidOffsetNumber)
+			elog(ERROR, "vidx: failed to add posting to block %u", BufferGetBlockNumber(cbuf));
+		hopaque->insert_hint = BufferGetBlockNumber(cbuf);
+	}
+	else
+	{
+		/* The chain is full: link a new page after its last one. */
+		Buffer		nbuf = vidx_new_buffer(index);
+		Page		npage = GenericXLogRegisterBuffer(state, nbuf, GENERIC_XLOG_FULL_IMAGE);
+		VidxPageOpaque nopaque;
+
+		vidx_init_page(npage, VIDX_PAGE_POSTING);
+		nopaque = VidxPageGetOpaque(npage);
+		nopaque->head = head;
+		nopaque->leaf_id = hopaque->leaf_id;
+		if (PageAddItem(npage, (Item) p, psize, InvalidOffsetNumber, false, false) ==
+			InvalidOffsetNumber)
+			elog(ERROR, "vidx: failed to add posting to a new page");
+		VidxPageGetOpaque(cpage)->next = BufferGetBlockNumber(nbuf);
+		hopaque->last = BufferGetBlockNumber(nbuf);
+		hopaque->insert_hint = BufferGetBlockNumber(nbuf);
+		GenericXLogFinish(state);
+		UnlockReleaseBuffer(nbuf);
+		if (cbuf != hbuf)
+			UnlockReleaseBuffer(cbuf);
+		UnlockReleaseBuffer(hbuf);
+		return;
+	}
+	GenericXLogFinish(state);
+	if (cbuf != hbuf)
+		UnlockReleaseBuffer(cbuf);
+	UnlockReleaseBuffer(hbuf);
+}
+
+bool
+vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, Relation heap,
+			IndexUniqueCheck checkUnique, bool indexUnchanged, IndexInfo *indexInfo)
+{
+	MemoryContext cxt;
+	MemoryContext old;
+	VidxMetaPageData meta;
+	VidxTreeCache *cache;
+	float	   *v;
+	float	   *x;
+	int			dims;
+	uint64		slot;
+	void	   *search;
+	int32		leaf;
+	float		key;
+	Size		psize;
+	VidxPosting *p;
+	const VidxTreeNode *node;
+
+	/* A NULL vector is simply not indexed. */
+	if (isnull[0])
+		return false;
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx insert", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+
+	v = vidx_array_to_vector(DatumGetArrayTypeP(values[0]), &dims, "vector");
+	vidx_read_meta(index, &meta);
+	if (meta.metric == VIDX_METRIC_COSINE)
+		vidx_check_nonzero(v, dims);
+	if (meta.dims != 0)
+		vidx_check_dims(dims, meta.dims, index);
+
+	slot = take_slot(index, dims, &meta);
+	if (slot > UINT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("index \"%s\" has used all its sidecar slots",
+						RelationGetRelationName(index)),
+				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+
+	/* The record is in the sidecar before any posting points at it. */
+	vidx_sidecar_append(index, &meta, slot, heap_tid, v);
+
+	cache = vidx_get_tree(index, &meta);
+	x = palloc(sizeof(float) * dims);
+	vidx_to_index_space(cache, v, x);
+	search = palloc(vidx_tree_search_size(cache->tree));
+	vidx_tree_search_begin(search, cache->tree, meta.metric == VIDX_METRIC_IP ? VIDX_METRIC_L2 :
+						   (VidxMetric) meta.metric, x);
+	leaf = vidx_tree_search_next(search, cache->tree, &key);
+	if (leaf < 0)
+		elog(ERROR, "vidx: index \"%s\" has no leaf", RelationGetRelationName(index));
+	node = vidx_tree_node(cache->tree, leaf);
+
+	psize = vidx_posting_size(dims);
+	p = palloc0(psize);
+	vidx_rabitq_encode(x, vidx_tree_centroid(node), dims, p);
+	p->heap_block = ItemPointerGetBlockNumber(heap_tid);
+	p->heap_offset = ItemPointerGetOffsetNumber(heap_tid);
+	p->slot = (uint32) slot;
+	p->vhash = vidx_vector_hash(v, dims);
+
+	append_to_chain(index, node->head_block, p, psize);
+
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return false;
+}

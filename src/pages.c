@@ -1,0 +1,232 @@
+/*
+ * pages.c: page helpers, the metapage, and the per-backend tree cache.
+ */
+#include "vidx.h"
+
+#include <math.h>
+
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+Buffer
+vidx_new_buffer(Relation index)
+{
+	Buffer		buf;
+	bool		needLock = !RELATION_IS_LOCAL(index);
+
+	if (needLock)
+		LockRelationForExtension(index, ExclusiveLock);
+	buf = ReadBufferExtended(index, MAIN_FORKNUM, P_NEW, RBM_NORMAL, NULL);
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	if (needLock)
+		UnlockRelationForExtension(index, ExclusiveLock);
+	return buf;
+}
+
+void
+vidx_init_page(Page page, uint16 page_type)
+{
+	VidxPageOpaque opaque;
+
+	PageInit(page, BLCKSZ, sizeof(VidxPageOpaqueData));
+	opaque = VidxPageGetOpaque(page);
+	opaque->next = InvalidBlockNumber;
+	opaque->head = InvalidBlockNumber;
+	opaque->last = InvalidBlockNumber;
+	opaque->insert_hint = InvalidBlockNumber;
+	opaque->leaf_id = 0;
+	opaque->page_type = page_type;
+	opaque->page_id = VIDX_PAGE_ID;
+}
+
+void
+vidx_read_meta(Relation index, VidxMetaPageData *meta)
+{
+	Buffer		buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
+	Page		page;
+
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	memcpy(meta, VidxPageGetMeta(page), sizeof(VidxMetaPageData));
+	UnlockReleaseBuffer(buf);
+
+	if (meta->magic != VIDX_MAGIC)
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("index \"%s\" is not a valid vidx index (bad metapage magic)",
+						RelationGetRelationName(index)),
+				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+	if (meta->version != VIDX_FORMAT_VERSION)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("index \"%s\" has vidx format version %u, this build reads version %u",
+						RelationGetRelationName(index), meta->version, VIDX_FORMAT_VERSION),
+				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+}
+
+/* ---------- tree cache ---------- */
+
+#define VIDX_TREE_CACHE_SLOTS 8
+
+typedef struct TreeCacheSlot
+{
+	bool		valid;
+	uint64		last_used;
+	MemoryContext cxt;
+	VidxTreeCache cache;
+} TreeCacheSlot;
+
+static TreeCacheSlot tree_slots[VIDX_TREE_CACHE_SLOTS];
+static uint64 tree_clock = 0;
+
+/* Reads the tree blob spread over the tree pages into cxt. */
+static void *
+read_tree_blob(Relation index, const VidxMetaPageData *meta, MemoryContext cxt)
+{
+	char	   *blob = MemoryContextAllocHuge(cxt, Max(meta->tree_bytes, 1));
+	size_t		done = 0;
+	char		err[256];
+
+	for (uint32 i = 0; i < meta->tree_pages; i++)
+	{
+		Buffer		buf = ReadBuffer(index, meta->tree_start + i);
+		Page		page;
+		size_t		n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, meta->tree_bytes - done);
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		if (VidxPageGetOpaque(page)->page_type != VIDX_PAGE_TREE)
+		{
+			UnlockReleaseBuffer(buf);
+			ereport(ERROR,
+					(errcode(ERRCODE_INDEX_CORRUPTED),
+					 errmsg("index \"%s\": block %u is not a tree page",
+							RelationGetRelationName(index), meta->tree_start + i)));
+		}
+		memcpy(blob + done, PageGetContents(page), n);
+		UnlockReleaseBuffer(buf);
+		done += n;
+	}
+	if (done != meta->tree_bytes ||
+		vidx_tree_check(blob, meta->tree_bytes, err, sizeof(err)) != VIDX_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("index \"%s\" has a corrupted tree: %s",
+						RelationGetRelationName(index),
+						done != meta->tree_bytes ? "short tree pages" : err),
+				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+	return blob;
+}
+
+/*
+ * An index built on an empty table has a one-leaf tree without centroid
+ * dimensions; once the first vector fixes dims, its leaf centroid is the zero
+ * vector of that many dimensions.
+ */
+static void *
+widen_empty_tree(const void *blob, int dims, MemoryContext cxt, size_t *size)
+{
+	const VidxTreeHeader *h = (const VidxTreeHeader *) blob;
+	size_t		node_size = MAXALIGN(sizeof(VidxTreeNode) + sizeof(float) * dims);
+	size_t		total = sizeof(VidxTreeHeader) + node_size * h->nnodes;
+	char	   *out = MemoryContextAllocZero(cxt, total);
+	VidxTreeHeader *oh = (VidxTreeHeader *) out;
+
+	*oh = *h;
+	oh->dims = dims;
+	oh->node_size = node_size;
+	for (uint32 i = 0; i < h->nnodes; i++)
+		memcpy(out + sizeof(VidxTreeHeader) + node_size * i, vidx_tree_node(blob, i),
+			   sizeof(VidxTreeNode));
+	*size = total;
+	return out;
+}
+
+VidxTreeCache *
+vidx_get_tree(Relation index, const VidxMetaPageData *meta)
+{
+	TreeCacheSlot *slot = NULL;
+	VidxTreeCache *c;
+	void	   *blob;
+
+	if (meta->dims == 0)
+		elog(ERROR, "vidx: index \"%s\" has no dimensions yet", RelationGetRelationName(index));
+
+	for (int i = 0; i < VIDX_TREE_CACHE_SLOTS; i++)
+	{
+		TreeCacheSlot *s = &tree_slots[i];
+
+		if (s->valid && s->cache.index_oid == RelationGetRelid(index) &&
+			RelFileNodeEquals(s->cache.node, index->rd_node) &&
+			s->cache.build_id == meta->build_id && s->cache.tree_version == meta->tree_version &&
+			s->cache.dims == (int) meta->dims)
+		{
+			s->last_used = ++tree_clock;
+			return &s->cache;
+		}
+	}
+
+	/* Miss: take an empty slot or the least recently used one. */
+	for (int i = 0; i < VIDX_TREE_CACHE_SLOTS; i++)
+	{
+		TreeCacheSlot *s = &tree_slots[i];
+
+		if (slot == NULL || !s->valid || s->last_used < slot->last_used)
+		{
+			slot = s;
+			if (!s->valid)
+				break;
+		}
+	}
+	slot->valid = false;
+	if (slot->cxt == NULL)
+		slot->cxt = AllocSetContextCreate(TopMemoryContext, "vidx tree cache",
+										  ALLOCSET_DEFAULT_SIZES);
+	else
+		MemoryContextReset(slot->cxt);
+
+	c = &slot->cache;
+	c->index_oid = RelationGetRelid(index);
+	c->node = index->rd_node;
+	c->build_id = meta->build_id;
+	c->tree_version = meta->tree_version;
+	c->dims = meta->dims;
+	c->metric = (VidxMetric) meta->metric;
+
+	blob = read_tree_blob(index, meta, slot->cxt);
+	if (((VidxTreeHeader *) blob)->dims == 0)
+		blob = widen_empty_tree(blob, meta->dims, slot->cxt, &c->tree_size);
+	else if (((VidxTreeHeader *) blob)->dims != meta->dims)
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("index \"%s\": tree dims %u differ from metapage dims %u",
+						RelationGetRelationName(index), ((VidxTreeHeader *) blob)->dims,
+						meta->dims)));
+	else
+		c->tree_size = meta->tree_bytes;
+	c->tree = blob;
+
+	c->rotation = MemoryContextAlloc(slot->cxt, vidx_rotation_size(meta->dims));
+	vidx_rotation_init(c->rotation, meta->dims, meta->rotation_seed);
+
+	slot->last_used = ++tree_clock;
+	slot->valid = true;
+	return c;
+}
+
+void
+vidx_to_index_space(const VidxTreeCache *cache, const float *v, float *out)
+{
+	if (cache->metric == VIDX_METRIC_COSINE)
+	{
+		float		norm = sqrtf(vidx_norm_sq(v, cache->dims));
+
+		for (int i = 0; i < cache->dims; i++)
+			out[i] = v[i] / norm;
+		vidx_rotation_apply(cache->rotation, out, out);
+	}
+	else
+		vidx_rotation_apply(cache->rotation, v, out);
+}

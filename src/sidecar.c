@@ -1,0 +1,436 @@
+/*
+ * sidecar.c: the file of full-precision vectors beside a vidx index.
+ *
+ * The sidecar is an accelerator, never the source of truth: each record is
+ * checked against the posting that points at it (heap TID and vector hash, both
+ * in WAL-logged index pages) before use, and anything missing, short, stale or
+ * bad makes the scan take the vector from the table instead. It lives in
+ * $PGDATA/vidx/, named only from OIDs: <tablespace>_<database>_<relfilenode>.vsc,
+ * so REINDEX, TRUNCATE and VACUUM FULL (new relfilenode) get a new file and an
+ * aborted rebuild leaves the old one intact. It is not WAL-logged and not
+ * fsync'd: a standby, a restored backup or an OS crash simply lack it.
+ */
+#include "vidx.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/file_perm.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#define VIDX_SIDECAR_DIR "vidx"
+
+char *
+vidx_sidecar_path(Relation index)
+{
+	if (RelationUsesLocalBuffers(index))
+		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR,
+						index->rd_node.spcNode, index->rd_node.dbNode,
+						index->rd_node.relNode, MyBackendId);
+	return psprintf("%s/%s/%u_%u_%u.vsc", DataDir, VIDX_SIDECAR_DIR, index->rd_node.spcNode,
+					index->rd_node.dbNode, index->rd_node.relNode);
+}
+
+static void
+ensure_sidecar_dir(void)
+{
+	char	   *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
+
+	if (MakePGDirectory(dir) < 0 && errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", dir)));
+	pfree(dir);
+}
+
+static void
+fill_header(Relation index, int dims, uint64 build_id, char *page)
+{
+	memset(page, 0, VIDX_SIDECAR_HEADER_SIZE);
+	vidx_sidecar_header_init((VidxSidecarHeader *) page, dims, index->rd_node.dbNode,
+							 RelationGetRelid(index), index->rd_node.relNode, build_id);
+}
+
+/* ---------- sequential writer for the build ---------- */
+
+#define BUILD_BUFFER_SIZE (1024 * 1024)
+
+static struct
+{
+	int			fd;
+	char	   *path;
+	int			dims;
+	size_t		record_size;
+	char	   *buffer;
+	size_t		used;
+	uint64		next_slot;
+}			build_writer = {-1};
+
+static void
+build_flush(void)
+{
+	size_t		done = 0;
+
+	while (done < build_writer.used)
+	{
+		ssize_t		n = write(build_writer.fd, build_writer.buffer + done,
+							  build_writer.used - done);
+
+		if (n < 0)
+		{
+			if (errno == EINTR)
+				continue;
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not write vidx sidecar \"%s\": %m", build_writer.path)));
+		}
+		done += n;
+	}
+	build_writer.used = 0;
+}
+
+void
+vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id)
+{
+	char		header[VIDX_SIDECAR_HEADER_SIZE];
+
+	/* A previous build in this backend that errored out left its state here. */
+	if (build_writer.buffer != NULL)
+	{
+		pfree(build_writer.buffer);
+		build_writer.buffer = NULL;
+	}
+	build_writer.fd = -1;
+
+	ensure_sidecar_dir();
+	build_writer.path = MemoryContextStrdup(TopTransactionContext, vidx_sidecar_path(index));
+	build_writer.fd = OpenTransientFilePerm(build_writer.path,
+											O_CREAT | O_TRUNC | O_WRONLY | PG_BINARY,
+											S_IRUSR | S_IWUSR);
+	if (build_writer.fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create vidx sidecar \"%s\": %m", build_writer.path)));
+	build_writer.dims = dims;
+	build_writer.record_size = vidx_sidecar_record_size(dims);
+	build_writer.buffer = MemoryContextAlloc(TopTransactionContext, BUILD_BUFFER_SIZE);
+	build_writer.used = 0;
+	build_writer.next_slot = 0;
+
+	fill_header(index, dims, build_id, header);
+	memcpy(build_writer.buffer, header, VIDX_SIDECAR_HEADER_SIZE);
+	build_writer.used = VIDX_SIDECAR_HEADER_SIZE;
+}
+
+void
+vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v)
+{
+	Assert(build_writer.fd >= 0 && slot == build_writer.next_slot);
+	if (build_writer.used + build_writer.record_size > BUILD_BUFFER_SIZE)
+		build_flush();
+	vidx_sidecar_record_fill(build_writer.buffer + build_writer.used, build_writer.dims,
+							 ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid), v);
+	build_writer.used += build_writer.record_size;
+	build_writer.next_slot++;
+}
+
+void
+vidx_sidecar_build_end(void)
+{
+	build_flush();
+	if (CloseTransientFile(build_writer.fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close vidx sidecar \"%s\": %m", build_writer.path)));
+	build_writer.fd = -1;
+	pfree(build_writer.buffer);
+	build_writer.buffer = NULL;
+}
+
+/* ---------- appends by inserts ---------- */
+
+void
+vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
+					ItemPointer tid, const float *v)
+{
+	char	   *path = vidx_sidecar_path(index);
+	size_t		record_size = vidx_sidecar_record_size(meta->dims);
+	char	   *record;
+	char		header[VIDX_SIDECAR_HEADER_SIZE];
+	char		err[256];
+	int			fd;
+	ssize_t		n;
+
+	ensure_sidecar_dir();
+	fd = OpenTransientFilePerm(path, O_CREAT | O_RDWR | PG_BINARY, S_IRUSR | S_IWUSR);
+	if (fd < 0)
+	{
+		/* The sidecar only speeds scans up: a failure to write it is not an error. */
+		vidx_sidecar_warn(index, "the sidecar file cannot be opened for writing");
+		return;
+	}
+
+	n = pg_pread(fd, header, VIDX_SIDECAR_HEADER_SIZE, 0);
+	if (n == 0)
+	{
+		/* Missing file (created just now): start a new one; earlier records stay absent. */
+		fill_header(index, meta->dims, meta->build_id, header);
+		if (pg_pwrite(fd, header, VIDX_SIDECAR_HEADER_SIZE, 0) != VIDX_SIDECAR_HEADER_SIZE)
+		{
+			CloseTransientFile(fd);
+			vidx_sidecar_warn(index, "the sidecar file cannot be written");
+			return;
+		}
+	}
+	else if (n != VIDX_SIDECAR_HEADER_SIZE ||
+			 vidx_sidecar_header_check((VidxSidecarHeader *) header, meta->dims,
+									   index->rd_node.dbNode, RelationGetRelid(index),
+									   index->rd_node.relNode, meta->build_id, err,
+									   sizeof(err)) != VIDX_OK)
+	{
+		CloseTransientFile(fd);
+		vidx_sidecar_warn(index, "the sidecar file belongs to another build of the index");
+		return;
+	}
+
+	record = palloc(record_size);
+	vidx_sidecar_record_fill(record, meta->dims, ItemPointerGetBlockNumber(tid),
+							 ItemPointerGetOffsetNumber(tid), v);
+	if (pg_pwrite(fd, record, record_size, VIDX_SIDECAR_HEADER_SIZE + slot * record_size) !=
+		(ssize_t) record_size)
+		vidx_sidecar_warn(index, "the sidecar file cannot be written");
+	CloseTransientFile(fd);
+	pfree(record);
+	pfree(path);
+}
+
+/* ---------- read-only mappings for scans ---------- */
+
+#define VIDX_SIDECAR_MAPS 8
+
+typedef struct SidecarMap
+{
+	bool		used;
+	Oid			index_oid;
+	RelFileNode node;
+	uint64		build_id;
+	int			dims;
+	bool		checked;		/* refresh_map ran since the entry was made */
+	bool		usable;			/* header checked and matches */
+	char	   *base;			/* mmap'd file or NULL */
+	size_t		length;
+	dev_t		dev;
+	ino_t		ino;
+	uint64		last_used;
+} SidecarMap;
+
+static SidecarMap maps[VIDX_SIDECAR_MAPS];
+static uint64 map_clock = 0;
+
+typedef struct WarnedIndex
+{
+	Oid			index_oid;
+	RelFileNode node;
+} WarnedIndex;
+
+static WarnedIndex warned[64];
+static int	nwarned = 0;
+
+void
+vidx_sidecar_warn(Relation index, const char *why)
+{
+	for (int i = 0; i < nwarned; i++)
+		if (warned[i].index_oid == RelationGetRelid(index) &&
+			RelFileNodeEquals(warned[i].node, index->rd_node))
+			return;
+	if (nwarned < lengthof(warned))
+	{
+		warned[nwarned].index_oid = RelationGetRelid(index);
+		warned[nwarned].node = index->rd_node;
+		nwarned++;
+	}
+	ereport(WARNING,
+			(errcode(ERRCODE_WARNING),
+			 errmsg("vidx index \"%s\" cannot use its sidecar: %s",
+					RelationGetRelationName(index), why),
+			 errdetail("Query results are unaffected: full vectors are read from the table instead, which is slower."),
+			 errhint("Rebuild the sidecar with: REINDEX INDEX %s;",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(index)),
+												RelationGetRelationName(index)))));
+}
+
+static void
+unmap(SidecarMap *m)
+{
+	if (m->base != NULL)
+		munmap(m->base, m->length);
+	m->base = NULL;
+	m->length = 0;
+	m->usable = false;
+}
+
+static SidecarMap *
+find_map(Relation index, const VidxMetaPageData *meta)
+{
+	SidecarMap *victim = NULL;
+
+	for (int i = 0; i < VIDX_SIDECAR_MAPS; i++)
+	{
+		SidecarMap *m = &maps[i];
+
+		if (m->used && m->index_oid == RelationGetRelid(index) &&
+			RelFileNodeEquals(m->node, index->rd_node) && m->build_id == meta->build_id &&
+			m->dims == (int) meta->dims)
+		{
+			m->last_used = ++map_clock;
+			return m;
+		}
+		if (victim == NULL || !m->used || (victim->used && m->last_used < victim->last_used))
+			victim = m;
+	}
+	unmap(victim);
+	victim->used = true;
+	victim->index_oid = RelationGetRelid(index);
+	victim->node = index->rd_node;
+	victim->build_id = meta->build_id;
+	victim->dims = meta->dims;
+	victim->checked = false;
+	victim->dev = 0;
+	victim->ino = 0;
+	victim->last_used = ++map_clock;
+	return victim;
+}
+
+/*
+ * (Re)maps the sidecar if the file changed since it was mapped (grown by
+ * inserts, truncated, deleted, replaced). Returns a reason it cannot be used,
+ * or NULL.
+ */
+static const char *
+refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m)
+{
+	char	   *path = vidx_sidecar_path(index);
+	struct stat st;
+	int			fd;
+	char		err[256];
+	const char *why = NULL;
+
+	m->checked = true;
+	if (stat(path, &st) != 0)
+	{
+		unmap(m);
+		pfree(path);
+		return "the sidecar file is missing";
+	}
+	if (m->base != NULL && st.st_dev == m->dev && st.st_ino == m->ino &&
+		(size_t) st.st_size == m->length)
+	{
+		pfree(path);
+		return m->usable ? NULL : "the sidecar file has a bad header";
+	}
+
+	unmap(m);
+	m->dev = st.st_dev;
+	m->ino = st.st_ino;
+	if ((size_t) st.st_size < VIDX_SIDECAR_HEADER_SIZE)
+	{
+		pfree(path);
+		return "the sidecar file is truncated";
+	}
+
+	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	if (fd < 0)
+	{
+		pfree(path);
+		return "the sidecar file cannot be opened";
+	}
+	m->base = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	CloseTransientFile(fd);
+	pfree(path);
+	if (m->base == MAP_FAILED)
+	{
+		m->base = NULL;
+		return "the sidecar file cannot be mapped";
+	}
+	m->length = st.st_size;
+	if (vidx_sidecar_header_check((const VidxSidecarHeader *) m->base, meta->dims,
+								  index->rd_node.dbNode, RelationGetRelid(index),
+								  index->rd_node.relNode, meta->build_id, err,
+								  sizeof(err)) != VIDX_OK)
+		why = "the sidecar file has a bad header";
+	m->usable = (why == NULL);
+	return why;
+}
+
+/* The mapping for an index, (re)mapped if it was not mapped yet. */
+static SidecarMap *
+lookup_map(Relation index, const VidxMetaPageData *meta, const char **why)
+{
+	SidecarMap *m = find_map(index, meta);
+
+	*why = NULL;
+	if (!m->checked)
+		*why = refresh_map(index, meta, m);
+	else if (!m->usable)
+		*why = "the sidecar file has a bad header";
+	return m;
+}
+
+void
+vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta)
+{
+	const char *why = refresh_map(index, meta, find_map(index, meta));
+
+	if (why != NULL)
+		vidx_sidecar_warn(index, why);
+}
+
+const float *
+vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPosting *p)
+{
+	const char *why;
+	SidecarMap *m = lookup_map(index, meta, &why);
+	size_t		record_size;
+	size_t		offset;
+	const float *v;
+
+	if (!m->usable)
+		return NULL;
+	record_size = vidx_sidecar_record_size(meta->dims);
+	offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) p->slot * record_size;
+	if (offset + record_size > m->length)
+	{
+		/* Grown since mapped? Remap; a slot beyond the end stays missing. */
+		if (refresh_map(index, meta, m) != NULL || offset + record_size > m->length)
+		{
+			vidx_sidecar_warn(index, "the sidecar file is shorter than the index");
+			return NULL;
+		}
+	}
+	v = vidx_sidecar_record_vector(m->base + offset, meta->dims, p->heap_block, p->heap_offset,
+								   p->vhash);
+	if (v == NULL)
+		vidx_sidecar_warn(index, "a sidecar record does not match the index");
+	return v;
+}
+
+const char *
+vidx_sidecar_state(Relation index, const VidxMetaPageData *meta, uint64 *records)
+{
+	SidecarMap *m = find_map(index, meta);
+	const char *why = refresh_map(index, meta, m);
+
+	*records = 0;
+	if (m->base != NULL && m->length >= VIDX_SIDECAR_HEADER_SIZE)
+		*records = (m->length - VIDX_SIDECAR_HEADER_SIZE) / vidx_sidecar_record_size(meta->dims);
+	if (why == NULL)
+		return "ok";
+	return why;
+}

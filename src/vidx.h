@@ -1,0 +1,196 @@
+/*
+ * vidx.h: declarations shared by the access-method glue (plain C, PostgreSQL
+ * headers). The math lives in the core (src/core, C++, no PostgreSQL headers),
+ * reached only through src/core/vidx_core.h. See src/README.md for the page
+ * layout, locking and WAL rules.
+ */
+#ifndef VIDX_H
+#define VIDX_H
+
+#include "postgres.h"
+
+#include "access/amapi.h"
+#include "access/generic_xlog.h"
+#include "access/reloptions.h"
+#include "nodes/pathnodes.h"
+#include "storage/bufmgr.h"
+#include "utils/array.h"
+#include "utils/relcache.h"
+
+#include "core/vidx_core.h"
+
+/* ---------- on-disk format ---------- */
+
+#define VIDX_MAGIC 0x56494458	/* "VIDX" */
+#define VIDX_FORMAT_VERSION 1
+#define VIDX_METAPAGE_BLKNO 0
+
+/* Page types, in the special space of every page. */
+#define VIDX_PAGE_META 1
+#define VIDX_PAGE_TREE 2
+#define VIDX_PAGE_POSTING 3
+
+typedef struct VidxPageOpaqueData
+{
+	BlockNumber next;			/* posting: next page of the chain; else InvalidBlockNumber */
+	BlockNumber head;			/* posting: first page of this leaf's chain */
+	BlockNumber last;			/* posting head page only: last page of the chain */
+	BlockNumber insert_hint;	/* posting head page only: first page that may have room */
+	uint32		leaf_id;		/* posting: leaf this chain belongs to */
+	uint16		page_type;		/* VIDX_PAGE_* */
+	uint16		page_id;		/* VIDX_PAGE_ID, so tools can recognize vidx pages */
+} VidxPageOpaqueData;
+
+typedef VidxPageOpaqueData *VidxPageOpaque;
+
+#define VIDX_PAGE_ID 0xFF8A
+#define VidxPageGetOpaque(page) ((VidxPageOpaque) PageGetSpecialPointer(page))
+
+/* The metapage, block 0. */
+typedef struct VidxMetaPageData
+{
+	uint32		magic;
+	uint32		version;
+	uint32		dims;			/* 0 until the first vector arrives (empty build) */
+	uint32		metric;			/* VidxMetric */
+	uint64		build_id;		/* changes at every build; ties tree cache and sidecar */
+	uint64		rotation_seed;
+	BlockNumber tree_start;		/* first tree page */
+	uint32		tree_pages;
+	uint32		tree_bytes;		/* size of the tree blob spread over the tree pages */
+	uint32		tree_version;	/* bumped when the tree changes (first-insert dims) */
+	uint32		nleaves;
+	uint32		levels;
+	uint64		next_slot;		/* next sidecar slot to hand out */
+	uint64		built_tuples;	/* postings written by the build */
+} VidxMetaPageData;
+
+typedef VidxMetaPageData *VidxMetaPage;
+
+#define VidxPageGetMeta(page) ((VidxMetaPage) PageGetContents(page))
+
+/* Usable bytes of a tree page for the blob. */
+#define VIDX_TREE_PAGE_CAPACITY \
+	(BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)))
+
+/* ---------- options and settings ---------- */
+
+typedef struct VidxOptions
+{
+	int32		vl_len_;		/* varlena header (do not touch directly!) */
+	int			lists;			/* number of leaves; 0 = from the row count */
+	int			fanout;			/* max children of an internal node; 0 = default */
+	int			sample_rows;	/* k-means sample; 0 = from lists */
+	int			kmeans_iterations;
+} VidxOptions;
+
+#define VIDX_DEFAULT_FANOUT 64
+#define VIDX_DEFAULT_ITERATIONS 10
+#define VIDX_ROTATION_SEED UINT64CONST(0x5eed0f5151dc0de)
+
+extern int	vidx_probes;
+extern int	vidx_rerank;
+
+/* ---------- vectors (vector.c) ---------- */
+
+/*
+ * Converts a real[], double precision[] or numeric[] array into a palloc'd
+ * float array of *dims elements. Raises a clear error for NULL elements,
+ * NaN/infinity, empty or multi-dimensional arrays, more than VIDX_MAX_DIMS
+ * elements, or values out of the range of real. "what" names the operand in
+ * messages (e.g. "vector", "query vector").
+ */
+extern float *vidx_array_to_vector(ArrayType *array, int *dims, const char *what);
+
+/* Raises an error if a vector of dims elements does not have expected dims. */
+extern void vidx_check_dims(int dims, int expected, Relation index);
+
+/* Raises an error if v is a zero vector (cosine distance is undefined). */
+extern void vidx_check_nonzero(const float *v, int dims);
+
+/* ---------- relation helpers (vidx.c, pages.c) ---------- */
+
+extern VidxMetric vidx_index_metric(Relation index);
+extern VidxOptions *vidx_index_options(Relation index);
+
+extern Buffer vidx_new_buffer(Relation index);
+extern void vidx_init_page(Page page, uint16 page_type);
+extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
+
+/*
+ * Per-backend cache of an index's tree blob and rotation, keyed by the index's
+ * relfilenode, build_id and tree_version. Valid until the next call for
+ * another index or until the index changes; never freed by an error.
+ */
+typedef struct VidxTreeCache
+{
+	Oid			index_oid;
+	RelFileNode node;
+	uint64		build_id;
+	uint32		tree_version;
+	int			dims;			/* index dims (may exceed the blob's dims of 0) */
+	VidxMetric	metric;
+	void	   *tree;			/* blob, dims = index dims */
+	size_t		tree_size;
+	void	   *rotation;		/* vidx_rotation_* state for dims */
+} VidxTreeCache;
+
+extern VidxTreeCache *vidx_get_tree(Relation index, const VidxMetaPageData *meta);
+
+/* Prepares a vector for the index space: normalize (cosine), then rotate. */
+extern void vidx_to_index_space(const VidxTreeCache *cache, const float *v, float *out);
+
+/* ---------- sidecar (sidecar.c) ---------- */
+
+extern char *vidx_sidecar_path(Relation index);
+extern void vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id);
+extern void vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v);
+extern void vidx_sidecar_build_end(void);
+extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
+								ItemPointer tid, const float *v);
+/* The verified vector for a posting, or NULL (missing, short, stale or bad record). */
+extern const float *vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta,
+										const VidxPosting *p);
+/* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
+extern void vidx_sidecar_warn(Relation index, const char *why);
+/* Describes the sidecar state for vidx_stats: "ok", "missing", ... */
+extern const char *vidx_sidecar_state(Relation index, const VidxMetaPageData *meta,
+									  uint64 *records);
+/* Maps (or remaps) the index's sidecar for a scan; warns once if it is unusable. */
+extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
+
+/* ---------- access-method callbacks ---------- */
+
+extern IndexBuildResult *vidx_build(Relation heap, Relation index, struct IndexInfo *indexInfo);
+extern void vidx_buildempty(Relation index);
+extern bool vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
+						Relation heap, IndexUniqueCheck checkUnique, bool indexUnchanged,
+						struct IndexInfo *indexInfo);
+extern IndexBulkDeleteResult *vidx_bulkdelete(IndexVacuumInfo *info,
+											  IndexBulkDeleteResult *stats,
+											  IndexBulkDeleteCallback callback,
+											  void *callback_state);
+extern IndexBulkDeleteResult *vidx_vacuumcleanup(IndexVacuumInfo *info,
+												 IndexBulkDeleteResult *stats);
+extern void vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count,
+							  Cost *indexStartupCost, Cost *indexTotalCost,
+							  Selectivity *indexSelectivity, double *indexCorrelation,
+							  double *indexPages);
+extern IndexScanDesc vidx_beginscan(Relation index, int nkeys, int norderbys);
+extern void vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
+						int norderbys);
+extern bool vidx_gettuple(IndexScanDesc scan, ScanDirection dir);
+extern void vidx_endscan(IndexScanDesc scan);
+
+/* Build progress subphases (pg_stat_progress_create_index). */
+#define VIDX_PHASE_LOAD 2
+#define VIDX_PHASE_KMEANS 3
+#define VIDX_PHASE_ASSIGN 4
+#define VIDX_PHASE_WRITE 5
+
+/* ---------- core error reporting ---------- */
+
+/* Turns a core status code into ereport(ERROR) with the core's message. */
+extern void vidx_core_check(int status, const char *what, const char *msg);
+
+#endif							/* VIDX_H */
