@@ -325,16 +325,24 @@ compare_results(const void *a, const void *b)
 	return ItemPointerCompare((ItemPointer) &ra->tid, (ItemPointer) &rb->tid);
 }
 
-/* Re-scores the next vidx.rerank candidates exactly and orders them. */
-static void
-next_batch(IndexScanDesc scan)
+/* An exact distance (operator value) in the estimator's score space. */
+static double
+distance_to_score(VidxMetric metric, double distance)
 {
-	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	int64		n = so->null_query ? so->ncands - so->next_cand :
-		Min((int64) vidx_rerank, so->ncands - so->next_cand);
+	switch (metric)
+	{
+		case VIDX_METRIC_L2:
+			return distance * distance;
+		case VIDX_METRIC_COSINE:
+			return 2.0 * distance;	/* |a/|a| - b/|b||^2 = 2 (1 - cos) */
+		default:
+			return distance;
+	}
+}
 
-	so->nresults = 0;
-	so->next_result = 0;
+static void
+ensure_results(VidxScanOpaque so, int64 n)
+{
 	if (so->results == NULL || n > so->results_capacity)
 	{
 		if (so->results != NULL)
@@ -342,20 +350,22 @@ next_batch(IndexScanDesc scan)
 		so->results_capacity = Max(n, 16);
 		so->results = MemoryContextAllocHuge(so->cxt, sizeof(ScanResult) * so->results_capacity);
 	}
+}
 
-	for (int64 i = 0; i < n; i++)
+/* Appends a candidate to the batch with its exact distance; false if its row is gone. */
+static bool
+rescore(IndexScanDesc scan, const VidxCandidate *c)
+{
+	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
+	const VidxPosting *p = &so->refs[c->payload].posting;
+	ScanResult *r = &so->results[so->nresults];
+	const float *v;
+
+	ItemPointerSet(&r->tid, p->heap_block, p->heap_offset);
+	if (so->null_query)
+		r->distance = 0;
+	else
 	{
-		const VidxPosting *p = &so->refs[so->cands[so->next_cand + i].payload].posting;
-		ScanResult *r = &so->results[so->nresults];
-		const float *v;
-
-		ItemPointerSet(&r->tid, p->heap_block, p->heap_offset);
-		if (so->null_query)
-		{
-			r->distance = 0;
-			so->nresults++;
-			continue;
-		}
 		v = vidx_sidecar_vector(scan->indexRelation, &so->meta, p);
 		if (v == NULL)
 		{
@@ -364,14 +374,51 @@ next_batch(IndexScanDesc scan)
 			v = table_vector(scan, &r->tid);
 			MemoryContextSwitchTo(old);
 			if (v == NULL)
-				continue;		/* the row is gone: nobody can see it */
+				return false;	/* the row is gone: nobody can see it */
 		}
 		r->distance = vidx_distance((VidxMetric) so->meta.metric, v, so->query, so->meta.dims);
-		so->nresults++;
 	}
+	so->nresults++;
+	return true;
+}
+
+/*
+ * Re-scores the next vidx.rerank candidates (by estimate) exactly, then every
+ * other candidate whose lower bound says it could still beat the worst of
+ * them, and orders the batch by exact distance.
+ */
+static void
+next_batch(IndexScanDesc scan)
+{
+	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
+	int64		remaining = so->ncands - so->next_cand;
+	int64		n = so->null_query ? remaining : Min((int64) vidx_rerank, remaining);
+	double		threshold = -get_float8_infinity();
+	int64		kept;
+
+	so->nresults = 0;
+	so->next_result = 0;
+	ensure_results(so, remaining);
+
+	for (int64 i = 0; i < n; i++)
+		if (rescore(scan, &so->cands[so->next_cand + i]))
+			threshold = Max(threshold, so->results[so->nresults - 1].distance);
 	so->next_cand += n;
-	if (!so->null_query)
-		qsort(so->results, so->nresults, sizeof(ScanResult), compare_results);
+	if (so->null_query)
+		return;
+
+	/* The bound clears most of the rest; keep the others in estimate order. */
+	threshold = distance_to_score((VidxMetric) so->meta.metric, threshold);
+	kept = so->next_cand;
+	for (int64 i = so->next_cand; i < so->ncands; i++)
+	{
+		if (so->cands[i].lower < threshold)
+			rescore(scan, &so->cands[i]);
+		else
+			so->cands[kept++] = so->cands[i];
+	}
+	so->ncands = kept;
+	qsort(so->results, so->nresults, sizeof(ScanResult), compare_results);
 }
 
 bool

@@ -101,12 +101,10 @@ vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id)
 {
 	char		header[VIDX_SIDECAR_HEADER_SIZE];
 
-	/* A previous build in this backend that errored out left its state here. */
-	if (build_writer.buffer != NULL)
-	{
-		pfree(build_writer.buffer);
-		build_writer.buffer = NULL;
-	}
+	/*
+	 * State left by a build that errored out is stale: its memory went with
+	 * its transaction and its file was closed at abort. Overwrite it.
+	 */
 	build_writer.fd = -1;
 
 	ensure_sidecar_dir();

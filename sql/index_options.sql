@@ -1,0 +1,45 @@
+-- Index options: validation, multi-level trees, tiny tables.
+SET client_min_messages = warning;
+CREATE TABLE opt (id int, v real[]);
+INSERT INTO opt SELECT i, ARRAY[sin(i), cos(i), sin(i * 0.37)]::real[] FROM generate_series(1, 3000) i;
+
+-- Out-of-range options are rejected and leave nothing behind.
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (lists = -1);
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (lists = 2000000);
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (fanout = 1);
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (kmeans_iterations = 0);
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (sample_rows = -5);
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (nonsense = 3);
+SELECT count(*) FROM pg_class WHERE relname = 'opt_bad';
+
+-- A bad vector in the table fails the build with a clear error.
+CREATE TABLE opt_nan (v real[]);
+INSERT INTO opt_nan VALUES ('{1,2}'), ('{NaN,1}');
+CREATE INDEX ON opt_nan USING vidx (v);
+DROP TABLE opt_nan;
+
+-- A small fanout makes a tree of several levels; with all leaves probed it is exact.
+CREATE INDEX opt_tree ON opt USING vidx (v) WITH (lists = 100, fanout = 4, sample_rows = 2000, kmeans_iterations = 5);
+SELECT (s->>'levels')::int > 1 AS multi_level, s->>'leaves' AS leaves, s->>'postings' AS postings
+FROM vidx_stats('opt_tree') s;
+SET enable_seqscan = off;
+SET vidx.probes = 100;
+SET vidx.rerank = 3000;
+SELECT (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY v <-> '{0.3,-0.2,0.5}' LIMIT 10) a)
+     = (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY (v <-> '{0.3,-0.2,0.5}') + 0, id LIMIT 10) b) AS exact;
+SELECT vidx_verify('opt_tree');
+
+-- More lists than rows: one leaf per row at most.
+CREATE TABLE tiny (id int, v real[]);
+INSERT INTO tiny VALUES (1, '{1,1}'), (2, '{2,2}'), (3, '{3,3}');
+CREATE INDEX tiny_idx ON tiny USING vidx (v) WITH (lists = 50);
+SELECT s->>'leaves' AS leaves FROM vidx_stats('tiny_idx') s;
+SELECT id FROM tiny ORDER BY v <-> '{2.1,2.1}' LIMIT 3;
+
+-- Settings are range-checked.
+SET vidx.probes = 0;
+SET vidx.rerank = -1;
+RESET vidx.probes;
+RESET vidx.rerank;
+RESET enable_seqscan;
+DROP TABLE opt, tiny;

@@ -1,0 +1,446 @@
+/*
+ * distance.cpp: exact distance kernels (float32 in, float accumulators).
+ *
+ * Each kernel has an AVX-512, an AVX2+FMA and a portable version; the best
+ * one the CPU supports is picked once at first use, so the same binary runs
+ * everywhere. The kernels never allocate.
+ */
+#include <cmath>
+
+#include "internal.hpp"
+
+#ifdef VIDX_X86
+#include <immintrin.h>
+#endif
+
+namespace
+{
+
+/* ---------- portable versions (4 independent accumulators) ---------- */
+
+float
+l2sq_scalar(const float *a, const float *b, int n)
+{
+	float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	int i = 0;
+
+	for (; i + 4 <= n; i += 4)
+	{
+		float d0 = a[i] - b[i], d1 = a[i + 1] - b[i + 1];
+		float d2 = a[i + 2] - b[i + 2], d3 = a[i + 3] - b[i + 3];
+
+		s0 += d0 * d0;
+		s1 += d1 * d1;
+		s2 += d2 * d2;
+		s3 += d3 * d3;
+	}
+	for (; i < n; i++)
+	{
+		float d = a[i] - b[i];
+
+		s0 += d * d;
+	}
+	return (s0 + s1) + (s2 + s3);
+}
+
+float
+dot_scalar(const float *a, const float *b, int n)
+{
+	float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	int i = 0;
+
+	for (; i + 4 <= n; i += 4)
+	{
+		s0 += a[i] * b[i];
+		s1 += a[i + 1] * b[i + 1];
+		s2 += a[i + 2] * b[i + 2];
+		s3 += a[i + 3] * b[i + 3];
+	}
+	for (; i < n; i++)
+		s0 += a[i] * b[i];
+	return (s0 + s1) + (s2 + s3);
+}
+
+float
+norm_sq_scalar(const float *a, int n)
+{
+	return dot_scalar(a, a, n);
+}
+
+void
+l2sq_x4_scalar(const float *x, const float *c0, const float *c1, const float *c2,
+			   const float *c3, int n, float out[4])
+{
+	out[0] = l2sq_scalar(x, c0, n);
+	out[1] = l2sq_scalar(x, c1, n);
+	out[2] = l2sq_scalar(x, c2, n);
+	out[3] = l2sq_scalar(x, c3, n);
+}
+
+#ifdef VIDX_X86
+
+/* ---------- AVX2 + FMA ---------- */
+
+#define AVX2 VIDX_TARGET("avx2,fma")
+
+AVX2 inline float
+hsum256(__m256 v)
+{
+	__m128 lo = _mm256_castps256_ps128(v);
+	__m128 hi = _mm256_extractf128_ps(v, 1);
+
+	lo = _mm_add_ps(lo, hi);
+	lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+	lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+	return _mm_cvtss_f32(lo);
+}
+
+AVX2 float
+l2sq_avx2(const float *a, const float *b, int n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	__m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+	int i = 0;
+
+	for (; i + 32 <= n; i += 32)
+	{
+		__m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+		__m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
+		__m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16));
+		__m256 d3 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24));
+
+		s0 = _mm256_fmadd_ps(d0, d0, s0);
+		s1 = _mm256_fmadd_ps(d1, d1, s1);
+		s2 = _mm256_fmadd_ps(d2, d2, s2);
+		s3 = _mm256_fmadd_ps(d3, d3, s3);
+	}
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256 d = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
+
+		s0 = _mm256_fmadd_ps(d, d, s0);
+	}
+	float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+
+	for (; i < n; i++)
+	{
+		float d = a[i] - b[i];
+
+		s += d * d;
+	}
+	return s;
+}
+
+AVX2 float
+dot_avx2(const float *a, const float *b, int n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	__m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+	int i = 0;
+
+	for (; i + 32 <= n; i += 32)
+	{
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+		s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+		s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+	}
+	for (; i + 8 <= n; i += 8)
+		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+	float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+
+	for (; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
+
+AVX2 float
+norm_sq_avx2(const float *a, int n)
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	__m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+	int i = 0;
+
+	for (; i + 32 <= n; i += 32)
+	{
+		__m256 v0 = _mm256_loadu_ps(a + i), v1 = _mm256_loadu_ps(a + i + 8);
+		__m256 v2 = _mm256_loadu_ps(a + i + 16), v3 = _mm256_loadu_ps(a + i + 24);
+
+		s0 = _mm256_fmadd_ps(v0, v0, s0);
+		s1 = _mm256_fmadd_ps(v1, v1, s1);
+		s2 = _mm256_fmadd_ps(v2, v2, s2);
+		s3 = _mm256_fmadd_ps(v3, v3, s3);
+	}
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256 v = _mm256_loadu_ps(a + i);
+
+		s0 = _mm256_fmadd_ps(v, v, s0);
+	}
+	float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+
+	for (; i < n; i++)
+		s += a[i] * a[i];
+	return s;
+}
+
+AVX2 void
+l2sq_x4_avx2(const float *x, const float *c0, const float *c1, const float *c2,
+			 const float *c3, int n, float out[4])
+{
+	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+	__m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+	int i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256 v = _mm256_loadu_ps(x + i);
+		__m256 d0 = _mm256_sub_ps(v, _mm256_loadu_ps(c0 + i));
+		__m256 d1 = _mm256_sub_ps(v, _mm256_loadu_ps(c1 + i));
+		__m256 d2 = _mm256_sub_ps(v, _mm256_loadu_ps(c2 + i));
+		__m256 d3 = _mm256_sub_ps(v, _mm256_loadu_ps(c3 + i));
+
+		s0 = _mm256_fmadd_ps(d0, d0, s0);
+		s1 = _mm256_fmadd_ps(d1, d1, s1);
+		s2 = _mm256_fmadd_ps(d2, d2, s2);
+		s3 = _mm256_fmadd_ps(d3, d3, s3);
+	}
+	float r0 = hsum256(s0), r1 = hsum256(s1), r2 = hsum256(s2), r3 = hsum256(s3);
+
+	for (; i < n; i++)
+	{
+		float d0 = x[i] - c0[i], d1 = x[i] - c1[i], d2 = x[i] - c2[i], d3 = x[i] - c3[i];
+
+		r0 += d0 * d0;
+		r1 += d1 * d1;
+		r2 += d2 * d2;
+		r3 += d3 * d3;
+	}
+	out[0] = r0;
+	out[1] = r1;
+	out[2] = r2;
+	out[3] = r3;
+}
+
+/* ---------- AVX-512 (masked tails, no scalar loop) ---------- */
+
+#define AVX512 VIDX_TARGET("avx512f,fma")
+
+AVX512 inline __mmask16
+tail_mask(int left)
+{
+	return (__mmask16) ((1u << left) - 1u);
+}
+
+AVX512 float
+l2sq_avx512(const float *a, const float *b, int n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	__m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+	int i = 0;
+
+	for (; i + 64 <= n; i += 64)
+	{
+		__m512 d0 = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+		__m512 d1 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
+		__m512 d2 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32));
+		__m512 d3 = _mm512_sub_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48));
+
+		s0 = _mm512_fmadd_ps(d0, d0, s0);
+		s1 = _mm512_fmadd_ps(d1, d1, s1);
+		s2 = _mm512_fmadd_ps(d2, d2, s2);
+		s3 = _mm512_fmadd_ps(d3, d3, s3);
+	}
+	for (; i + 16 <= n; i += 16)
+	{
+		__m512 d = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+
+		s1 = _mm512_fmadd_ps(d, d, s1);
+	}
+	if (i < n)
+	{
+		__mmask16 m = tail_mask(n - i);
+		__m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i));
+
+		s2 = _mm512_fmadd_ps(d, d, s2);
+	}
+	return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+AVX512 float
+dot_avx512(const float *a, const float *b, int n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	__m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+	int i = 0;
+
+	for (; i + 64 <= n; i += 64)
+	{
+		s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+		s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+		s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+		s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+	}
+	for (; i + 16 <= n; i += 16)
+		s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s1);
+	if (i < n)
+	{
+		__mmask16 m = tail_mask(n - i);
+
+		s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s2);
+	}
+	return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+AVX512 float
+norm_sq_avx512(const float *a, int n)
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	__m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+	int i = 0;
+
+	for (; i + 64 <= n; i += 64)
+	{
+		__m512 v0 = _mm512_loadu_ps(a + i), v1 = _mm512_loadu_ps(a + i + 16);
+		__m512 v2 = _mm512_loadu_ps(a + i + 32), v3 = _mm512_loadu_ps(a + i + 48);
+
+		s0 = _mm512_fmadd_ps(v0, v0, s0);
+		s1 = _mm512_fmadd_ps(v1, v1, s1);
+		s2 = _mm512_fmadd_ps(v2, v2, s2);
+		s3 = _mm512_fmadd_ps(v3, v3, s3);
+	}
+	for (; i + 16 <= n; i += 16)
+	{
+		__m512 v = _mm512_loadu_ps(a + i);
+
+		s1 = _mm512_fmadd_ps(v, v, s1);
+	}
+	if (i < n)
+	{
+		__m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), a + i);
+
+		s2 = _mm512_fmadd_ps(v, v, s2);
+	}
+	return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+AVX512 void
+l2sq_x4_avx512(const float *x, const float *c0, const float *c1, const float *c2,
+			   const float *c3, int n, float out[4])
+{
+	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+	__m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+	int i = 0;
+
+	for (; i < n; i += 16)
+	{
+		__mmask16 m = n - i >= 16 ? (__mmask16) 0xFFFF : tail_mask(n - i);
+		__m512 v = _mm512_maskz_loadu_ps(m, x + i);
+		__m512 d0 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c0 + i));
+		__m512 d1 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c1 + i));
+		__m512 d2 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c2 + i));
+		__m512 d3 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c3 + i));
+
+		s0 = _mm512_fmadd_ps(d0, d0, s0);
+		s1 = _mm512_fmadd_ps(d1, d1, s1);
+		s2 = _mm512_fmadd_ps(d2, d2, s2);
+		s3 = _mm512_fmadd_ps(d3, d3, s3);
+	}
+	out[0] = _mm512_reduce_add_ps(s0);
+	out[1] = _mm512_reduce_add_ps(s1);
+	out[2] = _mm512_reduce_add_ps(s2);
+	out[3] = _mm512_reduce_add_ps(s3);
+}
+
+#endif /* VIDX_X86 */
+
+struct Kernels
+{
+	float (*l2sq)(const float *, const float *, int);
+	float (*dot)(const float *, const float *, int);
+	float (*norm_sq)(const float *, int);
+	void (*l2sq_x4)(const float *, const float *, const float *, const float *,
+					const float *, int, float *);
+};
+
+Kernels
+pick_kernels()
+{
+#ifdef VIDX_X86
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f"))
+		return {l2sq_avx512, dot_avx512, norm_sq_avx512, l2sq_x4_avx512};
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		return {l2sq_avx2, dot_avx2, norm_sq_avx2, l2sq_x4_avx2};
+#endif
+	return {l2sq_scalar, dot_scalar, norm_sq_scalar, l2sq_x4_scalar};
+}
+
+const Kernels &
+kernels()
+{
+	static const Kernels k = pick_kernels();
+
+	return k;
+}
+
+} // namespace
+
+void
+vidx::l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2,
+			  const float *c3, int dims, float out[4])
+{
+	kernels().l2sq_x4(x, c0, c1, c2, c3, dims, out);
+}
+
+extern "C" float
+vidx_l2sq(const float *a, const float *b, int dims)
+{
+	if (dims <= 0)
+		return 0.0f;
+	return kernels().l2sq(a, b, dims);
+}
+
+extern "C" float
+vidx_dot(const float *a, const float *b, int dims)
+{
+	if (dims <= 0)
+		return 0.0f;
+	return kernels().dot(a, b, dims);
+}
+
+extern "C" float
+vidx_norm_sq(const float *a, int dims)
+{
+	if (dims <= 0)
+		return 0.0f;
+	return kernels().norm_sq(a, dims);
+}
+
+extern "C" double
+vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
+{
+	switch (metric)
+	{
+		case VIDX_METRIC_L2:
+			return std::sqrt((double) vidx_l2sq(a, b, dims));
+		case VIDX_METRIC_IP:
+			return -(double) vidx_dot(a, b, dims);
+		case VIDX_METRIC_COSINE:
+		{
+			double ab = vidx_dot(a, b, dims);
+			double aa = vidx_norm_sq(a, dims);
+			double bb = vidx_norm_sq(b, dims);
+			double c = ab / std::sqrt(aa * bb);
+
+			if (std::isnan(c))
+				return c;
+			if (c > 1.0)
+				c = 1.0;
+			else if (c < -1.0)
+				c = -1.0;
+			return 1.0 - c;
+		}
+	}
+	return std::nan("");
+}

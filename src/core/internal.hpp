@@ -1,0 +1,95 @@
+/*
+ * internal.hpp: helpers shared by the core's translation units. Not part of
+ * the C interface (see vidx_core.h for that). No PostgreSQL headers here.
+ */
+#ifndef VIDX_CORE_INTERNAL_HPP
+#define VIDX_CORE_INTERNAL_HPP
+
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+
+#include "vidx_core.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VIDX_X86 1
+#define VIDX_TARGET(s) __attribute__((target(s)))
+#if defined(__clang__)
+#define VIDX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VIDX_CLONES                                                            \
+	__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+#else
+#define VIDX_TARGET(s)
+#define VIDX_CLONES
+#endif
+
+namespace vidx
+{
+
+/* Writes a message into err (if any); never fails. */
+inline void
+set_err(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+inline void
+set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	if (err == nullptr || errlen == 0)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* splitmix64: small, fast, well-mixed seeded generator. */
+struct SplitMix64
+{
+	uint64_t state;
+
+	explicit SplitMix64(uint64_t seed) : state(seed) {}
+
+	uint64_t next()
+	{
+		uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+		z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+		z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+		return z ^ (z >> 31);
+	}
+
+	/* Uniform in [0, 1). */
+	double uniform() { return (double) (next() >> 11) * (1.0 / 9007199254740992.0); }
+
+	/* Uniform in [0, n), n > 0 (negligible modulo bias for our n). */
+	uint64_t below(uint64_t n) { return next() % n; }
+};
+
+/*
+ * Squared L2 distances of x to four centroids at once (shares the loads of
+ * x). Dispatched to AVX-512 / AVX2 / scalar at run time.
+ */
+void l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2,
+			 const float *c3, int dims, float out[4]);
+
+/*
+ * Nearest centroid (L2) of each point, OpenMP-parallel, deterministic.
+ * dist (may be null) receives the squared distance to that centroid.
+ * Allocates nothing.
+ */
+void assign_points(const float *points, int64_t n, int dims, const float *centroids,
+				   int k, int32_t *assignment, float *dist);
+
+/*
+ * The k-means driver behind vidx_kmeans; throws std::bad_alloc on OOM.
+ * Returns a VIDX status; msg gets a message on error.
+ */
+int kmeans_run(const float *points, int64_t n, int dims, int k, int iterations,
+			   uint64_t seed, float *centroids, VidxProgressFn progress,
+			   void *progress_arg, char *err, size_t errlen);
+
+} // namespace vidx
+
+#endif /* VIDX_CORE_INTERNAL_HPP */

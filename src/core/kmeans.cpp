@@ -1,0 +1,370 @@
+/*
+ * kmeans.cpp: seeded k-means++ initialization, Lloyd iterations (L2) and the
+ * nearest-centroid assignment, OpenMP-parallel.
+ *
+ * Determinism whatever the thread count: every parallel step computes a
+ * per-point (or per-cluster) result that does not depend on how the work is
+ * split, and every reduction over points runs in point order (per cluster,
+ * in double). Random choices are made on the calling thread only.
+ */
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.hpp"
+
+namespace
+{
+
+/* Points per assignment block: keeps a block of points around 256 kB. */
+constexpr int MAX_BLOCK = 64;
+
+int
+block_points(int dims)
+{
+	size_t bytes = (size_t) std::max(dims, 1) * sizeof(float);
+	size_t pb = (size_t) (256 * 1024) / bytes;
+
+	return (int) std::min<size_t>(MAX_BLOCK, std::max<size_t>(8, pb));
+}
+
+int
+thread_count()
+{
+#ifdef _OPENMP
+	return std::max(1, omp_get_max_threads());
+#else
+	return 1;
+#endif
+}
+
+int
+thread_num()
+{
+#ifdef _OPENMP
+	return omp_get_thread_num();
+#else
+	return 0;
+#endif
+}
+
+bool
+report(VidxProgressFn progress, void *arg, int64_t done, int64_t total)
+{
+	return progress != nullptr && progress(arg, done, total) != 0;
+}
+
+} // namespace
+
+void
+vidx::assign_points(const float *points, int64_t n, int dims, const float *centroids, int k,
+					int32_t *assignment, float *dist)
+{
+	if (n <= 0 || k <= 0)
+		return;
+	const int pb = block_points(dims);
+	const int64_t nblocks = (n + pb - 1) / pb;
+
+#pragma omp parallel for schedule(dynamic, 1)
+	for (int64_t b = 0; b < nblocks; b++)
+	{
+		int64_t i0 = b * pb;
+		int cnt = (int) std::min<int64_t>(pb, n - i0);
+		float best[MAX_BLOCK];
+		int32_t besti[MAX_BLOCK];
+
+		for (int t = 0; t < cnt; t++)
+		{
+			best[t] = std::numeric_limits<float>::infinity();
+			besti[t] = 0;
+		}
+		for (int j = 0; j < k; j += 4)
+		{
+			int jn = std::min(4, k - j);
+			const float *c0 = centroids + (size_t) j * dims;
+			const float *c1 = jn > 1 ? c0 + dims : c0;
+			const float *c2 = jn > 2 ? c0 + 2 * (size_t) dims : c0;
+			const float *c3 = jn > 3 ? c0 + 3 * (size_t) dims : c0;
+
+			for (int t = 0; t < cnt; t++)
+			{
+				float d[4];
+
+				vidx::l2sq_x4(points + (size_t) (i0 + t) * dims, c0, c1, c2, c3, dims, d);
+				for (int u = 0; u < jn; u++)
+				{
+					if (d[u] < best[t])
+					{
+						best[t] = d[u];
+						besti[t] = j + u;
+					}
+				}
+			}
+		}
+		for (int t = 0; t < cnt; t++)
+		{
+			assignment[i0 + t] = besti[t];
+			if (dist)
+				dist[i0 + t] = best[t];
+		}
+	}
+}
+
+int
+vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
+				 float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
+				 size_t errlen)
+{
+	const size_t d = (size_t) dims;
+
+	if (points == nullptr || centroids == nullptr || n <= 0 || k <= 0 || dims <= 0 ||
+		dims > VIDX_MAX_DIMS)
+	{
+		set_err(err, errlen, "invalid k-means arguments (n=%lld, dims=%d, k=%d)", (long long) n,
+				dims, k);
+		return VIDX_E_INVALID;
+	}
+	if (iterations < 0)
+		iterations = 0;
+
+	/* Fewer points than centroids: duplicate points. */
+	if (n <= k)
+	{
+		for (int j = 0; j < k; j++)
+			std::memcpy(centroids + j * d, points + (size_t) (j % n) * d, d * sizeof(float));
+		return report(progress, progress_arg, iterations, iterations) ? VIDX_E_CANCELLED : VIDX_OK;
+	}
+
+	SplitMix64 rng(seed ^ 0x6b6d65616e73ULL);
+
+	/* ---- k-means++ on a seeded subsample ---- */
+	int64_t m = std::min<int64_t>(n, std::max<int64_t>((int64_t) k * 4, 8192));
+	std::vector<int64_t> sample;
+
+	if (m == n)
+	{
+		sample.resize(n);
+		for (int64_t i = 0; i < n; i++)
+			sample[i] = i;
+	}
+	else
+	{
+		/* Floyd's algorithm would avoid the n-sized array, but n is modest. */
+		std::vector<int64_t> idx(n);
+
+		for (int64_t i = 0; i < n; i++)
+			idx[i] = i;
+		for (int64_t i = 0; i < m; i++)
+		{
+			int64_t j = i + (int64_t) rng.below((uint64_t) (n - i));
+
+			std::swap(idx[i], idx[j]);
+		}
+		sample.assign(idx.begin(), idx.begin() + m);
+		std::sort(sample.begin(), sample.end());
+	}
+
+	std::vector<float> mind(m);
+	std::vector<char> chosen(m, 0);
+	int64_t first = (int64_t) rng.below((uint64_t) m);
+
+	std::memcpy(centroids, points + (size_t) sample[first] * d, d * sizeof(float));
+	chosen[first] = 1;
+#pragma omp parallel for schedule(static)
+	for (int64_t i = 0; i < m; i++)
+		mind[i] = vidx_l2sq(points + (size_t) sample[i] * d, centroids, dims);
+
+	for (int c = 1; c < k; c++)
+	{
+		if ((c & 255) == 0 && report(progress, progress_arg, 0, iterations))
+			return VIDX_E_CANCELLED;
+
+		double total = 0;
+
+		for (int64_t i = 0; i < m; i++)
+			total += mind[i];
+		int64_t pick = -1;
+
+		if (total > 0 && std::isfinite(total))
+		{
+			double r = rng.uniform() * total, acc = 0;
+
+			for (int64_t i = 0; i < m; i++)
+			{
+				acc += mind[i];
+				if (acc > r && mind[i] > 0)
+				{
+					pick = i;
+					break;
+				}
+			}
+			if (pick < 0)	/* rounding at the end: last positive weight */
+				for (int64_t i = m - 1; i >= 0 && pick < 0; i--)
+					if (mind[i] > 0)
+						pick = i;
+		}
+		if (pick < 0)
+		{
+			/* All remaining weight is zero (duplicates): any unchosen point. */
+			int64_t start = (int64_t) rng.below((uint64_t) m);
+
+			for (int64_t t = 0; t < m && pick < 0; t++)
+				if (!chosen[(start + t) % m])
+					pick = (start + t) % m;
+			if (pick < 0)
+				pick = start;
+		}
+		chosen[pick] = 1;
+		float *cent = centroids + (size_t) c * d;
+
+		std::memcpy(cent, points + (size_t) sample[pick] * d, d * sizeof(float));
+#pragma omp parallel for schedule(static)
+		for (int64_t i = 0; i < m; i++)
+		{
+			float dd = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims);
+
+			if (dd < mind[i])
+				mind[i] = dd;
+		}
+	}
+	std::vector<float>().swap(mind);
+	std::vector<char>().swap(chosen);
+	std::vector<int64_t>().swap(sample);
+
+	/* ---- Lloyd ---- */
+	std::vector<int32_t> assign(n, -1), prev(n, -1);
+	std::vector<float> dist(n);
+	std::vector<int64_t> count(k), start(k + 1), order(n);
+	const int nthreads = thread_count();
+	std::vector<double> acc((size_t) nthreads * d);
+
+	for (int it = 0; it < iterations; it++)
+	{
+		assign_points(points, n, dims, centroids, k, assign.data(), dist.data());
+
+		int64_t changed = 0;
+
+		for (int64_t i = 0; i < n; i++)
+			changed += assign[i] != prev[i];
+		std::swap(assign, prev);	/* prev = current assignment */
+		const int32_t *cur = prev.data();
+
+		/* Counting sort of points by cluster, in point order. */
+		std::fill(count.begin(), count.end(), 0);
+		for (int64_t i = 0; i < n; i++)
+			count[cur[i]]++;
+		start[0] = 0;
+		for (int j = 0; j < k; j++)
+			start[j + 1] = start[j] + count[j];
+		{
+			std::vector<int64_t> pos(start.begin(), start.end() - 1);
+
+			for (int64_t i = 0; i < n; i++)
+				order[pos[cur[i]]++] = i;
+		}
+
+		/* New centroids: mean of members, summed in point order (double). */
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
+		for (int j = 0; j < k; j++)
+		{
+			if (count[j] == 0)
+				continue;
+			double *s = acc.data() + (size_t) thread_num() * d;
+
+			std::fill(s, s + d, 0.0);
+			for (int64_t t = start[j]; t < start[j + 1]; t++)
+			{
+				const float *x = points + (size_t) order[t] * d;
+
+				for (size_t u = 0; u < d; u++)
+					s[u] += x[u];
+			}
+			double inv = 1.0 / (double) count[j];
+			float *cj = centroids + (size_t) j * d;
+
+			for (size_t u = 0; u < d; u++)
+				cj[u] = (float) (s[u] * inv);
+		}
+
+		/*
+		 * Empty clusters: split the largest cluster by moving its farthest
+		 * point (from the centroid it was assigned to) into the empty one.
+		 */
+		bool reseeded = false;
+
+		for (int j = 0; j < k; j++)
+		{
+			if (count[j] != 0)
+				continue;
+			int big = 0;
+
+			for (int u = 1; u < k; u++)
+				if (count[u] > count[big])
+					big = u;
+			if (count[big] <= 1)
+				break;
+			int64_t far = -1;
+
+			for (int64_t t = start[big]; t < start[big + 1]; t++)
+			{
+				int64_t i = order[t];
+
+				if (dist[i] >= 0 && (far < 0 || dist[i] > dist[far]))
+					far = i;
+			}
+			if (far < 0)
+				break;
+			dist[far] = -1.0f; /* not picked twice */
+			count[big]--;
+			count[j] = 1;
+			std::memcpy(centroids + (size_t) j * d, points + (size_t) far * d, d * sizeof(float));
+			prev[far] = -1;	/* counts as changed at the next iteration */
+			reseeded = true;
+		}
+
+		if (report(progress, progress_arg, it + 1, iterations))
+			return VIDX_E_CANCELLED;
+		if (changed == 0 && !reseeded)
+			break;
+	}
+	return VIDX_OK;
+}
+
+extern "C" int
+vidx_kmeans(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
+			float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
+			size_t errlen)
+{
+	try
+	{
+		return vidx::kmeans_run(points, n, dims, k, iterations, seed, centroids, progress,
+								progress_arg, err, errlen);
+	}
+	catch (const std::bad_alloc &)
+	{
+		vidx::set_err(err, errlen, "out of memory in k-means (n=%lld, dims=%d, k=%d)",
+					  (long long) n, dims, k);
+		return VIDX_E_NOMEM;
+	}
+	catch (...)
+	{
+		vidx::set_err(err, errlen, "internal error in k-means");
+		return VIDX_E_INTERNAL;
+	}
+}
+
+extern "C" void
+vidx_assign(const float *points, int64_t n, int dims, const float *centroids, int k,
+			int32_t *assignment)
+{
+	if (n <= 0 || k <= 0 || dims < 0)
+		return;
+	vidx::assign_points(points, n, dims, centroids, k, assignment, nullptr);
+}

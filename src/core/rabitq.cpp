@@ -1,0 +1,376 @@
+/*
+ * rabitq.cpp: RaBitQ 1-bit codes of residuals, per-leaf query preparation and
+ * the popcount estimator.
+ *
+ * Code of r = x_rot - c_rot: bit i = (r_i > 0), i.e. the unit vector
+ * xbar = sign(r)/sqrt(D). The estimator approximates <r/||r||, qr>
+ * (qr = q_rot - c_rot) by <xbar, qr> / <xbar, r/||r||>. The query residual
+ * is quantized to 4 bits per dimension, qr_i ~ lo + delta*qq_i, kept as 4 bit
+ * planes, so that
+ *   sum_{b_i=1} qq_i = sum_j 2^j popcount(code & plane_j)
+ *   <xbar, qr> = (2*(lo*popcount(code) + delta*that) - (lo*D + delta*sum(qq))) / sqrt(D).
+ * Padding bits beyond D are zero in codes and planes.
+ */
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "internal.hpp"
+
+#ifdef VIDX_X86
+#include <immintrin.h>
+#endif
+
+namespace
+{
+
+constexpr uint32_t PREP_MAGIC = 0x56505250; /* "VPRP" */
+constexpr float EPS0 = 1.9f;
+
+struct PrepHeader
+{
+	uint32_t magic;
+	int32_t metric;
+	int32_t dims;
+	int32_t words;
+	double lo;			/* quantization offset */
+	double delta;		/* quantization step */
+	double const_term;	/* lo*D + delta*sum(qq) */
+	float inv_sqrt_d;	/* 1/sqrt(D) */
+	float qr_norm_sq;	/* ||qr||^2 (exact, in double then rounded) */
+	float qr_norm;		/* ||qr|| */
+	float qc;			/* <q_rot, c_rot> (IP) */
+	float err_coef;		/* ||qr|| * eps0 / sqrt(max(D-1, 1)) */
+	float quant_err;	/* eps0 * ||qr - dequant(qq)|| / sqrt(D) */
+	/* followed by 4 * words uint64_t bit planes, plane j at j*words */
+};
+static_assert(sizeof(PrepHeader) % 8 == 0, "planes must be 8-byte aligned");
+
+inline const uint64_t *
+planes_of(const PrepHeader *p)
+{
+	return reinterpret_cast<const uint64_t *>(p + 1);
+}
+
+struct PopSums
+{
+	uint32_t pop;	/* popcount(code) */
+	uint32_t wsum;	/* sum_j 2^j popcount(code & plane_j) */
+};
+
+/* Turns popcounts into (est, lower) for one posting. */
+inline void
+finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float *lower)
+{
+	/* In double: lo*D and the popcount sums nearly cancel. */
+	float ip_xq = (float) ((2.0 * (h->lo * ps.pop + h->delta * ps.wsum) - h->const_term) *
+						   h->inv_sqrt_d);
+	float dot = p->dot;
+	float norm = p->norm;
+
+	if (!(dot > 1e-6f))			/* corrupted or degenerate: keep it finite */
+		dot = 1e-6f;
+	else if (dot > 1.0f)
+		dot = 1.0f;
+	float est_ip = ip_xq / dot;
+	float err = h->err_coef * std::sqrt(std::max(0.0f, 1.0f - dot * dot)) / dot + h->quant_err / dot;
+	float score;
+	float low;
+
+	if (h->metric == VIDX_METRIC_IP)
+	{
+		score = -(h->qc + p->cdot + norm * est_ip);
+		low = score - norm * err;
+	}
+	else
+	{
+		score = norm * norm + h->qr_norm_sq - 2.0f * norm * est_ip;
+		low = score - 2.0f * norm * err;
+	}
+	est[0] = score;
+	if (lower)
+		lower[0] = low;
+}
+
+inline PopSums
+pop_generic(const uint64_t *code, const uint64_t *planes, int words)
+{
+	uint32_t pop = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	const uint64_t *p1 = planes + words, *p2 = planes + 2 * words, *p3 = planes + 3 * words;
+
+	for (int w = 0; w < words; w++)
+	{
+		uint64_t c = code[w];
+
+		pop += (uint32_t) __builtin_popcountll(c);
+		s0 += (uint32_t) __builtin_popcountll(c & planes[w]);
+		s1 += (uint32_t) __builtin_popcountll(c & p1[w]);
+		s2 += (uint32_t) __builtin_popcountll(c & p2[w]);
+		s3 += (uint32_t) __builtin_popcountll(c & p3[w]);
+	}
+	return {pop, s0 + 2 * s1 + 4 * s2 + 8 * s3};
+}
+
+#define ESTIMATE_LOOP(POPFN)                                                           \
+	do                                                                                 \
+	{                                                                                  \
+		const uint64_t *planes = planes_of(h);                                         \
+		int words = h->words;                                                          \
+		for (int i = 0; i < n; i++)                                                    \
+		{                                                                              \
+			const VidxPosting *p = postings[i];                                        \
+			if (i + 1 < n)                                                             \
+				__builtin_prefetch(postings[i + 1]);                                   \
+			PopSums ps = POPFN(vidx_posting_code(p), planes, words);                   \
+			finish(h, p, ps, est + i, lower ? lower + i : nullptr);                    \
+		}                                                                              \
+	} while (0)
+
+void
+estimate_default(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
+				 float *lower)
+{
+	ESTIMATE_LOOP(pop_generic);
+}
+
+#ifdef VIDX_X86
+
+VIDX_TARGET("popcnt") inline PopSums
+pop_popcnt(const uint64_t *code, const uint64_t *planes, int words)
+{
+	uint64_t pop = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	const uint64_t *p1 = planes + words, *p2 = planes + 2 * words, *p3 = planes + 3 * words;
+
+	for (int w = 0; w < words; w++)
+	{
+		uint64_t c = code[w];
+
+		pop += (uint64_t) _mm_popcnt_u64(c);
+		s0 += (uint64_t) _mm_popcnt_u64(c & planes[w]);
+		s1 += (uint64_t) _mm_popcnt_u64(c & p1[w]);
+		s2 += (uint64_t) _mm_popcnt_u64(c & p2[w]);
+		s3 += (uint64_t) _mm_popcnt_u64(c & p3[w]);
+	}
+	return {(uint32_t) pop, (uint32_t) (s0 + 2 * s1 + 4 * s2 + 8 * s3)};
+}
+
+VIDX_TARGET("popcnt") void
+estimate_popcnt(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
+				float *lower)
+{
+	ESTIMATE_LOOP(pop_popcnt);
+}
+
+#define VPOPCNT VIDX_TARGET("popcnt,avx512f,avx512vpopcntdq")
+
+/* 8 words per step, masked tail: one pass for any D. */
+VPOPCNT inline PopSums
+pop_vpopcnt(const uint64_t *code, const uint64_t *planes, int words)
+{
+	if (words < 4)
+		return pop_popcnt(code, planes, words);
+
+	__m512i apop = _mm512_setzero_si512();
+	__m512i asum = _mm512_setzero_si512();
+	const uint64_t *p1 = planes + words, *p2 = planes + 2 * words, *p3 = planes + 3 * words;
+
+	for (int w = 0; w < words; w += 8)
+	{
+		__mmask8 m = words - w >= 8 ? (__mmask8) 0xFF : (__mmask8) ((1u << (words - w)) - 1u);
+		__m512i c = _mm512_maskz_loadu_epi64(m, code + w);
+		__m512i c0 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, planes + w)));
+		__m512i c1 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, p1 + w)));
+		__m512i c2 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, p2 + w)));
+		__m512i c3 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, p3 + w)));
+
+		apop = _mm512_add_epi64(apop, _mm512_popcnt_epi64(c));
+		c0 = _mm512_add_epi64(c0, _mm512_slli_epi64(c1, 1));
+		c2 = _mm512_add_epi64(_mm512_slli_epi64(c2, 2), _mm512_slli_epi64(c3, 3));
+		asum = _mm512_add_epi64(asum, _mm512_add_epi64(c0, c2));
+	}
+	return {(uint32_t) _mm512_reduce_add_epi64(apop), (uint32_t) _mm512_reduce_add_epi64(asum)};
+}
+
+VPOPCNT void
+estimate_vpopcnt(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
+				 float *lower)
+{
+	ESTIMATE_LOOP(pop_vpopcnt);
+}
+
+#endif /* VIDX_X86 */
+
+typedef void (*EstimateFn)(const PrepHeader *, const VidxPosting *const *, int, float *, float *);
+
+EstimateFn
+pick_estimate()
+{
+#ifdef VIDX_X86
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512f") &&
+		__builtin_cpu_supports("popcnt"))
+		return estimate_vpopcnt;
+	if (__builtin_cpu_supports("popcnt"))
+		return estimate_popcnt;
+#endif
+	return estimate_default;
+}
+
+} // namespace
+
+extern "C" int
+vidx_code_words(int dims)
+{
+	return dims <= 0 ? 0 : (dims + 63) / 64;
+}
+
+extern "C" size_t
+vidx_posting_size(int dims)
+{
+	return sizeof(VidxPosting) + 8 * (size_t) vidx_code_words(dims);
+}
+
+extern "C" void
+vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p)
+{
+	uint64_t *code = reinterpret_cast<uint64_t *>(p + 1);
+	int words = vidx_code_words(dims);
+	double norm_sq = 0, abs_sum = 0, cdot = 0;
+
+	for (int w = 0; w < words; w++)
+	{
+		uint64_t bits = 0;
+		int end = std::min(dims, (w + 1) * 64);
+
+		for (int i = w * 64; i < end; i++)
+		{
+			float r = x_rot[i] - c_rot[i];
+
+			bits |= (uint64_t) (r > 0.0f) << (i - w * 64);
+			norm_sq += (double) r * r;
+			abs_sum += std::fabs((double) r);
+			cdot += (double) c_rot[i] * r;
+		}
+		code[w] = bits;
+	}
+	double norm = std::sqrt(norm_sq);
+
+	p->norm = (float) norm;
+	p->cdot = (float) cdot;
+	if (norm > 0 && dims > 0)
+	{
+		double dot = abs_sum / (std::sqrt((double) dims) * norm);
+
+		p->dot = (float) std::min(1.0, dot);
+	}
+	else
+	{
+		p->dot = 1.0f;
+		std::memset(code, 0, 8 * (size_t) words);
+	}
+}
+
+extern "C" size_t
+vidx_query_prep_size(int dims)
+{
+	return sizeof(PrepHeader) + 4 * 8 * (size_t) vidx_code_words(dims);
+}
+
+extern "C" void
+vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot, int dims)
+{
+	PrepHeader *h = static_cast<PrepHeader *>(prep);
+	int words = vidx_code_words(dims);
+	uint64_t *planes = reinterpret_cast<uint64_t *>(h + 1);
+
+	std::memset(h, 0, vidx_query_prep_size(dims));
+	h->magic = PREP_MAGIC;
+	h->metric = (int32_t) metric;
+	h->dims = dims;
+	h->words = words;
+	if (dims <= 0)
+		return;
+
+	/* Pass 1: range, norms, <q, c>. */
+	float lo = q_rot[0] - c_rot[0], hi = lo;
+	double qr_sq = 0, qc = 0;
+
+	for (int i = 0; i < dims; i++)
+	{
+		float r = q_rot[i] - c_rot[i];
+
+		lo = std::min(lo, r);
+		hi = std::max(hi, r);
+		qr_sq += (double) r * r;
+		qc += (double) q_rot[i] * c_rot[i];
+	}
+	double delta = ((double) hi - (double) lo) / 15.0;
+
+	if (!(delta > 0) || !std::isfinite(delta))
+		delta = 0;
+
+	/* Pass 2: quantize (round to nearest), bit planes, quantization error. */
+	double sum_qq = 0, qerr_sq = 0;
+
+	for (int w = 0; w < words; w++)
+	{
+		uint64_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+		int end = std::min(dims, (w + 1) * 64);
+
+		for (int i = w * 64; i < end; i++)
+		{
+			double r = (double) q_rot[i] - (double) c_rot[i];
+			int qq = 0;
+
+			if (delta > 0)
+			{
+				double t = std::nearbyint((r - lo) / delta);
+
+				qq = t < 0 ? 0 : (t > 15 ? 15 : (int) t);
+			}
+			double e = r - ((double) lo + delta * qq);
+			uint64_t bit = 1ULL << (i - w * 64);
+
+			qerr_sq += e * e;
+			sum_qq += qq;
+			if (qq & 1)
+				b0 |= bit;
+			if (qq & 2)
+				b1 |= bit;
+			if (qq & 4)
+				b2 |= bit;
+			if (qq & 8)
+				b3 |= bit;
+		}
+		planes[w] = b0;
+		planes[words + w] = b1;
+		planes[2 * words + w] = b2;
+		planes[3 * words + w] = b3;
+	}
+	h->lo = lo;
+	h->delta = delta;
+	h->const_term = (double) lo * dims + delta * sum_qq;
+	h->inv_sqrt_d = (float) (1.0 / std::sqrt((double) dims));
+	h->qr_norm_sq = (float) qr_sq;
+	h->qr_norm = (float) std::sqrt(qr_sq);
+	h->qc = (float) qc;
+	h->err_coef = (float) (std::sqrt(qr_sq) * EPS0 / std::sqrt((double) std::max(dims - 1, 1)));
+	/*
+	 * Quantization allowance: <xbar, e> with e the rounding error has standard
+	 * deviation about ||e||/sqrt(D) (||xbar|| = 1, signs uncorrelated with the
+	 * rounding); take eps0 of those. It is added linearly to the RaBitQ bound.
+	 */
+	h->quant_err = (float) (EPS0 * std::sqrt(qerr_sq) / std::sqrt((double) dims));
+}
+
+extern "C" void
+vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n, float *est,
+					 float *lower)
+{
+	static const EstimateFn fn = pick_estimate();
+	const PrepHeader *h = static_cast<const PrepHeader *>(prep);
+
+	if (n <= 0)
+		return;
+	fn(h, postings, n, est, lower);
+}
