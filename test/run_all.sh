@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# vidx: the whole test suite. Run from anywhere (it changes to the repo root):
+#
+#   test/run_all.sh
+#
+# 1. core unit tests:   cmake + ctest (build/)
+# 2. extension:         make && make install (PGXS, into the pg_config on PATH)
+# 3. test data:         Fashion-MNIST subset exported by bench/fmnist.py (build/testdata/)
+# 4. SQL tests, inside ONE throw-away cluster made by pg_virtualenv:
+#      make installcheck     (pg_regress: sql/ + expected/)
+#      pg_prove test/t/*.sql (pgTAP)
+#
+# Needs root (make install; pg_virtualenv starts the server as postgres) and the
+# packages that .ci/run installs. Exits non-zero if any step fails.
+#
+# Environment knobs:
+#   VIDX_TEST_ROWS=20000    Fashion-MNIST train rows for test/t/01 and 02
+#   VIDX_TEST_QUERIES=100   query vectors for test/t/01
+#   VIDX_SKIP_UNIT=1        skip the CMake/ctest step
+#   VIDX_PROVE_TIMEOUT=1200 seconds before pg_prove is stopped
+#   VIDX_TESTS="test/t/01_recall_fmnist.sql ..."  run only these pgTAP files
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "$0")")/.."
+ROOT=$PWD
+PY=/usr/bin/python3
+export VIDX_TESTDATA="$ROOT/build/testdata"
+
+# ---------------------------------------------------------------------------
+# Inside the throw-away cluster (pg_virtualenv runs this script again with
+# --in-cluster; PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE are set).
+# ---------------------------------------------------------------------------
+if [ "${1:-}" = "--in-cluster" ]; then
+	status_file=$2
+	rc=0
+	echo "==== [cluster] PostgreSQL $(psql -XAtc 'SHOW server_version') on port $PGPORT ===="
+
+	echo
+	echo "==== [cluster] make installcheck (pg_regress) ===="
+	rm -f regression.diffs regression.out
+	t=$(date +%s)
+	if make installcheck; then
+		echo "installcheck=PASS $(($(date +%s) - t))" >>"$status_file"
+	else
+		rc=1
+		echo "installcheck=FAIL $(($(date +%s) - t))" >>"$status_file"
+		if [ -f regression.diffs ]; then
+			echo "---- regression.diffs ----"
+			cat regression.diffs
+			echo "---- end of regression.diffs ----"
+		fi
+	fi
+
+	echo
+	echo "==== [cluster] pg_prove (pgTAP: test/t/*.sql) ===="
+	# pg_prove runs each file with psql -X --set ON_ERROR_STOP=1 from this directory.
+	t=$(date +%s)
+	# shellcheck disable=SC2086
+	if timeout "${VIDX_PROVE_TIMEOUT:-1200}" pg_prove --ext .sql --timer --failures \
+		${VIDX_TESTS:-test/t/}; then
+		echo "pg_prove=PASS $(($(date +%s) - t))" >>"$status_file"
+	else
+		rc=1
+		echo "pg_prove=FAIL $(($(date +%s) - t))" >>"$status_file"
+	fi
+	exit $rc
+fi
+
+# ---------------------------------------------------------------------------
+# Outside: build, unit tests, data, then one cluster for the SQL tests.
+# ---------------------------------------------------------------------------
+T0=$(date +%s)
+declare -a SUMMARY=()
+FAILED=0
+
+section() {
+	echo
+	echo "======================================================================"
+	echo "== $*"
+	echo "======================================================================"
+}
+
+record() { # record NAME STATUS SECONDS
+	SUMMARY+=("$(printf '%-28s %-5s %4ss' "$1" "$2" "$3")")
+	[ "$2" = PASS ] || FAILED=1
+}
+
+finish() {
+	local total=$(($(date +%s) - T0))
+	section "Summary"
+	printf '%s\n' "${SUMMARY[@]}"
+	if [ "$FAILED" = 0 ]; then
+		echo "vidx tests: ALL PASSED in ${total}s"
+	else
+		echo "vidx tests: FAILED (see above) after ${total}s"
+	fi
+	exit "$FAILED"
+}
+
+for tool in pg_config pg_virtualenv pg_prove cmake make; do
+	if ! command -v "$tool" >/dev/null; then
+		echo "run_all.sh: '$tool' not found; install the packages listed in .ci/run" >&2
+		exit 2
+	fi
+done
+if [ "$(id -u)" != 0 ]; then
+	echo "run_all.sh: warning: not root; 'make install' may fail" >&2
+fi
+echo "vidx test suite: $(pg_config --version), $(nproc) cores, repo $ROOT"
+
+# 1. Core unit tests ----------------------------------------------------------
+if [ "${VIDX_SKIP_UNIT:-0}" != 1 ]; then
+	section "1/4 core unit tests (cmake + ctest)"
+	t=$(date +%s)
+	if cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+		cmake --build build -j2 &&
+		ctest --test-dir build --output-on-failure; then
+		record "core unit tests (ctest)" PASS $(($(date +%s) - t))
+	else
+		record "core unit tests (ctest)" FAIL $(($(date +%s) - t))
+	fi
+else
+	record "core unit tests (ctest)" SKIP 0
+fi
+
+# 2. Build and install the extension --------------------------------------------
+section "2/4 extension build and install (PGXS)"
+t=$(date +%s)
+if make -j2 && make install; then
+	record "make && make install" PASS $(($(date +%s) - t))
+else
+	record "make && make install" FAIL $(($(date +%s) - t))
+	echo "extension did not build: skipping the SQL tests"
+	finish
+fi
+
+# 3. Test data -------------------------------------------------------------------
+section "3/4 test data (Fashion-MNIST subset -> $VIDX_TESTDATA)"
+t=$(date +%s)
+if "$PY" bench/fmnist.py export --rows "${VIDX_TEST_ROWS:-20000}" \
+	--queries "${VIDX_TEST_QUERIES:-100}" --out "$VIDX_TESTDATA"; then
+	record "test data export" PASS $(($(date +%s) - t))
+else
+	record "test data export" FAIL $(($(date +%s) - t))
+fi
+
+# 4. SQL tests in one throw-away cluster -------------------------------------------
+section "4/4 SQL tests in a throw-away cluster (pg_virtualenv)"
+t=$(date +%s)
+status_file=$(mktemp)
+chmod 644 "$status_file"
+if pg_virtualenv -t \
+	-o shared_buffers=256MB \
+	-o maintenance_work_mem=512MB \
+	-o max_wal_size=4GB \
+	-o log_min_messages=warning \
+	bash "$ROOT/test/run_all.sh" --in-cluster "$status_file"; then
+	:
+fi
+elapsed=$(($(date +%s) - t))
+for step in installcheck pg_prove; do
+	st=$(sed -n "s/^$step=//p" "$status_file" | tail -1)
+	case $step in
+	installcheck) label="make installcheck (pg_regress)" ;;
+	pg_prove) label="pg_prove test/t (pgTAP)" ;;
+	esac
+	# a step that left no status line did not run (cluster failed to start?)
+	if [ -n "$st" ]; then
+		record "$label" "${st% *}" "${st#* }"
+	else
+		record "$label" FAIL "$elapsed"
+	fi
+done
+rm -f "$status_file"
+finish
