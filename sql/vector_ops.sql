@@ -90,6 +90,11 @@ SELECT id, round((v <#> ARRAY[1.0, 1.0])::numeric, 4) AS dist
 FROM items ORDER BY v <#> ARRAY[1.0, 1.0], id;
 SELECT id, round((v <=> '{1,1}')::numeric, 4) AS dist
 FROM items WHERE id <> 1 ORDER BY v <=> '{1,1}', id;
+-- One call site, alternating queries (the converted query is cached per call site).
+SELECT i.id AS item, q.id AS query, round((i.v <-> q.q)::numeric, 4) AS l2,
+       round((i.v <#> q.q::float8[])::numeric, 4) AS ip
+FROM items i CROSS JOIN (VALUES (1, ARRAY[1.0, 0.0]), (2, ARRAY[0.0, 2.0])) AS q(id, q)
+ORDER BY i.id, q.id;
 -- A TOASTed (compressed) stored vector.
 INSERT INTO items VALUES (5, array_fill(0.5::real, ARRAY[3000]));
 SELECT id, v <-> array_fill(0.5::float8, ARRAY[3000]) AS dist,

@@ -292,6 +292,64 @@ distance_double(VidxMetric metric, const float *a, const float *b, int dims)
 	pg_unreachable();
 }
 
+/*
+ * The last converted double precision[] or numeric[] right operand of one
+ * call site, in fn_mcxt: a scan compares every row with the same query, and
+ * comparing its bytes is much cheaper than converting it again (numeric
+ * especially). real[] operands need no conversion and are not cached.
+ */
+typedef struct QueryCache
+{
+	Size		len;			/* VARSIZE of raw; 0 while invalid */
+	char	   *raw;			/* copy of the detoasted array */
+	float	   *vec;
+	int			dims;
+} QueryCache;
+
+static const float *
+query_vector(FunctionCallInfo fcinfo, ArrayType *array, int *dims)
+{
+	FmgrInfo   *flinfo = fcinfo->flinfo;
+	QueryCache *cache;
+	Size		len = VARSIZE(array);
+	float	   *v;
+	MemoryContext oldcxt;
+
+	if (ARR_ELEMTYPE(array) == FLOAT4OID || flinfo == NULL)
+		return array_to_vector_internal(array, dims, "query vector", false);
+
+	cache = (QueryCache *) flinfo->fn_extra;
+	if (cache != NULL && cache->len == len && memcmp(cache->raw, array, len) == 0)
+	{
+		*dims = cache->dims;
+		return cache->vec;
+	}
+
+	v = array_to_vector_internal(array, dims, "query vector", false);
+
+	oldcxt = MemoryContextSwitchTo(flinfo->fn_mcxt);
+	if (cache == NULL)
+	{
+		cache = (QueryCache *) palloc0(sizeof(QueryCache));
+		flinfo->fn_extra = cache;
+	}
+	else if (cache->len != 0)
+	{
+		cache->len = 0;
+		pfree(cache->raw);
+		pfree(cache->vec);
+	}
+	cache->raw = (char *) palloc(len);
+	memcpy(cache->raw, array, len);
+	cache->vec = (float *) palloc(sizeof(float) * *dims);
+	memcpy(cache->vec, v, sizeof(float) * *dims);
+	cache->dims = *dims;
+	cache->len = len;
+	MemoryContextSwitchTo(oldcxt);
+
+	return v;
+}
+
 /* Common body of the three SQL functions. */
 static Datum
 distance_common(FunctionCallInfo fcinfo, VidxMetric metric)
@@ -305,7 +363,7 @@ distance_common(FunctionCallInfo fcinfo, VidxMetric metric)
 	double		result;
 
 	a = array_to_vector_internal(left, &adims, "vector", false);
-	b = array_to_vector_internal(right, &bdims, "query vector", false);
+	b = query_vector(fcinfo, right, &bdims);
 	vidx_check_dims(adims, bdims, NULL);
 
 	if (metric == VIDX_METRIC_COSINE)
