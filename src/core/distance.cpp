@@ -13,6 +13,12 @@
 #include <immintrin.h>
 #endif
 
+/* GCC 12's AVX-512 headers trip false (maybe-)uninitialized warnings (_mm512_undefined). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 namespace
 {
 
@@ -68,8 +74,8 @@ norm_sq_scalar(const float *a, int n)
 }
 
 void
-l2sq_x4_scalar(const float *x, const float *c0, const float *c1, const float *c2,
-			   const float *c3, int n, float out[4])
+l2sq_x4_scalar(const float *x, const float *c0, const float *c1, const float *c2, const float *c3,
+               int n, float out[4])
 {
 	out[0] = l2sq_scalar(x, c0, n);
 	out[1] = l2sq_scalar(x, c1, n);
@@ -185,8 +191,8 @@ norm_sq_avx2(const float *a, int n)
 }
 
 AVX2 void
-l2sq_x4_avx2(const float *x, const float *c0, const float *c1, const float *c2,
-			 const float *c3, int n, float out[4])
+l2sq_x4_avx2(const float *x, const float *c0, const float *c1, const float *c2, const float *c3,
+             int n, float out[4])
 {
 	__m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
 	__m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
@@ -229,7 +235,7 @@ l2sq_x4_avx2(const float *x, const float *c0, const float *c1, const float *c2,
 AVX512 inline __mmask16
 tail_mask(int left)
 {
-	return (__mmask16) ((1u << left) - 1u);
+	return (__mmask16)((1u << left) - 1u);
 }
 
 AVX512 float
@@ -325,8 +331,8 @@ norm_sq_avx512(const float *a, int n)
 }
 
 AVX512 void
-l2sq_x4_avx512(const float *x, const float *c0, const float *c1, const float *c2,
-			   const float *c3, int n, float out[4])
+l2sq_x4_avx512(const float *x, const float *c0, const float *c1, const float *c2, const float *c3,
+               int n, float out[4])
 {
 	__m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
 	__m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
@@ -334,7 +340,7 @@ l2sq_x4_avx512(const float *x, const float *c0, const float *c1, const float *c2
 
 	for (; i < n; i += 16)
 	{
-		__mmask16 m = n - i >= 16 ? (__mmask16) 0xFFFF : tail_mask(n - i);
+		__mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : tail_mask(n - i);
 		__m512 v = _mm512_maskz_loadu_ps(m, x + i);
 		__m512 d0 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c0 + i));
 		__m512 d1 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c1 + i));
@@ -359,8 +365,8 @@ struct Kernels
 	float (*l2sq)(const float *, const float *, int);
 	float (*dot)(const float *, const float *, int);
 	float (*norm_sq)(const float *, int);
-	void (*l2sq_x4)(const float *, const float *, const float *, const float *,
-					const float *, int, float *);
+	void (*l2sq_x4)(const float *, const float *, const float *, const float *, const float *, int,
+	                float *);
 };
 
 Kernels
@@ -387,8 +393,8 @@ kernels()
 } // namespace
 
 void
-vidx::l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2,
-			  const float *c3, int dims, float out[4])
+vidx::l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2, const float *c3,
+              int dims, float out[4])
 {
 	kernels().l2sq_x4(x, c0, c1, c2, c3, dims, out);
 }
@@ -422,25 +428,25 @@ vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
 {
 	switch (metric)
 	{
-		case VIDX_METRIC_L2:
-			return std::sqrt((double) vidx_l2sq(a, b, dims));
-		case VIDX_METRIC_IP:
-			return -(double) vidx_dot(a, b, dims);
-		case VIDX_METRIC_COSINE:
-		{
-			double ab = vidx_dot(a, b, dims);
-			double aa = vidx_norm_sq(a, dims);
-			double bb = vidx_norm_sq(b, dims);
-			double c = ab / std::sqrt(aa * bb);
+	case VIDX_METRIC_L2:
+		return std::sqrt((double)vidx_l2sq(a, b, dims));
+	case VIDX_METRIC_IP:
+		return -(double)vidx_dot(a, b, dims);
+	case VIDX_METRIC_COSINE:
+	{
+		double ab = vidx_dot(a, b, dims);
+		double aa = vidx_norm_sq(a, dims);
+		double bb = vidx_norm_sq(b, dims);
+		double c = ab / std::sqrt(aa * bb);
 
-			if (std::isnan(c))
-				return c;
-			if (c > 1.0)
-				c = 1.0;
-			else if (c < -1.0)
-				c = -1.0;
-			return 1.0 - c;
-		}
+		if (std::isnan(c))
+			return c;
+		if (c > 1.0)
+			c = 1.0;
+		else if (c < -1.0)
+			c = -1.0;
+		return 1.0 - c;
+	}
 	}
 	return std::nan("");
 }

@@ -18,8 +18,7 @@
 #if defined(__clang__)
 #define VIDX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
-#define VIDX_CLONES                                                            \
-	__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define VIDX_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 #else
 #define VIDX_TARGET(s)
@@ -30,9 +29,8 @@ namespace vidx
 {
 
 /* Writes a message into err (if any); never fails. */
-inline void
-set_err(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+inline void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 inline void
 set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -61,7 +59,7 @@ struct SplitMix64
 	}
 
 	/* Uniform in [0, 1). */
-	double uniform() { return (double) (next() >> 11) * (1.0 / 9007199254740992.0); }
+	double uniform() { return (double)(next() >> 11) * (1.0 / 9007199254740992.0); }
 
 	/* Uniform in [0, n), n > 0 (negligible modulo bias for our n). */
 	uint64_t below(uint64_t n) { return next() % n; }
@@ -71,24 +69,24 @@ struct SplitMix64
  * Squared L2 distances of x to four centroids at once (shares the loads of
  * x). Dispatched to AVX-512 / AVX2 / scalar at run time.
  */
-void l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2,
-			 const float *c3, int dims, float out[4]);
+void l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2, const float *c3,
+             int dims, float out[4]);
 
 /*
  * Nearest centroid (L2) of each point, OpenMP-parallel, deterministic.
  * dist (may be null) receives the squared distance to that centroid.
  * Allocates nothing.
  */
-void assign_points(const float *points, int64_t n, int dims, const float *centroids,
-				   int k, int32_t *assignment, float *dist);
+void assign_points(const float *points, int64_t n, int dims, const float *centroids, int k,
+                   int32_t *assignment, float *dist);
 
 /*
  * The k-means driver behind vidx_kmeans; throws std::bad_alloc on OOM.
  * Returns a VIDX status; msg gets a message on error.
  */
-int kmeans_run(const float *points, int64_t n, int dims, int k, int iterations,
-			   uint64_t seed, float *centroids, VidxProgressFn progress,
-			   void *progress_arg, char *err, size_t errlen);
+int kmeans_run(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
+               float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
+               size_t errlen);
 
 } // namespace vidx
 

@@ -21,11 +21,18 @@
 #include <immintrin.h>
 #endif
 
+/* GCC 12's AVX-512 headers trip false (maybe-)uninitialized warnings (_mm512_undefined). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+
 namespace
 {
 
 constexpr uint32_t PREP_MAGIC = 0x56505250; /* "VPRP" */
-constexpr float EPS0 = 1.9f;
+constexpr float EPS0 = 1.9f;                /* RaBitQ confidence parameter */
+constexpr float EPS_QUANT = 4.0f;           /* sigmas of query quantization error */
 
 struct PrepHeader
 {
@@ -33,16 +40,16 @@ struct PrepHeader
 	int32_t metric;
 	int32_t dims;
 	int32_t words;
-	double lo;			/* quantization offset */
-	double delta;		/* quantization step */
-	double const_term;	/* lo*D + delta*sum(qq) */
-	float inv_sqrt_d;	/* 1/sqrt(D) */
-	float qr_norm_sq;	/* ||qr||^2 (exact, in double then rounded) */
-	float qr_norm;		/* ||qr|| */
-	float qc;			/* <q_rot, c_rot> (IP) */
-	float err_coef;		/* ||qr|| * eps0 / sqrt(max(D-1, 1)) */
-	float quant_err;	/* eps0 * ||qr - dequant(qq)|| / sqrt(D) */
-	/* followed by 4 * words uint64_t bit planes, plane j at j*words */
+	double lo;         /* quantization offset */
+	double delta;      /* quantization step */
+	double const_term; /* lo*D + delta*sum(qq) */
+	float inv_sqrt_d;  /* 1/sqrt(D) */
+	float qr_norm_sq;  /* ||qr||^2 (exact, in double then rounded) */
+	float qr_norm;     /* ||qr|| */
+	float qc;          /* <q_rot, c_rot> (IP) */
+	float err_coef;    /* ||qr|| * eps0 / sqrt(max(D-1, 1)) */
+	float quant_err;   /* eps0 * ||qr - dequant(qq)|| / sqrt(D) */
+	                   /* followed by 4 * words uint64_t bit planes, plane j at j*words */
 };
 static_assert(sizeof(PrepHeader) % 8 == 0, "planes must be 8-byte aligned");
 
@@ -54,8 +61,8 @@ planes_of(const PrepHeader *p)
 
 struct PopSums
 {
-	uint32_t pop;	/* popcount(code) */
-	uint32_t wsum;	/* sum_j 2^j popcount(code & plane_j) */
+	uint32_t pop;  /* popcount(code) */
+	uint32_t wsum; /* sum_j 2^j popcount(code & plane_j) */
 };
 
 /* Turns popcounts into (est, lower) for one posting. */
@@ -63,17 +70,18 @@ inline void
 finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float *lower)
 {
 	/* In double: lo*D and the popcount sums nearly cancel. */
-	float ip_xq = (float) ((2.0 * (h->lo * ps.pop + h->delta * ps.wsum) - h->const_term) *
-						   h->inv_sqrt_d);
+	float ip_xq =
+	    (float)((2.0 * (h->lo * ps.pop + h->delta * ps.wsum) - h->const_term) * h->inv_sqrt_d);
 	float dot = p->dot;
 	float norm = p->norm;
 
-	if (!(dot > 1e-6f))			/* corrupted or degenerate: keep it finite */
+	if (!(dot > 1e-6f)) /* corrupted or degenerate: keep it finite */
 		dot = 1e-6f;
 	else if (dot > 1.0f)
 		dot = 1.0f;
 	float est_ip = ip_xq / dot;
-	float err = h->err_coef * std::sqrt(std::max(0.0f, 1.0f - dot * dot)) / dot + h->quant_err / dot;
+	float err =
+	    h->err_coef * std::sqrt(std::max(0.0f, 1.0f - dot * dot)) / dot + h->quant_err / dot;
 	float score;
 	float low;
 
@@ -102,41 +110,41 @@ pop_generic(const uint64_t *code, const uint64_t *planes, int words)
 	{
 		uint64_t c = code[w];
 
-		pop += (uint32_t) __builtin_popcountll(c);
-		s0 += (uint32_t) __builtin_popcountll(c & planes[w]);
-		s1 += (uint32_t) __builtin_popcountll(c & p1[w]);
-		s2 += (uint32_t) __builtin_popcountll(c & p2[w]);
-		s3 += (uint32_t) __builtin_popcountll(c & p3[w]);
+		pop += (uint32_t)__builtin_popcountll(c);
+		s0 += (uint32_t)__builtin_popcountll(c & planes[w]);
+		s1 += (uint32_t)__builtin_popcountll(c & p1[w]);
+		s2 += (uint32_t)__builtin_popcountll(c & p2[w]);
+		s3 += (uint32_t)__builtin_popcountll(c & p3[w]);
 	}
 	return {pop, s0 + 2 * s1 + 4 * s2 + 8 * s3};
 }
 
-#define ESTIMATE_LOOP(POPFN)                                                           \
-	do                                                                                 \
-	{                                                                                  \
-		const uint64_t *planes = planes_of(h);                                         \
-		int words = h->words;                                                          \
-		for (int i = 0; i < n; i++)                                                    \
-		{                                                                              \
-			const VidxPosting *p = postings[i];                                        \
-			if (i + 1 < n)                                                             \
-				__builtin_prefetch(postings[i + 1]);                                   \
-			PopSums ps = POPFN(vidx_posting_code(p), planes, words);                   \
-			finish(h, p, ps, est + i, lower ? lower + i : nullptr);                    \
-		}                                                                              \
+#define ESTIMATE_LOOP(POPFN)                                                                       \
+	do                                                                                             \
+	{                                                                                              \
+		const uint64_t *planes = planes_of(h);                                                     \
+		int words = h->words;                                                                      \
+		for (int i = 0; i < n; i++)                                                                \
+		{                                                                                          \
+			const VidxPosting *p = postings[i];                                                    \
+			if (i + 1 < n)                                                                         \
+				__builtin_prefetch(postings[i + 1]);                                               \
+			PopSums ps = POPFN(vidx_posting_code(p), planes, words);                               \
+			finish(h, p, ps, est + i, lower ? lower + i : nullptr);                                \
+		}                                                                                          \
 	} while (0)
 
 void
 estimate_default(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
-				 float *lower)
+                 float *lower)
 {
 	ESTIMATE_LOOP(pop_generic);
 }
 
 #ifdef VIDX_X86
 
-VIDX_TARGET("popcnt") inline PopSums
-pop_popcnt(const uint64_t *code, const uint64_t *planes, int words)
+VIDX_TARGET("popcnt")
+inline PopSums pop_popcnt(const uint64_t *code, const uint64_t *planes, int words)
 {
 	uint64_t pop = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 	const uint64_t *p1 = planes + words, *p2 = planes + 2 * words, *p3 = planes + 3 * words;
@@ -145,18 +153,18 @@ pop_popcnt(const uint64_t *code, const uint64_t *planes, int words)
 	{
 		uint64_t c = code[w];
 
-		pop += (uint64_t) _mm_popcnt_u64(c);
-		s0 += (uint64_t) _mm_popcnt_u64(c & planes[w]);
-		s1 += (uint64_t) _mm_popcnt_u64(c & p1[w]);
-		s2 += (uint64_t) _mm_popcnt_u64(c & p2[w]);
-		s3 += (uint64_t) _mm_popcnt_u64(c & p3[w]);
+		pop += (uint64_t)_mm_popcnt_u64(c);
+		s0 += (uint64_t)_mm_popcnt_u64(c & planes[w]);
+		s1 += (uint64_t)_mm_popcnt_u64(c & p1[w]);
+		s2 += (uint64_t)_mm_popcnt_u64(c & p2[w]);
+		s3 += (uint64_t)_mm_popcnt_u64(c & p3[w]);
 	}
-	return {(uint32_t) pop, (uint32_t) (s0 + 2 * s1 + 4 * s2 + 8 * s3)};
+	return {(uint32_t)pop, (uint32_t)(s0 + 2 * s1 + 4 * s2 + 8 * s3)};
 }
 
-VIDX_TARGET("popcnt") void
-estimate_popcnt(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
-				float *lower)
+VIDX_TARGET("popcnt")
+void estimate_popcnt(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
+                     float *lower)
 {
 	ESTIMATE_LOOP(pop_popcnt);
 }
@@ -176,9 +184,10 @@ pop_vpopcnt(const uint64_t *code, const uint64_t *planes, int words)
 
 	for (int w = 0; w < words; w += 8)
 	{
-		__mmask8 m = words - w >= 8 ? (__mmask8) 0xFF : (__mmask8) ((1u << (words - w)) - 1u);
+		__mmask8 m = words - w >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (words - w)) - 1u);
 		__m512i c = _mm512_maskz_loadu_epi64(m, code + w);
-		__m512i c0 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, planes + w)));
+		__m512i c0 =
+		    _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, planes + w)));
 		__m512i c1 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, p1 + w)));
 		__m512i c2 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, p2 + w)));
 		__m512i c3 = _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, p3 + w)));
@@ -188,12 +197,12 @@ pop_vpopcnt(const uint64_t *code, const uint64_t *planes, int words)
 		c2 = _mm512_add_epi64(_mm512_slli_epi64(c2, 2), _mm512_slli_epi64(c3, 3));
 		asum = _mm512_add_epi64(asum, _mm512_add_epi64(c0, c2));
 	}
-	return {(uint32_t) _mm512_reduce_add_epi64(apop), (uint32_t) _mm512_reduce_add_epi64(asum)};
+	return {(uint32_t)_mm512_reduce_add_epi64(apop), (uint32_t)_mm512_reduce_add_epi64(asum)};
 }
 
 VPOPCNT void
 estimate_vpopcnt(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
-				 float *lower)
+                 float *lower)
 {
 	ESTIMATE_LOOP(pop_vpopcnt);
 }
@@ -208,7 +217,7 @@ pick_estimate()
 #ifdef VIDX_X86
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512f") &&
-		__builtin_cpu_supports("popcnt"))
+	    __builtin_cpu_supports("popcnt"))
 		return estimate_vpopcnt;
 	if (__builtin_cpu_supports("popcnt"))
 		return estimate_popcnt;
@@ -227,7 +236,7 @@ vidx_code_words(int dims)
 extern "C" size_t
 vidx_posting_size(int dims)
 {
-	return sizeof(VidxPosting) + 8 * (size_t) vidx_code_words(dims);
+	return sizeof(VidxPosting) + 8 * (size_t)vidx_code_words(dims);
 }
 
 extern "C" void
@@ -246,34 +255,34 @@ vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting
 		{
 			float r = x_rot[i] - c_rot[i];
 
-			bits |= (uint64_t) (r > 0.0f) << (i - w * 64);
-			norm_sq += (double) r * r;
-			abs_sum += std::fabs((double) r);
-			cdot += (double) c_rot[i] * r;
+			bits |= (uint64_t)(r > 0.0f) << (i - w * 64);
+			norm_sq += (double)r * r;
+			abs_sum += std::fabs((double)r);
+			cdot += (double)c_rot[i] * r;
 		}
 		code[w] = bits;
 	}
 	double norm = std::sqrt(norm_sq);
 
-	p->norm = (float) norm;
-	p->cdot = (float) cdot;
+	p->norm = (float)norm;
+	p->cdot = (float)cdot;
 	if (norm > 0 && dims > 0)
 	{
-		double dot = abs_sum / (std::sqrt((double) dims) * norm);
+		double dot = abs_sum / (std::sqrt((double)dims) * norm);
 
-		p->dot = (float) std::min(1.0, dot);
+		p->dot = (float)std::min(1.0, dot);
 	}
 	else
 	{
 		p->dot = 1.0f;
-		std::memset(code, 0, 8 * (size_t) words);
+		std::memset(code, 0, 8 * (size_t)words);
 	}
 }
 
 extern "C" size_t
 vidx_query_prep_size(int dims)
 {
-	return sizeof(PrepHeader) + 4 * 8 * (size_t) vidx_code_words(dims);
+	return sizeof(PrepHeader) + 4 * 8 * (size_t)vidx_code_words(dims);
 }
 
 extern "C" void
@@ -285,7 +294,7 @@ vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *
 
 	std::memset(h, 0, vidx_query_prep_size(dims));
 	h->magic = PREP_MAGIC;
-	h->metric = (int32_t) metric;
+	h->metric = (int32_t)metric;
 	h->dims = dims;
 	h->words = words;
 	if (dims <= 0)
@@ -301,10 +310,10 @@ vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *
 
 		lo = std::min(lo, r);
 		hi = std::max(hi, r);
-		qr_sq += (double) r * r;
-		qc += (double) q_rot[i] * c_rot[i];
+		qr_sq += (double)r * r;
+		qc += (double)q_rot[i] * c_rot[i];
 	}
-	double delta = ((double) hi - (double) lo) / 15.0;
+	double delta = ((double)hi - (double)lo) / 15.0;
 
 	if (!(delta > 0) || !std::isfinite(delta))
 		delta = 0;
@@ -319,16 +328,16 @@ vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *
 
 		for (int i = w * 64; i < end; i++)
 		{
-			double r = (double) q_rot[i] - (double) c_rot[i];
+			double r = (double)q_rot[i] - (double)c_rot[i];
 			int qq = 0;
 
 			if (delta > 0)
 			{
 				double t = std::nearbyint((r - lo) / delta);
 
-				qq = t < 0 ? 0 : (t > 15 ? 15 : (int) t);
+				qq = t < 0 ? 0 : (t > 15 ? 15 : (int)t);
 			}
-			double e = r - ((double) lo + delta * qq);
+			double e = r - ((double)lo + delta * qq);
 			uint64_t bit = 1ULL << (i - w * 64);
 
 			qerr_sq += e * e;
@@ -349,23 +358,25 @@ vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *
 	}
 	h->lo = lo;
 	h->delta = delta;
-	h->const_term = (double) lo * dims + delta * sum_qq;
-	h->inv_sqrt_d = (float) (1.0 / std::sqrt((double) dims));
-	h->qr_norm_sq = (float) qr_sq;
-	h->qr_norm = (float) std::sqrt(qr_sq);
-	h->qc = (float) qc;
-	h->err_coef = (float) (std::sqrt(qr_sq) * EPS0 / std::sqrt((double) std::max(dims - 1, 1)));
+	h->const_term = (double)lo * dims + delta * sum_qq;
+	h->inv_sqrt_d = (float)(1.0 / std::sqrt((double)dims));
+	h->qr_norm_sq = (float)qr_sq;
+	h->qr_norm = (float)std::sqrt(qr_sq);
+	h->qc = (float)qc;
+	h->err_coef = (float)(std::sqrt(qr_sq) * EPS0 / std::sqrt((double)std::max(dims - 1, 1)));
 	/*
-	 * Quantization allowance: <xbar, e> with e the rounding error has standard
-	 * deviation about ||e||/sqrt(D) (||xbar|| = 1, signs uncorrelated with the
-	 * rounding); take eps0 of those. It is added linearly to the RaBitQ bound.
+	 * Quantization allowance: the estimator is off by <xbar, e>/dot, e the
+	 * rounding error of qr. With ||xbar|| = 1 and code signs uncorrelated with
+	 * the rounding, <xbar, e> has standard deviation ||e||/sqrt(D); allow
+	 * EPS_QUANT of those, added linearly to the RaBitQ bound (the worst case,
+	 * sum|e_i|/sqrt(D), would be about sqrt(D)/2 times looser).
 	 */
-	h->quant_err = (float) (EPS0 * std::sqrt(qerr_sq) / std::sqrt((double) dims));
+	h->quant_err = (float)(EPS_QUANT * std::sqrt(qerr_sq) / std::sqrt((double)dims));
 }
 
 extern "C" void
 vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n, float *est,
-					 float *lower)
+                     float *lower)
 {
 	static const EstimateFn fn = pick_estimate();
 	const PrepHeader *h = static_cast<const PrepHeader *>(prep);

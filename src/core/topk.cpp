@@ -16,7 +16,7 @@ better(const VidxCandidate &a, const VidxCandidate &b)
 	bool an = std::isnan(a.score), bn = std::isnan(b.score);
 
 	if (an != bn)
-		return bn;				/* a number beats NaN */
+		return bn; /* a number beats NaN */
 	if (!an && a.score != b.score)
 		return a.score < b.score;
 	return a.payload < b.payload;
