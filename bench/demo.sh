@@ -44,9 +44,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 section "building and installing vidx"
-make -j"$(nproc)" >/dev/null
-make install >/dev/null
-echo "installed vidx into $(pg_config --pkglibdir)"
+mkdir -p build
+if ! { make -j"$(nproc)" && make install; } >build/demo-make.log 2>&1; then
+	tail -50 build/demo-make.log
+	echo "demo.sh: the build failed (full log: build/demo-make.log)" >&2
+	exit 1
+fi
+echo "installed vidx into $(pg_config --pkglibdir) (build log: build/demo-make.log)"
 
 # default demo arguments unless the caller gives their own
 args=("$@")

@@ -467,7 +467,11 @@ def cmd_demo(a):
 
     print(f"\n-- {len(Q)} queries, one at a time (prepared statement, k={a.k})", flush=True)
     results = []
-    probes_list = [int(p) for p in a.probes_list.split(",")] if a.probes_list else [None]
+    probes_list = [None if p.strip() in ("", "default") else int(p)
+                   for p in (a.probes_list or "default").split(",")]
+    if None in probes_list:  # the default-settings run first: it is the headline
+        probes_list.remove(None)
+        probes_list.insert(0, None)
     for p in probes_list:
         s = {} if p is None else {"vidx.probes": p}
         label = "vidx (default probes)" if p is None else f"vidx probes={p}"
@@ -547,7 +551,8 @@ def main(argv=None):
     p = sub.add_parser("demo", help="load, index, query, compare with exact scan")
     common(p, 60000, 1000)
     p.add_argument("--exact-queries", type=int, default=100)
-    p.add_argument("--probes-list", default="", help="comma-separated vidx.probes values to sweep")
+    p.add_argument("--probes-list", default="default,1,4,20,50",
+                   help="comma-separated vidx.probes values to run ('default' = the default setting)")
     p.add_argument("--with", dest="with_opt", action="append", help="index option name=value")
     p.set_defaults(func=cmd_demo)
 
