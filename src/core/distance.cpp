@@ -235,7 +235,7 @@ l2sq_x4_avx2(const float *x, const float *c0, const float *c1, const float *c2, 
 AVX512 inline __mmask16
 tail_mask(int left)
 {
-	return (__mmask16)((1u << left) - 1u);
+	return (__mmask16) ((1u << left) - 1u);
 }
 
 AVX512 float
@@ -340,7 +340,7 @@ l2sq_x4_avx512(const float *x, const float *c0, const float *c1, const float *c2
 
 	for (; i < n; i += 16)
 	{
-		__mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : tail_mask(n - i);
+		__mmask16 m = n - i >= 16 ? (__mmask16) 0xFFFF : tail_mask(n - i);
 		__m512 v = _mm512_maskz_loadu_ps(m, x + i);
 		__m512 d0 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c0 + i));
 		__m512 d1 = _mm512_sub_ps(v, _mm512_maskz_loadu_ps(m, c1 + i));
@@ -429,9 +429,9 @@ vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
 	switch (metric)
 	{
 	case VIDX_METRIC_L2:
-		return std::sqrt((double)vidx_l2sq(a, b, dims));
+		return std::sqrt((double) vidx_l2sq(a, b, dims));
 	case VIDX_METRIC_IP:
-		return -(double)vidx_dot(a, b, dims);
+		return -(double) vidx_dot(a, b, dims);
 	case VIDX_METRIC_COSINE:
 	{
 		double ab = vidx_dot(a, b, dims);

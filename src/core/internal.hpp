@@ -59,7 +59,7 @@ struct SplitMix64
 	}
 
 	/* Uniform in [0, 1). */
-	double uniform() { return (double)(next() >> 11) * (1.0 / 9007199254740992.0); }
+	double uniform() { return (double) (next() >> 11) * (1.0 / 9007199254740992.0); }
 
 	/* Uniform in [0, n), n > 0 (negligible modulo bias for our n). */
 	uint64_t below(uint64_t n) { return next() % n; }

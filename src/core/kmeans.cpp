@@ -29,10 +29,10 @@ constexpr int MAX_BLOCK = 64;
 int
 block_points(int dims)
 {
-	size_t bytes = (size_t)std::max(dims, 1) * sizeof(float);
-	size_t pb = (size_t)(256 * 1024) / bytes;
+	size_t bytes = (size_t) std::max(dims, 1) * sizeof(float);
+	size_t pb = (size_t) (256 * 1024) / bytes;
 
-	return (int)std::min<size_t>(MAX_BLOCK, std::max<size_t>(8, pb));
+	return (int) std::min<size_t>(MAX_BLOCK, std::max<size_t>(8, pb));
 }
 
 int
@@ -76,7 +76,7 @@ vidx::assign_points(const float *points, int64_t n, int dims, const float *centr
 	for (int64_t b = 0; b < nblocks; b++)
 	{
 		int64_t i0 = b * pb;
-		int cnt = (int)std::min<int64_t>(pb, n - i0);
+		int cnt = (int) std::min<int64_t>(pb, n - i0);
 		float best[MAX_BLOCK];
 		int32_t besti[MAX_BLOCK];
 
@@ -88,16 +88,16 @@ vidx::assign_points(const float *points, int64_t n, int dims, const float *centr
 		for (int j = 0; j < k; j += 4)
 		{
 			int jn = std::min(4, k - j);
-			const float *c0 = centroids + (size_t)j * dims;
+			const float *c0 = centroids + (size_t) j * dims;
 			const float *c1 = jn > 1 ? c0 + dims : c0;
-			const float *c2 = jn > 2 ? c0 + 2 * (size_t)dims : c0;
-			const float *c3 = jn > 3 ? c0 + 3 * (size_t)dims : c0;
+			const float *c2 = jn > 2 ? c0 + 2 * (size_t) dims : c0;
+			const float *c3 = jn > 3 ? c0 + 3 * (size_t) dims : c0;
 
 			for (int t = 0; t < cnt; t++)
 			{
 				float d[4];
 
-				vidx::l2sq_x4(points + (size_t)(i0 + t) * dims, c0, c1, c2, c3, dims, d);
+				vidx::l2sq_x4(points + (size_t) (i0 + t) * dims, c0, c1, c2, c3, dims, d);
 				for (int u = 0; u < jn; u++)
 				{
 					if (d[u] < best[t])
@@ -122,12 +122,12 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
                  float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
                  size_t errlen)
 {
-	const size_t d = (size_t)dims;
+	const size_t d = (size_t) dims;
 
 	if (points == nullptr || centroids == nullptr || n <= 0 || k <= 0 || dims <= 0 ||
 	    dims > VIDX_MAX_DIMS)
 	{
-		set_err(err, errlen, "invalid k-means arguments (n=%lld, dims=%d, k=%d)", (long long)n,
+		set_err(err, errlen, "invalid k-means arguments (n=%lld, dims=%d, k=%d)", (long long) n,
 		        dims, k);
 		return VIDX_E_INVALID;
 	}
@@ -138,14 +138,14 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	if (n <= k)
 	{
 		for (int j = 0; j < k; j++)
-			std::memcpy(centroids + j * d, points + (size_t)(j % n) * d, d * sizeof(float));
+			std::memcpy(centroids + j * d, points + (size_t) (j % n) * d, d * sizeof(float));
 		return report(progress, progress_arg, iterations, iterations) ? VIDX_E_CANCELLED : VIDX_OK;
 	}
 
 	SplitMix64 rng(seed ^ 0x6b6d65616e73ULL);
 
 	/* ---- k-means++ on a seeded subsample ---- */
-	int64_t m = std::min<int64_t>(n, std::max<int64_t>((int64_t)k * 4, 8192));
+	int64_t m = std::min<int64_t>(n, std::max<int64_t>((int64_t) k * 4, 8192));
 	std::vector<int64_t> sample;
 
 	if (m == n)
@@ -163,7 +163,7 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 			idx[i] = i;
 		for (int64_t i = 0; i < m; i++)
 		{
-			int64_t j = i + (int64_t)rng.below((uint64_t)(n - i));
+			int64_t j = i + (int64_t) rng.below((uint64_t) (n - i));
 
 			std::swap(idx[i], idx[j]);
 		}
@@ -173,13 +173,13 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 
 	std::vector<float> mind(m);
 	std::vector<char> chosen(m, 0);
-	int64_t first = (int64_t)rng.below((uint64_t)m);
+	int64_t first = (int64_t) rng.below((uint64_t) m);
 
-	std::memcpy(centroids, points + (size_t)sample[first] * d, d * sizeof(float));
+	std::memcpy(centroids, points + (size_t) sample[first] * d, d * sizeof(float));
 	chosen[first] = 1;
 #pragma omp parallel for schedule(static)
 	for (int64_t i = 0; i < m; i++)
-		mind[i] = vidx_l2sq(points + (size_t)sample[i] * d, centroids, dims);
+		mind[i] = vidx_l2sq(points + (size_t) sample[i] * d, centroids, dims);
 
 	for (int c = 1; c < k; c++)
 	{
@@ -213,7 +213,7 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 		if (pick < 0)
 		{
 			/* All remaining weight is zero (duplicates): any unchosen point. */
-			int64_t start = (int64_t)rng.below((uint64_t)m);
+			int64_t start = (int64_t) rng.below((uint64_t) m);
 
 			for (int64_t t = 0; t < m && pick < 0; t++)
 				if (!chosen[(start + t) % m])
@@ -222,13 +222,13 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 				pick = start;
 		}
 		chosen[pick] = 1;
-		float *cent = centroids + (size_t)c * d;
+		float *cent = centroids + (size_t) c * d;
 
-		std::memcpy(cent, points + (size_t)sample[pick] * d, d * sizeof(float));
+		std::memcpy(cent, points + (size_t) sample[pick] * d, d * sizeof(float));
 #pragma omp parallel for schedule(static)
 		for (int64_t i = 0; i < m; i++)
 		{
-			float dd = vidx_l2sq(points + (size_t)sample[i] * d, cent, dims);
+			float dd = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims);
 
 			if (dd < mind[i])
 				mind[i] = dd;
@@ -243,7 +243,7 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	std::vector<float> dist(n);
 	std::vector<int64_t> count(k), start(k + 1), order(n);
 	const int nthreads = thread_count();
-	std::vector<double> acc((size_t)nthreads * d);
+	std::vector<double> acc((size_t) nthreads * d);
 
 	for (int it = 0; it < iterations; it++)
 	{
@@ -276,21 +276,21 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 		{
 			if (count[j] == 0)
 				continue;
-			double *s = acc.data() + (size_t)thread_num() * d;
+			double *s = acc.data() + (size_t) thread_num() * d;
 
 			std::fill(s, s + d, 0.0);
 			for (int64_t t = start[j]; t < start[j + 1]; t++)
 			{
-				const float *x = points + (size_t)order[t] * d;
+				const float *x = points + (size_t) order[t] * d;
 
 				for (size_t u = 0; u < d; u++)
 					s[u] += x[u];
 			}
-			double inv = 1.0 / (double)count[j];
-			float *cj = centroids + (size_t)j * d;
+			double inv = 1.0 / (double) count[j];
+			float *cj = centroids + (size_t) j * d;
 
 			for (size_t u = 0; u < d; u++)
-				cj[u] = (float)(s[u] * inv);
+				cj[u] = (float) (s[u] * inv);
 		}
 
 		/*
@@ -324,7 +324,7 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 			dist[far] = -1.0f; /* not picked twice */
 			count[big]--;
 			count[j] = 1;
-			std::memcpy(centroids + (size_t)j * d, points + (size_t)far * d, d * sizeof(float));
+			std::memcpy(centroids + (size_t) j * d, points + (size_t) far * d, d * sizeof(float));
 			prev[far] = -1; /* counts as changed at the next iteration */
 			reseeded = true;
 		}
@@ -348,8 +348,8 @@ vidx_kmeans(const float *points, int64_t n, int dims, int k, int iterations, uin
 	}
 	catch (const std::bad_alloc &)
 	{
-		vidx::set_err(err, errlen, "out of memory in k-means (n=%lld, dims=%d, k=%d)", (long long)n,
-		              dims, k);
+		vidx::set_err(err, errlen, "out of memory in k-means (n=%lld, dims=%d, k=%d)",
+		              (long long) n, dims, k);
 		return VIDX_E_NOMEM;
 	}
 	catch (...)

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "internal.hpp"
 
@@ -71,7 +72,7 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 {
 	/* In double: lo*D and the popcount sums nearly cancel. */
 	float ip_xq =
-	    (float)((2.0 * (h->lo * ps.pop + h->delta * ps.wsum) - h->const_term) * h->inv_sqrt_d);
+	    (float) ((2.0 * (h->lo * ps.pop + h->delta * ps.wsum) - h->const_term) * h->inv_sqrt_d);
 	float dot = p->dot;
 	float norm = p->norm;
 
@@ -110,11 +111,11 @@ pop_generic(const uint64_t *code, const uint64_t *planes, int words)
 	{
 		uint64_t c = code[w];
 
-		pop += (uint32_t)__builtin_popcountll(c);
-		s0 += (uint32_t)__builtin_popcountll(c & planes[w]);
-		s1 += (uint32_t)__builtin_popcountll(c & p1[w]);
-		s2 += (uint32_t)__builtin_popcountll(c & p2[w]);
-		s3 += (uint32_t)__builtin_popcountll(c & p3[w]);
+		pop += (uint32_t) __builtin_popcountll(c);
+		s0 += (uint32_t) __builtin_popcountll(c & planes[w]);
+		s1 += (uint32_t) __builtin_popcountll(c & p1[w]);
+		s2 += (uint32_t) __builtin_popcountll(c & p2[w]);
+		s3 += (uint32_t) __builtin_popcountll(c & p3[w]);
 	}
 	return {pop, s0 + 2 * s1 + 4 * s2 + 8 * s3};
 }
@@ -144,7 +145,8 @@ estimate_default(const PrepHeader *h, const VidxPosting *const *postings, int n,
 #ifdef VIDX_X86
 
 VIDX_TARGET("popcnt")
-inline PopSums pop_popcnt(const uint64_t *code, const uint64_t *planes, int words)
+inline PopSums
+pop_popcnt(const uint64_t *code, const uint64_t *planes, int words)
 {
 	uint64_t pop = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 	const uint64_t *p1 = planes + words, *p2 = planes + 2 * words, *p3 = planes + 3 * words;
@@ -153,18 +155,19 @@ inline PopSums pop_popcnt(const uint64_t *code, const uint64_t *planes, int word
 	{
 		uint64_t c = code[w];
 
-		pop += (uint64_t)_mm_popcnt_u64(c);
-		s0 += (uint64_t)_mm_popcnt_u64(c & planes[w]);
-		s1 += (uint64_t)_mm_popcnt_u64(c & p1[w]);
-		s2 += (uint64_t)_mm_popcnt_u64(c & p2[w]);
-		s3 += (uint64_t)_mm_popcnt_u64(c & p3[w]);
+		pop += (uint64_t) _mm_popcnt_u64(c);
+		s0 += (uint64_t) _mm_popcnt_u64(c & planes[w]);
+		s1 += (uint64_t) _mm_popcnt_u64(c & p1[w]);
+		s2 += (uint64_t) _mm_popcnt_u64(c & p2[w]);
+		s3 += (uint64_t) _mm_popcnt_u64(c & p3[w]);
 	}
-	return {(uint32_t)pop, (uint32_t)(s0 + 2 * s1 + 4 * s2 + 8 * s3)};
+	return {(uint32_t) pop, (uint32_t) (s0 + 2 * s1 + 4 * s2 + 8 * s3)};
 }
 
 VIDX_TARGET("popcnt")
-void estimate_popcnt(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
-                     float *lower)
+void
+estimate_popcnt(const PrepHeader *h, const VidxPosting *const *postings, int n, float *est,
+                float *lower)
 {
 	ESTIMATE_LOOP(pop_popcnt);
 }
@@ -184,7 +187,7 @@ pop_vpopcnt(const uint64_t *code, const uint64_t *planes, int words)
 
 	for (int w = 0; w < words; w += 8)
 	{
-		__mmask8 m = words - w >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (words - w)) - 1u);
+		__mmask8 m = words - w >= 8 ? (__mmask8) 0xFF : (__mmask8) ((1u << (words - w)) - 1u);
 		__m512i c = _mm512_maskz_loadu_epi64(m, code + w);
 		__m512i c0 =
 		    _mm512_popcnt_epi64(_mm512_and_si512(c, _mm512_maskz_loadu_epi64(m, planes + w)));
@@ -197,7 +200,7 @@ pop_vpopcnt(const uint64_t *code, const uint64_t *planes, int words)
 		c2 = _mm512_add_epi64(_mm512_slli_epi64(c2, 2), _mm512_slli_epi64(c3, 3));
 		asum = _mm512_add_epi64(asum, _mm512_add_epi64(c0, c2));
 	}
-	return {(uint32_t)_mm512_reduce_add_epi64(apop), (uint32_t)_mm512_reduce_add_epi64(asum)};
+	return {(uint32_t) _mm512_reduce_add_epi64(apop), (uint32_t) _mm512_reduce_add_epi64(asum)};
 }
 
 VPOPCNT void
@@ -208,6 +211,116 @@ estimate_vpopcnt(const PrepHeader *h, const VidxPosting *const *postings, int n,
 }
 
 #endif /* VIDX_X86 */
+
+struct PrepStats
+{
+	float lo;
+	double delta, qr_sq, qc, sum_qq, qerr_sq;
+};
+
+/*
+ * The query residual's range, norm and <q, c>, then its 4-bit quantization
+ * (round to nearest) into bit planes. Float math in 16 independent lanes so
+ * the compiler vectorizes it; no allocation.
+ */
+VIDX_CLONES PrepStats
+prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
+{
+	constexpr int L = 16;
+	float mn[L], mx[L], sq[L], qc[L];
+	int i = 0;
+
+	for (int j = 0; j < L; j++)
+	{
+		mn[j] = std::numeric_limits<float>::infinity();
+		mx[j] = -std::numeric_limits<float>::infinity();
+		sq[j] = qc[j] = 0.0f;
+	}
+	for (; i + L <= dims; i += L)
+		for (int j = 0; j < L; j++)
+		{
+			float r = q[i + j] - c[i + j];
+
+			mn[j] = r < mn[j] ? r : mn[j];
+			mx[j] = r > mx[j] ? r : mx[j];
+			sq[j] += r * r;
+			qc[j] += q[i + j] * c[i + j];
+		}
+	for (int j = 0; i < dims; i++, j++)
+	{
+		float r = q[i] - c[i];
+
+		mn[j] = r < mn[j] ? r : mn[j];
+		mx[j] = r > mx[j] ? r : mx[j];
+		sq[j] += r * r;
+		qc[j] += q[i] * c[i];
+	}
+	PrepStats st{};
+	float lo = mn[0], hi = mx[0];
+
+	for (int j = 0; j < L; j++)
+	{
+		lo = mn[j] < lo ? mn[j] : lo;
+		hi = mx[j] > hi ? mx[j] : hi;
+		st.qr_sq += sq[j];
+		st.qc += qc[j];
+	}
+	double delta = ((double) hi - (double) lo) / 15.0;
+
+	if (!(delta > 0) || !std::isfinite(delta))
+		delta = 0;
+	const float fdelta = (float) delta;
+	const float inv = delta > 0 ? (float) (1.0 / delta) : 0.0f;
+	int64_t sum_qq = 0;
+	float e2[64];
+
+	for (int j = 0; j < 64; j++)
+		e2[j] = 0.0f;
+	for (int w = 0; w < words; w++)
+	{
+		uint8_t qq[64];
+		int base = w * 64;
+		int cnt = dims - base < 64 ? dims - base : 64;
+
+		for (int j = 0; j < cnt; j++)
+		{
+			float r = q[base + j] - c[base + j];
+			float t = (r - lo) * inv + 0.5f;
+
+			t = t > 0.0f ? t : 0.0f; /* also maps NaN to 0 */
+			t = t < 15.5f ? t : 15.5f;
+			int v = (int) t;
+			float e = r - (lo + fdelta * (float) v);
+
+			qq[j] = (uint8_t) v;
+			e2[j] += e * e;
+		}
+		for (int j = cnt; j < 64; j++)
+			qq[j] = 0; /* padding bits stay zero */
+		uint64_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+
+		for (int j = 0; j < 64; j++)
+		{
+			uint64_t v = qq[j];
+
+			b0 |= (v & 1) << j;
+			b1 |= ((v >> 1) & 1) << j;
+			b2 |= ((v >> 2) & 1) << j;
+			b3 |= ((v >> 3) & 1) << j;
+			sum_qq += (int64_t) v;
+		}
+		planes[w] = b0;
+		planes[words + w] = b1;
+		planes[2 * words + w] = b2;
+		planes[3 * words + w] = b3;
+	}
+	for (int j = 0; j < 64; j++)
+		st.qerr_sq += e2[j];
+	st.lo = lo;
+	st.delta = delta;
+	st.sum_qq = (double) sum_qq;
+	return st;
+}
 
 typedef void (*EstimateFn)(const PrepHeader *, const VidxPosting *const *, int, float *, float *);
 
@@ -236,7 +349,7 @@ vidx_code_words(int dims)
 extern "C" size_t
 vidx_posting_size(int dims)
 {
-	return sizeof(VidxPosting) + 8 * (size_t)vidx_code_words(dims);
+	return sizeof(VidxPosting) + 8 * (size_t) vidx_code_words(dims);
 }
 
 extern "C" void
@@ -255,34 +368,34 @@ vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting
 		{
 			float r = x_rot[i] - c_rot[i];
 
-			bits |= (uint64_t)(r > 0.0f) << (i - w * 64);
-			norm_sq += (double)r * r;
-			abs_sum += std::fabs((double)r);
-			cdot += (double)c_rot[i] * r;
+			bits |= (uint64_t) (r > 0.0f) << (i - w * 64);
+			norm_sq += (double) r * r;
+			abs_sum += std::fabs((double) r);
+			cdot += (double) c_rot[i] * r;
 		}
 		code[w] = bits;
 	}
 	double norm = std::sqrt(norm_sq);
 
-	p->norm = (float)norm;
-	p->cdot = (float)cdot;
+	p->norm = (float) norm;
+	p->cdot = (float) cdot;
 	if (norm > 0 && dims > 0)
 	{
-		double dot = abs_sum / (std::sqrt((double)dims) * norm);
+		double dot = abs_sum / (std::sqrt((double) dims) * norm);
 
-		p->dot = (float)std::min(1.0, dot);
+		p->dot = (float) std::min(1.0, dot);
 	}
 	else
 	{
 		p->dot = 1.0f;
-		std::memset(code, 0, 8 * (size_t)words);
+		std::memset(code, 0, 8 * (size_t) words);
 	}
 }
 
 extern "C" size_t
 vidx_query_prep_size(int dims)
 {
-	return sizeof(PrepHeader) + 4 * 8 * (size_t)vidx_code_words(dims);
+	return sizeof(PrepHeader) + 4 * 8 * (size_t) vidx_code_words(dims);
 }
 
 extern "C" void
@@ -294,76 +407,24 @@ vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *
 
 	std::memset(h, 0, vidx_query_prep_size(dims));
 	h->magic = PREP_MAGIC;
-	h->metric = (int32_t)metric;
+	h->metric = (int32_t) metric;
 	h->dims = dims;
 	h->words = words;
 	if (dims <= 0)
 		return;
 
-	/* Pass 1: range, norms, <q, c>. */
-	float lo = q_rot[0] - c_rot[0], hi = lo;
-	double qr_sq = 0, qc = 0;
+	PrepStats st = prep_fill(q_rot, c_rot, dims, planes, words);
+	double qr_sq = st.qr_sq, qc = st.qc, delta = st.delta, sum_qq = st.sum_qq, qerr_sq = st.qerr_sq;
+	float lo = st.lo;
 
-	for (int i = 0; i < dims; i++)
-	{
-		float r = q_rot[i] - c_rot[i];
-
-		lo = std::min(lo, r);
-		hi = std::max(hi, r);
-		qr_sq += (double)r * r;
-		qc += (double)q_rot[i] * c_rot[i];
-	}
-	double delta = ((double)hi - (double)lo) / 15.0;
-
-	if (!(delta > 0) || !std::isfinite(delta))
-		delta = 0;
-
-	/* Pass 2: quantize (round to nearest), bit planes, quantization error. */
-	double sum_qq = 0, qerr_sq = 0;
-
-	for (int w = 0; w < words; w++)
-	{
-		uint64_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-		int end = std::min(dims, (w + 1) * 64);
-
-		for (int i = w * 64; i < end; i++)
-		{
-			double r = (double)q_rot[i] - (double)c_rot[i];
-			int qq = 0;
-
-			if (delta > 0)
-			{
-				double t = std::nearbyint((r - lo) / delta);
-
-				qq = t < 0 ? 0 : (t > 15 ? 15 : (int)t);
-			}
-			double e = r - ((double)lo + delta * qq);
-			uint64_t bit = 1ULL << (i - w * 64);
-
-			qerr_sq += e * e;
-			sum_qq += qq;
-			if (qq & 1)
-				b0 |= bit;
-			if (qq & 2)
-				b1 |= bit;
-			if (qq & 4)
-				b2 |= bit;
-			if (qq & 8)
-				b3 |= bit;
-		}
-		planes[w] = b0;
-		planes[words + w] = b1;
-		planes[2 * words + w] = b2;
-		planes[3 * words + w] = b3;
-	}
 	h->lo = lo;
 	h->delta = delta;
-	h->const_term = (double)lo * dims + delta * sum_qq;
-	h->inv_sqrt_d = (float)(1.0 / std::sqrt((double)dims));
-	h->qr_norm_sq = (float)qr_sq;
-	h->qr_norm = (float)std::sqrt(qr_sq);
-	h->qc = (float)qc;
-	h->err_coef = (float)(std::sqrt(qr_sq) * EPS0 / std::sqrt((double)std::max(dims - 1, 1)));
+	h->const_term = (double) lo * dims + delta * sum_qq;
+	h->inv_sqrt_d = (float) (1.0 / std::sqrt((double) dims));
+	h->qr_norm_sq = (float) qr_sq;
+	h->qr_norm = (float) std::sqrt(qr_sq);
+	h->qc = (float) qc;
+	h->err_coef = (float) (std::sqrt(qr_sq) * EPS0 / std::sqrt((double) std::max(dims - 1, 1)));
 	/*
 	 * Quantization allowance: the estimator is off by <xbar, e>/dot, e the
 	 * rounding error of qr. With ||xbar|| = 1 and code signs uncorrelated with
@@ -371,7 +432,7 @@ vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *
 	 * EPS_QUANT of those, added linearly to the RaBitQ bound (the worst case,
 	 * sum|e_i|/sqrt(D), would be about sqrt(D)/2 times looser).
 	 */
-	h->quant_err = (float)(EPS_QUANT * std::sqrt(qerr_sq) / std::sqrt((double)dims));
+	h->quant_err = (float) (EPS_QUANT * std::sqrt(qerr_sq) / std::sqrt((double) dims));
 }
 
 extern "C" void

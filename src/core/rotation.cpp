@@ -102,7 +102,7 @@ vidx_rotation_size(int dims)
 {
 	if (dims < 0)
 		dims = 0;
-	return sizeof(RotationHeader) + (size_t)ROUNDS * (size_t)dims * sizeof(float);
+	return sizeof(RotationHeader) + (size_t) ROUNDS * (size_t) dims * sizeof(float);
 }
 
 extern "C" void
@@ -121,11 +121,11 @@ vidx_rotation_init(void *rotation, int dims, uint64_t seed)
 	while (dims > 0 && h * 2 <= dims)
 		h *= 2;
 	hdr->h = dims > 0 ? h : 0;
-	hdr->scale = dims > 0 ? (float)(1.0 / std::sqrt((double)h)) : 1.0f;
+	hdr->scale = dims > 0 ? (float) (1.0 / std::sqrt((double) h)) : 1.0f;
 
 	float *signs = reinterpret_cast<float *>(hdr + 1);
-	vidx::SplitMix64 rng(seed ^ (0x726f746174696f6eULL + (uint64_t)dims));
-	size_t total = (size_t)ROUNDS * (size_t)dims;
+	vidx::SplitMix64 rng(seed ^ (0x726f746174696f6eULL + (uint64_t) dims));
+	size_t total = (size_t) ROUNDS * (size_t) dims;
 
 	for (size_t i = 0; i < total; i += 64)
 	{
@@ -146,12 +146,12 @@ vidx_rotation_apply(const void *rotation, const float *in, float *out)
 	if (dims <= 0)
 		return;
 	if (in != out)
-		std::memmove(out, in, (size_t)dims * sizeof(float));
+		std::memmove(out, in, (size_t) dims * sizeof(float));
 	const float *signs = signs_of(hdr);
 
 	for (int r = 0; r < hdr->rounds; r++)
 	{
-		mul_signs(out, signs + (size_t)r * dims, dims);
+		mul_signs(out, signs + (size_t) r * dims, dims);
 		fwht(out, h, hdr->scale);
 		if (h < dims)
 			fwht(out + (dims - h), h, hdr->scale);

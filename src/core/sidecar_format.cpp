@@ -56,7 +56,7 @@ extern "C" uint32_t
 vidx_hash32(const void *data, size_t len)
 {
 	const unsigned char *p = static_cast<const unsigned char *>(data);
-	uint64_t a = K3 ^ (uint64_t)len, b = K1, c = K2, d = ~K3;
+	uint64_t a = K3 ^ (uint64_t) len, b = K1, c = K2, d = ~K3;
 	size_t i = 0;
 
 	/* Four independent lanes over 32-byte blocks. */
@@ -76,16 +76,16 @@ vidx_hash32(const void *data, size_t len)
 		uint64_t w = 0;
 
 		std::memcpy(&w, p + i, len - i);
-		h = round64(h ^ (uint64_t)(len - i), w);
+		h = round64(h ^ (uint64_t) (len - i), w);
 	}
-	h = fmix64(h ^ (uint64_t)len);
-	return (uint32_t)(h ^ (h >> 32));
+	h = fmix64(h ^ (uint64_t) len);
+	return (uint32_t) (h ^ (h >> 32));
 }
 
 extern "C" uint32_t
 vidx_vector_hash(const float *v, int dims)
 {
-	return vidx_hash32(v, dims > 0 ? 4 * (size_t)dims : 0);
+	return vidx_hash32(v, dims > 0 ? 4 * (size_t) dims : 0);
 }
 
 extern "C" size_t
@@ -93,7 +93,7 @@ vidx_sidecar_record_size(int dims)
 {
 	if (dims < 0)
 		dims = 0;
-	return (sizeof(VidxSidecarRecord) + 4 * (size_t)dims + 15) & ~(size_t)15;
+	return (sizeof(VidxSidecarRecord) + 4 * (size_t) dims + 15) & ~(size_t) 15;
 }
 
 extern "C" void
@@ -103,8 +103,8 @@ vidx_sidecar_header_init(VidxSidecarHeader *h, int dims, uint32_t db_oid, uint32
 	std::memset(h, 0, sizeof(*h));
 	h->magic = VIDX_SIDECAR_MAGIC;
 	h->version = VIDX_SIDECAR_VERSION;
-	h->dims = (uint32_t)(dims < 0 ? 0 : dims);
-	h->record_size = (uint32_t)vidx_sidecar_record_size(dims);
+	h->dims = (uint32_t) (dims < 0 ? 0 : dims);
+	h->record_size = (uint32_t) vidx_sidecar_record_size(dims);
 	h->db_oid = db_oid;
 	h->index_oid = index_oid;
 	h->relfilenode = relfilenode;
@@ -138,11 +138,11 @@ vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid,
 		vidx::set_err(err, errlen,
 		              "sidecar belongs to another index (db %u, index %u, relfilenode %u, build "
 		              "%llu; expected db %u, index %u, relfilenode %u, build %llu)",
-		              h->db_oid, h->index_oid, h->relfilenode, (unsigned long long)h->build_id,
-		              db_oid, index_oid, relfilenode, (unsigned long long)build_id);
+		              h->db_oid, h->index_oid, h->relfilenode, (unsigned long long) h->build_id,
+		              db_oid, index_oid, relfilenode, (unsigned long long) build_id);
 		return VIDX_E_INVALID;
 	}
-	if ((int64_t)h->dims != (int64_t)dims)
+	if ((int64_t) h->dims != (int64_t) dims)
 	{
 		vidx::set_err(err, errlen, "sidecar dims %u != index dims %d", h->dims, dims);
 		return VIDX_E_INVALID;
@@ -167,7 +167,7 @@ vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block, uint16_t heap
 	r->heap_offset = heap_offset;
 	r->vhash = vidx_vector_hash(v, dims);
 	if (dims > 0)
-		std::memcpy(r + 1, v, 4 * (size_t)dims);
+		std::memcpy(r + 1, v, 4 * (size_t) dims);
 }
 
 extern "C" const float *

@@ -26,14 +26,14 @@ constexpr int KMEANS_ITERATIONS = 20;
 size_t
 node_size_for(int dims)
 {
-	return (sizeof(VidxTreeNode) + 4 * (size_t)dims + 7) & ~(size_t)7;
+	return (sizeof(VidxTreeNode) + 4 * (size_t) dims + 7) & ~(size_t) 7;
 }
 
 inline VidxTreeNode *
 node_at(void *tree, size_t node_size, uint32_t i)
 {
 	return reinterpret_cast<VidxTreeNode *>(static_cast<char *>(tree) + sizeof(VidxTreeHeader) +
-	                                        (size_t)i * node_size);
+	                                        (size_t) i * node_size);
 }
 
 /* A node while building. */
@@ -53,9 +53,9 @@ struct BNode
 float
 round_up(double x)
 {
-	float f = (float)x;
+	float f = (float) x;
 
-	if ((double)f < x)
+	if ((double) f < x)
 		f = std::nextafter(f, std::numeric_limits<float>::infinity());
 	return f;
 }
@@ -64,7 +64,7 @@ BNode
 make_parent(const std::vector<BNode> &below, std::vector<int32_t> children, int dims)
 {
 	BNode p;
-	std::vector<double> s((size_t)dims, 0.0);
+	std::vector<double> s((size_t) dims, 0.0);
 
 	p.children = std::move(children);
 	for (int32_t ch : p.children)
@@ -76,17 +76,17 @@ make_parent(const std::vector<BNode> &below, std::vector<int32_t> children, int 
 
 	for (int32_t ch : p.children)
 	{
-		double w = weighted ? below[ch].wsum : (double)below[ch].nleaf;
+		double w = weighted ? below[ch].wsum : (double) below[ch].nleaf;
 		const float *c = below[ch].c.data();
 
 		for (int u = 0; u < dims; u++)
 			s[u] += w * c[u];
 	}
-	double total = weighted ? p.wsum : (double)p.nleaf;
+	double total = weighted ? p.wsum : (double) p.nleaf;
 
-	p.c.resize((size_t)dims);
+	p.c.resize((size_t) dims);
 	for (int u = 0; u < dims; u++)
-		p.c[u] = (float)(s[u] / total);
+		p.c[u] = (float) (s[u] / total);
 
 	/* Radius from the float centroid as stored, in double, rounded up. */
 	double r = 0;
@@ -98,14 +98,14 @@ make_parent(const std::vector<BNode> &below, std::vector<int32_t> children, int 
 
 		for (int u = 0; u < dims; u++)
 		{
-			double t = (double)p.c[u] - (double)c[u];
+			double t = (double) p.c[u] - (double) c[u];
 
 			dd += t * t;
 		}
-		r = std::max(r, std::sqrt(dd) + (double)below[ch].radius);
+		r = std::max(r, std::sqrt(dd) + (double) below[ch].radius);
 	}
 	p.radius = round_up(r);
-	p.count = (uint32_t)std::min<int64_t>(p.nleaf, UINT32_MAX);
+	p.count = (uint32_t) std::min<int64_t>(p.nleaf, UINT32_MAX);
 	return p;
 }
 
@@ -128,20 +128,21 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 	{
 		/* Empty build: one leaf at the origin. */
 		leaves.resize(1);
-		leaves[0].c.assign((size_t)dims, 0.0f);
+		leaves[0].c.assign((size_t) dims, 0.0f);
 		leaves[0].wsum = 0;
 		leaves[0].nleaf = 1;
 		leaves[0].leaf_id = 0;
 	}
 	else
 	{
-		leaves.resize((size_t)nleaves);
+		leaves.resize((size_t) nleaves);
 		for (int i = 0; i < nleaves; i++)
 		{
 			BNode &l = leaves[i];
 
-			l.c.assign(leaf_centroids + (size_t)i * dims, leaf_centroids + (size_t)(i + 1) * dims);
-			l.wsum = counts ? (double)counts[i] : 1.0;
+			l.c.assign(leaf_centroids + (size_t) i * dims,
+			           leaf_centroids + (size_t) (i + 1) * dims);
+			l.wsum = counts ? (double) counts[i] : 1.0;
 			l.nleaf = 1;
 			l.leaf_id = i;
 			l.count = counts ? counts[i] : 0;
@@ -149,21 +150,21 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 	}
 
 	/* Group recursively until at most fanout nodes remain. */
-	for (int lvl = 0; levels.back().size() > (size_t)fanout; lvl++)
+	for (int lvl = 0; levels.back().size() > (size_t) fanout; lvl++)
 	{
 		const std::vector<BNode> &cur = levels.back();
-		int64_t nc = (int64_t)cur.size();
-		int k = (int)((nc + fanout - 1) / fanout);
-		std::vector<int32_t> assign((size_t)nc);
+		int64_t nc = (int64_t) cur.size();
+		int k = (int) ((nc + fanout - 1) / fanout);
+		std::vector<int32_t> assign((size_t) nc);
 
 		if (dims > 0)
 		{
-			std::vector<float> pts((size_t)nc * dims), cent((size_t)k * dims);
+			std::vector<float> pts((size_t) nc * dims), cent((size_t) k * dims);
 
 			for (int64_t i = 0; i < nc; i++)
-				std::memcpy(pts.data() + (size_t)i * dims, cur[i].c.data(), 4 * (size_t)dims);
+				std::memcpy(pts.data() + (size_t) i * dims, cur[i].c.data(), 4 * (size_t) dims);
 			int rc = vidx::kmeans_run(pts.data(), nc, dims, k, KMEANS_ITERATIONS,
-			                          seed + 0x9E3779B97F4A7C15ULL * (uint64_t)(lvl + 1),
+			                          seed + 0x9E3779B97F4A7C15ULL * (uint64_t) (lvl + 1),
 			                          cent.data(), nullptr, nullptr, err, errlen);
 
 			if (rc != VIDX_OK)
@@ -173,13 +174,13 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 		else
 		{
 			for (int64_t i = 0; i < nc; i++)
-				assign[i] = (int32_t)(i / fanout);
+				assign[i] = (int32_t) (i / fanout);
 		}
 
-		std::vector<std::vector<int32_t>> groups((size_t)k);
+		std::vector<std::vector<int32_t>> groups((size_t) k);
 
 		for (int64_t i = 0; i < nc; i++)
-			groups[assign[i]].push_back((int32_t)i);
+			groups[assign[i]].push_back((int32_t) i);
 		std::vector<BNode> parents;
 
 		for (auto &g : groups)
@@ -194,7 +195,7 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 		std::vector<int32_t> all(levels.back().size());
 
 		for (size_t i = 0; i < all.size(); i++)
-			all[i] = (int32_t)i;
+			all[i] = (int32_t) i;
 		std::vector<BNode> top;
 
 		top.push_back(make_parent(levels.back(), std::move(all), dims));
@@ -205,9 +206,9 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 	uint32_t nnodes = 0;
 
 	for (const auto &lv : levels)
-		nnodes += (uint32_t)lv.size();
+		nnodes += (uint32_t) lv.size();
 	const size_t nsize = node_size_for(dims);
-	const size_t size = vidx_tree_blob_size(dims, (int)nnodes);
+	const size_t size = vidx_tree_blob_size(dims, (int) nnodes);
 	void *blob = std::calloc(1, size);
 
 	if (blob == nullptr)
@@ -219,11 +220,11 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 	VidxTreeHeader *hdr = static_cast<VidxTreeHeader *>(blob);
 
 	hdr->magic = VIDX_TREE_MAGIC;
-	hdr->dims = (uint32_t)dims;
+	hdr->dims = (uint32_t) dims;
 	hdr->nnodes = nnodes;
-	hdr->nleaves = (uint32_t)levels[0].size();
-	hdr->node_size = (uint32_t)nsize;
-	hdr->levels = (uint32_t)(levels.size() - 1);
+	hdr->nleaves = (uint32_t) levels[0].size();
+	hdr->node_size = (uint32_t) nsize;
+	hdr->levels = (uint32_t) (levels.size() - 1);
 
 	uint32_t next = 1;
 
@@ -246,19 +247,19 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 			{
 				n->first_child = -1;
 				n->nchildren = 0;
-				n->leaf_id = (uint32_t)b.leaf_id;
+				n->leaf_id = (uint32_t) b.leaf_id;
 			}
 			else
 			{
-				n->first_child = (int32_t)levels[lv - 1][b.children[0]].id;
-				n->nchildren = (int32_t)b.children.size();
+				n->first_child = (int32_t) levels[lv - 1][b.children[0]].id;
+				n->nchildren = (int32_t) b.children.size();
 				n->leaf_id = 0;
 			}
 			n->head_block = 0;
 			n->radius = b.radius;
 			n->count = b.count;
 			if (dims > 0)
-				std::memcpy(reinterpret_cast<float *>(n + 1), b.c.data(), 4 * (size_t)dims);
+				std::memcpy(reinterpret_cast<float *>(n + 1), b.c.data(), 4 * (size_t) dims);
 		}
 	}
 	if (blob_size)
@@ -289,7 +290,7 @@ struct SearchHeader
 size_t
 query_bytes(int dims)
 {
-	return (4 * (size_t)dims + 7) & ~(size_t)7;
+	return (4 * (size_t) dims + 7) & ~(size_t) 7;
 }
 
 inline float *
@@ -438,7 +439,7 @@ vidx_tree_blob_size(int dims, int nnodes)
 		dims = 0;
 	if (nnodes < 0)
 		nnodes = 0;
-	return sizeof(VidxTreeHeader) + (size_t)nnodes * node_size_for(dims);
+	return sizeof(VidxTreeHeader) + (size_t) nnodes * node_size_for(dims);
 }
 
 extern "C" int
@@ -463,7 +464,7 @@ vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
 			vidx::set_err(err, errlen, "tree dims %u out of range", h->dims);
 			return VIDX_E_INVALID;
 		}
-		const int dims = (int)h->dims;
+		const int dims = (int) h->dims;
 
 		if (h->node_size != node_size_for(dims))
 		{
@@ -544,7 +545,7 @@ vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
 			{
 				int64_t first = n->first_child, cnt = n->nchildren;
 
-				if (cnt < 0 || first <= (int64_t)i || first + cnt > (int64_t)nnodes)
+				if (cnt < 0 || first <= (int64_t) i || first + cnt > (int64_t) nnodes)
 				{
 					vidx::set_err(err, errlen, "tree node %u has bad children [%d, +%d)", i,
 					              n->first_child, n->nchildren);
@@ -554,7 +555,8 @@ vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
 				{
 					if (has_parent[ch])
 					{
-						vidx::set_err(err, errlen, "tree node %lld has two parents", (long long)ch);
+						vidx::set_err(err, errlen, "tree node %lld has two parents",
+						              (long long) ch);
 						return VIDX_E_INVALID;
 					}
 					has_parent[ch] = 1;
@@ -592,7 +594,8 @@ vidx_tree_search_size(const void *tree)
 {
 	const VidxTreeHeader *h = static_cast<const VidxTreeHeader *>(tree);
 
-	return sizeof(SearchHeader) + query_bytes((int)h->dims) + sizeof(HeapEntry) * (size_t)h->nnodes;
+	return sizeof(SearchHeader) + query_bytes((int) h->dims) +
+	       sizeof(HeapEntry) * (size_t) h->nnodes;
 }
 
 extern "C" void
@@ -603,12 +606,12 @@ vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric, const f
 
 	std::memset(s, 0, sizeof(*s));
 	s->magic = SEARCH_MAGIC;
-	s->metric = (int32_t)metric;
-	s->dims = (int32_t)h->dims;
+	s->metric = (int32_t) metric;
+	s->dims = (int32_t) h->dims;
 	s->capacity = h->nnodes;
 	s->size = 0;
 	if (h->dims > 0)
-		std::memcpy(state_query(s), q_rot, 4 * (size_t)h->dims);
+		std::memcpy(state_query(s), q_rot, 4 * (size_t) h->dims);
 	s->qnorm = std::sqrt(vidx_norm_sq(state_query(s), s->dims));
 	if (h->nnodes == 0)
 		return;
@@ -624,7 +627,7 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 	while (s->size > 0)
 	{
 		HeapEntry e = heap_pop(s);
-		const VidxTreeNode *n = vidx_tree_node(tree, (uint32_t)e.node);
+		const VidxTreeNode *n = vidx_tree_node(tree, (uint32_t) e.node);
 
 		if (n->nchildren <= 0)
 		{
@@ -635,10 +638,10 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 		int64_t first = n->first_child;
 		int64_t end = first + n->nchildren;
 
-		if (first <= e.node || end > (int64_t)h->nnodes)
+		if (first <= e.node || end > (int64_t) h->nnodes)
 			continue; /* corrupted: skip rather than crash */
 		for (int64_t ch = first; ch < end; ch++)
-			heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, (uint32_t)ch)), (int32_t)ch});
+			heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, (uint32_t) ch)), (int32_t) ch});
 	}
 	return -1;
 }

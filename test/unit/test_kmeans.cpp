@@ -15,7 +15,7 @@ TEST(KMeans, RecoversSeparatedClusters)
 	std::vector<float> centers;
 	std::vector<int> labels;
 	auto pts = vt::clustered(n, d, k, 1, 0.1f, 10.0f, &labels, &centers);
-	std::vector<float> cent((size_t)k * d);
+	std::vector<float> cent((size_t) k * d);
 	char err[256] = "";
 
 	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 25, 42, cent.data(), nullptr, nullptr, err,
@@ -26,7 +26,7 @@ TEST(KMeans, RecoversSeparatedClusters)
 	{
 		double best = 1e30;
 		for (int j = 0; j < k; j++)
-			best = std::min(best, vt::l2sq_ref(&centers[(size_t)c * d], &cent[(size_t)j * d], d));
+			best = std::min(best, vt::l2sq_ref(&centers[(size_t) c * d], &cent[(size_t) j * d], d));
 		EXPECT_LT(std::sqrt(best), 0.2) << "cluster " << c;
 	}
 	/* and assignment is pure */
@@ -45,7 +45,7 @@ std::vector<float>
 run(const std::vector<float> &pts, int64_t n, int d, int k, int threads, uint64_t seed)
 {
 	omp_set_num_threads(threads);
-	std::vector<float> cent((size_t)k * d);
+	std::vector<float> cent((size_t) k * d);
 	EXPECT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, seed, cent.data(), nullptr, nullptr,
 	                               nullptr, 0));
 	omp_set_num_threads(2);
@@ -81,7 +81,7 @@ TEST(KMeans, FewPointsAndDuplicates)
 	std::vector<float> dup(300 * d);
 	for (int i = 0; i < 300; i++)
 		for (int u = 0; u < d; u++)
-			dup[i * d + u] = (float)(i % 3);
+			dup[i * d + u] = (float) (i % 3);
 	std::vector<float> c2(10 * d);
 	ASSERT_EQ(VIDX_OK,
 	          vidx_kmeans(dup.data(), 300, d, 10, 10, 1, c2.data(), nullptr, nullptr, nullptr, 0));
@@ -140,8 +140,8 @@ TEST(KMeans, AssignMatchesBruteForce)
 	for (int d : {1, 5, 17, 130})
 	{
 		const int n = 777, k = 13;
-		auto pts = vt::gaussian((size_t)n * d, 30 + d);
-		auto cent = vt::gaussian((size_t)k * d, 40 + d);
+		auto pts = vt::gaussian((size_t) n * d, 30 + d);
+		auto cent = vt::gaussian((size_t) k * d, 40 + d);
 		std::vector<int32_t> a(n);
 
 		vidx_assign(pts.data(), n, d, cent.data(), k, a.data());
@@ -151,14 +151,14 @@ TEST(KMeans, AssignMatchesBruteForce)
 			int bi = -1;
 			for (int j = 0; j < k; j++)
 			{
-				double dd = vt::l2sq_ref(&pts[(size_t)i * d], &cent[(size_t)j * d], d);
+				double dd = vt::l2sq_ref(&pts[(size_t) i * d], &cent[(size_t) j * d], d);
 				if (dd < best)
 				{
 					best = dd;
 					bi = j;
 				}
 			}
-			double got = vt::l2sq_ref(&pts[(size_t)i * d], &cent[(size_t)a[i] * d], d);
+			double got = vt::l2sq_ref(&pts[(size_t) i * d], &cent[(size_t) a[i] * d], d);
 			EXPECT_NEAR(got, best, 1e-4 * (1 + best)) << "d=" << d << " i=" << i << " " << bi;
 		}
 	}

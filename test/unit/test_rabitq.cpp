@@ -22,7 +22,7 @@ struct Postings
 		for (int i = 0; i < n; i++)
 			ptrs.push_back(at(i));
 	}
-	VidxPosting *at(int i) { return (VidxPosting *)((char *)buf.data() + psize * i); }
+	VidxPosting *at(int i) { return (VidxPosting *) ((char *) buf.data() + psize * i); }
 };
 
 TEST(RaBitQ, SizesAndEncode)
@@ -55,7 +55,7 @@ TEST(RaBitQ, SizesAndEncode)
 		const uint64_t *code = vidx_posting_code(p);
 		for (int i = 0; i < d; i++)
 		{
-			double r = (double)x[i] - c[i];
+			double r = (double) x[i] - c[i];
 			nsq += r * r;
 			abs += std::fabs(r);
 			cdot += c[i] * r;
@@ -65,7 +65,7 @@ TEST(RaBitQ, SizesAndEncode)
 		for (int i = d; i < vidx_code_words(d) * 64; i++)
 			EXPECT_EQ((code[i / 64] >> (i % 64)) & 1, 0u) << "padding bit " << i;
 		EXPECT_NEAR(p->norm, std::sqrt(nsq), 1e-4 * std::sqrt(nsq));
-		EXPECT_NEAR(p->dot, abs / (std::sqrt((double)d) * std::sqrt(nsq)), 1e-5);
+		EXPECT_NEAR(p->dot, abs / (std::sqrt((double) d) * std::sqrt(nsq)), 1e-5);
 		EXPECT_NEAR(p->cdot, cdot, 1e-4 * (1 + std::fabs(cdot)));
 	}
 
@@ -83,12 +83,12 @@ TEST(RaBitQ, EstimatorMatchesExactInnerProduct)
 	for (int d : {1, 2, 63, 64, 65, 200, 255, 256, 257, 511, 600, 1000, 1536})
 	{
 		const int n = 40;
-		auto xs = vt::gaussian((size_t)n * d, 3 * d), c = vt::gaussian(d, 5 * d, 0.3f);
+		auto xs = vt::gaussian((size_t) n * d, 3 * d), c = vt::gaussian(d, 5 * d, 0.3f);
 		auto q = vt::gaussian(d, 7 * d);
 		Postings ps(d, n);
 
 		for (int i = 0; i < n; i++)
-			vidx_rabitq_encode(xs.data() + (size_t)i * d, c.data(), d, ps.at(i));
+			vidx_rabitq_encode(xs.data() + (size_t) i * d, c.data(), d, ps.at(i));
 		std::vector<char> prep(vidx_query_prep_size(d));
 		vidx_query_prep(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d);
 		std::vector<float> est(n), lower(n);
@@ -101,7 +101,7 @@ TEST(RaBitQ, EstimatorMatchesExactInnerProduct)
 			float r = q[i] - c[i];
 			lo = std::min(lo, r);
 			hi = std::max(hi, r);
-			qr2 += (double)r * r;
+			qr2 += (double) r * r;
 		}
 		double delta = (hi - lo) / 15.0;
 		for (int j = 0; j < n; j++)
@@ -112,12 +112,12 @@ TEST(RaBitQ, EstimatorMatchesExactInnerProduct)
 			for (int i = 0; i < d; i++)
 			{
 				double s = ((code[i / 64] >> (i % 64)) & 1) ? 1 : -1;
-				ip += s * ((double)q[i] - c[i]);
+				ip += s * ((double) q[i] - c[i]);
 			}
-			ip /= std::sqrt((double)d);
+			ip /= std::sqrt((double) d);
 			double exact_est = ip / p->dot;
-			double got_est = ((double)p->norm * p->norm + qr2 - est[j]) / (2.0 * p->norm);
-			double tol = (delta / 2 * std::sqrt((double)d)) / p->dot + 1e-3 * std::sqrt(qr2);
+			double got_est = ((double) p->norm * p->norm + qr2 - est[j]) / (2.0 * p->norm);
+			double tol = (delta / 2 * std::sqrt((double) d)) / p->dot + 1e-3 * std::sqrt(qr2);
 			EXPECT_NEAR(got_est, exact_est, tol) << "d=" << d << " j=" << j;
 			EXPECT_LE(lower[j], est[j]);
 		}
@@ -138,16 +138,16 @@ Accuracy
 measure(VidxMetric metric, int d, const std::vector<float> &xs, const std::vector<float> &qs,
         const std::vector<float> &c, uint64_t seed)
 {
-	int n = (int)(xs.size() / d), nq = (int)(qs.size() / d);
+	int n = (int) (xs.size() / d), nq = (int) (qs.size() / d);
 	std::vector<char> rot(vidx_rotation_size(d));
 	vidx_rotation_init(rot.data(), d, seed);
-	std::vector<float> crot(d), xr((size_t)n * d), qr(d);
+	std::vector<float> crot(d), xr((size_t) n * d), qr(d);
 	vidx_rotation_apply(rot.data(), c.data(), crot.data());
 	for (int i = 0; i < n; i++)
-		vidx_rotation_apply(rot.data(), xs.data() + (size_t)i * d, xr.data() + (size_t)i * d);
+		vidx_rotation_apply(rot.data(), xs.data() + (size_t) i * d, xr.data() + (size_t) i * d);
 	Postings ps(d, n);
 	for (int i = 0; i < n; i++)
-		vidx_rabitq_encode(xr.data() + (size_t)i * d, crot.data(), d, ps.at(i));
+		vidx_rabitq_encode(xr.data() + (size_t) i * d, crot.data(), d, ps.at(i));
 
 	std::vector<char> prep(vidx_query_prep_size(d));
 	std::vector<float> est(n), lower(n);
@@ -155,37 +155,37 @@ measure(VidxMetric metric, int d, const std::vector<float> &xs, const std::vecto
 	int64_t covered = 0, total = 0;
 	for (int j = 0; j < nq; j++)
 	{
-		const float *q = qs.data() + (size_t)j * d;
+		const float *q = qs.data() + (size_t) j * d;
 		vidx_rotation_apply(rot.data(), q, qr.data());
 		vidx_query_prep(prep.data(), metric, qr.data(), crot.data(), d);
 		vidx_rabitq_estimate(prep.data(), ps.ptrs.data(), n, est.data(), lower.data());
 		for (int i = 0; i < n; i++)
 		{
-			const float *x = xs.data() + (size_t)i * d;
+			const float *x = xs.data() + (size_t) i * d;
 			double truth = metric == VIDX_METRIC_IP ? -vt::dot_ref(q, x, d) : vt::l2sq_ref(q, x, d);
 			double scale = metric == VIDX_METRIC_IP
 			                   ? std::sqrt(vt::dot_ref(q, q, d) * vt::dot_ref(x, x, d))
 			                   : truth;
 			rel += std::fabs(est[i] - truth) / std::max(scale, 1e-9);
-			covered += truth >= (double)lower[i] - 1e-4 * std::fabs(truth);
+			covered += truth >= (double) lower[i] - 1e-4 * std::fabs(truth);
 			total++;
 		}
 	}
-	printf("  [accuracy] metric=%d d=%d rel=%.4f coverage=%.4f\n", (int)metric, d, rel / total,
-	       (double)covered / total);
-	return {rel / total, (double)covered / total};
+	printf("  [accuracy] metric=%d d=%d rel=%.4f coverage=%.4f\n", (int) metric, d, rel / total,
+	       (double) covered / total);
+	return {rel / total, (double) covered / total};
 }
 
 TEST(RaBitQ, AccuracyAndBoundGaussian)
 {
 	for (int d : {128, 784})
 	{
-		auto xs = vt::gaussian((size_t)1000 * d, 11 + d);
-		auto qs = vt::gaussian((size_t)20 * d, 12 + d);
+		auto xs = vt::gaussian((size_t) 1000 * d, 11 + d);
+		auto qs = vt::gaussian((size_t) 20 * d, 12 + d);
 		std::vector<float> c(d, 0.0f);
 		for (int i = 0; i < 1000; i++)
 			for (int u = 0; u < d; u++)
-				c[u] += xs[(size_t)i * d + u] / 1000.0f;
+				c[u] += xs[(size_t) i * d + u] / 1000.0f;
 		for (VidxMetric m : {VIDX_METRIC_L2, VIDX_METRIC_IP})
 		{
 			Accuracy a = measure(m, d, xs, qs, c, 5);
@@ -206,13 +206,14 @@ TEST(RaBitQ, AccuracyAndBoundClustered)
 		std::vector<float> x0, c(centers.begin(), centers.begin() + d);
 		for (int i = 0; i < 1200; i++)
 			if (labels[i] == 0)
-				x0.insert(x0.end(), xs.begin() + (size_t)i * d, xs.begin() + (size_t)(i + 1) * d);
+				x0.insert(x0.end(), xs.begin() + (size_t) i * d, xs.begin() + (size_t) (i + 1) * d);
 		/* queries: the same centers, fresh noise */
-		auto noise = vt::gaussian((size_t)24 * d, 99 + d);
-		std::vector<float> qs((size_t)24 * d);
+		auto noise = vt::gaussian((size_t) 24 * d, 99 + d);
+		std::vector<float> qs((size_t) 24 * d);
 		for (int j = 0; j < 24; j++)
 			for (int u = 0; u < d; u++)
-				qs[(size_t)j * d + u] = centers[(size_t)(j % 4) * d + u] + noise[(size_t)j * d + u];
+				qs[(size_t) j * d + u] =
+				    centers[(size_t) (j % 4) * d + u] + noise[(size_t) j * d + u];
 		Accuracy a = measure(VIDX_METRIC_L2, d, x0, qs, c, 6);
 		EXPECT_LT(a.mean_rel_err, d == 128 ? 0.07 : 0.03) << "d=" << d;
 		EXPECT_GE(a.coverage, 0.99) << "d=" << d;
@@ -225,14 +226,14 @@ TEST(RaBitQ, AccuracyAndBoundClustered)
 			{
 				double s = std::sqrt(vt::dot_ref(&v[i * d], &v[i * d], d));
 				for (int u = 0; u < d; u++)
-					v[i * d + u] /= (float)s;
+					v[i * d + u] /= (float) s;
 			}
 		};
 		normalize(un);
 		normalize(qn);
 		for (size_t i = 0; i < un.size() / d; i++)
 			for (int u = 0; u < d; u++)
-				cn[u] += un[i * d + u] / (float)(un.size() / d);
+				cn[u] += un[i * d + u] / (float) (un.size() / d);
 		Accuracy b = measure(VIDX_METRIC_COSINE, d, un, qn, cn, 7);
 		EXPECT_LT(b.mean_rel_err, 0.06) << "d=" << d;
 		EXPECT_GE(b.coverage, 0.99) << "d=" << d;

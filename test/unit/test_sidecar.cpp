@@ -19,14 +19,14 @@ TEST(Sidecar, Hash)
 	{
 		std::vector<unsigned char> buf(len);
 		for (size_t i = 0; i < len; i++)
-			buf[i] = (unsigned char)(i * 37 + 11);
+			buf[i] = (unsigned char) (i * 37 + 11);
 		uint32_t h = vidx_hash32(buf.data(), len);
 		for (size_t i = 0; i < len; i += (len > 64 ? 13 : 1))
 			for (int bit = 0; bit < 8; bit++)
 			{
-				buf[i] ^= (unsigned char)(1 << bit);
+				buf[i] ^= (unsigned char) (1 << bit);
 				EXPECT_NE(h, vidx_hash32(buf.data(), len)) << len << " " << i << " " << bit;
-				buf[i] ^= (unsigned char)(1 << bit);
+				buf[i] ^= (unsigned char) (1 << bit);
 			}
 	}
 	auto v = vt::gaussian(100, 1);
@@ -35,12 +35,12 @@ TEST(Sidecar, Hash)
 
 TEST(Sidecar, Header)
 {
-	EXPECT_LE(sizeof(VidxSidecarHeader), (size_t)VIDX_SIDECAR_HEADER_SIZE);
+	EXPECT_LE(sizeof(VidxSidecarHeader), (size_t) VIDX_SIDECAR_HEADER_SIZE);
 	VidxSidecarHeader h;
 	vidx_sidecar_header_init(&h, 4, 10, 20, 30, 99);
 	char err[256];
 	EXPECT_EQ(h.magic, VIDX_SIDECAR_MAGIC);
-	EXPECT_EQ(h.version, (uint32_t)VIDX_SIDECAR_VERSION);
+	EXPECT_EQ(h.version, (uint32_t) VIDX_SIDECAR_VERSION);
 	EXPECT_EQ(h.record_size, vidx_sidecar_record_size(4));
 	EXPECT_EQ(VIDX_OK, vidx_sidecar_header_check(&h, 4, 10, 20, 30, 99, err, sizeof(err)));
 
@@ -76,20 +76,20 @@ TEST(Sidecar, Records)
 	{
 		size_t rs = vidx_sidecar_record_size(d);
 		EXPECT_EQ(rs % 16, 0u);
-		EXPECT_GE(rs, sizeof(VidxSidecarRecord) + 4 * (size_t)d);
-		EXPECT_LT(rs, sizeof(VidxSidecarRecord) + 4 * (size_t)d + 16);
+		EXPECT_GE(rs, sizeof(VidxSidecarRecord) + 4 * (size_t) d);
+		EXPECT_LT(rs, sizeof(VidxSidecarRecord) + 4 * (size_t) d + 16);
 		auto v = vt::gaussian(d, d);
 		std::vector<uint64_t> buf(rs / 8, ~0ULL);
 		vidx_sidecar_record_fill(buf.data(), d, 1234, 7, v.data());
 		uint32_t vh = vidx_vector_hash(v.data(), d);
 		const float *got = vidx_sidecar_record_vector(buf.data(), d, 1234, 7, vh);
 		ASSERT_NE(got, nullptr);
-		EXPECT_EQ(0, std::memcmp(got, v.data(), 4 * (size_t)d));
+		EXPECT_EQ(0, std::memcmp(got, v.data(), 4 * (size_t) d));
 		EXPECT_EQ(nullptr, vidx_sidecar_record_vector(buf.data(), d, 1235, 7, vh));
 		EXPECT_EQ(nullptr, vidx_sidecar_record_vector(buf.data(), d, 1234, 8, vh));
 		EXPECT_EQ(nullptr, vidx_sidecar_record_vector(buf.data(), d, 1234, 7, vh + 1));
 		/* a flipped byte in the stored vector */
-		char *bytes = (char *)buf.data() + sizeof(VidxSidecarRecord) + 4 * (d / 2) + 1;
+		char *bytes = (char *) buf.data() + sizeof(VidxSidecarRecord) + 4 * (d / 2) + 1;
 		*bytes ^= 0x10;
 		EXPECT_EQ(nullptr, vidx_sidecar_record_vector(buf.data(), d, 1234, 7, vh));
 		*bytes ^= 0x10;

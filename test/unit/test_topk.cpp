@@ -23,7 +23,7 @@ random_candidates(int n, uint64_t seed)
 	std::vector<VidxCandidate> c(n);
 	for (int i = 0; i < n; i++)
 	{
-		c[i].score = (float)(rng() % 50); /* many ties */
+		c[i].score = (float) (rng() % 50); /* many ties */
 		c[i].lower = c[i].score - 1;
 		c[i].payload = rng() % 1000000;
 	}
@@ -72,7 +72,7 @@ TEST(TopK, NaNSortsLast)
 {
 	std::vector<VidxCandidate> c = {
 	    {std::nanf(""), 0, 1}, {2.0f, 0, 2}, {1.0f, 0, 3}, {std::nanf(""), 0, 0}, {-1.0f, 0, 4}};
-	vidx_candidates_sort(c.data(), (int64_t)c.size());
+	vidx_candidates_sort(c.data(), (int64_t) c.size());
 	EXPECT_EQ(c[0].payload, 4u);
 	EXPECT_EQ(c[1].payload, 3u);
 	EXPECT_EQ(c[2].payload, 2u);

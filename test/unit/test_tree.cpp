@@ -34,7 +34,7 @@ check_search_order(const Tree &t, const std::vector<float> &leaves, int nleaves,
 		auto q = vt::gaussian(d, seed * 100 + qi, 2.0f);
 		std::vector<float> brute(nleaves);
 		for (int i = 0; i < nleaves; i++)
-			brute[i] = leaf_key(m, q.data(), &leaves[(size_t)i * d], d);
+			brute[i] = leaf_key(m, q.data(), &leaves[(size_t) i * d], d);
 		std::vector<float> sorted = brute;
 		std::sort(sorted.begin(), sorted.end());
 
@@ -45,13 +45,13 @@ check_search_order(const Tree &t, const std::vector<float> &leaves, int nleaves,
 			float key;
 			int32_t node = vidx_tree_search_next(state.data(), t.blob, &key);
 			ASSERT_GE(node, 0);
-			const VidxTreeNode *n = vidx_tree_node(t.blob, (uint32_t)node);
+			const VidxTreeNode *n = vidx_tree_node(t.blob, (uint32_t) node);
 			ASSERT_EQ(n->nchildren, 0);
-			ASSERT_LT(n->leaf_id, (uint32_t)nleaves);
+			ASSERT_LT(n->leaf_id, (uint32_t) nleaves);
 			ASSERT_FALSE(seen[n->leaf_id]);
 			seen[n->leaf_id] = 1;
 			ASSERT_EQ(0,
-			          std::memcmp(vidx_tree_centroid(n), &leaves[(size_t)n->leaf_id * d], 4 * d));
+			          std::memcmp(vidx_tree_centroid(n), &leaves[(size_t) n->leaf_id * d], 4 * d));
 			ASSERT_EQ(key, brute[n->leaf_id]);
 			ASSERT_EQ(key, sorted[i]) << "position " << i << " metric " << m;
 		}
@@ -77,13 +77,13 @@ TEST(Tree, BuildCheckAndSearchOrder)
 		                         err, sizeof(err));
 		ASSERT_NE(t.blob, nullptr) << err;
 		ASSERT_EQ(t.size, vidx_tree_blob_size(cs.dims, vidx_tree_node(t.blob, 0)
-		                                                   ? ((VidxTreeHeader *)t.blob)->nnodes
+		                                                   ? ((VidxTreeHeader *) t.blob)->nnodes
 		                                                   : 0));
 		ASSERT_EQ(VIDX_OK, vidx_tree_check(t.blob, t.size, err, sizeof(err))) << err;
-		const VidxTreeHeader *h = (const VidxTreeHeader *)t.blob;
-		EXPECT_EQ(h->nleaves, (uint32_t)cs.nleaves);
+		const VidxTreeHeader *h = (const VidxTreeHeader *) t.blob;
+		EXPECT_EQ(h->nleaves, (uint32_t) cs.nleaves);
 		EXPECT_EQ(h->node_size % 8, 0u);
-		EXPECT_EQ(vidx_tree_node(t.blob, 0)->count, (uint32_t)cs.nleaves);
+		EXPECT_EQ(vidx_tree_node(t.blob, 0)->count, (uint32_t) cs.nleaves);
 		if (cs.nleaves <= cs.fanout)
 		{
 			EXPECT_EQ(h->levels, 1u);
@@ -107,10 +107,10 @@ TEST(Tree, BuildCheckAndSearchOrder)
 				{
 					double dist = std::sqrt(
 					    vt::l2sq_ref(vidx_tree_centroid(n), vidx_tree_centroid(m), cs.dims));
-					EXPECT_LE(dist, (double)n->radius);
+					EXPECT_LE(dist, (double) n->radius);
 				}
 				for (int c = 0; c < m->nchildren; c++)
-					stack.push_back((uint32_t)(m->first_child + c));
+					stack.push_back((uint32_t) (m->first_child + c));
 			}
 		}
 		for (VidxMetric m : {VIDX_METRIC_L2, VIDX_METRIC_IP, VIDX_METRIC_COSINE})
@@ -144,7 +144,7 @@ TEST(Tree, EmptyBuild)
 	char err[128];
 	t.blob = vidx_tree_build(nullptr, nullptr, 0, 0, 32, 1, &t.size, err, sizeof(err));
 	ASSERT_NE(t.blob, nullptr) << err;
-	const VidxTreeHeader *h = (const VidxTreeHeader *)t.blob;
+	const VidxTreeHeader *h = (const VidxTreeHeader *) t.blob;
 	EXPECT_EQ(h->dims, 0u);
 	EXPECT_EQ(h->nleaves, 1u);
 	EXPECT_EQ(h->nnodes, 2u);
@@ -170,20 +170,20 @@ TEST(Tree, CheckRejectsCorruption)
 	ASSERT_NE(t.blob, nullptr);
 	char err[256];
 	ASSERT_EQ(VIDX_OK, vidx_tree_check(t.blob, t.size, err, sizeof(err))) << err;
-	const VidxTreeHeader *h0 = (const VidxTreeHeader *)t.blob;
+	const VidxTreeHeader *h0 = (const VidxTreeHeader *) t.blob;
 	uint32_t nnodes = h0->nnodes, nsz = h0->node_size;
 
 	auto expect_bad = [&](const char *what, auto mutate, size_t size)
 	{
-		std::vector<char> copy((char *)t.blob, (char *)t.blob + t.size);
+		std::vector<char> copy((char *) t.blob, (char *) t.blob + t.size);
 		mutate(copy.data());
 		err[0] = 0;
 		EXPECT_EQ(VIDX_E_INVALID, vidx_tree_check(copy.data(), size, err, sizeof(err))) << what;
 		EXPECT_GT(strlen(err), 0u) << what;
 	};
-	auto hdr = [](char *b) { return (VidxTreeHeader *)b; };
+	auto hdr = [](char *b) { return (VidxTreeHeader *) b; };
 	auto node = [&](char *b, uint32_t i)
-	{ return (VidxTreeNode *)(b + sizeof(VidxTreeHeader) + (size_t)i * nsz); };
+	{ return (VidxTreeNode *) (b + sizeof(VidxTreeHeader) + (size_t) i * nsz); };
 	/* find a leaf and an internal non-root node */
 	uint32_t leaf = 0, inner = 0;
 	for (uint32_t i = 1; i < nnodes; i++)
@@ -212,13 +212,13 @@ TEST(Tree, CheckRejectsCorruption)
 	expect_bad(
 	    "levels", [&](char *b) { hdr(b)->levels += 1; }, t.size);
 	expect_bad(
-	    "child range", [&](char *b) { node(b, 0)->nchildren = (int32_t)nnodes; }, t.size);
+	    "child range", [&](char *b) { node(b, 0)->nchildren = (int32_t) nnodes; }, t.size);
 	expect_bad(
 	    "child before parent", [&](char *b) { node(b, inner)->first_child = 0; }, t.size);
 	expect_bad(
 	    "negative children", [&](char *b) { node(b, inner)->nchildren = -3; }, t.size);
 	expect_bad(
-	    "leaf id", [&](char *b) { node(b, leaf)->leaf_id = (uint32_t)n; }, t.size);
+	    "leaf id", [&](char *b) { node(b, leaf)->leaf_id = (uint32_t) n; }, t.size);
 	expect_bad(
 	    "dup leaf id",
 	    [&](char *b)
@@ -246,7 +246,7 @@ TEST(Tree, CheckRejectsCorruption)
 	expect_bad(
 	    "centroid nan",
 	    [&](char *b)
-	    { ((float *)(node(b, leaf) + 1))[0] = std::numeric_limits<float>::quiet_NaN(); },
+	    { ((float *) (node(b, leaf) + 1))[0] = std::numeric_limits<float>::quiet_NaN(); },
 	    t.size);
 }
 

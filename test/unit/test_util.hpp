@@ -31,7 +31,7 @@ clustered(int64_t n, int dims, int clusters, uint64_t seed, float spread, float 
 {
 	std::mt19937_64 rng(seed);
 	std::normal_distribution<float> nd(0.0f, 1.0f);
-	std::vector<float> c((size_t)clusters * dims), v((size_t)n * dims);
+	std::vector<float> c((size_t) clusters * dims), v((size_t) n * dims);
 
 	for (auto &x : c)
 		x = nd(rng) * sep;
@@ -39,12 +39,12 @@ clustered(int64_t n, int dims, int clusters, uint64_t seed, float spread, float 
 		labels->resize(n);
 	for (int64_t i = 0; i < n; i++)
 	{
-		int l = (int)(i % clusters);
+		int l = (int) (i % clusters);
 
 		if (labels)
 			(*labels)[i] = l;
 		for (int u = 0; u < dims; u++)
-			v[(size_t)i * dims + u] = c[(size_t)l * dims + u] + nd(rng) * spread;
+			v[(size_t) i * dims + u] = c[(size_t) l * dims + u] + nd(rng) * spread;
 	}
 	if (centers)
 		*centers = c;
@@ -57,7 +57,7 @@ l2sq_ref(const float *a, const float *b, int d)
 	double s = 0;
 
 	for (int i = 0; i < d; i++)
-		s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		s += ((double) a[i] - b[i]) * ((double) a[i] - b[i]);
 	return s;
 }
 
@@ -67,7 +67,7 @@ dot_ref(const float *a, const float *b, int d)
 	double s = 0;
 
 	for (int i = 0; i < d; i++)
-		s += (double)a[i] * b[i];
+		s += (double) a[i] * b[i];
 	return s;
 }
 
