@@ -318,7 +318,9 @@ def run_queries(conn, table, Q, k=10, gt_dist=None, X=None, settings=None,
         if exact:
             cur.execute("SET enable_indexscan = off")
             cur.execute("SET enable_bitmapscan = off")
-        sql = f"SELECT id FROM {table} ORDER BY embedding <-> %s::real[] LIMIT %s"
+        # %b: the query vector goes as a binary double precision[] parameter
+        # (what a client sends for a list of floats), cast to real[] server-side.
+        sql = f"SELECT id FROM {table} ORDER BY embedding <-> %b::real[] LIMIT %s"
         params = [[float(v) for v in q] for q in Q]
         # warm up and make sure the prepared plan is used for every query
         cur.execute(sql, (params[0], k), prepare=True)
@@ -334,7 +336,7 @@ def run_queries(conn, table, Q, k=10, gt_dist=None, X=None, settings=None,
             if gt_dist is not None and X is not None:
                 recalls.append(recall_at_k([r[0] - 1 for r in rows], gt_dist[i], X, Q[i], k))
         wall = time.perf_counter() - t_all
-        cur.execute("EXPLAIN (COSTS OFF) " + sql.replace("%s::real[]", "'{0}'::real[]")
+        cur.execute("EXPLAIN (COSTS OFF) " + sql.replace("%b::real[]", "'{0}'::real[]")
                     .replace("%s", str(k)))
         plan = " / ".join(r[0].strip() for r in cur.fetchall())
         cur.execute("RESET ALL")

@@ -81,7 +81,7 @@ section() {
 }
 
 record() { # record NAME STATUS SECONDS
-	SUMMARY+=("$(printf '%-28s %-5s %4ss' "$1" "$2" "$3")")
+	SUMMARY+=("$(printf '%-32s %-5s %5ss' "$1" "$2" "$3")")
 	[ "$2" = PASS ] || FAILED=1
 }
 
