@@ -257,6 +257,27 @@ SELECT run_check('reindexed3');
 SELECT is(other_lines('reindexed3'), '', 'REINDEX: no WARNING in a new session');
 SELECT is(diff_results('reindexed3'), '', 'REINDEX: results identical');
 
+-- ---------------------------------------------------------------- damaged under a live session
+-- A session maps the sidecar with a first query; the file is then cut to half
+-- its size (a mapped page beyond the end of a file raises SIGBUS if touched)
+-- and the same session queries again: same rows, no crash.
+CREATE FUNCTION knn_line(tag text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+	SELECT format('SELECT %L || array(SELECT id FROM vidx_t03.items ORDER BY embedding <-> '
+		'(SELECT embedding FROM vidx_t03.items WHERE id = 1) LIMIT 10)::text', tag || '|')
+$$;
+INSERT INTO checks
+SELECT 'live', ARRAY(SELECT fresh('SET enable_seqscan = off', knn_line('A'),
+	format('COPY (SELECT 1) TO PROGRAM %L',
+		format('truncate -s $(( $(stat -c %%s %1$s) / 2 )) %1$s', shell_quote(sidecar_path('items_vidx')))),
+	knn_line('B'), 'SELECT ''alive'''));
+SELECT diag('live: ' || array_to_string(lines, E'\n')) FROM checks WHERE name = 'live';
+SELECT ok((SELECT 'alive' = ANY (lines) FROM checks WHERE name = 'live'),
+	'live: the session survived its sidecar being truncated under it');
+SELECT is((SELECT substr(l, 3) FROM checks, unnest(lines) l WHERE name = 'live' AND l LIKE 'B|%'),
+	(SELECT substr(l, 3) FROM checks, unnest(lines) l WHERE name = 'live' AND l LIKE 'A|%'),
+	'live: same rows before and after the truncation');
+SELECT lives_ok('REINDEX INDEX vidx_t03.items_vidx', 'REINDEX after the live truncation');
+
 -- ---------------------------------------------------------------- inserts after the build
 INSERT INTO items
 SELECT i, ARRAY(SELECT (sin((i % 40) * 1.7 + j * 0.31) * 3 + sin(i * 0.017 * j) * 0.6)::real
