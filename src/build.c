@@ -401,6 +401,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
 		tree = empty_tree(&tree_size);
 		write_index(w, bs.metric, 0, bs.build_id, tree, tree_size, NULL, 0, &zero);
+		vidx_sidecar_sweep(index);
 		result->heap_tuples = reltuples;
 		result->index_tuples = 0;
 		return result;
@@ -487,6 +488,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
 	write_index(w, bs.metric, bs.dims, bs.build_id, tree, tree_size, postings, bs.ntuples,
 				counts);
+	vidx_sidecar_sweep(index);
 
 	result->heap_tuples = reltuples;
 	result->index_tuples = bs.ntuples;

@@ -42,6 +42,7 @@ typedef struct ScanResult
 typedef struct VidxScanOpaqueData
 {
 	MemoryContext cxt;			/* reset at every rescan */
+	MemoryContext scan_cxt;		/* lives as long as the scan */
 	bool		started;
 	bool		empty;			/* index has no dims yet, or the query is NULL */
 	bool		null_query;
@@ -86,6 +87,7 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 	VidxScanOpaque so = palloc0(sizeof(VidxScanOpaqueData));
 
 	so->cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx scan", ALLOCSET_DEFAULT_SIZES);
+	so->scan_cxt = CurrentMemoryContext;
 	scan->opaque = so;
 	return scan;
 }
@@ -147,7 +149,8 @@ table_vector(IndexScanDesc scan, ItemPointer tid)
 
 	if (so->fetch == NULL)
 	{
-		MemoryContext old = MemoryContextSwitchTo(so->cxt);
+		/* Kept across rescans, so not in so->cxt. */
+		MemoryContext old = MemoryContextSwitchTo(so->scan_cxt);
 
 		so->fetch = table_index_fetch_begin(scan->heapRelation);
 		so->slot = table_slot_create(scan->heapRelation, NULL);

@@ -17,7 +17,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access/xact.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_class.h"
+#include "commands/defrem.h"
 #include "common/file_perm.h"
+#include "storage/lmgr.h"
+#include "utils/inval.h"
+#include "utils/syscache.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
@@ -431,4 +438,191 @@ vidx_sidecar_state(Relation index, const VidxMetaPageData *meta, uint64 *records
 	if (why == NULL)
 		return "ok";
 	return why;
+}
+
+/* ---------- removal of sidecars that no index uses any more ---------- */
+
+/*
+ * Files to unlink when the transaction that made them obsolete commits (a
+ * DROP, or a rebuild under a new relfilenode); forgotten if it aborts. Each
+ * entry remembers the subtransaction level that scheduled it.
+ */
+typedef struct PendingUnlink
+{
+	char	   *path;
+	int			nest_level;
+	struct PendingUnlink *next;
+} PendingUnlink;
+
+static PendingUnlink *pending_unlinks = NULL;
+
+static void
+schedule_unlink(const char *path)
+{
+	PendingUnlink *p = MemoryContextAlloc(TopMemoryContext, sizeof(PendingUnlink));
+
+	p->path = MemoryContextStrdup(TopMemoryContext, path);
+	p->nest_level = GetCurrentTransactionNestLevel();
+	p->next = pending_unlinks;
+	pending_unlinks = p;
+}
+
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	bool		commit = (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
+
+	if (!commit && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT)
+		return;
+	while (pending_unlinks != NULL)
+	{
+		PendingUnlink *p = pending_unlinks;
+
+		pending_unlinks = p->next;
+		if (commit)
+			(void) unlink(p->path); /* gone already is fine */
+		pfree(p->path);
+		pfree(p);
+	}
+}
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
+				 void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	PendingUnlink **link = &pending_unlinks;
+
+	while (*link != NULL)
+	{
+		PendingUnlink *p = *link;
+
+		if (p->nest_level >= level)
+		{
+			if (event == SUBXACT_EVENT_ABORT_SUB)
+			{
+				*link = p->next;
+				pfree(p->path);
+				pfree(p);
+				continue;
+			}
+			if (event == SUBXACT_EVENT_COMMIT_SUB)
+				p->nest_level = level - 1;
+		}
+		link = &p->next;
+	}
+}
+
+/* The sidecar path of a pg_class row of a vidx index. */
+static char *
+path_for_class(Form_pg_class cls)
+{
+	Oid			spc = OidIsValid(cls->reltablespace) ? cls->reltablespace : MyDatabaseTableSpace;
+
+	if (cls->relpersistence == RELPERSISTENCE_TEMP)
+		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR, spc, MyDatabaseId,
+						cls->relfilenode, MyBackendId);
+	return psprintf("%s/%s/%u_%u_%u.vsc", DataDir, VIDX_SIDECAR_DIR, spc, MyDatabaseId,
+					cls->relfilenode);
+}
+
+static object_access_hook_type prev_object_access_hook = NULL;
+
+/* DROP INDEX, DROP TABLE, DROP SCHEMA ... CASCADE: the sidecar goes at commit. */
+static void
+object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access == OAT_DROP && classId == RelationRelationId && subId == 0)
+	{
+		HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(objectId));
+
+		if (HeapTupleIsValid(tuple))
+		{
+			Form_pg_class cls = (Form_pg_class) GETSTRUCT(tuple);
+
+			if (cls->relkind == RELKIND_INDEX &&
+				cls->relam == get_index_am_oid("vidx", true) && OidIsValid(cls->relam))
+				schedule_unlink(path_for_class(cls));
+			ReleaseSysCache(tuple);
+		}
+	}
+}
+
+void
+vidx_sidecar_init(void)
+{
+	RegisterXactCallback(xact_callback, NULL);
+	RegisterSubXactCallback(subxact_callback, NULL);
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = object_access;
+}
+
+/* Reads a sidecar header; false if the file is not a readable sidecar. */
+static bool
+read_header(const char *path, VidxSidecarHeader *h)
+{
+	int			fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	bool		ok;
+
+	if (fd < 0)
+		return false;
+	ok = pg_pread(fd, h, sizeof(*h), 0) == sizeof(*h) && h->magic == VIDX_SIDECAR_MAGIC;
+	CloseTransientFile(fd);
+	return ok;
+}
+
+/*
+ * Called by a build of index (under its new relfilenode): schedules the
+ * sidecars of the index's earlier relfilenodes (REINDEX, TRUNCATE, VACUUM
+ * FULL) for removal at commit, and removes right away the sidecars of this
+ * database whose index no longer exists (dropped in a session that had not
+ * loaded vidx). A file whose index may be being created by another
+ * transaction is left alone: that transaction holds a lock on the index.
+ */
+void
+vidx_sidecar_sweep(Relation index)
+{
+	char	   *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
+	char	   *mine = vidx_sidecar_path(index);
+	DIR		   *d = AllocateDir(dir);
+	struct dirent *de;
+
+	if (d == NULL)
+		return;
+	while ((de = ReadDir(d, dir)) != NULL)
+	{
+		unsigned int spc,
+					db,
+					rel;
+		char		tail[16];
+		char	   *path;
+		VidxSidecarHeader h;
+
+		if (sscanf(de->d_name, "%u_%u_%u%15s", &spc, &db, &rel, tail) != 4 ||
+			strcmp(tail, ".vsc") != 0 || db != MyDatabaseId)
+			continue;
+		path = psprintf("%s/%s", dir, de->d_name);
+		if (strcmp(path, mine) != 0 && read_header(path, &h))
+		{
+			Oid			oid = h.index_oid;
+
+			if (oid == RelationGetRelid(index))
+				schedule_unlink(path);
+			else if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(oid)) &&
+					 ConditionalLockRelationOid(oid, AccessShareLock))
+			{
+				AcceptInvalidationMessages();
+				if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(oid)))
+					(void) unlink(path);
+				UnlockRelationOid(oid, AccessShareLock);
+			}
+		}
+		pfree(path);
+	}
+	FreeDir(d);
+	pfree(dir);
+	pfree(mine);
 }

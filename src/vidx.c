@@ -52,6 +52,8 @@ _PG_init(void)
 							&vidx_rerank, 40, 1, 1000000, PGC_USERSET, 0,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");
+
+	vidx_sidecar_init();
 }
 
 /* ---------- options ---------- */

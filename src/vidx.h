@@ -157,6 +157,10 @@ extern void vidx_sidecar_warn(Relation index, const char *why);
 extern const char *vidx_sidecar_state(Relation index, const VidxMetaPageData *meta,
 									  uint64 *records);
 /* Maps (or remaps) the index's sidecar for a scan; warns once if it is unusable. */
+/* Registers the callbacks that remove sidecars of dropped or rebuilt indexes. */
+extern void vidx_sidecar_init(void);
+/* Schedules or removes sidecars that no index uses any more (see sidecar.c). */
+extern void vidx_sidecar_sweep(Relation index);
 extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
 
 /* ---------- access-method callbacks ---------- */
