@@ -117,10 +117,7 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	bs->vhashes[bs->ntuples] = vidx_vector_hash(v, dims);
 	if (bs->metric == VIDX_METRIC_COSINE)
 	{
-		float		norm = sqrtf(vidx_norm_sq(v, dims));
-
-		for (int i = 0; i < dims; i++)
-			bs->scratch[i] = v[i] / norm;
+		vidx_normalize(v, bs->scratch, dims);
 		vidx_rotation_apply(bs->rotation, bs->scratch, bs->vectors + bs->ntuples * dims);
 	}
 	else

@@ -221,10 +221,7 @@ vidx_to_index_space(const VidxTreeCache *cache, const float *v, float *out)
 {
 	if (cache->metric == VIDX_METRIC_COSINE)
 	{
-		float		norm = sqrtf(vidx_norm_sq(v, cache->dims));
-
-		for (int i = 0; i < cache->dims; i++)
-			out[i] = v[i] / norm;
+		vidx_normalize(v, out, cache->dims);
 		vidx_rotation_apply(cache->rotation, out, out);
 	}
 	else

@@ -240,56 +240,12 @@ vidx_check_dims(int dims, int expected, Relation index)
 void
 vidx_check_nonzero(const float *v, int dims)
 {
-	/* The core's own kernel, so "zero" means exactly what makes it divide by 0. */
-	if (vidx_norm_sq(v, dims) == 0.0f)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("cosine distance is undefined for a zero vector")));
-}
-
-/*
- * The metric in double precision, used only when the core's float kernels
- * overflow (elements beyond about 1e19 in magnitude): every real is finite
- * as a double and so are these sums, so the operator never returns infinity.
- */
-static double
-distance_double(VidxMetric metric, const float *a, const float *b, int dims)
-{
-	double		acc = 0.0;
-	double		na = 0.0;
-	double		nb = 0.0;
-	double		c;
-	int			i;
-
-	switch (metric)
-	{
-		case VIDX_METRIC_L2:
-			for (i = 0; i < dims; i++)
-			{
-				double		d = (double) a[i] - (double) b[i];
-
-				acc += d * d;
-			}
-			return sqrt(acc);
-		case VIDX_METRIC_IP:
-			for (i = 0; i < dims; i++)
-				acc += (double) a[i] * (double) b[i];
-			return -acc;
-		case VIDX_METRIC_COSINE:
-			for (i = 0; i < dims; i++)
-			{
-				acc += (double) a[i] * (double) b[i];
-				na += (double) a[i] * (double) a[i];
-				nb += (double) b[i] * (double) b[i];
-			}
-			c = acc / (sqrt(na) * sqrt(nb));
-			if (c > 1.0)
-				c = 1.0;
-			else if (c < -1.0)
-				c = -1.0;
-			return 1.0 - c;
-	}
-	pg_unreachable();
+	for (int i = 0; i < dims; i++)
+		if (v[i] != 0.0f)
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("cosine distance is undefined for a zero vector")));
 }
 
 /*
@@ -372,9 +328,8 @@ distance_common(FunctionCallInfo fcinfo, VidxMetric metric)
 		vidx_check_nonzero(b, bdims);
 	}
 
+	/* The core falls back to double precision where float sums overflow. */
 	result = vidx_distance(metric, a, b, adims);
-	if (unlikely(!isfinite(result)))
-		result = distance_double(metric, a, b, adims);
 	if (result == 0.0)
 		result = 0.0;			/* no -0 from <#> of orthogonal vectors */
 	else if (metric == VIDX_METRIC_COSINE)

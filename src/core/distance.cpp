@@ -5,6 +5,7 @@
  * one the CPU supports is picked once at first use, so the same binary runs
  * everywhere. The kernels never allocate.
  */
+#include <algorithm>
 #include <cmath>
 
 #include "internal.hpp"
@@ -423,15 +424,52 @@ vidx_norm_sq(const float *a, int dims)
 	return kernels().norm_sq(a, dims);
 }
 
-extern "C" double
-vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
+/* Double-precision fallback for vectors whose float sums overflow (elements beyond ~1e19). */
+static double
+distance_double(VidxMetric metric, const float *a, const float *b, int dims)
 {
+	double ab = 0, aa = 0, bb = 0, l2 = 0;
+
+	for (int i = 0; i < dims; i++)
+	{
+		double x = a[i], y = b[i];
+
+		ab += x * y;
+		aa += x * x;
+		bb += y * y;
+		l2 += (x - y) * (x - y);
+	}
 	switch (metric)
 	{
 	case VIDX_METRIC_L2:
-		return std::sqrt((double) vidx_l2sq(a, b, dims));
+		return std::sqrt(l2);
 	case VIDX_METRIC_IP:
-		return -(double) vidx_dot(a, b, dims);
+		return -ab;
+	case VIDX_METRIC_COSINE:
+	{
+		double c = ab / (std::sqrt(aa) * std::sqrt(bb));
+
+		if (std::isnan(c))
+			return c;
+		return 1.0 - std::min(1.0, std::max(-1.0, c));
+	}
+	}
+	return std::nan("");
+}
+
+extern "C" double
+vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
+{
+	double d;
+
+	switch (metric)
+	{
+	case VIDX_METRIC_L2:
+		d = std::sqrt((double) vidx_l2sq(a, b, dims));
+		break;
+	case VIDX_METRIC_IP:
+		d = -(double) vidx_dot(a, b, dims);
+		break;
 	case VIDX_METRIC_COSINE:
 	{
 		double ab = vidx_dot(a, b, dims);
@@ -439,14 +477,30 @@ vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
 		double bb = vidx_norm_sq(b, dims);
 		double c = ab / std::sqrt(aa * bb);
 
-		if (std::isnan(c))
-			return c;
-		if (c > 1.0)
-			c = 1.0;
-		else if (c < -1.0)
-			c = -1.0;
-		return 1.0 - c;
+		d = std::isnan(c) ? c : 1.0 - std::min(1.0, std::max(-1.0, c));
+		break;
 	}
+	default:
+		return std::nan("");
 	}
-	return std::nan("");
+	if (!std::isfinite(d))
+		d = distance_double(metric, a, b, dims);
+	return d;
+}
+
+extern "C" void
+vidx_normalize(const float *v, float *out, int dims)
+{
+	double norm = std::sqrt((double) vidx_norm_sq(v, dims));
+
+	if (!std::isfinite(norm) || norm == 0)
+	{
+		double s = 0;
+
+		for (int i = 0; i < dims; i++)
+			s += (double) v[i] * v[i];
+		norm = std::sqrt(s);
+	}
+	for (int i = 0; i < dims; i++)
+		out[i] = (float) (v[i] / norm);
 }

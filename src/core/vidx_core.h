@@ -62,6 +62,9 @@ float		vidx_norm_sq(const float *a, int dims);
  */
 double		vidx_distance(VidxMetric metric, const float *a, const float *b, int dims);
 
+/* out = v / ||v|| (norm in double if float overflows or underflows); v must be nonzero. */
+void		vidx_normalize(const float *v, float *out, int dims);
+
 /* ---------- rotation: fixed, seeded, orthogonal, O(D log D) ---------- */
 
 size_t		vidx_rotation_size(int dims);

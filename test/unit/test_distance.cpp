@@ -69,3 +69,27 @@ TEST(Distance, PerMetric)
 }
 
 } // namespace
+
+TEST(Distance, HugeValuesFallBackToDouble)
+{
+	// Float sums overflow beyond ~1e19; the operator value must stay finite.
+	const float a[2] = {3e20f, 4e20f};
+	const float b[2] = {0.0f, 0.0f};
+	const float c[2] = {6e20f, 8e20f};
+	EXPECT_NEAR(vidx_distance(VIDX_METRIC_L2, a, b, 2), 5e20, 5e20 * 1e-6);
+	EXPECT_NEAR(vidx_distance(VIDX_METRIC_IP, a, c, 2), -(18e40 + 32e40), 50e40 * 1e-6);
+	EXPECT_NEAR(vidx_distance(VIDX_METRIC_COSINE, a, c, 2), 0.0, 1e-9);
+}
+
+TEST(Distance, NormalizeHandlesOverflowAndUnderflow)
+{
+	const float big[2] = {3e20f, 4e20f};
+	const float tiny[2] = {3e-30f, 4e-30f};
+	float out[2];
+	vidx_normalize(big, out, 2);
+	EXPECT_NEAR(out[0], 0.6f, 1e-6);
+	EXPECT_NEAR(out[1], 0.8f, 1e-6);
+	vidx_normalize(tiny, out, 2);
+	EXPECT_NEAR(out[0], 0.6f, 1e-6);
+	EXPECT_NEAR(out[1], 0.8f, 1e-6);
+}
