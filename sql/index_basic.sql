@@ -18,7 +18,7 @@ EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY v <#> '{0.1,0.2,0.3,0.4}' LIMI
 
 -- With every leaf probed and enough reranking, the index returns the exact answer.
 SET vidx.probes = 16;
-SET vidx.rerank = 1000;
+SET vidx.rerank = 3000;
 CREATE FUNCTION exact_ids(q real[], k int) RETURNS int[] LANGUAGE sql AS $$
   SELECT array_agg(id ORDER BY d, id) FROM (
     SELECT id, v <-> q AS d FROM items WHERE v IS NOT NULL ORDER BY v <-> q, id LIMIT k) s $$;

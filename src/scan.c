@@ -2,13 +2,17 @@
  * scan.c: index scans (ORDER BY col <op> query LIMIT k) and planner costs.
  *
  * A scan walks the tree best-first, so leaves come in order of their
- * centroid's distance to the query. It reads vidx.probes leaves, estimates
- * every posting's score from its binary code, and re-scores the best
- * vidx.rerank candidates exactly, with the full vector from the sidecar (or
- * from the table when the sidecar cannot vouch for it). Those rows are returned
- * in exact distance order. When the executor asks for more (a WHERE clause
- * rejected rows), the next vidx.rerank candidates follow, then the next
- * vidx.probes leaves, until every leaf was read.
+ * centroid's distance to the query. A round reads vidx.probes leaves and
+ * estimates every posting's score, with a lower bound, from its binary code.
+ * Candidates are then re-scored exactly (full vector from the sidecar, or from
+ * the table when the sidecar cannot vouch for it) best estimate first, and a
+ * row is returned as soon as its exact score is below the lower bound of every
+ * candidate not re-scored yet: rows come out in exact order, and only the
+ * candidates that could still win are re-scored. vidx.rerank caps the work: once
+ * rerank + (rows returned) candidates were re-scored, the best re-scored row
+ * is returned without waiting for the bound. When the executor asks for more
+ * rows than the round holds (a WHERE clause rejected rows), the next
+ * vidx.probes leaves follow, until every leaf was read.
  */
 #include "vidx.h"
 
@@ -27,16 +31,20 @@
 #include "utils/selfuncs.h"
 #include "utils/snapmgr.h"
 
-/* What the scan keeps of a posting after its page lock is released. */
-typedef struct PostingRef
+/* A posting seen by the scan, kept after its page lock is released. */
+typedef struct Candidate
 {
+	float		est;			/* estimated score */
+	float		lower;			/* lower bound of its score */
+	bool		rescored;
 	VidxPosting posting;		/* header only: TID, slot, hash */
-} PostingRef;
+} Candidate;
 
+/* A re-scored row waiting to be returned. */
 typedef struct ScanResult
 {
+	double		score;			/* exact, in estimator score space (heap key) */
 	ItemPointerData tid;
-	double		distance;
 } ScanResult;
 
 typedef struct VidxScanOpaqueData
@@ -44,29 +52,37 @@ typedef struct VidxScanOpaqueData
 	MemoryContext cxt;			/* reset at every rescan */
 	MemoryContext scan_cxt;		/* lives as long as the scan */
 	bool		started;
-	bool		empty;			/* index has no dims yet, or the query is NULL */
-	bool		null_query;
+	bool		empty;			/* the index has no dimensions yet */
+	bool		null_query;		/* no query vector: every row, unordered */
+	bool		leaves_done;
 	VidxMetaPageData meta;
 	float	   *query;			/* as given (for exact distances) */
 	float	   *qrot;			/* in index space */
 	void	   *search;			/* tree search state */
 	void	   *prep;			/* per-leaf query preparation */
-	bool		leaves_done;
 
-	/* candidates of the current round, sorted by estimate */
-	VidxCandidate *cands;
-	PostingRef *refs;
+	/*
+	 * Candidates of the current round (kept across rescans), and two min-heaps
+	 * of their indexes: by estimate (the order they are re-scored in) and by
+	 * lower bound (what any candidate not yet re-scored could still score).
+	 */
+	Candidate  *cands;
 	int64		ncands;
-	int64		capacity;
-	int64		next_cand;
+	int64		cands_capacity;
+	int64	   *by_est;
+	int64		nby_est;
+	int64	   *by_lower;
+	int64		nby_lower;
 
-	/* results of the current batch, in distance order */
-	ScanResult *results;
-	int64		results_capacity;
+	/* min-heap of re-scored rows by exact score (kept across rescans) */
+	ScanResult	   *results;
 	int64		nresults;
-	int64		next_result;
+	int64		results_capacity;
 
-	/* scratch for estimates */
+	int64		rescored;
+	int64		returned;
+
+	/* scratch for a page's estimates */
 	const VidxPosting **ptrs;
 	float	   *est;
 	float	   *lower;
@@ -80,6 +96,106 @@ typedef struct VidxScanOpaqueData
 
 typedef VidxScanOpaqueData *VidxScanOpaque;
 
+/* ---------- two small binary heaps ---------- */
+
+static inline float
+cand_key(const VidxScanOpaque so, int64 id, bool by_lower)
+{
+	return by_lower ? so->cands[id].lower : so->cands[id].est;
+}
+
+static void
+id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
+{
+	int64		x = h[i];
+	float		kx = cand_key(so, x, by_lower);
+
+	for (;;)
+	{
+		int64		c = 2 * i + 1;
+
+		if (c >= n)
+			break;
+		if (c + 1 < n && cand_key(so, h[c + 1], by_lower) < cand_key(so, h[c], by_lower))
+			c++;
+		if (!(cand_key(so, h[c], by_lower) < kx))
+			break;
+		h[i] = h[c];
+		i = c;
+	}
+	h[i] = x;
+}
+
+static int64
+id_pop(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
+{
+	int64		top = h[0];
+
+	h[0] = h[--*n];
+	if (*n > 0)
+		id_sift_down(so, h, *n, 0, by_lower);
+	return top;
+}
+
+/* Lowest lower bound of the candidates not re-scored yet, or +inf. */
+static float
+min_lower_left(VidxScanOpaque so)
+{
+	while (so->nby_lower > 0 && so->cands[so->by_lower[0]].rescored)
+		(void) id_pop(so, so->by_lower, &so->nby_lower, true);
+	return so->nby_lower > 0 ? so->cands[so->by_lower[0]].lower : get_float4_infinity();
+}
+
+static void
+result_push(VidxScanOpaque so, double score, ItemPointer tid)
+{
+	int64		i;
+
+	if (so->nresults == so->results_capacity)
+	{
+		so->results_capacity = Max(64, so->results_capacity * 2);
+		so->results = so->results == NULL ?
+			MemoryContextAlloc(so->scan_cxt, sizeof(ScanResult) * so->results_capacity) :
+			repalloc(so->results, sizeof(ScanResult) * so->results_capacity);
+	}
+	i = so->nresults++;
+	while (i > 0 && score < so->results[(i - 1) / 2].score)
+	{
+		so->results[i] = so->results[(i - 1) / 2];
+		i = (i - 1) / 2;
+	}
+	so->results[i].score = score;
+	so->results[i].tid = *tid;
+}
+
+static ScanResult
+result_pop(VidxScanOpaque so)
+{
+	ScanResult		top = so->results[0];
+	ScanResult		x = so->results[--so->nresults];
+	int64		n = so->nresults;
+	int64		i = 0;
+
+	for (;;)
+	{
+		int64		c = 2 * i + 1;
+
+		if (c >= n)
+			break;
+		if (c + 1 < n && so->results[c + 1].score < so->results[c].score)
+			c++;
+		if (!(so->results[c].score < x.score))
+			break;
+		so->results[i] = so->results[c];
+		i = c;
+	}
+	if (n > 0)
+		so->results[i] = x;
+	return top;
+}
+
+/* ---------- scan callbacks ---------- */
+
 IndexScanDesc
 vidx_beginscan(Relation index, int nkeys, int norderbys)
 {
@@ -88,6 +204,9 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 
 	so->cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx scan", ALLOCSET_DEFAULT_SIZES);
 	so->scan_cxt = CurrentMemoryContext;
+	so->ptrs = palloc(sizeof(VidxPosting *) * MaxIndexTuplesPerPage);
+	so->est = palloc(sizeof(float) * MaxIndexTuplesPerPage);
+	so->lower = palloc(sizeof(float) * MaxIndexTuplesPerPage);
 	scan->opaque = so;
 	return scan;
 }
@@ -107,11 +226,10 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->empty = false;
 	so->null_query = false;
 	so->leaves_done = false;
-	so->cands = NULL;
-	so->refs = NULL;
-	so->ncands = so->capacity = so->next_cand = 0;
-	so->results = NULL;
-	so->results_capacity = so->nresults = so->next_result = 0;
+	so->ncands = so->nby_est = so->nby_lower = 0;
+	so->nresults = 0;
+	so->rescored = 0;
+	so->returned = 0;
 
 	vidx_read_meta(scan->indexRelation, &so->meta);
 	if (so->meta.dims == 0)
@@ -121,7 +239,6 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	}
 	if (scan->numberOfOrderBys == 0 || (scan->orderByData[0].sk_flags & SK_ISNULL))
 	{
-		/* No query vector: every row, in no particular order. */
 		so->null_query = true;
 		return;
 	}
@@ -174,39 +291,38 @@ table_vector(IndexScanDesc scan, ItemPointer tid)
 }
 
 static void
-add_candidates(VidxScanOpaque so, int n, const float *est, const float *lower)
+add_candidates(VidxScanOpaque so, int n)
 {
-	if (so->ncands + n > so->capacity)
+	if (so->ncands + n > so->cands_capacity)
 	{
-		int64		cap = Max(so->capacity * 2, so->ncands + n + 256);
-
+		so->cands_capacity = Max(so->cands_capacity * 2, so->ncands + n + 1024);
 		if (so->cands == NULL)
 		{
-			so->cands = MemoryContextAllocHuge(so->cxt, sizeof(VidxCandidate) * cap);
-			so->refs = MemoryContextAllocHuge(so->cxt, sizeof(PostingRef) * cap);
+			so->cands = MemoryContextAllocHuge(so->scan_cxt, sizeof(Candidate) * so->cands_capacity);
+			so->by_est = MemoryContextAllocHuge(so->scan_cxt, sizeof(int64) * so->cands_capacity);
+			so->by_lower = MemoryContextAllocHuge(so->scan_cxt, sizeof(int64) * so->cands_capacity);
 		}
 		else
 		{
-			so->cands = repalloc_huge(so->cands, sizeof(VidxCandidate) * cap);
-			so->refs = repalloc_huge(so->refs, sizeof(PostingRef) * cap);
+			so->cands = repalloc_huge(so->cands, sizeof(Candidate) * so->cands_capacity);
+			so->by_est = repalloc_huge(so->by_est, sizeof(int64) * so->cands_capacity);
+			so->by_lower = repalloc_huge(so->by_lower, sizeof(int64) * so->cands_capacity);
 		}
-		so->capacity = cap;
 	}
 	for (int i = 0; i < n; i++)
 	{
-		VidxCandidate *c = &so->cands[so->ncands];
+		Candidate  *c = &so->cands[so->ncands++];
 
-		c->score = est ? est[i] : 0;
-		c->lower = lower ? lower[i] : 0;
-		c->payload = so->ncands;
-		so->refs[so->ncands].posting = *so->ptrs[i];
-		so->ncands++;
+		c->lower = so->null_query ? 0 : so->lower[i];
+		c->est = so->null_query ? 0 : so->est[i];
+		c->rescored = false;
+		c->posting = *so->ptrs[i];
 	}
 }
 
 /* Reads one leaf's chain and estimates every live posting. */
 static void
-scan_leaf(IndexScanDesc scan, const VidxTreeCache *cache, const VidxTreeNode *node)
+scan_leaf(IndexScanDesc scan, const VidxTreeNode *node)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	Relation	index = scan->indexRelation;
@@ -252,51 +368,40 @@ scan_leaf(IndexScanDesc scan, const VidxTreeCache *cache, const VidxTreeNode *no
 		{
 			if (!so->null_query)
 				vidx_rabitq_estimate(so->prep, so->ptrs, n, so->est, so->lower);
-			add_candidates(so, n, so->null_query ? NULL : so->est,
-						   so->null_query ? NULL : so->lower);
+			add_candidates(so, n);
 		}
 		blkno = opaque->next;
 		UnlockReleaseBuffer(buf);
 	}
 }
 
-/* Reads the next vidx.probes leaves into a new round of candidates. */
+/* Reads the next vidx.probes leaves (every leaf for a NULL query) into the candidates. */
 static void
 next_round(IndexScanDesc scan)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	VidxTreeCache *cache = vidx_get_tree(scan->indexRelation, &so->meta);
-	MemoryContext old = MemoryContextSwitchTo(so->cxt);
 	int			probes = so->null_query ? INT_MAX : vidx_probes;
 
 	if (!so->started)
 	{
-		int			per_page = BLCKSZ / sizeof(ItemIdData);
+		MemoryContext old = MemoryContextSwitchTo(so->cxt);
 
-		so->ptrs = palloc(sizeof(VidxPosting *) * per_page);
-		so->est = palloc(sizeof(float) * per_page);
-		so->lower = palloc(sizeof(float) * per_page);
 		so->search = palloc(vidx_tree_search_size(cache->tree));
+		so->qrot = palloc0(sizeof(float) * so->meta.dims);
 		if (!so->null_query)
 		{
-			so->qrot = palloc(sizeof(float) * so->meta.dims);
 			vidx_to_index_space(cache, so->query, so->qrot);
 			so->prep = palloc(vidx_query_prep_size(so->meta.dims));
-			vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric,
-								   so->qrot);
 		}
-		else
-		{
-			float	   *zero = palloc0(sizeof(float) * so->meta.dims);
-
-			vidx_tree_search_begin(so->search, cache->tree, VIDX_METRIC_L2, zero);
-		}
+		vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric,
+							   so->qrot);
 		vidx_sidecar_refresh(scan->indexRelation, &so->meta);
+		MemoryContextSwitchTo(old);
 		so->started = true;
 	}
 
-	so->ncands = 0;
-	so->next_cand = 0;
+	Assert(so->ncands == 0);
 	for (int i = 0; i < probes; i++)
 	{
 		float		key;
@@ -307,25 +412,20 @@ next_round(IndexScanDesc scan)
 			so->leaves_done = true;
 			break;
 		}
-		scan_leaf(scan, cache, vidx_tree_node(cache->tree, leaf));
+		scan_leaf(scan, vidx_tree_node(cache->tree, leaf));
 		CHECK_FOR_INTERRUPTS();
 	}
 	if (!so->null_query)
-		vidx_candidates_sort(so->cands, so->ncands);
-	MemoryContextSwitchTo(old);
-}
-
-static int
-compare_results(const void *a, const void *b)
-{
-	const ScanResult *ra = (const ScanResult *) a;
-	const ScanResult *rb = (const ScanResult *) b;
-
-	if (ra->distance < rb->distance)
-		return -1;
-	if (ra->distance > rb->distance)
-		return 1;
-	return ItemPointerCompare((ItemPointer) &ra->tid, (ItemPointer) &rb->tid);
+	{
+		for (int64 i = 0; i < so->ncands; i++)
+			so->by_est[i] = so->by_lower[i] = i;
+		so->nby_est = so->nby_lower = so->ncands;
+		for (int64 i = so->ncands / 2 - 1; i >= 0; i--)
+		{
+			id_sift_down(so, so->by_est, so->ncands, i, false);
+			id_sift_down(so, so->by_lower, so->ncands, i, true);
+		}
+	}
 }
 
 /* An exact distance (operator value) in the estimator's score space. */
@@ -343,85 +443,30 @@ distance_to_score(VidxMetric metric, double distance)
 	}
 }
 
+/* Re-scores a candidate exactly and queues it, unless its row is gone. */
 static void
-ensure_results(VidxScanOpaque so, int64 n)
-{
-	if (so->results == NULL || n > so->results_capacity)
-	{
-		if (so->results != NULL)
-			pfree(so->results);
-		so->results_capacity = Max(n, 16);
-		so->results = MemoryContextAllocHuge(so->cxt, sizeof(ScanResult) * so->results_capacity);
-	}
-}
-
-/* Appends a candidate to the batch with its exact distance; false if its row is gone. */
-static bool
-rescore(IndexScanDesc scan, const VidxCandidate *c)
+rescore(IndexScanDesc scan, Candidate *c)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	const VidxPosting *p = &so->refs[c->payload].posting;
-	ScanResult *r = &so->results[so->nresults];
-	const float *v;
+	const float *v = vidx_sidecar_vector(scan->indexRelation, &so->meta, &c->posting);
+	ItemPointerData tid;
 
-	ItemPointerSet(&r->tid, p->heap_block, p->heap_offset);
-	if (so->null_query)
-		r->distance = 0;
-	else
+	ItemPointerSet(&tid, c->posting.heap_block, c->posting.heap_offset);
+	c->rescored = true;
+	so->rescored++;
+	if (v == NULL)
 	{
-		v = vidx_sidecar_vector(scan->indexRelation, &so->meta, p);
+		MemoryContext old = MemoryContextSwitchTo(so->cxt);
+
+		v = table_vector(scan, &tid);
+		MemoryContextSwitchTo(old);
 		if (v == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(so->cxt);
-
-			v = table_vector(scan, &r->tid);
-			MemoryContextSwitchTo(old);
-			if (v == NULL)
-				return false;	/* the row is gone: nobody can see it */
-		}
-		r->distance = vidx_distance((VidxMetric) so->meta.metric, v, so->query, so->meta.dims);
+			return;				/* the row is gone: nobody can see it */
 	}
-	so->nresults++;
-	return true;
-}
-
-/*
- * Re-scores the next vidx.rerank candidates (by estimate) exactly, then every
- * other candidate whose lower bound says it could still beat the worst of
- * them, and orders the batch by exact distance.
- */
-static void
-next_batch(IndexScanDesc scan)
-{
-	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	int64		remaining = so->ncands - so->next_cand;
-	int64		n = so->null_query ? remaining : Min((int64) vidx_rerank, remaining);
-	double		threshold = -get_float8_infinity();
-	int64		kept;
-
-	so->nresults = 0;
-	so->next_result = 0;
-	ensure_results(so, remaining);
-
-	for (int64 i = 0; i < n; i++)
-		if (rescore(scan, &so->cands[so->next_cand + i]))
-			threshold = Max(threshold, so->results[so->nresults - 1].distance);
-	so->next_cand += n;
-	if (so->null_query)
-		return;
-
-	/* The bound clears most of the rest; keep the others in estimate order. */
-	threshold = distance_to_score((VidxMetric) so->meta.metric, threshold);
-	kept = so->next_cand;
-	for (int64 i = so->next_cand; i < so->ncands; i++)
-	{
-		if (so->cands[i].lower < threshold)
-			rescore(scan, &so->cands[i]);
-		else
-			so->cands[kept++] = so->cands[i];
-	}
-	so->ncands = kept;
-	qsort(so->results, so->nresults, sizeof(ScanResult), compare_results);
+	result_push(so, distance_to_score((VidxMetric) so->meta.metric,
+									  vidx_distance((VidxMetric) so->meta.metric, v, so->query,
+													so->meta.dims)),
+				&tid);
 }
 
 bool
@@ -434,20 +479,39 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 	if (so->empty)
 		return false;
 
-	while (so->next_result >= so->nresults)
+	for (;;)
 	{
-		if (so->started && so->next_cand < so->ncands)
-			next_batch(scan);
-		else if (!so->started || !so->leaves_done)
-			next_round(scan);
-		else
+		bool		budget_left = so->rescored < so->returned + vidx_rerank;
+
+		if (so->null_query && so->ncands > 0)
+		{
+			Candidate  *c = &so->cands[--so->ncands];
+
+			ItemPointerSet(&scan->xs_heaptid, c->posting.heap_block, c->posting.heap_offset);
+			break;
+		}
+		if (so->nresults > 0 &&
+			(so->nby_est == 0 || !budget_left || so->results[0].score <= min_lower_left(so)))
+		{
+			ScanResult	r = result_pop(so);
+
+			scan->xs_heaptid = r.tid;
+			break;
+		}
+		if (so->nby_est > 0)
+		{
+			rescore(scan, &so->cands[id_pop(so, so->by_est, &so->nby_est, false)]);
+			continue;
+		}
+		if (so->started && so->leaves_done)
 			return false;
+		so->ncands = 0;
+		next_round(scan);
 	}
 
-	scan->xs_heaptid = so->results[so->next_result].tid;
+	so->returned++;
 	scan->xs_recheck = false;
 	scan->xs_recheckorderby = false;
-	so->next_result++;
 	return true;
 }
 
@@ -463,6 +527,17 @@ vidx_endscan(IndexScanDesc scan)
 		FreeExecutorState(so->estate);
 	}
 	MemoryContextDelete(so->cxt);
+	if (so->cands)
+	{
+		pfree(so->cands);
+		pfree(so->by_est);
+		pfree(so->by_lower);
+	}
+	if (so->results)
+		pfree(so->results);
+	pfree(so->ptrs);
+	pfree(so->est);
+	pfree(so->lower);
 	pfree(so);
 	scan->opaque = NULL;
 }

@@ -34,6 +34,12 @@ namespace
 constexpr uint32_t PREP_MAGIC = 0x56505250; /* "VPRP" */
 constexpr float EPS0 = 1.9f;                /* RaBitQ confidence parameter */
 constexpr float EPS_QUANT = 4.0f;           /* sigmas of query quantization error */
+/*
+ * Below this many dimensions the RaBitQ bound (a concentration result) is not
+ * trustworthy: use the deterministic one, <u, qr> <= ||qr|| (Cauchy-Schwarz),
+ * which re-scores more candidates but never misses one. Low dims are cheap.
+ */
+constexpr int MIN_DIMS_FOR_PROBABILISTIC_BOUND = 64;
 
 struct PrepHeader
 {
@@ -83,18 +89,25 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 	float est_ip = ip_xq / dot;
 	float err =
 	    h->err_coef * std::sqrt(std::max(0.0f, 1.0f - dot * dot)) / dot + h->quant_err / dot;
+	/*
+	 * The largest <u, qr> can be: never more than ||qr||, u being a unit
+	 * vector; never below the estimate itself, so that lower <= est.
+	 */
+	float ip_high =
+	    h->dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND ? h->qr_norm : std::min(est_ip + err, h->qr_norm);
+	ip_high = std::max(ip_high, est_ip);
 	float score;
 	float low;
 
 	if (h->metric == VIDX_METRIC_IP)
 	{
 		score = -(h->qc + p->cdot + norm * est_ip);
-		low = score - norm * err;
+		low = -(h->qc + p->cdot + norm * ip_high);
 	}
 	else
 	{
 		score = norm * norm + h->qr_norm_sq - 2.0f * norm * est_ip;
-		low = score - 2.0f * norm * err;
+		low = norm * norm + h->qr_norm_sq - 2.0f * norm * ip_high;
 	}
 	est[0] = score;
 	if (lower)
