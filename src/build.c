@@ -31,22 +31,22 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
-#define VIDX_SAMPLE_SEED UINT64CONST(0x76696478)	/* "vidx" */
+#define VIDX_SAMPLE_SEED UINT64CONST(0x76696478) /* "vidx" */
 #define VIDX_KMEANS_SEED UINT64CONST(0x6b6d65616e73)
 
 typedef struct VidxBuildState
 {
-	Relation	index;
-	VidxMetric	metric;
-	int			dims;
-	uint64		build_id;
-	int64		ntuples;
-	int64		capacity;
-	float	   *vectors;		/* ntuples x dims, index space */
+	Relation index;
+	VidxMetric metric;
+	int dims;
+	uint64 build_id;
+	int64 ntuples;
+	int64 capacity;
+	float *vectors; /* ntuples x dims, index space */
 	ItemPointerData *tids;
-	uint32	   *vhashes;
-	void	   *rotation;
-	float	   *scratch;
+	uint32 *vhashes;
+	void *rotation;
+	float *scratch;
 	MemoryContext tmpcxt;
 } VidxBuildState;
 
@@ -54,19 +54,19 @@ typedef struct VidxBuildState
 static int
 default_lists(int64 ntuples)
 {
-	double		l = sqrt((double) ntuples);
+	double l = sqrt((double) ntuples);
 
 	return (int) Max(1.0, Min(l, 1000000.0));
 }
 
 static void
-build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
-			   bool tupleIsAlive, void *state)
+build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, bool tupleIsAlive,
+               void *state)
 {
 	VidxBuildState *bs = (VidxBuildState *) state;
 	MemoryContext old;
-	float	   *v;
-	int			dims;
+	float *v;
+	int dims;
 
 	if (isnull[0])
 		return;
@@ -85,15 +85,15 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	}
 	else if (dims != bs->dims)
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("vector has %d dimensions, but earlier vectors of index \"%s\" have %d",
-						dims, RelationGetRelationName(index), bs->dims)));
+		        (errcode(ERRCODE_DATA_EXCEPTION),
+		         errmsg("vector has %d dimensions, but earlier vectors of index \"%s\" have %d",
+		                dims, RelationGetRelationName(index), bs->dims)));
 	if (bs->metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(v, dims);
 
 	if (bs->ntuples == bs->capacity)
 	{
-		int64		cap = Max(1024, bs->capacity * 2);
+		int64 cap = Max(1024, bs->capacity * 2);
 
 		MemoryContextSwitchTo(old);
 		if (bs->vectors == NULL)
@@ -141,8 +141,8 @@ kmeans_progress(void *arg, int64_t done, int64_t total)
 
 typedef struct PageWriter
 {
-	Relation	index;
-	ForkNumber	fork;
+	Relation index;
+	ForkNumber fork;
 	BlockNumber nblocks;
 	PGAlignedBlock page;
 } PageWriter;
@@ -150,23 +150,22 @@ typedef struct PageWriter
 static void
 emit_page(PageWriter *w)
 {
-	Page		page = w->page.data;
+	Page page = w->page.data;
 
 	if (w->fork == MAIN_FORKNUM)
 	{
-		Buffer		buf = vidx_new_buffer(w->index);
+		Buffer buf = vidx_new_buffer(w->index);
 
 		if (BufferGetBlockNumber(buf) != w->nblocks)
 			elog(ERROR, "vidx: unexpected block %u while building, expected %u",
-				 BufferGetBlockNumber(buf), w->nblocks);
+			     BufferGetBlockNumber(buf), w->nblocks);
 		memcpy(BufferGetPage(buf), page, BLCKSZ);
 		MarkBufferDirty(buf);
 		UnlockReleaseBuffer(buf);
 	}
 	else
 	{
-		log_newpage(&RelationGetSmgr(w->index)->smgr_rnode.node, w->fork, w->nblocks, page,
-					true);
+		log_newpage(&RelationGetSmgr(w->index)->smgr_rnode.node, w->fork, w->nblocks, page, true);
 		PageSetChecksumInplace(page, w->nblocks);
 		smgrextend(RelationGetSmgr(w->index), w->fork, w->nblocks, page, true);
 	}
@@ -189,9 +188,8 @@ finish_pages(PageWriter *w)
 static int
 postings_per_page(int dims)
 {
-	Size		item = MAXALIGN(vidx_posting_size(dims));
-	Size		space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) -
-		MAXALIGN(sizeof(VidxPageOpaqueData));
+	Size item = MAXALIGN(vidx_posting_size(dims));
+	Size space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData));
 
 	return (int) (space / (item + sizeof(ItemIdData)));
 }
@@ -203,14 +201,14 @@ postings_per_page(int dims)
  */
 static void
 write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *tree,
-			size_t tree_size, const char *postings, int64 ntuples, const uint32 *counts)
+            size_t tree_size, const char *postings, int64 ntuples, const uint32 *counts)
 {
 	const VidxTreeHeader *th = (const VidxTreeHeader *) tree;
-	int			nleaves = th->nleaves;
-	Size		psize = vidx_posting_size(dims);
-	int			per_page = postings_per_page(dims);
-	uint32		tree_pages = (uint32) ((tree_size + VIDX_TREE_PAGE_CAPACITY - 1) /
-									   VIDX_TREE_PAGE_CAPACITY);
+	int nleaves = th->nleaves;
+	Size psize = vidx_posting_size(dims);
+	int per_page = postings_per_page(dims);
+	uint32 tree_pages =
+	    (uint32) ((tree_size + VIDX_TREE_PAGE_CAPACITY - 1) / VIDX_TREE_PAGE_CAPACITY);
 	BlockNumber *heads = palloc(sizeof(BlockNumber) * nleaves);
 	BlockNumber next_head = 1 + tree_pages;
 	VidxMetaPage meta;
@@ -248,34 +246,34 @@ write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *t
 	meta->levels = th->levels;
 	meta->next_slot = ntuples;
 	meta->built_tuples = ntuples;
-	((PageHeader) w->page.data)->pd_lower = ((char *) meta + sizeof(VidxMetaPageData)) -
-		(char *) w->page.data;
+	((PageHeader) w->page.data)->pd_lower =
+	    ((char *) meta + sizeof(VidxMetaPageData)) - (char *) w->page.data;
 	emit_page(w);
 
 	/* Tree pages. */
 	for (uint32 i = 0; i < tree_pages; i++)
 	{
-		size_t		off = (size_t) i * VIDX_TREE_PAGE_CAPACITY;
-		size_t		n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, tree_size - off);
+		size_t off = (size_t) i * VIDX_TREE_PAGE_CAPACITY;
+		size_t n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, tree_size - off);
 
 		vidx_init_page(w->page.data, VIDX_PAGE_TREE);
 		memcpy(PageGetContents(w->page.data), (char *) tree + off, n);
-		((PageHeader) w->page.data)->pd_lower = (PageGetContents(w->page.data) + n) -
-			(char *) w->page.data;
+		((PageHeader) w->page.data)->pd_lower =
+		    (PageGetContents(w->page.data) + n) - (char *) w->page.data;
 		emit_page(w);
 	}
 
 	/* Posting chains. */
 	for (int l = 0; l < nleaves; l++)
 	{
-		int			npages = Max(1, (counts[l] + per_page - 1) / per_page);
-		uint32		left = counts[l];
+		int npages = Max(1, (counts[l] + per_page - 1) / per_page);
+		uint32 left = counts[l];
 
 		CHECK_FOR_INTERRUPTS();
 		for (int pg = 0; pg < npages; pg++)
 		{
 			VidxPageOpaque opaque;
-			int			n = Min((uint32) per_page, left);
+			int n = Min((uint32) per_page, left);
 
 			vidx_init_page(w->page.data, VIDX_PAGE_POSTING);
 			opaque = VidxPageGetOpaque(w->page.data);
@@ -290,8 +288,8 @@ write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *t
 			}
 			for (int i = 0; i < n; i++)
 			{
-				if (PageAddItem(w->page.data, (Item) p, psize, InvalidOffsetNumber, false,
-								false) == InvalidOffsetNumber)
+				if (PageAddItem(w->page.data, (Item) p, psize, InvalidOffsetNumber, false, false) ==
+				    InvalidOffsetNumber)
 					elog(ERROR, "vidx: failed to add posting to a new page");
 				p += psize;
 			}
@@ -307,11 +305,11 @@ write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *t
 static void *
 empty_tree(size_t *size)
 {
-	char		err[256];
-	float		dummy = 0;
-	void	   *blob = vidx_tree_build(&dummy, NULL, 1, 0, VIDX_DEFAULT_FANOUT, VIDX_KMEANS_SEED,
-									   size, err, sizeof(err));
-	void	   *copy;
+	char err[256];
+	float dummy = 0;
+	void *blob = vidx_tree_build(&dummy, NULL, 1, 0, VIDX_DEFAULT_FANOUT, VIDX_KMEANS_SEED, size,
+	                             err, sizeof(err));
+	void *copy;
 
 	if (blob == NULL)
 		vidx_core_check(VIDX_E_INTERNAL, "tree build", err);
@@ -331,8 +329,8 @@ new_build_id(void)
 static float *
 sample_vectors(const VidxBuildState *bs, int64 nsample)
 {
-	float	   *sample;
-	int64	   *perm;
+	float *sample;
+	int64 *perm;
 	pg_prng_state rng;
 
 	if (nsample >= bs->ntuples)
@@ -343,8 +341,8 @@ sample_vectors(const VidxBuildState *bs, int64 nsample)
 	pg_prng_seed(&rng, VIDX_SAMPLE_SEED);
 	for (int64 i = 0; i < nsample; i++)
 	{
-		int64		j = i + (int64) pg_prng_uint64_range(&rng, 0, bs->ntuples - 1 - i);
-		int64		t = perm[i];
+		int64 j = i + (int64) pg_prng_uint64_range(&rng, 0, bs->ntuples - 1 - i);
+		int64 t = perm[i];
 
 		perm[i] = perm[j];
 		perm[j] = t;
@@ -363,13 +361,13 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	VidxOptions *opts = vidx_index_options(index);
 	VidxBuildState bs;
 	PageWriter *w = palloc0(sizeof(PageWriter));
-	double		reltuples;
-	void	   *tree;
-	size_t		tree_size;
-	uint32	   *counts;
-	char	   *postings;
-	int			nleaves;
-	char		err[256];
+	double reltuples;
+	void *tree;
+	size_t tree_size;
+	uint32 *counts;
+	char *postings;
+	int nleaves;
+	char err[256];
 
 	if (RelationGetNumberOfBlocks(index) != 0)
 		elog(ERROR, "index \"%s\" already contains data", RelationGetRelationName(index));
@@ -378,19 +376,19 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	bs.index = index;
 	bs.metric = vidx_index_metric(index);
 	bs.build_id = new_build_id();
-	bs.tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "vidx build tuple",
-									  ALLOCSET_DEFAULT_SIZES);
+	bs.tmpcxt =
+	    AllocSetContextCreate(CurrentMemoryContext, "vidx build tuple", ALLOCSET_DEFAULT_SIZES);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_LOAD);
-	reltuples = table_index_build_scan(heap, index, indexInfo, true, true, build_callback,
-									   &bs, NULL);
+	reltuples =
+	    table_index_build_scan(heap, index, indexInfo, true, true, build_callback, &bs, NULL);
 
 	w->index = index;
 	w->fork = MAIN_FORKNUM;
 
 	if (bs.ntuples == 0)
 	{
-		uint32		zero = 0;
+		uint32 zero = 0;
 
 		/* Nothing to cluster: one leaf; the first insert fixes the dimensions. */
 		if (bs.dims > 0)
@@ -407,13 +405,13 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 
 	/* Leaves and k-means on a sample. */
 	{
-		int64		nsample;
-		float	   *sample;
-		float	   *centroids;
-		int32	   *assignment;
-		int			fanout = opts->fanout > 0 ? opts->fanout : VIDX_DEFAULT_FANOUT;
-		Size		psize = vidx_posting_size(bs.dims);
-		int64	   *offsets;
+		int64 nsample;
+		float *sample;
+		float *centroids;
+		int32 *assignment;
+		int fanout = opts->fanout > 0 ? opts->fanout : VIDX_DEFAULT_FANOUT;
+		Size psize = vidx_posting_size(bs.dims);
+		int64 *offsets;
 
 		nleaves = opts->lists > 0 ? opts->lists : default_lists(bs.ntuples);
 		nleaves = (int) Min((int64) nleaves, bs.ntuples);
@@ -422,12 +420,11 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_KMEANS);
 		sample = sample_vectors(&bs, nsample);
-		centroids = MemoryContextAllocHuge(CurrentMemoryContext,
-										   sizeof(float) * bs.dims * nleaves);
+		centroids = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * bs.dims * nleaves);
 		vidx_core_check(vidx_kmeans(sample, nsample, bs.dims, nleaves, opts->kmeans_iterations,
-									VIDX_KMEANS_SEED, centroids, kmeans_progress, NULL, err,
-									sizeof(err)),
-						"k-means", err);
+		                            VIDX_KMEANS_SEED, centroids, kmeans_progress, NULL, err,
+		                            sizeof(err)),
+		                "k-means", err);
 		if (sample != bs.vectors)
 			pfree(sample);
 
@@ -442,8 +439,8 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			counts[assignment[i]]++;
 
 		{
-			void	   *blob = vidx_tree_build(centroids, counts, nleaves, bs.dims, fanout,
-											   VIDX_KMEANS_SEED, &tree_size, err, sizeof(err));
+			void *blob = vidx_tree_build(centroids, counts, nleaves, bs.dims, fanout,
+			                             VIDX_KMEANS_SEED, &tree_size, err, sizeof(err));
 
 			if (blob == NULL)
 				vidx_core_check(VIDX_E_NOMEM, "tree build", err);
@@ -461,12 +458,12 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		postings = MemoryContextAllocHuge(CurrentMemoryContext, psize * bs.ntuples);
 		for (int64 i = 0; i < bs.ntuples; i++)
 		{
-			int32		l = assignment[i];
+			int32 l = assignment[i];
 			VidxPosting *p = (VidxPosting *) (postings + psize * offsets[l]++);
 
 			memset(p, 0, psize);
-			vidx_rabitq_encode(bs.vectors + i * bs.dims, centroids + (int64) l * bs.dims,
-							   bs.dims, p);
+			vidx_rabitq_encode(bs.vectors + i * bs.dims, centroids + (int64) l * bs.dims, bs.dims,
+			                   p);
 			p->heap_block = ItemPointerGetBlockNumber(&bs.tids[i]);
 			p->heap_offset = ItemPointerGetOffsetNumber(&bs.tids[i]);
 			p->slot = (uint32) i;
@@ -483,8 +480,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	}
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
-	write_index(w, bs.metric, bs.dims, bs.build_id, tree, tree_size, postings, bs.ntuples,
-				counts);
+	write_index(w, bs.metric, bs.dims, bs.build_id, tree, tree_size, postings, bs.ntuples, counts);
 	vidx_sidecar_sweep(index);
 
 	result->heap_tuples = reltuples;
@@ -496,9 +492,9 @@ void
 vidx_buildempty(Relation index)
 {
 	PageWriter *w = palloc0(sizeof(PageWriter));
-	size_t		tree_size;
-	void	   *tree = empty_tree(&tree_size);
-	uint32		zero = 0;
+	size_t tree_size;
+	void *tree = empty_tree(&tree_size);
+	uint32 zero = 0;
 
 	w->index = index;
 	w->fork = INIT_FORKNUM;

@@ -21,16 +21,15 @@
 static Relation
 open_vidx_index(Oid relid, bool must_own)
 {
-	Relation	index;
-	Oid			am = get_index_am_oid("vidx", false);
+	Relation index;
+	Oid am = get_index_am_oid("vidx", false);
 
 	if (must_own && !pg_class_ownercheck(relid, GetUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_INDEX, get_rel_name(relid));
 	index = relation_open(relid, AccessShareLock);
 	if (index->rd_rel->relkind != RELKIND_INDEX || index->rd_rel->relam != am)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a vidx index", RelationGetRelationName(index))));
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+		                errmsg("\"%s\" is not a vidx index", RelationGetRelationName(index))));
 	return index;
 }
 
@@ -39,20 +38,20 @@ metric_name(uint32 metric)
 {
 	switch (metric)
 	{
-		case VIDX_METRIC_L2:
-			return "l2";
-		case VIDX_METRIC_IP:
-			return "inner_product";
-		case VIDX_METRIC_COSINE:
-			return "cosine";
+	case VIDX_METRIC_L2:
+		return "l2";
+	case VIDX_METRIC_IP:
+		return "inner_product";
+	case VIDX_METRIC_COSINE:
+		return "cosine";
 	}
 	return "unknown";
 }
 
 typedef struct ChainStats
 {
-	int64		postings;
-	int64		pages;
+	int64 postings;
+	int64 pages;
 } ChainStats;
 
 /*
@@ -62,35 +61,35 @@ typedef struct ChainStats
  */
 static ChainStats
 walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *node,
-		   BlockNumber nblocks, bool *seen, bool verify, bool check_sidecar)
+           BlockNumber nblocks, bool *seen, bool verify, bool check_sidecar)
 {
-	ChainStats	cs = {0, 0};
+	ChainStats cs = {0, 0};
 	BlockNumber head = node->head_block;
 	BlockNumber blkno = head;
 	BlockNumber last = InvalidBlockNumber;
 	BlockNumber hint = InvalidBlockNumber;
-	bool		hint_found = false;
-	Size		psize = vidx_posting_size(meta->dims);
+	bool hint_found = false;
+	Size psize = vidx_posting_size(meta->dims);
 	const char *name = RelationGetRelationName(index);
 
 	while (BlockNumberIsValid(blkno))
 	{
-		Buffer		buf;
-		Page		page;
+		Buffer buf;
+		Page page;
 		VidxPageOpaque opaque;
 		OffsetNumber maxoff;
 		BlockNumber next;
 
 		if (blkno >= nblocks || blkno == VIDX_METAPAGE_BLKNO)
 			ereport(ERROR,
-					(errcode(ERRCODE_INDEX_CORRUPTED),
-					 errmsg("index \"%s\": chain of leaf %u points at block %u, out of range",
-							name, node->leaf_id, blkno)));
+			        (errcode(ERRCODE_INDEX_CORRUPTED),
+			         errmsg("index \"%s\": chain of leaf %u points at block %u, out of range", name,
+			                node->leaf_id, blkno)));
 		if (seen[blkno])
-			ereport(ERROR,
-					(errcode(ERRCODE_INDEX_CORRUPTED),
-					 errmsg("index \"%s\": block %u is reached twice (cycle or shared page), in the chain of leaf %u",
-							name, blkno, node->leaf_id)));
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u is reached twice (cycle or shared "
+			                       "page), in the chain of leaf %u",
+			                       name, blkno, node->leaf_id)));
 		seen[blkno] = true;
 
 		buf = ReadBuffer(index, blkno);
@@ -98,14 +97,14 @@ walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *nod
 		page = BufferGetPage(buf);
 		opaque = VidxPageGetOpaque(page);
 		if (verify && (PageIsNew(page) || opaque->page_id != VIDX_PAGE_ID ||
-					   opaque->page_type != VIDX_PAGE_POSTING || opaque->head != head ||
-					   opaque->leaf_id != node->leaf_id))
+		               opaque->page_type != VIDX_PAGE_POSTING || opaque->head != head ||
+		               opaque->leaf_id != node->leaf_id))
 		{
 			UnlockReleaseBuffer(buf);
-			ereport(ERROR,
-					(errcode(ERRCODE_INDEX_CORRUPTED),
-					 errmsg("index \"%s\": block %u in the chain of leaf %u is not a posting page of that chain",
-							name, blkno, node->leaf_id)));
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u in the chain of leaf %u is not a "
+			                       "posting page of that chain",
+			                       name, blkno, node->leaf_id)));
 		}
 		if (blkno == head)
 		{
@@ -118,30 +117,29 @@ walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *nod
 		maxoff = PageGetMaxOffsetNumber(page);
 		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
 		{
-			ItemId		iid = PageGetItemId(page, off);
+			ItemId iid = PageGetItemId(page, off);
 			const VidxPosting *p;
 
 			if (verify && (!ItemIdIsNormal(iid) || ItemIdGetLength(iid) != psize))
 			{
 				UnlockReleaseBuffer(buf);
-				ereport(ERROR,
-						(errcode(ERRCODE_INDEX_CORRUPTED),
-						 errmsg("index \"%s\": posting (%u,%u) has length %u, expected %zu",
-								name, blkno, off, ItemIdGetLength(iid), psize)));
+				ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+				                errmsg("index \"%s\": posting (%u,%u) has length %u, expected %zu",
+				                       name, blkno, off, ItemIdGetLength(iid), psize)));
 			}
 			p = (const VidxPosting *) PageGetItem(page, iid);
 			if (verify && check_sidecar && vidx_sidecar_vector(index, meta, p) == NULL)
 			{
-				uint32		hb = p->heap_block;
-				uint32		ho = p->heap_offset;
-				uint32		slot = p->slot;
+				uint32 hb = p->heap_block;
+				uint32 ho = p->heap_offset;
+				uint32 slot = p->slot;
 
 				UnlockReleaseBuffer(buf);
-				ereport(ERROR,
-						(errcode(ERRCODE_INDEX_CORRUPTED),
-						 errmsg("index \"%s\": the sidecar has no valid record for heap tuple (%u,%u) in slot %u",
-								name, hb, ho, slot),
-						 errhint("REINDEX INDEX %s; rebuilds the sidecar.", name)));
+				ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+				                errmsg("index \"%s\": the sidecar has no valid record for heap "
+				                       "tuple (%u,%u) in slot %u",
+				                       name, hb, ho, slot),
+				                errhint("REINDEX INDEX %s; rebuilds the sidecar.", name)));
 			}
 			cs.postings++;
 		}
@@ -151,18 +149,17 @@ walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *nod
 		{
 			UnlockReleaseBuffer(buf);
 			ereport(ERROR,
-					(errcode(ERRCODE_INDEX_CORRUPTED),
-					 errmsg("index \"%s\": chain of leaf %u ends at block %u, but its head says %u",
-							name, node->leaf_id, blkno, last)));
+			        (errcode(ERRCODE_INDEX_CORRUPTED),
+			         errmsg("index \"%s\": chain of leaf %u ends at block %u, but its head says %u",
+			                name, node->leaf_id, blkno, last)));
 		}
 		UnlockReleaseBuffer(buf);
 		blkno = next;
 	}
 	if (verify && BlockNumberIsValid(hint) && !hint_found)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\": insert hint %u of leaf %u is not in its chain",
-						name, hint, node->leaf_id)));
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": insert hint %u of leaf %u is not in its chain", name,
+		                       hint, node->leaf_id)));
 	return cs;
 }
 
@@ -170,26 +167,26 @@ PG_FUNCTION_INFO_V1(vidx_stats);
 Datum
 vidx_stats(PG_FUNCTION_ARGS)
 {
-	Relation	index = open_vidx_index(PG_GETARG_OID(0), false);
+	Relation index = open_vidx_index(PG_GETARG_OID(0), false);
 	VidxMetaPageData meta;
 	StringInfoData buf;
 	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
-	bool	   *seen = palloc0(sizeof(bool) * nblocks);
-	int64		total = 0;
-	int64		min_leaf = -1;
-	int64		max_leaf = 0;
-	int64		posting_pages = 0;
-	int64		empty_leaves = 0;
-	uint64		records;
+	bool *seen = palloc0(sizeof(bool) * nblocks);
+	int64 total = 0;
+	int64 min_leaf = -1;
+	int64 max_leaf = 0;
+	int64 posting_pages = 0;
+	int64 empty_leaves = 0;
+	uint64 records;
 	const char *sidecar;
-	char	   *path;
+	char *path;
 
 	vidx_read_meta(index, &meta);
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"format_version\": %u, \"metric\": \"%s\", \"dims\": %u",
-					 meta.version, metric_name(meta.metric), meta.dims);
+	                 meta.version, metric_name(meta.metric), meta.dims);
 	appendStringInfo(&buf, ", \"levels\": %u, \"leaves\": %u, \"pages\": %u, \"tree_pages\": %u",
-					 meta.levels, meta.nleaves, nblocks, meta.tree_pages);
+	                 meta.levels, meta.nleaves, nblocks, meta.tree_pages);
 
 	if (meta.dims > 0)
 	{
@@ -199,7 +196,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 		for (uint32 i = 0; i < h->nnodes; i++)
 		{
 			const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
-			ChainStats	cs;
+			ChainStats cs;
 
 			if (node->nchildren != 0)
 				continue;
@@ -215,12 +212,14 @@ vidx_stats(PG_FUNCTION_ARGS)
 		appendStringInfo(&buf, ", \"tree_nodes\": %u", h->nnodes);
 	}
 	appendStringInfo(&buf, ", \"postings\": " INT64_FORMAT ", \"posting_pages\": " INT64_FORMAT,
-					 total, posting_pages);
-	appendStringInfo(&buf, ", \"leaf_size\": {\"min\": " INT64_FORMAT ", \"avg\": %.1f, \"max\": " INT64_FORMAT ", \"empty\": " INT64_FORMAT "}",
-					 Max(min_leaf, 0), meta.nleaves > 0 ? (double) total / meta.nleaves : 0.0,
-					 max_leaf, empty_leaves);
+	                 total, posting_pages);
+	appendStringInfo(&buf,
+	                 ", \"leaf_size\": {\"min\": " INT64_FORMAT
+	                 ", \"avg\": %.1f, \"max\": " INT64_FORMAT ", \"empty\": " INT64_FORMAT "}",
+	                 Max(min_leaf, 0), meta.nleaves > 0 ? (double) total / meta.nleaves : 0.0,
+	                 max_leaf, empty_leaves);
 	appendStringInfo(&buf, ", \"code_bytes\": %d, \"posting_bytes\": %zu",
-					 vidx_code_words(meta.dims) * 8, vidx_posting_size(meta.dims));
+	                 vidx_code_words(meta.dims) * 8, vidx_posting_size(meta.dims));
 
 	path = vidx_sidecar_path(index);
 	if (meta.dims > 0)
@@ -236,7 +235,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 	/* Relative to the data directory: no absolute paths in output. */
 	escape_json(&buf, path + strlen(DataDir) + 1);
 	appendStringInfo(&buf, ", \"records\": " UINT64_FORMAT ", \"next_slot\": " UINT64_FORMAT "}}",
-					 records, meta.next_slot);
+	                 records, meta.next_slot);
 
 	relation_close(index, AccessShareLock);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
@@ -246,27 +245,25 @@ PG_FUNCTION_INFO_V1(vidx_verify);
 Datum
 vidx_verify(PG_FUNCTION_ARGS)
 {
-	Relation	index = open_vidx_index(PG_GETARG_OID(0), true);
-	bool		check_sidecar = PG_GETARG_BOOL(1);
+	Relation index = open_vidx_index(PG_GETARG_OID(0), true);
+	bool check_sidecar = PG_GETARG_BOOL(1);
 	VidxMetaPageData meta;
 	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
-	bool	   *seen = palloc0(sizeof(bool) * Max(nblocks, 1));
+	bool *seen = palloc0(sizeof(bool) * Max(nblocks, 1));
 	const char *name = RelationGetRelationName(index);
 	VidxTreeCache *cache;
 	const VidxTreeHeader *h;
-	uint32		leaves = 0;
+	uint32 leaves = 0;
 
 	vidx_read_meta(index, &meta);
 	if (meta.metric != (uint32) vidx_index_metric(index))
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\": metapage metric %s differs from its operator class",
-						name, metric_name(meta.metric))));
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": metapage metric %s differs from its operator class",
+		                       name, metric_name(meta.metric))));
 	if (meta.tree_start != 1 || meta.tree_start + meta.tree_pages > nblocks)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\": tree pages %u..%u out of range", name, meta.tree_start,
-						meta.tree_start + meta.tree_pages)));
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": tree pages %u..%u out of range", name,
+		                       meta.tree_start, meta.tree_start + meta.tree_pages)));
 	for (uint32 i = 0; i < meta.tree_pages; i++)
 		seen[meta.tree_start + i] = true;
 
@@ -276,13 +273,12 @@ vidx_verify(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(true);
 	}
 
-	cache = vidx_get_tree(index, &meta);	/* checks the tree blob */
+	cache = vidx_get_tree(index, &meta); /* checks the tree blob */
 	h = (const VidxTreeHeader *) cache->tree;
 	if (h->nleaves != meta.nleaves)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\": tree has %u leaves, metapage says %u", name, h->nleaves,
-						meta.nleaves)));
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": tree has %u leaves, metapage says %u", name,
+		                       h->nleaves, meta.nleaves)));
 
 	if (check_sidecar)
 		vidx_sidecar_refresh(index, &meta);
@@ -300,8 +296,8 @@ vidx_verify(PG_FUNCTION_ARGS)
 	/* Every other page must be unused (a crash can leave a new, empty page). */
 	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 	{
-		Buffer		buf;
-		bool		is_new;
+		Buffer buf;
+		bool is_new;
 
 		if (seen[blkno])
 			continue;
@@ -310,10 +306,9 @@ vidx_verify(PG_FUNCTION_ARGS)
 		is_new = PageIsNew(BufferGetPage(buf));
 		UnlockReleaseBuffer(buf);
 		if (!is_new)
-			ereport(ERROR,
-					(errcode(ERRCODE_INDEX_CORRUPTED),
-					 errmsg("index \"%s\": block %u is in use but belongs to no chain", name,
-							blkno)));
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u is in use but belongs to no chain", name,
+			                       blkno)));
 	}
 
 	relation_close(index, AccessShareLock);

@@ -23,10 +23,10 @@
 static uint64
 take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 {
-	Buffer		buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
+	Buffer buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
 	GenericXLogState *state;
 	VidxMetaPage meta;
-	uint64		slot;
+	uint64 slot;
 
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 	state = GenericXLogStart(index);
@@ -38,7 +38,7 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 	}
 	else if (meta->dims != (uint32) dims)
 	{
-		int			have = meta->dims;
+		int have = meta->dims;
 
 		GenericXLogAbort(state);
 		UnlockReleaseBuffer(buf);
@@ -55,21 +55,20 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 static void
 append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psize)
 {
-	Buffer		hbuf = ReadBuffer(index, head);
-	Buffer		cbuf;
+	Buffer hbuf = ReadBuffer(index, head);
+	Buffer cbuf;
 	BlockNumber target;
 	GenericXLogState *state;
-	Page		hpage;
-	Page		cpage;
+	Page hpage;
+	Page cpage;
 	VidxPageOpaque hopaque;
 
 	LockBuffer(hbuf, BUFFER_LOCK_EXCLUSIVE);
 	hopaque = VidxPageGetOpaque(BufferGetPage(hbuf));
 	if (hopaque->page_type != VIDX_PAGE_POSTING || hopaque->head != head)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\": block %u is not the head of a posting chain",
-						RelationGetRelationName(index), head)));
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": block %u is not the head of a posting chain",
+		                       RelationGetRelationName(index), head)));
 	target = BlockNumberIsValid(hopaque->insert_hint) ? hopaque->insert_hint : head;
 
 	/* Walk from the hint to the first page with room. */
@@ -99,15 +98,15 @@ append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psi
 	if (PageGetFreeSpace(cpage) >= MAXALIGN(psize))
 	{
 		if (PageAddItem(cpage, (Item) p, psize, InvalidOffsetNumber, false, false) ==
-			InvalidOffsetNumber)
+		    InvalidOffsetNumber)
 			elog(ERROR, "vidx: failed to add posting to block %u", BufferGetBlockNumber(cbuf));
 		hopaque->insert_hint = BufferGetBlockNumber(cbuf);
 	}
 	else
 	{
 		/* The chain is full: link a new page after its last one. */
-		Buffer		nbuf = vidx_new_buffer(index);
-		Page		npage = GenericXLogRegisterBuffer(state, nbuf, GENERIC_XLOG_FULL_IMAGE);
+		Buffer nbuf = vidx_new_buffer(index);
+		Page npage = GenericXLogRegisterBuffer(state, nbuf, GENERIC_XLOG_FULL_IMAGE);
 		VidxPageOpaque nopaque;
 
 		vidx_init_page(npage, VIDX_PAGE_POSTING);
@@ -115,7 +114,7 @@ append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psi
 		nopaque->head = head;
 		nopaque->leaf_id = hopaque->leaf_id;
 		if (PageAddItem(npage, (Item) p, psize, InvalidOffsetNumber, false, false) ==
-			InvalidOffsetNumber)
+		    InvalidOffsetNumber)
 			elog(ERROR, "vidx: failed to add posting to a new page");
 		VidxPageGetOpaque(cpage)->next = BufferGetBlockNumber(nbuf);
 		hopaque->last = BufferGetBlockNumber(nbuf);
@@ -135,20 +134,20 @@ append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psi
 
 bool
 vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, Relation heap,
-			IndexUniqueCheck checkUnique, bool indexUnchanged, IndexInfo *indexInfo)
+            IndexUniqueCheck checkUnique, bool indexUnchanged, IndexInfo *indexInfo)
 {
 	MemoryContext cxt;
 	MemoryContext old;
 	VidxMetaPageData meta;
 	VidxTreeCache *cache;
-	float	   *v;
-	float	   *x;
-	int			dims;
-	uint64		slot;
-	void	   *search;
-	int32		leaf;
-	float		key;
-	Size		psize;
+	float *v;
+	float *x;
+	int dims;
+	uint64 slot;
+	void *search;
+	int32 leaf;
+	float key;
+	Size psize;
 	VidxPosting *p;
 	const VidxTreeNode *node;
 
@@ -168,11 +167,10 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 
 	slot = take_slot(index, dims, &meta);
 	if (slot > UINT32_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("index \"%s\" has used all its sidecar slots",
-						RelationGetRelationName(index)),
-				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+		                errmsg("index \"%s\" has used all its sidecar slots",
+		                       RelationGetRelationName(index)),
+		                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 
 	/* The record is in the sidecar before any posting points at it. */
 	vidx_sidecar_append(index, &meta, slot, heap_tid, v);
@@ -181,8 +179,9 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	x = palloc(sizeof(float) * dims);
 	vidx_to_index_space(cache, v, x);
 	search = palloc(vidx_tree_search_size(cache->tree));
-	vidx_tree_search_begin(search, cache->tree, meta.metric == VIDX_METRIC_IP ? VIDX_METRIC_L2 :
-						   (VidxMetric) meta.metric, x);
+	vidx_tree_search_begin(
+	    search, cache->tree,
+	    meta.metric == VIDX_METRIC_IP ? VIDX_METRIC_L2 : (VidxMetric) meta.metric, x);
 	leaf = vidx_tree_search_next(search, cache->tree, &key);
 	if (leaf < 0)
 		elog(ERROR, "vidx: index \"%s\" has no leaf", RelationGetRelationName(index));

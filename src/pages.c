@@ -13,8 +13,8 @@
 Buffer
 vidx_new_buffer(Relation index)
 {
-	Buffer		buf;
-	bool		needLock = !RELATION_IS_LOCAL(index);
+	Buffer buf;
+	bool needLock = !RELATION_IS_LOCAL(index);
 
 	if (needLock)
 		LockRelationForExtension(index, ExclusiveLock);
@@ -44,8 +44,8 @@ vidx_init_page(Page page, uint16 page_type)
 void
 vidx_read_meta(Relation index, VidxMetaPageData *meta)
 {
-	Buffer		buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
-	Page		page;
+	Buffer buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
+	Page page;
 
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
 	page = BufferGetPage(buf);
@@ -53,17 +53,16 @@ vidx_read_meta(Relation index, VidxMetaPageData *meta)
 	UnlockReleaseBuffer(buf);
 
 	if (meta->magic != VIDX_MAGIC)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\" is not a valid vidx index (bad metapage magic)",
-						RelationGetRelationName(index)),
-				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\" is not a valid vidx index (bad metapage magic)",
+		                       RelationGetRelationName(index)),
+		                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 	if (meta->version != VIDX_FORMAT_VERSION)
 		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("index \"%s\" has vidx format version %u, this build reads version %u",
-						RelationGetRelationName(index), meta->version, VIDX_FORMAT_VERSION),
-				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+		        (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+		         errmsg("index \"%s\" has vidx format version %u, this build reads version %u",
+		                RelationGetRelationName(index), meta->version, VIDX_FORMAT_VERSION),
+		         errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 }
 
 /* ---------- tree cache ---------- */
@@ -72,8 +71,8 @@ vidx_read_meta(Relation index, VidxMetaPageData *meta)
 
 typedef struct TreeCacheSlot
 {
-	bool		valid;
-	uint64		last_used;
+	bool valid;
+	uint64 last_used;
 	MemoryContext cxt;
 	VidxTreeCache cache;
 } TreeCacheSlot;
@@ -85,38 +84,36 @@ static uint64 tree_clock = 0;
 static void *
 read_tree_blob(Relation index, const VidxMetaPageData *meta, MemoryContext cxt)
 {
-	char	   *blob = MemoryContextAllocHuge(cxt, Max(meta->tree_bytes, 1));
-	size_t		done = 0;
-	char		err[256];
+	char *blob = MemoryContextAllocHuge(cxt, Max(meta->tree_bytes, 1));
+	size_t done = 0;
+	char err[256];
 
 	for (uint32 i = 0; i < meta->tree_pages; i++)
 	{
-		Buffer		buf = ReadBuffer(index, meta->tree_start + i);
-		Page		page;
-		size_t		n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, meta->tree_bytes - done);
+		Buffer buf = ReadBuffer(index, meta->tree_start + i);
+		Page page;
+		size_t n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, meta->tree_bytes - done);
 
 		LockBuffer(buf, BUFFER_LOCK_SHARE);
 		page = BufferGetPage(buf);
 		if (VidxPageGetOpaque(page)->page_type != VIDX_PAGE_TREE)
 		{
 			UnlockReleaseBuffer(buf);
-			ereport(ERROR,
-					(errcode(ERRCODE_INDEX_CORRUPTED),
-					 errmsg("index \"%s\": block %u is not a tree page",
-							RelationGetRelationName(index), meta->tree_start + i)));
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u is not a tree page",
+			                       RelationGetRelationName(index), meta->tree_start + i)));
 		}
 		memcpy(blob + done, PageGetContents(page), n);
 		UnlockReleaseBuffer(buf);
 		done += n;
 	}
 	if (done != meta->tree_bytes ||
-		vidx_tree_check(blob, meta->tree_bytes, err, sizeof(err)) != VIDX_OK)
+	    vidx_tree_check(blob, meta->tree_bytes, err, sizeof(err)) != VIDX_OK)
 		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\" has a corrupted tree: %s",
-						RelationGetRelationName(index),
-						done != meta->tree_bytes ? "short tree pages" : err),
-				 errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+		        (errcode(ERRCODE_INDEX_CORRUPTED),
+		         errmsg("index \"%s\" has a corrupted tree: %s", RelationGetRelationName(index),
+		                done != meta->tree_bytes ? "short tree pages" : err),
+		         errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 	return blob;
 }
 
@@ -129,9 +126,9 @@ static void *
 widen_empty_tree(const void *blob, int dims, MemoryContext cxt, size_t *size)
 {
 	const VidxTreeHeader *h = (const VidxTreeHeader *) blob;
-	size_t		node_size = MAXALIGN(sizeof(VidxTreeNode) + sizeof(float) * dims);
-	size_t		total = sizeof(VidxTreeHeader) + node_size * h->nnodes;
-	char	   *out = MemoryContextAllocZero(cxt, total);
+	size_t node_size = MAXALIGN(sizeof(VidxTreeNode) + sizeof(float) * dims);
+	size_t total = sizeof(VidxTreeHeader) + node_size * h->nnodes;
+	char *out = MemoryContextAllocZero(cxt, total);
 	VidxTreeHeader *oh = (VidxTreeHeader *) out;
 
 	*oh = *h;
@@ -139,7 +136,7 @@ widen_empty_tree(const void *blob, int dims, MemoryContext cxt, size_t *size)
 	oh->node_size = node_size;
 	for (uint32 i = 0; i < h->nnodes; i++)
 		memcpy(out + sizeof(VidxTreeHeader) + node_size * i, vidx_tree_node(blob, i),
-			   sizeof(VidxTreeNode));
+		       sizeof(VidxTreeNode));
 	*size = total;
 	return out;
 }
@@ -149,7 +146,7 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 {
 	TreeCacheSlot *slot = NULL;
 	VidxTreeCache *c;
-	void	   *blob;
+	void *blob;
 
 	if (meta->dims == 0)
 		elog(ERROR, "vidx: index \"%s\" has no dimensions yet", RelationGetRelationName(index));
@@ -159,9 +156,9 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 		TreeCacheSlot *s = &tree_slots[i];
 
 		if (s->valid && s->cache.index_oid == RelationGetRelid(index) &&
-			RelFileNodeEquals(s->cache.node, index->rd_node) &&
-			s->cache.build_id == meta->build_id && s->cache.tree_version == meta->tree_version &&
-			s->cache.dims == (int) meta->dims)
+		    RelFileNodeEquals(s->cache.node, index->rd_node) &&
+		    s->cache.build_id == meta->build_id && s->cache.tree_version == meta->tree_version &&
+		    s->cache.dims == (int) meta->dims)
 		{
 			s->last_used = ++tree_clock;
 			return &s->cache;
@@ -182,8 +179,8 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 	}
 	slot->valid = false;
 	if (slot->cxt == NULL)
-		slot->cxt = AllocSetContextCreate(TopMemoryContext, "vidx tree cache",
-										  ALLOCSET_DEFAULT_SIZES);
+		slot->cxt =
+		    AllocSetContextCreate(TopMemoryContext, "vidx tree cache", ALLOCSET_DEFAULT_SIZES);
 	else
 		MemoryContextReset(slot->cxt);
 
@@ -199,11 +196,10 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 	if (((VidxTreeHeader *) blob)->dims == 0)
 		blob = widen_empty_tree(blob, meta->dims, slot->cxt, &c->tree_size);
 	else if (((VidxTreeHeader *) blob)->dims != meta->dims)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("index \"%s\": tree dims %u differ from metapage dims %u",
-						RelationGetRelationName(index), ((VidxTreeHeader *) blob)->dims,
-						meta->dims)));
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": tree dims %u differ from metapage dims %u",
+		                       RelationGetRelationName(index), ((VidxTreeHeader *) blob)->dims,
+		                       meta->dims)));
 	else
 		c->tree_size = meta->tree_bytes;
 	c->tree = blob;

@@ -34,64 +34,64 @@
 /* A posting seen by the scan, kept after its page lock is released. */
 typedef struct Candidate
 {
-	float		est;			/* estimated score */
-	float		lower;			/* lower bound of its score */
-	bool		rescored;
-	VidxPosting posting;		/* header only: TID, slot, hash */
+	float est;   /* estimated score */
+	float lower; /* lower bound of its score */
+	bool rescored;
+	VidxPosting posting; /* header only: TID, slot, hash */
 } Candidate;
 
 /* A re-scored row waiting to be returned. */
 typedef struct ScanResult
 {
-	double		score;			/* exact, in estimator score space (heap key) */
+	double score; /* exact, in estimator score space (heap key) */
 	ItemPointerData tid;
 } ScanResult;
 
 typedef struct VidxScanOpaqueData
 {
-	MemoryContext cxt;			/* reset at every rescan */
-	MemoryContext scan_cxt;		/* lives as long as the scan */
-	bool		started;
-	bool		empty;			/* the index has no dimensions yet */
-	bool		null_query;		/* no query vector: every row, unordered */
-	bool		leaves_done;
+	MemoryContext cxt;      /* reset at every rescan */
+	MemoryContext scan_cxt; /* lives as long as the scan */
+	bool started;
+	bool empty;      /* the index has no dimensions yet */
+	bool null_query; /* no query vector: every row, unordered */
+	bool leaves_done;
 	VidxMetaPageData meta;
-	float	   *query;			/* as given (for exact distances) */
-	float	   *qrot;			/* in index space */
-	void	   *search;			/* tree search state */
-	void	   *prep;			/* per-leaf query preparation */
+	float *query; /* as given (for exact distances) */
+	float *qrot;  /* in index space */
+	void *search; /* tree search state */
+	void *prep;   /* per-leaf query preparation */
 
 	/*
 	 * Candidates of the current round (kept across rescans), and two min-heaps
 	 * of their indexes: by estimate (the order they are re-scored in) and by
 	 * lower bound (what any candidate not yet re-scored could still score).
 	 */
-	Candidate  *cands;
-	int64		ncands;
-	int64		cands_capacity;
-	int64	   *by_est;
-	int64		nby_est;
-	int64	   *by_lower;
-	int64		nby_lower;
+	Candidate *cands;
+	int64 ncands;
+	int64 cands_capacity;
+	int64 *by_est;
+	int64 nby_est;
+	int64 *by_lower;
+	int64 nby_lower;
 
 	/* min-heap of re-scored rows by exact score (kept across rescans) */
-	ScanResult	   *results;
-	int64		nresults;
-	int64		results_capacity;
+	ScanResult *results;
+	int64 nresults;
+	int64 results_capacity;
 
-	int64		rescored;
-	int64		returned;
+	int64 rescored;
+	int64 returned;
 
 	/* scratch for a page's estimates */
 	const VidxPosting **ptrs;
-	float	   *est;
-	float	   *lower;
+	float *est;
+	float *lower;
 
 	/* fallback to the table, set up on first use */
 	IndexFetchTableData *fetch;
 	TupleTableSlot *slot;
-	EState	   *estate;
-	IndexInfo  *indexInfo;
+	EState *estate;
+	IndexInfo *indexInfo;
 } VidxScanOpaqueData;
 
 typedef VidxScanOpaqueData *VidxScanOpaque;
@@ -107,12 +107,12 @@ cand_key(const VidxScanOpaque so, int64 id, bool by_lower)
 static void
 id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
 {
-	int64		x = h[i];
-	float		kx = cand_key(so, x, by_lower);
+	int64 x = h[i];
+	float kx = cand_key(so, x, by_lower);
 
 	for (;;)
 	{
-		int64		c = 2 * i + 1;
+		int64 c = 2 * i + 1;
 
 		if (c >= n)
 			break;
@@ -129,7 +129,7 @@ id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
 static int64
 id_pop(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
 {
-	int64		top = h[0];
+	int64 top = h[0];
 
 	h[0] = h[--*n];
 	if (*n > 0)
@@ -149,14 +149,15 @@ min_lower_left(VidxScanOpaque so)
 static void
 result_push(VidxScanOpaque so, double score, ItemPointer tid)
 {
-	int64		i;
+	int64 i;
 
 	if (so->nresults == so->results_capacity)
 	{
 		so->results_capacity = Max(64, so->results_capacity * 2);
-		so->results = so->results == NULL ?
-			MemoryContextAlloc(so->scan_cxt, sizeof(ScanResult) * so->results_capacity) :
-			repalloc(so->results, sizeof(ScanResult) * so->results_capacity);
+		so->results =
+		    so->results == NULL
+		        ? MemoryContextAlloc(so->scan_cxt, sizeof(ScanResult) * so->results_capacity)
+		        : repalloc(so->results, sizeof(ScanResult) * so->results_capacity);
 	}
 	i = so->nresults++;
 	while (i > 0 && score < so->results[(i - 1) / 2].score)
@@ -171,14 +172,14 @@ result_push(VidxScanOpaque so, double score, ItemPointer tid)
 static ScanResult
 result_pop(VidxScanOpaque so)
 {
-	ScanResult		top = so->results[0];
-	ScanResult		x = so->results[--so->nresults];
-	int64		n = so->nresults;
-	int64		i = 0;
+	ScanResult top = so->results[0];
+	ScanResult x = so->results[--so->nresults];
+	int64 n = so->nresults;
+	int64 i = 0;
 
 	for (;;)
 	{
-		int64		c = 2 * i + 1;
+		int64 c = 2 * i + 1;
 
 		if (c >= n)
 			break;
@@ -216,7 +217,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	MemoryContext old;
-	int			dims;
+	int dims;
 
 	if (orderbys && scan->numberOfOrderBys > 0)
 		memmove(scan->orderByData, orderbys, scan->numberOfOrderBys * sizeof(ScanKeyData));
@@ -234,7 +235,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	vidx_read_meta(scan->indexRelation, &so->meta);
 	if (so->meta.dims == 0)
 	{
-		so->empty = true;		/* nothing was ever inserted */
+		so->empty = true; /* nothing was ever inserted */
 		return;
 	}
 	if (scan->numberOfOrderBys == 0 || (scan->orderByData[0].sk_flags & SK_ISNULL))
@@ -245,7 +246,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 
 	old = MemoryContextSwitchTo(so->cxt);
 	so->query = vidx_array_to_vector(DatumGetArrayTypeP(scan->orderByData[0].sk_argument), &dims,
-									 "query vector");
+	                                 "query vector");
 	vidx_check_dims(dims, so->meta.dims, scan->indexRelation);
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);
@@ -257,12 +258,12 @@ static float *
 table_vector(IndexScanDesc scan, ItemPointer tid)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	bool		call_again = false;
-	bool		all_dead = false;
-	Datum		values[INDEX_MAX_KEYS];
-	bool		isnull[INDEX_MAX_KEYS];
-	int			dims;
-	float	   *v;
+	bool call_again = false;
+	bool all_dead = false;
+	Datum values[INDEX_MAX_KEYS];
+	bool isnull[INDEX_MAX_KEYS];
+	int dims;
+	float *v;
 
 	if (so->fetch == NULL)
 	{
@@ -298,7 +299,8 @@ add_candidates(VidxScanOpaque so, int n)
 		so->cands_capacity = Max(so->cands_capacity * 2, so->ncands + n + 1024);
 		if (so->cands == NULL)
 		{
-			so->cands = MemoryContextAllocHuge(so->scan_cxt, sizeof(Candidate) * so->cands_capacity);
+			so->cands =
+			    MemoryContextAllocHuge(so->scan_cxt, sizeof(Candidate) * so->cands_capacity);
 			so->by_est = MemoryContextAllocHuge(so->scan_cxt, sizeof(int64) * so->cands_capacity);
 			so->by_lower = MemoryContextAllocHuge(so->scan_cxt, sizeof(int64) * so->cands_capacity);
 		}
@@ -311,7 +313,7 @@ add_candidates(VidxScanOpaque so, int n)
 	}
 	for (int i = 0; i < n; i++)
 	{
-		Candidate  *c = &so->cands[so->ncands++];
+		Candidate *c = &so->cands[so->ncands++];
 
 		c->lower = so->null_query ? 0 : so->lower[i];
 		c->est = so->null_query ? 0 : so->est[i];
@@ -325,20 +327,20 @@ static void
 scan_leaf(IndexScanDesc scan, const VidxTreeNode *node)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	Relation	index = scan->indexRelation;
+	Relation index = scan->indexRelation;
 	BlockNumber blkno = node->head_block;
 
 	if (!so->null_query)
-		vidx_query_prep(so->prep, (VidxMetric) so->meta.metric, so->qrot,
-						vidx_tree_centroid(node), so->meta.dims);
+		vidx_query_prep(so->prep, (VidxMetric) so->meta.metric, so->qrot, vidx_tree_centroid(node),
+		                so->meta.dims);
 
 	while (BlockNumberIsValid(blkno))
 	{
-		Buffer		buf = ReadBuffer(index, blkno);
-		Page		page;
+		Buffer buf = ReadBuffer(index, blkno);
+		Page page;
 		VidxPageOpaque opaque;
 		OffsetNumber maxoff;
-		int			n = 0;
+		int n = 0;
 
 		LockBuffer(buf, BUFFER_LOCK_SHARE);
 		page = BufferGetPage(buf);
@@ -346,15 +348,14 @@ scan_leaf(IndexScanDesc scan, const VidxTreeNode *node)
 		if (opaque->page_type != VIDX_PAGE_POSTING || opaque->head != node->head_block)
 		{
 			UnlockReleaseBuffer(buf);
-			ereport(ERROR,
-					(errcode(ERRCODE_INDEX_CORRUPTED),
-					 errmsg("index \"%s\": block %u is not in the posting chain of block %u",
-							RelationGetRelationName(index), blkno, node->head_block)));
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u is not in the posting chain of block %u",
+			                       RelationGetRelationName(index), blkno, node->head_block)));
 		}
 		maxoff = PageGetMaxOffsetNumber(page);
 		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
 		{
-			ItemId		iid = PageGetItemId(page, off);
+			ItemId iid = PageGetItemId(page, off);
 			const VidxPosting *p;
 
 			if (!ItemIdIsUsed(iid))
@@ -381,7 +382,7 @@ next_round(IndexScanDesc scan)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	VidxTreeCache *cache = vidx_get_tree(scan->indexRelation, &so->meta);
-	int			probes = so->null_query ? INT_MAX : vidx_probes;
+	int probes = so->null_query ? INT_MAX : vidx_probes;
 
 	if (!so->started)
 	{
@@ -394,8 +395,7 @@ next_round(IndexScanDesc scan)
 			vidx_to_index_space(cache, so->query, so->qrot);
 			so->prep = palloc(vidx_query_prep_size(so->meta.dims));
 		}
-		vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric,
-							   so->qrot);
+		vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric, so->qrot);
 		vidx_sidecar_refresh(scan->indexRelation, &so->meta);
 		MemoryContextSwitchTo(old);
 		so->started = true;
@@ -404,8 +404,8 @@ next_round(IndexScanDesc scan)
 	Assert(so->ncands == 0);
 	for (int i = 0; i < probes; i++)
 	{
-		float		key;
-		int32		leaf = vidx_tree_search_next(so->search, cache->tree, &key);
+		float key;
+		int32 leaf = vidx_tree_search_next(so->search, cache->tree, &key);
 
 		if (leaf < 0)
 		{
@@ -434,12 +434,12 @@ distance_to_score(VidxMetric metric, double distance)
 {
 	switch (metric)
 	{
-		case VIDX_METRIC_L2:
-			return distance * distance;
-		case VIDX_METRIC_COSINE:
-			return 2.0 * distance;	/* |a/|a| - b/|b||^2 = 2 (1 - cos) */
-		default:
-			return distance;
+	case VIDX_METRIC_L2:
+		return distance * distance;
+	case VIDX_METRIC_COSINE:
+		return 2.0 * distance; /* |a/|a| - b/|b||^2 = 2 (1 - cos) */
+	default:
+		return distance;
 	}
 }
 
@@ -461,12 +461,13 @@ rescore(IndexScanDesc scan, Candidate *c)
 		v = table_vector(scan, &tid);
 		MemoryContextSwitchTo(old);
 		if (v == NULL)
-			return;				/* the row is gone: nobody can see it */
+			return; /* the row is gone: nobody can see it */
 	}
-	result_push(so, distance_to_score((VidxMetric) so->meta.metric,
-									  vidx_distance((VidxMetric) so->meta.metric, v, so->query,
-													so->meta.dims)),
-				&tid);
+	result_push(
+	    so,
+	    distance_to_score((VidxMetric) so->meta.metric,
+	                      vidx_distance((VidxMetric) so->meta.metric, v, so->query, so->meta.dims)),
+	    &tid);
 }
 
 bool
@@ -481,19 +482,19 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 
 	for (;;)
 	{
-		bool		budget_left = so->rescored < so->returned + vidx_rerank;
+		bool budget_left = so->rescored < so->returned + vidx_rerank;
 
 		if (so->null_query && so->ncands > 0)
 		{
-			Candidate  *c = &so->cands[--so->ncands];
+			Candidate *c = &so->cands[--so->ncands];
 
 			ItemPointerSet(&scan->xs_heaptid, c->posting.heap_block, c->posting.heap_offset);
 			break;
 		}
 		if (so->nresults > 0 &&
-			(so->nby_est == 0 || !budget_left || so->results[0].score <= min_lower_left(so)))
+		    (so->nby_est == 0 || !budget_left || so->results[0].score <= min_lower_left(so)))
 		{
-			ScanResult	r = result_pop(so);
+			ScanResult r = result_pop(so);
 
 			scan->xs_heaptid = r.tid;
 			break;
@@ -546,14 +547,14 @@ vidx_endscan(IndexScanDesc scan)
 
 void
 vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *indexStartupCost,
-				  Cost *indexTotalCost, Selectivity *indexSelectivity, double *indexCorrelation,
-				  double *indexPages)
+                  Cost *indexTotalCost, Selectivity *indexSelectivity, double *indexCorrelation,
+                  double *indexPages)
 {
 	GenericCosts costs;
 	IndexOptInfo *index = path->indexinfo;
-	double		ratio = 1.0;
-	int			nleaves = 1;
-	Relation	rel;
+	double ratio = 1.0;
+	int nleaves = 1;
+	Relation rel;
 	VidxMetaPageData meta;
 
 	/* The index only serves ORDER BY distance: never a plain or filtered scan. */
@@ -580,8 +581,8 @@ vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *i
 
 	/* Every probed page is read before the first row comes out. */
 	costs.numIndexPages = Max(1.0, index->pages * ratio);
-	*indexStartupCost = costs.indexTotalCost +
-		vidx_rerank * cpu_operator_cost * Max(1, meta.dims / 16);
+	*indexStartupCost =
+	    costs.indexTotalCost + vidx_rerank * cpu_operator_cost * Max(1, meta.dims / 16);
 	*indexTotalCost = *indexStartupCost;
 	*indexSelectivity = costs.indexSelectivity;
 	*indexCorrelation = 0;

@@ -38,22 +38,20 @@ char *
 vidx_sidecar_path(Relation index)
 {
 	if (RelationUsesLocalBuffers(index))
-		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR,
-						index->rd_node.spcNode, index->rd_node.dbNode,
-						index->rd_node.relNode, MyBackendId);
+		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR, index->rd_node.spcNode,
+		                index->rd_node.dbNode, index->rd_node.relNode, MyBackendId);
 	return psprintf("%s/%s/%u_%u_%u.vsc", DataDir, VIDX_SIDECAR_DIR, index->rd_node.spcNode,
-					index->rd_node.dbNode, index->rd_node.relNode);
+	                index->rd_node.dbNode, index->rd_node.relNode);
 }
 
 static void
 ensure_sidecar_dir(void)
 {
-	char	   *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
+	char *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
 
 	if (MakePGDirectory(dir) < 0 && errno != EEXIST)
 		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create directory \"%s\": %m", dir)));
+		        (errcode_for_file_access(), errmsg("could not create directory \"%s\": %m", dir)));
 	pfree(dir);
 }
 
@@ -62,7 +60,7 @@ fill_header(Relation index, int dims, uint64 build_id, char *page)
 {
 	memset(page, 0, VIDX_SIDECAR_HEADER_SIZE);
 	vidx_sidecar_header_init((VidxSidecarHeader *) page, dims, index->rd_node.dbNode,
-							 RelationGetRelid(index), index->rd_node.relNode, build_id);
+	                         RelationGetRelid(index), index->rd_node.relNode, build_id);
 }
 
 /* ---------- sequential writer for the build ---------- */
@@ -71,32 +69,30 @@ fill_header(Relation index, int dims, uint64 build_id, char *page)
 
 static struct
 {
-	int			fd;
-	char	   *path;
-	int			dims;
-	size_t		record_size;
-	char	   *buffer;
-	size_t		used;
-	uint64		next_slot;
-}			build_writer = {-1};
+	int fd;
+	char *path;
+	int dims;
+	size_t record_size;
+	char *buffer;
+	size_t used;
+	uint64 next_slot;
+} build_writer = {-1};
 
 static void
 build_flush(void)
 {
-	size_t		done = 0;
+	size_t done = 0;
 
 	while (done < build_writer.used)
 	{
-		ssize_t		n = write(build_writer.fd, build_writer.buffer + done,
-							  build_writer.used - done);
+		ssize_t n = write(build_writer.fd, build_writer.buffer + done, build_writer.used - done);
 
 		if (n < 0)
 		{
 			if (errno == EINTR)
 				continue;
-			ereport(ERROR,
-					(errcode_for_file_access(),
-					 errmsg("could not write vidx sidecar \"%s\": %m", build_writer.path)));
+			ereport(ERROR, (errcode_for_file_access(),
+			                errmsg("could not write vidx sidecar \"%s\": %m", build_writer.path)));
 		}
 		done += n;
 	}
@@ -106,7 +102,7 @@ build_flush(void)
 void
 vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id)
 {
-	char		header[VIDX_SIDECAR_HEADER_SIZE];
+	char header[VIDX_SIDECAR_HEADER_SIZE];
 
 	/*
 	 * State left by a build that errored out is stale: its memory went with
@@ -116,13 +112,11 @@ vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id)
 
 	ensure_sidecar_dir();
 	build_writer.path = MemoryContextStrdup(TopTransactionContext, vidx_sidecar_path(index));
-	build_writer.fd = OpenTransientFilePerm(build_writer.path,
-											O_CREAT | O_TRUNC | O_WRONLY | PG_BINARY,
-											S_IRUSR | S_IWUSR);
+	build_writer.fd = OpenTransientFilePerm(
+	    build_writer.path, O_CREAT | O_TRUNC | O_WRONLY | PG_BINARY, S_IRUSR | S_IWUSR);
 	if (build_writer.fd < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create vidx sidecar \"%s\": %m", build_writer.path)));
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not create vidx sidecar \"%s\": %m", build_writer.path)));
 	build_writer.dims = dims;
 	build_writer.record_size = vidx_sidecar_record_size(dims);
 	build_writer.buffer = MemoryContextAlloc(TopTransactionContext, BUILD_BUFFER_SIZE);
@@ -141,7 +135,7 @@ vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v)
 	if (build_writer.used + build_writer.record_size > BUILD_BUFFER_SIZE)
 		build_flush();
 	vidx_sidecar_record_fill(build_writer.buffer + build_writer.used, build_writer.dims,
-							 ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid), v);
+	                         ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid), v);
 	build_writer.used += build_writer.record_size;
 	build_writer.next_slot++;
 }
@@ -151,9 +145,8 @@ vidx_sidecar_build_end(void)
 {
 	build_flush();
 	if (CloseTransientFile(build_writer.fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not close vidx sidecar \"%s\": %m", build_writer.path)));
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not close vidx sidecar \"%s\": %m", build_writer.path)));
 	build_writer.fd = -1;
 	pfree(build_writer.buffer);
 	build_writer.buffer = NULL;
@@ -162,16 +155,16 @@ vidx_sidecar_build_end(void)
 /* ---------- appends by inserts ---------- */
 
 void
-vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
-					ItemPointer tid, const float *v)
+vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot, ItemPointer tid,
+                    const float *v)
 {
-	char	   *path = vidx_sidecar_path(index);
-	size_t		record_size = vidx_sidecar_record_size(meta->dims);
-	char	   *record;
-	char		header[VIDX_SIDECAR_HEADER_SIZE];
-	char		err[256];
-	int			fd;
-	ssize_t		n;
+	char *path = vidx_sidecar_path(index);
+	size_t record_size = vidx_sidecar_record_size(meta->dims);
+	char *record;
+	char header[VIDX_SIDECAR_HEADER_SIZE];
+	char err[256];
+	int fd;
+	ssize_t n;
 
 	ensure_sidecar_dir();
 	fd = OpenTransientFilePerm(path, O_CREAT | O_RDWR | PG_BINARY, S_IRUSR | S_IWUSR);
@@ -195,10 +188,10 @@ vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
 		}
 	}
 	else if (n != VIDX_SIDECAR_HEADER_SIZE ||
-			 vidx_sidecar_header_check((VidxSidecarHeader *) header, meta->dims,
-									   index->rd_node.dbNode, RelationGetRelid(index),
-									   index->rd_node.relNode, meta->build_id, err,
-									   sizeof(err)) != VIDX_OK)
+	         vidx_sidecar_header_check((VidxSidecarHeader *) header, meta->dims,
+	                                   index->rd_node.dbNode, RelationGetRelid(index),
+	                                   index->rd_node.relNode, meta->build_id, err,
+	                                   sizeof(err)) != VIDX_OK)
 	{
 		CloseTransientFile(fd);
 		vidx_sidecar_warn(index, "the sidecar file belongs to another build of the index");
@@ -207,9 +200,9 @@ vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
 
 	record = palloc(record_size);
 	vidx_sidecar_record_fill(record, meta->dims, ItemPointerGetBlockNumber(tid),
-							 ItemPointerGetOffsetNumber(tid), v);
+	                         ItemPointerGetOffsetNumber(tid), v);
 	if (pg_pwrite(fd, record, record_size, VIDX_SIDECAR_HEADER_SIZE + slot * record_size) !=
-		(ssize_t) record_size)
+	    (ssize_t) record_size)
 		vidx_sidecar_warn(index, "the sidecar file cannot be written");
 	CloseTransientFile(fd);
 	pfree(record);
@@ -222,18 +215,18 @@ vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
 
 typedef struct SidecarMap
 {
-	bool		used;
-	Oid			index_oid;
+	bool used;
+	Oid index_oid;
 	RelFileNode node;
-	uint64		build_id;
-	int			dims;
-	bool		checked;		/* refresh_map ran since the entry was made */
-	bool		usable;			/* header checked and matches */
-	char	   *base;			/* mmap'd file or NULL */
-	size_t		length;
-	dev_t		dev;
-	ino_t		ino;
-	uint64		last_used;
+	uint64 build_id;
+	int dims;
+	bool checked; /* refresh_map ran since the entry was made */
+	bool usable;  /* header checked and matches */
+	char *base;   /* mmap'd file or NULL */
+	size_t length;
+	dev_t dev;
+	ino_t ino;
+	uint64 last_used;
 } SidecarMap;
 
 static SidecarMap maps[VIDX_SIDECAR_MAPS];
@@ -241,19 +234,19 @@ static uint64 map_clock = 0;
 
 typedef struct WarnedIndex
 {
-	Oid			index_oid;
+	Oid index_oid;
 	RelFileNode node;
 } WarnedIndex;
 
 static WarnedIndex warned[64];
-static int	nwarned = 0;
+static int nwarned = 0;
 
 void
 vidx_sidecar_warn(Relation index, const char *why)
 {
 	for (int i = 0; i < nwarned; i++)
 		if (warned[i].index_oid == RelationGetRelid(index) &&
-			RelFileNodeEquals(warned[i].node, index->rd_node))
+		    RelFileNodeEquals(warned[i].node, index->rd_node))
 			return;
 	if (nwarned < lengthof(warned))
 	{
@@ -262,13 +255,14 @@ vidx_sidecar_warn(Relation index, const char *why)
 		nwarned++;
 	}
 	ereport(WARNING,
-			(errcode(ERRCODE_WARNING),
-			 errmsg("vidx index \"%s\" cannot use its sidecar: %s",
-					RelationGetRelationName(index), why),
-			 errdetail("Query results are unaffected: full vectors are read from the table instead, which is slower."),
-			 errhint("Rebuild the sidecar with: REINDEX INDEX %s;",
-					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(index)),
-												RelationGetRelationName(index)))));
+	        (errcode(ERRCODE_WARNING),
+	         errmsg("vidx index \"%s\" cannot use its sidecar: %s", RelationGetRelationName(index),
+	                why),
+	         errdetail("Query results are unaffected: full vectors are read from the table "
+	                   "instead, which is slower."),
+	         errhint("Rebuild the sidecar with: REINDEX INDEX %s;",
+	                 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(index)),
+	                                            RelationGetRelationName(index)))));
 }
 
 static void
@@ -291,8 +285,8 @@ find_map(Relation index, const VidxMetaPageData *meta)
 		SidecarMap *m = &maps[i];
 
 		if (m->used && m->index_oid == RelationGetRelid(index) &&
-			RelFileNodeEquals(m->node, index->rd_node) && m->build_id == meta->build_id &&
-			m->dims == (int) meta->dims)
+		    RelFileNodeEquals(m->node, index->rd_node) && m->build_id == meta->build_id &&
+		    m->dims == (int) meta->dims)
 		{
 			m->last_used = ++map_clock;
 			return m;
@@ -321,10 +315,10 @@ find_map(Relation index, const VidxMetaPageData *meta)
 static const char *
 refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m)
 {
-	char	   *path = vidx_sidecar_path(index);
+	char *path = vidx_sidecar_path(index);
 	struct stat st;
-	int			fd;
-	char		err[256];
+	int fd;
+	char err[256];
 	const char *why = NULL;
 
 	m->checked = true;
@@ -335,7 +329,7 @@ refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m)
 		return "the sidecar file is missing";
 	}
 	if (m->base != NULL && st.st_dev == m->dev && st.st_ino == m->ino &&
-		(size_t) st.st_size == m->length)
+	    (size_t) st.st_size == m->length)
 	{
 		pfree(path);
 		return m->usable ? NULL : "the sidecar file has a bad header";
@@ -366,9 +360,9 @@ refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m)
 	}
 	m->length = st.st_size;
 	if (vidx_sidecar_header_check((const VidxSidecarHeader *) m->base, meta->dims,
-								  index->rd_node.dbNode, RelationGetRelid(index),
-								  index->rd_node.relNode, meta->build_id, err,
-								  sizeof(err)) != VIDX_OK)
+	                              index->rd_node.dbNode, RelationGetRelid(index),
+	                              index->rd_node.relNode, meta->build_id, err,
+	                              sizeof(err)) != VIDX_OK)
 		why = "the sidecar file has a bad header";
 	m->usable = (why == NULL);
 	return why;
@@ -402,8 +396,8 @@ vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPost
 {
 	const char *why;
 	SidecarMap *m = lookup_map(index, meta, &why);
-	size_t		record_size;
-	size_t		offset;
+	size_t record_size;
+	size_t offset;
 	const float *v;
 
 	if (!m->usable)
@@ -420,7 +414,7 @@ vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPost
 		}
 	}
 	v = vidx_sidecar_record_vector(m->base + offset, meta->dims, p->heap_block, p->heap_offset,
-								   p->vhash);
+	                               p->vhash);
 	if (v == NULL)
 		vidx_sidecar_warn(index, "a sidecar record does not match the index");
 	return v;
@@ -449,8 +443,8 @@ vidx_sidecar_state(Relation index, const VidxMetaPageData *meta, uint64 *records
  */
 typedef struct PendingUnlink
 {
-	char	   *path;
-	int			nest_level;
+	char *path;
+	int nest_level;
 	struct PendingUnlink *next;
 } PendingUnlink;
 
@@ -470,7 +464,7 @@ schedule_unlink(const char *path)
 static void
 xact_callback(XactEvent event, void *arg)
 {
-	bool		commit = (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
+	bool commit = (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT);
 
 	if (!commit && event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT)
 		return;
@@ -488,9 +482,9 @@ xact_callback(XactEvent event, void *arg)
 
 static void
 subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
-				 void *arg)
+                 void *arg)
 {
-	int			level = GetCurrentTransactionNestLevel();
+	int level = GetCurrentTransactionNestLevel();
 	PendingUnlink **link = &pending_unlinks;
 
 	while (*link != NULL)
@@ -517,13 +511,13 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 static char *
 path_for_class(Form_pg_class cls)
 {
-	Oid			spc = OidIsValid(cls->reltablespace) ? cls->reltablespace : MyDatabaseTableSpace;
+	Oid spc = OidIsValid(cls->reltablespace) ? cls->reltablespace : MyDatabaseTableSpace;
 
 	if (cls->relpersistence == RELPERSISTENCE_TEMP)
 		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR, spc, MyDatabaseId,
-						cls->relfilenode, MyBackendId);
+		                cls->relfilenode, MyBackendId);
 	return psprintf("%s/%s/%u_%u_%u.vsc", DataDir, VIDX_SIDECAR_DIR, spc, MyDatabaseId,
-					cls->relfilenode);
+	                cls->relfilenode);
 }
 
 static object_access_hook_type prev_object_access_hook = NULL;
@@ -537,14 +531,14 @@ object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, voi
 
 	if (access == OAT_DROP && classId == RelationRelationId && subId == 0)
 	{
-		HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(objectId));
+		HeapTuple tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(objectId));
 
 		if (HeapTupleIsValid(tuple))
 		{
 			Form_pg_class cls = (Form_pg_class) GETSTRUCT(tuple);
 
-			if (cls->relkind == RELKIND_INDEX &&
-				cls->relam == get_index_am_oid("vidx", true) && OidIsValid(cls->relam))
+			if (cls->relkind == RELKIND_INDEX && cls->relam == get_index_am_oid("vidx", true) &&
+			    OidIsValid(cls->relam))
 				schedule_unlink(path_for_class(cls));
 			ReleaseSysCache(tuple);
 		}
@@ -564,8 +558,8 @@ vidx_sidecar_init(void)
 static bool
 read_header(const char *path, VidxSidecarHeader *h)
 {
-	int			fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
-	bool		ok;
+	int fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	bool ok;
 
 	if (fd < 0)
 		return false;
@@ -585,34 +579,32 @@ read_header(const char *path, VidxSidecarHeader *h)
 void
 vidx_sidecar_sweep(Relation index)
 {
-	char	   *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
-	char	   *mine = vidx_sidecar_path(index);
-	DIR		   *d = AllocateDir(dir);
+	char *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
+	char *mine = vidx_sidecar_path(index);
+	DIR *d = AllocateDir(dir);
 	struct dirent *de;
 
 	if (d == NULL)
 		return;
 	while ((de = ReadDir(d, dir)) != NULL)
 	{
-		unsigned int spc,
-					db,
-					rel;
-		char		tail[16];
-		char	   *path;
+		unsigned int spc, db, rel;
+		char tail[16];
+		char *path;
 		VidxSidecarHeader h;
 
 		if (sscanf(de->d_name, "%u_%u_%u%15s", &spc, &db, &rel, tail) != 4 ||
-			strcmp(tail, ".vsc") != 0 || db != MyDatabaseId)
+		    strcmp(tail, ".vsc") != 0 || db != MyDatabaseId)
 			continue;
 		path = psprintf("%s/%s", dir, de->d_name);
 		if (strcmp(path, mine) != 0 && read_header(path, &h))
 		{
-			Oid			oid = h.index_oid;
+			Oid oid = h.index_oid;
 
 			if (oid == RelationGetRelid(index))
 				schedule_unlink(path);
 			else if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(oid)) &&
-					 ConditionalLockRelationOid(oid, AccessShareLock))
+			         ConditionalLockRelationOid(oid, AccessShareLock))
 			{
 				AcceptInvalidationMessages();
 				if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(oid)))

@@ -17,16 +17,16 @@
 static void
 reset_insert_hint(Relation index, BlockNumber head, BufferAccessStrategy strategy)
 {
-	Buffer		buf = ReadBufferExtended(index, MAIN_FORKNUM, head, RBM_NORMAL, strategy);
+	Buffer buf = ReadBufferExtended(index, MAIN_FORKNUM, head, RBM_NORMAL, strategy);
 	VidxPageOpaque opaque;
 
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 	opaque = VidxPageGetOpaque(BufferGetPage(buf));
 	if (opaque->page_type == VIDX_PAGE_POSTING && opaque->head == head &&
-		opaque->insert_hint != head)
+	    opaque->insert_hint != head)
 	{
 		GenericXLogState *state = GenericXLogStart(index);
-		Page		page = GenericXLogRegisterBuffer(state, buf, 0);
+		Page page = GenericXLogRegisterBuffer(state, buf, 0);
 
 		VidxPageGetOpaque(page)->insert_hint = head;
 		GenericXLogFinish(state);
@@ -36,22 +36,22 @@ reset_insert_hint(Relation index, BlockNumber head, BufferAccessStrategy strateg
 
 IndexBulkDeleteResult *
 vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
-				IndexBulkDeleteCallback callback, void *callback_state)
+                IndexBulkDeleteCallback callback, void *callback_state)
 {
-	Relation	index = info->index;
+	Relation index = info->index;
 	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
 	BlockNumber *heads = palloc(sizeof(BlockNumber) * Max(nblocks, 1));
-	int			nheads = 0;
+	int nheads = 0;
 
 	if (stats == NULL)
 		stats = palloc0(sizeof(IndexBulkDeleteResult));
 
 	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 	{
-		Buffer		buf;
-		Page		page;
+		Buffer buf;
+		Page page;
 		OffsetNumber deletable[MaxOffsetNumber];
-		int			ndeletable = 0;
+		int ndeletable = 0;
 		OffsetNumber maxoff;
 
 		vacuum_delay_point();
@@ -67,7 +67,8 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		maxoff = PageGetMaxOffsetNumber(page);
 		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
 		{
-			const VidxPosting *p = (const VidxPosting *) PageGetItem(page, PageGetItemId(page, off));
+			const VidxPosting *p =
+			    (const VidxPosting *) PageGetItem(page, PageGetItemId(page, off));
 			ItemPointerData tid;
 
 			ItemPointerSet(&tid, p->heap_block, p->heap_offset);
@@ -80,7 +81,7 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		if (ndeletable > 0)
 		{
 			GenericXLogState *state = GenericXLogStart(index);
-			Page		wpage = GenericXLogRegisterBuffer(state, buf, 0);
+			Page wpage = GenericXLogRegisterBuffer(state, buf, 0);
 
 			PageIndexMultiDelete(wpage, deletable, ndeletable);
 			GenericXLogFinish(state);
@@ -103,7 +104,7 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 IndexBulkDeleteResult *
 vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 {
-	Relation	index = info->index;
+	Relation index = info->index;
 	BlockNumber nblocks;
 
 	if (info->analyze_only)
@@ -116,8 +117,8 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 		stats = palloc0(sizeof(IndexBulkDeleteResult));
 		for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 		{
-			Buffer		buf;
-			Page		page;
+			Buffer buf;
+			Page page;
 
 			vacuum_delay_point();
 			buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, info->strategy);

@@ -30,14 +30,11 @@ static void
 report_nonfinite(bool is_nan, int subscript, const char *what)
 {
 	if (is_nan)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("%s must not contain NaN", what),
-				 errdetail("The element at subscript %d is NaN.", subscript)));
+		ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s must not contain NaN", what),
+		                errdetail("The element at subscript %d is NaN.", subscript)));
 	ereport(ERROR,
-			(errcode(ERRCODE_DATA_EXCEPTION),
-			 errmsg("%s must not contain infinite values", what),
-			 errdetail("The element at subscript %d is infinite.", subscript)));
+	        (errcode(ERRCODE_DATA_EXCEPTION), errmsg("%s must not contain infinite values", what),
+	         errdetail("The element at subscript %d is infinite.", subscript)));
 }
 
 /*
@@ -47,12 +44,12 @@ report_nonfinite(bool is_nan, int subscript, const char *what)
 static void
 check_finite_float4(const float *v, int n, int lbound, const char *what)
 {
-	uint32		bad = 0;
-	int			i;
+	uint32 bad = 0;
+	int i;
 
 	for (i = 0; i < n; i++)
 	{
-		uint32		bits;
+		uint32 bits;
 
 		memcpy(&bits, &v[i], sizeof(bits));
 		bad |= ((bits & FLOAT4_EXP_MASK) == FLOAT4_EXP_MASK);
@@ -74,16 +71,15 @@ check_finite_float4(const float *v, int n, int lbound, const char *what)
 static inline float
 double_to_float4(double d, int subscript, const char *what)
 {
-	float		f;
+	float f;
 
 	if (unlikely(!isfinite(d)))
 		report_nonfinite(isnan(d), subscript, what);
 	f = (float) d;
 	if (unlikely(isinf(f)))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("%s contains a value out of range for type real", what),
-				 errdetail("The element at subscript %d is %g.", subscript, d)));
+		ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+		                errmsg("%s contains a value out of range for type real", what),
+		                errdetail("The element at subscript %d is %g.", subscript, d)));
 	return f;
 }
 
@@ -94,31 +90,27 @@ double_to_float4(double d, int subscript, const char *what)
 static int
 check_array_shape(ArrayType *array, const char *what)
 {
-	Oid			elemtype = ARR_ELEMTYPE(array);
-	int			ndim = ARR_NDIM(array);
-	int			n;
+	Oid elemtype = ARR_ELEMTYPE(array);
+	int ndim = ARR_NDIM(array);
+	int n;
 
 	if (elemtype != FLOAT4OID && elemtype != FLOAT8OID && elemtype != NUMERICOID)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("%s must be an array of real, double precision or numeric, not %s",
-						what, format_type_be(elemtype))));
+		ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+		                errmsg("%s must be an array of real, double precision or numeric, not %s",
+		                       what, format_type_be(elemtype))));
 	if (ndim > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("%s must be a one-dimensional array", what),
-				 errdetail("The array has %d dimensions.", ndim)));
+		ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+		                errmsg("%s must be a one-dimensional array", what),
+		                errdetail("The array has %d dimensions.", ndim)));
 
 	n = (ndim == 0) ? 0 : ARR_DIMS(array)[0];
 	if (n <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("%s must have at least 1 dimension", what)));
+		ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+		                errmsg("%s must have at least 1 dimension", what)));
 	if (n > VIDX_MAX_DIMS)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s cannot have more than %d dimensions", what, VIDX_MAX_DIMS),
-				 errdetail("The array has %d elements.", n)));
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+		                errmsg("%s cannot have more than %d dimensions", what, VIDX_MAX_DIMS),
+		                errdetail("The array has %d elements.", n)));
 	return n;
 }
 
@@ -126,18 +118,17 @@ check_array_shape(ArrayType *array, const char *what)
 static void
 report_null_element(ArrayType *array, int n, const char *what)
 {
-	bits8	   *bitmap = ARR_NULLBITMAP(array);
-	int			i;
+	bits8 *bitmap = ARR_NULLBITMAP(array);
+	int i;
 
 	for (i = 0; i < n; i++)
 	{
 		if (bitmap != NULL && !(bitmap[i / 8] & (1 << (i % 8))))
 			break;
 	}
-	ereport(ERROR,
-			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-			 errmsg("%s must not contain NULL elements", what),
-			 errdetail("The element at subscript %d is NULL.", ARR_LBOUND(array)[0] + i)));
+	ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+	                errmsg("%s must not contain NULL elements", what),
+	                errdetail("The element at subscript %d is NULL.", ARR_LBOUND(array)[0] + i)));
 }
 
 /*
@@ -148,11 +139,11 @@ report_null_element(ArrayType *array, int n, const char *what)
 static float *
 array_to_vector_internal(ArrayType *array, int *dims, const char *what, bool copy)
 {
-	int			n = check_array_shape(array, what);
-	int			lbound = ARR_LBOUND(array)[0];
-	Oid			elemtype = ARR_ELEMTYPE(array);
-	float	   *result;
-	int			i;
+	int n = check_array_shape(array, what);
+	int lbound = ARR_LBOUND(array)[0];
+	Oid elemtype = ARR_ELEMTYPE(array);
+	float *result;
+	int i;
 
 	if (ARR_HASNULL(array) && array_contains_nulls(array))
 		report_null_element(array, n, what);
@@ -182,31 +173,29 @@ array_to_vector_internal(ArrayType *array, int *dims, const char *what, bool cop
 	}
 	else
 	{
-		Datum	   *elems;
-		int			nelems;
+		Datum *elems;
+		int nelems;
 
-		deconstruct_array(array, NUMERICOID, -1, false, TYPALIGN_INT,
-						  &elems, NULL, &nelems);
+		deconstruct_array(array, NUMERICOID, -1, false, TYPALIGN_INT, &elems, NULL, &nelems);
 		Assert(nelems == n);
 		result = (float *) palloc(sizeof(float) * n);
 		for (i = 0; i < n; i++)
 		{
-			Numeric		num = DatumGetNumeric(elems[i]);
-			double		d;
+			Numeric num = DatumGetNumeric(elems[i]);
+			double d;
 
 			/* Tell NaN and Infinity apart from values too large for float8. */
 			if (numeric_is_nan(num))
 				report_nonfinite(true, lbound + i, what);
 			if (numeric_is_inf(num))
 				report_nonfinite(false, lbound + i, what);
-			d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
-												   NumericGetDatum(num)));
+			d = DatumGetFloat8(
+			    DirectFunctionCall1(numeric_float8_no_overflow, NumericGetDatum(num)));
 			if (isinf(d))
-				ereport(ERROR,
-						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-						 errmsg("%s contains a value out of range for type real", what),
-						 errdetail("The element at subscript %d is %s.", lbound + i,
-								   numeric_out_sci(num, 6))));
+				ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				                errmsg("%s contains a value out of range for type real", what),
+				                errdetail("The element at subscript %d is %s.", lbound + i,
+				                          numeric_out_sci(num, 6))));
 			result[i] = double_to_float4(d, lbound + i, what);
 		}
 		pfree(elems);
@@ -228,13 +217,11 @@ vidx_check_dims(int dims, int expected, Relation index)
 	if (dims == expected)
 		return;
 	if (index != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("vector has %d dimensions, but index \"%s\" has %d",
-						dims, RelationGetRelationName(index), expected)));
-	ereport(ERROR,
-			(errcode(ERRCODE_DATA_EXCEPTION),
-			 errmsg("different vector dimensions %d and %d", dims, expected)));
+		ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+		                errmsg("vector has %d dimensions, but index \"%s\" has %d", dims,
+		                       RelationGetRelationName(index), expected)));
+	ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+	                errmsg("different vector dimensions %d and %d", dims, expected)));
 }
 
 void
@@ -243,9 +230,8 @@ vidx_check_nonzero(const float *v, int dims)
 	for (int i = 0; i < dims; i++)
 		if (v[i] != 0.0f)
 			return;
-	ereport(ERROR,
-			(errcode(ERRCODE_DATA_EXCEPTION),
-			 errmsg("cosine distance is undefined for a zero vector")));
+	ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+	                errmsg("cosine distance is undefined for a zero vector")));
 }
 
 /*
@@ -256,19 +242,19 @@ vidx_check_nonzero(const float *v, int dims)
  */
 typedef struct QueryCache
 {
-	Size		len;			/* VARSIZE of raw; 0 while invalid */
-	char	   *raw;			/* copy of the detoasted array */
-	float	   *vec;
-	int			dims;
+	Size len;  /* VARSIZE of raw; 0 while invalid */
+	char *raw; /* copy of the detoasted array */
+	float *vec;
+	int dims;
 } QueryCache;
 
 static const float *
 query_vector(FunctionCallInfo fcinfo, ArrayType *array, int *dims)
 {
-	FmgrInfo   *flinfo = fcinfo->flinfo;
+	FmgrInfo *flinfo = fcinfo->flinfo;
 	QueryCache *cache;
-	Size		len = VARSIZE(array);
-	float	   *v;
+	Size len = VARSIZE(array);
+	float *v;
 	MemoryContext oldcxt;
 
 	if (ARR_ELEMTYPE(array) == FLOAT4OID || flinfo == NULL)
@@ -310,13 +296,13 @@ query_vector(FunctionCallInfo fcinfo, ArrayType *array, int *dims)
 static Datum
 distance_common(FunctionCallInfo fcinfo, VidxMetric metric)
 {
-	ArrayType  *left = PG_GETARG_ARRAYTYPE_P(0);
-	ArrayType  *right = PG_GETARG_ARRAYTYPE_P(1);
+	ArrayType *left = PG_GETARG_ARRAYTYPE_P(0);
+	ArrayType *right = PG_GETARG_ARRAYTYPE_P(1);
 	const float *a;
 	const float *b;
-	int			adims;
-	int			bdims;
-	double		result;
+	int adims;
+	int bdims;
+	double result;
 
 	a = array_to_vector_internal(left, &adims, "vector", false);
 	b = query_vector(fcinfo, right, &bdims);
@@ -331,7 +317,7 @@ distance_common(FunctionCallInfo fcinfo, VidxMetric metric)
 	/* The core falls back to double precision where float sums overflow. */
 	result = vidx_distance(metric, a, b, adims);
 	if (result == 0.0)
-		result = 0.0;			/* no -0 from <#> of orthogonal vectors */
+		result = 0.0; /* no -0 from <#> of orthogonal vectors */
 	else if (metric == VIDX_METRIC_COSINE)
 	{
 		/* Rounding can push 1 - cos just outside [0, 2]. */

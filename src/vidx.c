@@ -16,41 +16,38 @@
 
 PG_MODULE_MAGIC;
 
-int			vidx_probes = 10;
-int			vidx_rerank = 40;
+int vidx_probes = 10;
+int vidx_rerank = 40;
 
 static relopt_kind vidx_relopt_kind;
 
-void		_PG_init(void);
+void _PG_init(void);
 
 void
 _PG_init(void)
 {
 	vidx_relopt_kind = add_reloption_kind();
 	add_int_reloption(vidx_relopt_kind, "lists",
-					  "Number of leaves (posting lists); 0 chooses from the row count",
-					  0, 0, 1000000, AccessExclusiveLock);
+	                  "Number of leaves (posting lists); 0 chooses from the row count", 0, 0,
+	                  1000000, AccessExclusiveLock);
 	add_int_reloption(vidx_relopt_kind, "fanout",
-					  "Maximum children of an internal tree node; 0 chooses the default (64)",
-					  0, 0, 4096, AccessExclusiveLock);
+	                  "Maximum children of an internal tree node; 0 chooses the default (64)", 0, 0,
+	                  4096, AccessExclusiveLock);
 	add_int_reloption(vidx_relopt_kind, "sample_rows",
-					  "Rows sampled for k-means; 0 chooses max(10000, 64 * lists)",
-					  0, 0, 100000000, AccessExclusiveLock);
-	add_int_reloption(vidx_relopt_kind, "kmeans_iterations",
-					  "Lloyd iterations of k-means at build",
-					  VIDX_DEFAULT_ITERATIONS, 1, 1000, AccessExclusiveLock);
+	                  "Rows sampled for k-means; 0 chooses max(10000, 64 * lists)", 0, 0, 100000000,
+	                  AccessExclusiveLock);
+	add_int_reloption(vidx_relopt_kind, "kmeans_iterations", "Lloyd iterations of k-means at build",
+	                  VIDX_DEFAULT_ITERATIONS, 1, 1000, AccessExclusiveLock);
 
 	DefineCustomIntVariable("vidx.probes",
-							"Number of leaves a vidx scan reads before it returns rows",
-							"More probes: higher recall, slower queries.",
-							&vidx_probes, 10, 1, 1000000, PGC_USERSET, 0,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("vidx.rerank",
-							"Number of candidates re-scored with their full vectors per batch",
-							"Candidates are ranked by their binary codes; this many of the best are "
-							"re-scored exactly before rows are returned.",
-							&vidx_rerank, 40, 1, 1000000, PGC_USERSET, 0,
-							NULL, NULL, NULL);
+	                        "Number of leaves a vidx scan reads before it returns rows",
+	                        "More probes: higher recall, slower queries.", &vidx_probes, 10, 1,
+	                        1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "vidx.rerank", "Number of candidates re-scored with their full vectors per batch",
+	    "Candidates are ranked by their binary codes; this many of the best are "
+	    "re-scored exactly before rows are returned.",
+	    &vidx_rerank, 40, 1, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");
 
 	vidx_sidecar_init();
@@ -62,20 +59,19 @@ static bytea *
 vidx_options(Datum reloptions, bool validate)
 {
 	static const relopt_parse_elt tab[] = {
-		{"lists", RELOPT_TYPE_INT, offsetof(VidxOptions, lists)},
-		{"fanout", RELOPT_TYPE_INT, offsetof(VidxOptions, fanout)},
-		{"sample_rows", RELOPT_TYPE_INT, offsetof(VidxOptions, sample_rows)},
-		{"kmeans_iterations", RELOPT_TYPE_INT, offsetof(VidxOptions, kmeans_iterations)},
+	    {"lists", RELOPT_TYPE_INT, offsetof(VidxOptions, lists)},
+	    {"fanout", RELOPT_TYPE_INT, offsetof(VidxOptions, fanout)},
+	    {"sample_rows", RELOPT_TYPE_INT, offsetof(VidxOptions, sample_rows)},
+	    {"kmeans_iterations", RELOPT_TYPE_INT, offsetof(VidxOptions, kmeans_iterations)},
 	};
 	VidxOptions *opts;
 
 	opts = (VidxOptions *) build_reloptions(reloptions, validate, vidx_relopt_kind,
-											sizeof(VidxOptions), tab, lengthof(tab));
+	                                        sizeof(VidxOptions), tab, lengthof(tab));
 	if (validate && opts != NULL && opts->fanout == 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("value 1 out of bounds for option \"fanout\""),
-				 errdetail("Valid values are 0 (default) and between \"2\" and \"4096\".")));
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		                errmsg("value 1 out of bounds for option \"fanout\""),
+		                errdetail("Valid values are 0 (default) and between \"2\" and \"4096\".")));
 	return (bytea *) opts;
 }
 
@@ -115,8 +111,8 @@ vidx_cosine_support(PG_FUNCTION_ARGS)
 VidxMetric
 vidx_index_metric(Relation index)
 {
-	FmgrInfo   *proc = index_getprocinfo(index, 1, 1);
-	intptr_t	m = (intptr_t) DatumGetPointer(FunctionCall1(proc, PointerGetDatum(NULL)));
+	FmgrInfo *proc = index_getprocinfo(index, 1, 1);
+	intptr_t m = (intptr_t) DatumGetPointer(FunctionCall1(proc, PointerGetDatum(NULL)));
 
 	if (m != VIDX_METRIC_L2 && m != VIDX_METRIC_IP && m != VIDX_METRIC_COSINE)
 		elog(ERROR, "vidx: unknown metric %d from support function", (int) m);
@@ -134,18 +130,18 @@ vidx_buildphasename(int64 phasenum)
 {
 	switch (phasenum)
 	{
-		case PROGRESS_CREATEIDX_SUBPHASE_INITIALIZE:
-			return "initializing";
-		case VIDX_PHASE_LOAD:
-			return "loading tuples";
-		case VIDX_PHASE_KMEANS:
-			return "performing k-means";
-		case VIDX_PHASE_ASSIGN:
-			return "assigning and encoding tuples";
-		case VIDX_PHASE_WRITE:
-			return "writing index pages";
-		default:
-			return NULL;
+	case PROGRESS_CREATEIDX_SUBPHASE_INITIALIZE:
+		return "initializing";
+	case VIDX_PHASE_LOAD:
+		return "loading tuples";
+	case VIDX_PHASE_KMEANS:
+		return "performing k-means";
+	case VIDX_PHASE_ASSIGN:
+		return "assigning and encoding tuples";
+	case VIDX_PHASE_WRITE:
+		return "writing index pages";
+	default:
+		return NULL;
 	}
 }
 
@@ -157,20 +153,15 @@ vidx_core_check(int status, const char *what, const char *msg)
 	if (status == VIDX_OK)
 		return;
 	if (status == VIDX_E_NOMEM)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory in vidx %s", what),
-				 msg && msg[0] ? errdetail("%s", msg) : 0));
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory in vidx %s", what),
+		                msg && msg[0] ? errdetail("%s", msg) : 0));
 	if (status == VIDX_E_CANCELLED)
 	{
 		CHECK_FOR_INTERRUPTS();
-		ereport(ERROR,
-				(errcode(ERRCODE_QUERY_CANCELED),
-				 errmsg("vidx %s was cancelled", what)));
+		ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED), errmsg("vidx %s was cancelled", what)));
 	}
-	ereport(ERROR,
-			(errcode(ERRCODE_INTERNAL_ERROR),
-			 errmsg("vidx %s failed: %s", what, msg && msg[0] ? msg : "unknown error")));
+	ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+	                errmsg("vidx %s failed: %s", what, msg && msg[0] ? msg : "unknown error")));
 }
 
 /* ---------- handler ---------- */

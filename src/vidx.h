@@ -21,7 +21,7 @@
 
 /* ---------- on-disk format ---------- */
 
-#define VIDX_MAGIC 0x56494458	/* "VIDX" */
+#define VIDX_MAGIC 0x56494458 /* "VIDX" */
 #define VIDX_FORMAT_VERSION 1
 #define VIDX_METAPAGE_BLKNO 0
 
@@ -32,13 +32,13 @@
 
 typedef struct VidxPageOpaqueData
 {
-	BlockNumber next;			/* posting: next page of the chain; else InvalidBlockNumber */
-	BlockNumber head;			/* posting: first page of this leaf's chain */
-	BlockNumber last;			/* posting head page only: last page of the chain */
-	BlockNumber insert_hint;	/* posting head page only: first page that may have room */
-	uint32		leaf_id;		/* posting: leaf this chain belongs to */
-	uint16		page_type;		/* VIDX_PAGE_* */
-	uint16		page_id;		/* VIDX_PAGE_ID, so tools can recognize vidx pages */
+	BlockNumber next;        /* posting: next page of the chain; else InvalidBlockNumber */
+	BlockNumber head;        /* posting: first page of this leaf's chain */
+	BlockNumber last;        /* posting head page only: last page of the chain */
+	BlockNumber insert_hint; /* posting head page only: first page that may have room */
+	uint32 leaf_id;          /* posting: leaf this chain belongs to */
+	uint16 page_type;        /* VIDX_PAGE_* */
+	uint16 page_id;          /* VIDX_PAGE_ID, so tools can recognize vidx pages */
 } VidxPageOpaqueData;
 
 typedef VidxPageOpaqueData *VidxPageOpaque;
@@ -49,20 +49,20 @@ typedef VidxPageOpaqueData *VidxPageOpaque;
 /* The metapage, block 0. */
 typedef struct VidxMetaPageData
 {
-	uint32		magic;
-	uint32		version;
-	uint32		dims;			/* 0 until the first vector arrives (empty build) */
-	uint32		metric;			/* VidxMetric */
-	uint64		build_id;		/* changes at every build; ties tree cache and sidecar */
-	uint64		rotation_seed;
-	BlockNumber tree_start;		/* first tree page */
-	uint32		tree_pages;
-	uint32		tree_bytes;		/* size of the tree blob spread over the tree pages */
-	uint32		tree_version;	/* bumped when the tree changes (first-insert dims) */
-	uint32		nleaves;
-	uint32		levels;
-	uint64		next_slot;		/* next sidecar slot to hand out */
-	uint64		built_tuples;	/* postings written by the build */
+	uint32 magic;
+	uint32 version;
+	uint32 dims;     /* 0 until the first vector arrives (empty build) */
+	uint32 metric;   /* VidxMetric */
+	uint64 build_id; /* changes at every build; ties tree cache and sidecar */
+	uint64 rotation_seed;
+	BlockNumber tree_start; /* first tree page */
+	uint32 tree_pages;
+	uint32 tree_bytes;   /* size of the tree blob spread over the tree pages */
+	uint32 tree_version; /* bumped when the tree changes (first-insert dims) */
+	uint32 nleaves;
+	uint32 levels;
+	uint64 next_slot;    /* next sidecar slot to hand out */
+	uint64 built_tuples; /* postings written by the build */
 } VidxMetaPageData;
 
 typedef VidxMetaPageData *VidxMetaPage;
@@ -70,26 +70,26 @@ typedef VidxMetaPageData *VidxMetaPage;
 #define VidxPageGetMeta(page) ((VidxMetaPage) PageGetContents(page))
 
 /* Usable bytes of a tree page for the blob. */
-#define VIDX_TREE_PAGE_CAPACITY \
+#define VIDX_TREE_PAGE_CAPACITY                                                                    \
 	(BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)))
 
 /* ---------- options and settings ---------- */
 
 typedef struct VidxOptions
 {
-	int32		vl_len_;		/* varlena header (do not touch directly!) */
-	int			lists;			/* number of leaves; 0 = from the row count */
-	int			fanout;			/* max children of an internal node; 0 = default */
-	int			sample_rows;	/* k-means sample; 0 = from lists */
-	int			kmeans_iterations;
+	int32 vl_len_;   /* varlena header (do not touch directly!) */
+	int lists;       /* number of leaves; 0 = from the row count */
+	int fanout;      /* max children of an internal node; 0 = default */
+	int sample_rows; /* k-means sample; 0 = from lists */
+	int kmeans_iterations;
 } VidxOptions;
 
 #define VIDX_DEFAULT_FANOUT 64
 #define VIDX_DEFAULT_ITERATIONS 10
 #define VIDX_ROTATION_SEED UINT64CONST(0x5eed0f5151dc0de)
 
-extern int	vidx_probes;
-extern int	vidx_rerank;
+extern int vidx_probes;
+extern int vidx_rerank;
 
 /* ---------- vectors (vector.c) ---------- */
 
@@ -124,15 +124,15 @@ extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
  */
 typedef struct VidxTreeCache
 {
-	Oid			index_oid;
+	Oid index_oid;
 	RelFileNode node;
-	uint64		build_id;
-	uint32		tree_version;
-	int			dims;			/* index dims (may exceed the blob's dims of 0) */
-	VidxMetric	metric;
-	void	   *tree;			/* blob, dims = index dims */
-	size_t		tree_size;
-	void	   *rotation;		/* vidx_rotation_* state for dims */
+	uint64 build_id;
+	uint32 tree_version;
+	int dims; /* index dims (may exceed the blob's dims of 0) */
+	VidxMetric metric;
+	void *tree; /* blob, dims = index dims */
+	size_t tree_size;
+	void *rotation; /* vidx_rotation_* state for dims */
 } VidxTreeCache;
 
 extern VidxTreeCache *vidx_get_tree(Relation index, const VidxMetaPageData *meta);
@@ -147,15 +147,15 @@ extern void vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id);
 extern void vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v);
 extern void vidx_sidecar_build_end(void);
 extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
-								ItemPointer tid, const float *v);
+                                ItemPointer tid, const float *v);
 /* The verified vector for a posting, or NULL (missing, short, stale or bad record). */
 extern const float *vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta,
-										const VidxPosting *p);
+                                        const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);
 /* Describes the sidecar state for vidx_stats: "ok", "missing", ... */
 extern const char *vidx_sidecar_state(Relation index, const VidxMetaPageData *meta,
-									  uint64 *records);
+                                      uint64 *records);
 /* Maps (or remaps) the index's sidecar for a scan; warns once if it is unusable. */
 /* Registers the callbacks that remove sidecars of dropped or rebuilt indexes. */
 extern void vidx_sidecar_init(void);
@@ -168,21 +168,20 @@ extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
 extern IndexBuildResult *vidx_build(Relation heap, Relation index, struct IndexInfo *indexInfo);
 extern void vidx_buildempty(Relation index);
 extern bool vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
-						Relation heap, IndexUniqueCheck checkUnique, bool indexUnchanged,
-						struct IndexInfo *indexInfo);
-extern IndexBulkDeleteResult *vidx_bulkdelete(IndexVacuumInfo *info,
-											  IndexBulkDeleteResult *stats,
-											  IndexBulkDeleteCallback callback,
-											  void *callback_state);
+                        Relation heap, IndexUniqueCheck checkUnique, bool indexUnchanged,
+                        struct IndexInfo *indexInfo);
+extern IndexBulkDeleteResult *vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
+                                              IndexBulkDeleteCallback callback,
+                                              void *callback_state);
 extern IndexBulkDeleteResult *vidx_vacuumcleanup(IndexVacuumInfo *info,
-												 IndexBulkDeleteResult *stats);
+                                                 IndexBulkDeleteResult *stats);
 extern void vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count,
-							  Cost *indexStartupCost, Cost *indexTotalCost,
-							  Selectivity *indexSelectivity, double *indexCorrelation,
-							  double *indexPages);
+                              Cost *indexStartupCost, Cost *indexTotalCost,
+                              Selectivity *indexSelectivity, double *indexCorrelation,
+                              double *indexPages);
 extern IndexScanDesc vidx_beginscan(Relation index, int nkeys, int norderbys);
 extern void vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys,
-						int norderbys);
+                        int norderbys);
 extern bool vidx_gettuple(IndexScanDesc scan, ScanDirection dir);
 extern void vidx_endscan(IndexScanDesc scan);
 
@@ -197,4 +196,4 @@ extern void vidx_endscan(IndexScanDesc scan);
 /* Turns a core status code into ereport(ERROR) with the core's message. */
 extern void vidx_core_check(int status, const char *what, const char *msg);
 
-#endif							/* VIDX_H */
+#endif /* VIDX_H */

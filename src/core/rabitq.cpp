@@ -93,8 +93,8 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 	 * The largest <u, qr> can be: never more than ||qr||, u being a unit
 	 * vector; never below the estimate itself, so that lower <= est.
 	 */
-	float ip_high =
-	    h->dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND ? h->qr_norm : std::min(est_ip + err, h->qr_norm);
+	float ip_high = h->dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND ? h->qr_norm
+	                                                           : std::min(est_ip + err, h->qr_norm);
 	ip_high = std::max(ip_high, est_ip);
 	float score;
 	float low;

@@ -30,7 +30,8 @@
 #include <stdint.h>
 
 #ifdef __cplusplus
-extern "C" {
+extern "C"
+{
 #endif
 
 #define VIDX_MAX_DIMS 16000
@@ -42,180 +43,178 @@ extern "C" {
 #define VIDX_E_CANCELLED (-3)
 #define VIDX_E_INTERNAL (-4)
 
-typedef enum VidxMetric
-{
-	VIDX_METRIC_L2 = 1,		/* <->  Euclidean distance */
-	VIDX_METRIC_IP = 2,		/* <#>  negative inner product */
-	VIDX_METRIC_COSINE = 3	/* <=>  cosine distance */
-} VidxMetric;
+	typedef enum VidxMetric
+	{
+		VIDX_METRIC_L2 = 1,    /* <->  Euclidean distance */
+		VIDX_METRIC_IP = 2,    /* <#>  negative inner product */
+		VIDX_METRIC_COSINE = 3 /* <=>  cosine distance */
+	} VidxMetric;
 
-/* ---------- distance kernels (exact, float32 in, float accumulators) ---------- */
+	/* ---------- distance kernels (exact, float32 in, float accumulators) ---------- */
 
-float		vidx_l2sq(const float *a, const float *b, int dims);
-float		vidx_dot(const float *a, const float *b, int dims);
-float		vidx_norm_sq(const float *a, int dims);
+	float vidx_l2sq(const float *a, const float *b, int dims);
+	float vidx_dot(const float *a, const float *b, int dims);
+	float vidx_norm_sq(const float *a, int dims);
 
-/*
- * The value the SQL operator returns for the metric on the original vectors:
- * L2 -> sqrt(l2sq), IP -> -dot, COSINE -> 1 - cos (cos clamped to [-1, 1]).
- * For COSINE a zero vector gives NaN; callers reject zero vectors first.
- */
-double		vidx_distance(VidxMetric metric, const float *a, const float *b, int dims);
+	/*
+	 * The value the SQL operator returns for the metric on the original vectors:
+	 * L2 -> sqrt(l2sq), IP -> -dot, COSINE -> 1 - cos (cos clamped to [-1, 1]).
+	 * For COSINE a zero vector gives NaN; callers reject zero vectors first.
+	 */
+	double vidx_distance(VidxMetric metric, const float *a, const float *b, int dims);
 
-/* out = v / ||v|| (norm in double if float overflows or underflows); v must be nonzero. */
-void		vidx_normalize(const float *v, float *out, int dims);
+	/* out = v / ||v|| (norm in double if float overflows or underflows); v must be nonzero. */
+	void vidx_normalize(const float *v, float *out, int dims);
 
-/* ---------- rotation: fixed, seeded, orthogonal, O(D log D) ---------- */
+	/* ---------- rotation: fixed, seeded, orthogonal, O(D log D) ---------- */
 
-size_t		vidx_rotation_size(int dims);
-/* Initializes a rotation in caller memory (vidx_rotation_size bytes). Deterministic in (dims, seed). */
-void		vidx_rotation_init(void *rotation, int dims, uint64_t seed);
-/* out = R * in; in and out may alias. */
-void		vidx_rotation_apply(const void *rotation, const float *in, float *out);
+	size_t vidx_rotation_size(int dims);
+	/* Initializes a rotation in caller memory (vidx_rotation_size bytes). Deterministic in (dims,
+	 * seed). */
+	void vidx_rotation_init(void *rotation, int dims, uint64_t seed);
+	/* out = R * in; in and out may alias. */
+	void vidx_rotation_apply(const void *rotation, const float *in, float *out);
 
-/* ---------- RaBitQ 1-bit codes ---------- */
+	/* ---------- RaBitQ 1-bit codes ---------- */
 
-/* A posting as stored in an index page: fixed 32-byte header, then the code. */
-typedef struct VidxPosting
-{
-	uint32_t	heap_block;		/* heap TID */
-	uint16_t	heap_offset;
-	uint16_t	flags;			/* VIDX_POSTING_* */
-	uint32_t	slot;			/* sidecar slot */
-	uint32_t	vhash;			/* vidx_vector_hash of the original vector */
-	float		norm;			/* ||r||, r = x_rot - c_rot (residual to leaf centroid) */
-	float		dot;			/* <xbar, r/||r||>, xbar = sign(r)/sqrt(D); 1 when r = 0 */
-	float		cdot;			/* <c_rot, r> (used by the inner-product metric) */
-	uint32_t	reserved;
-	/* followed by vidx_code_words(dims) uint64_t: bit i = (r_i > 0) */
-} VidxPosting;
+	/* A posting as stored in an index page: fixed 32-byte header, then the code. */
+	typedef struct VidxPosting
+	{
+		uint32_t heap_block; /* heap TID */
+		uint16_t heap_offset;
+		uint16_t flags; /* VIDX_POSTING_* */
+		uint32_t slot;  /* sidecar slot */
+		uint32_t vhash; /* vidx_vector_hash of the original vector */
+		float norm;     /* ||r||, r = x_rot - c_rot (residual to leaf centroid) */
+		float dot;      /* <xbar, r/||r||>, xbar = sign(r)/sqrt(D); 1 when r = 0 */
+		float cdot;     /* <c_rot, r> (used by the inner-product metric) */
+		uint32_t reserved;
+		/* followed by vidx_code_words(dims) uint64_t: bit i = (r_i > 0) */
+	} VidxPosting;
 
 #define VIDX_POSTING_DEAD 0x0001
 
-int			vidx_code_words(int dims);	/* ceil(dims / 64) */
-size_t		vidx_posting_size(int dims);	/* sizeof(VidxPosting) + 8 * words */
-static inline const uint64_t *
-vidx_posting_code(const VidxPosting *p)
-{
-	return (const uint64_t *) (p + 1);
-}
+	int vidx_code_words(int dims);      /* ceil(dims / 64) */
+	size_t vidx_posting_size(int dims); /* sizeof(VidxPosting) + 8 * words */
+	static inline const uint64_t *vidx_posting_code(const VidxPosting *p)
+	{
+		return (const uint64_t *) (p + 1);
+	}
 
-/* Fills norm, dot, cdot and the code of p from a rotated vector and its leaf centroid. */
-void		vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p);
+	/* Fills norm, dot, cdot and the code of p from a rotated vector and its leaf centroid. */
+	void vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p);
 
-/*
- * Per-leaf query preparation: the rotated query's residual to the leaf
- * centroid, quantized to 4 bits per dimension (bit planes), plus the scalars
- * the estimator needs. Caller memory of vidx_query_prep_size(dims) bytes.
- */
-size_t		vidx_query_prep_size(int dims);
-void		vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot,
-							const float *c_rot, int dims);
+	/*
+	 * Per-leaf query preparation: the rotated query's residual to the leaf
+	 * centroid, quantized to 4 bits per dimension (bit planes), plus the scalars
+	 * the estimator needs. Caller memory of vidx_query_prep_size(dims) bytes.
+	 */
+	size_t vidx_query_prep_size(int dims);
+	void vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
+	                     int dims);
 
-/*
- * Estimated score of each posting (lower is better) and a lower bound of the
- * true score that holds with high probability (RaBitQ error bound, eps0 = 1.9).
- * Score: L2 and COSINE -> squared L2 distance in the (normalized, rotated)
- * space; IP -> negative inner product.
- */
-void		vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n,
-								 float *est, float *lower);
+	/*
+	 * Estimated score of each posting (lower is better) and a lower bound of the
+	 * true score that holds with high probability (RaBitQ error bound, eps0 = 1.9).
+	 * Score: L2 and COSINE -> squared L2 distance in the (normalized, rotated)
+	 * space; IP -> negative inner product.
+	 */
+	void vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n,
+	                          float *est, float *lower);
 
-/* ---------- k-means and tree ---------- */
+	/* ---------- k-means and tree ---------- */
 
-/*
- * Progress callback: called from the calling thread only, between phases or
- * iterations, never inside a parallel region. A nonzero return cancels the
- * operation, which then returns VIDX_E_CANCELLED.
- */
-typedef int (*VidxProgressFn) (void *arg, int64_t done, int64_t total);
+	/*
+	 * Progress callback: called from the calling thread only, between phases or
+	 * iterations, never inside a parallel region. A nonzero return cancels the
+	 * operation, which then returns VIDX_E_CANCELLED.
+	 */
+	typedef int (*VidxProgressFn)(void *arg, int64_t done, int64_t total);
 
-/*
- * Lloyd k-means with seeded k-means++ initialization on n x dims points (L2).
- * Writes k x dims centroids. Empty clusters are re-seeded deterministically.
- * If n < k, duplicates points so that k centroids are always written.
- * OpenMP-parallel; deterministic for a given seed whatever the thread count.
- */
-int			vidx_kmeans(const float *points, int64_t n, int dims, int k, int iterations,
-						uint64_t seed, float *centroids, VidxProgressFn progress,
-						void *progress_arg, char *err, size_t errlen);
+	/*
+	 * Lloyd k-means with seeded k-means++ initialization on n x dims points (L2).
+	 * Writes k x dims centroids. Empty clusters are re-seeded deterministically.
+	 * If n < k, duplicates points so that k centroids are always written.
+	 * OpenMP-parallel; deterministic for a given seed whatever the thread count.
+	 */
+	int vidx_kmeans(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
+	                float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
+	                size_t errlen);
 
-/* Nearest centroid (L2) of each point; OpenMP-parallel. */
-void		vidx_assign(const float *points, int64_t n, int dims, const float *centroids,
-						int k, int32_t *assignment);
+	/* Nearest centroid (L2) of each point; OpenMP-parallel. */
+	void vidx_assign(const float *points, int64_t n, int dims, const float *centroids, int k,
+	                 int32_t *assignment);
 
-/*
- * Tree blob: the serialized hierarchical tree of centroids, stored verbatim in
- * the index's tree pages and searched in place. Node 0 is the root. The
- * children of an internal node are contiguous. Leaves carry leaf_id (0..nleaves-1,
- * the order of the leaf centroids given to vidx_tree_build) and the block
- * number of the first page of their posting chain (set by the glue).
- */
-typedef struct VidxTreeHeader
-{
-	uint32_t	magic;			/* VIDX_TREE_MAGIC */
-	uint32_t	dims;			/* dims of the centroids (0 for an empty build) */
-	uint32_t	nnodes;
-	uint32_t	nleaves;
-	uint32_t	node_size;		/* bytes per node, multiple of 8 */
-	uint32_t	levels;			/* 1 = the root is the only internal level */
-} VidxTreeHeader;
+	/*
+	 * Tree blob: the serialized hierarchical tree of centroids, stored verbatim in
+	 * the index's tree pages and searched in place. Node 0 is the root. The
+	 * children of an internal node are contiguous. Leaves carry leaf_id (0..nleaves-1,
+	 * the order of the leaf centroids given to vidx_tree_build) and the block
+	 * number of the first page of their posting chain (set by the glue).
+	 */
+	typedef struct VidxTreeHeader
+	{
+		uint32_t magic; /* VIDX_TREE_MAGIC */
+		uint32_t dims;  /* dims of the centroids (0 for an empty build) */
+		uint32_t nnodes;
+		uint32_t nleaves;
+		uint32_t node_size; /* bytes per node, multiple of 8 */
+		uint32_t levels;    /* 1 = the root is the only internal level */
+	} VidxTreeHeader;
 
-#define VIDX_TREE_MAGIC 0x56545245	/* "VTRE" */
+#define VIDX_TREE_MAGIC 0x56545245 /* "VTRE" */
 
-typedef struct VidxTreeNode
-{
-	int32_t		first_child;	/* internal: index of first child; leaf: -1 */
-	int32_t		nchildren;		/* internal: > 0; leaf: 0 */
-	uint32_t	leaf_id;		/* leaf: 0..nleaves-1 */
-	uint32_t	head_block;		/* leaf: first posting page */
-	float		radius;			/* max distance from centroid to any leaf centroid below */
-	uint32_t	count;			/* leaf: postings at build time; internal: leaves below */
-	/* followed by dims floats: the centroid (rotated space) */
-} VidxTreeNode;
+	typedef struct VidxTreeNode
+	{
+		int32_t first_child; /* internal: index of first child; leaf: -1 */
+		int32_t nchildren;   /* internal: > 0; leaf: 0 */
+		uint32_t leaf_id;    /* leaf: 0..nleaves-1 */
+		uint32_t head_block; /* leaf: first posting page */
+		float radius;        /* max distance from centroid to any leaf centroid below */
+		uint32_t count;      /* leaf: postings at build time; internal: leaves below */
+		                     /* followed by dims floats: the centroid (rotated space) */
+	} VidxTreeNode;
 
-static inline const VidxTreeNode *
-vidx_tree_node(const void *tree, uint32_t i)
-{
-	const VidxTreeHeader *h = (const VidxTreeHeader *) tree;
+	static inline const VidxTreeNode *vidx_tree_node(const void *tree, uint32_t i)
+	{
+		const VidxTreeHeader *h = (const VidxTreeHeader *) tree;
 
-	return (const VidxTreeNode *) ((const char *) tree + sizeof(VidxTreeHeader) +
-								   (size_t) i * h->node_size);
-}
+		return (const VidxTreeNode *) ((const char *) tree + sizeof(VidxTreeHeader) +
+		                               (size_t) i * h->node_size);
+	}
 
-static inline const float *
-vidx_tree_centroid(const VidxTreeNode *node)
-{
-	return (const float *) (node + 1);
-}
+	static inline const float *vidx_tree_centroid(const VidxTreeNode *node)
+	{
+		return (const float *) (node + 1);
+	}
 
-/*
- * Builds a tree over nleaves leaf centroids: when nleaves > fanout, the
- * centroids are grouped by k-means into parents, recursively, until the root
- * has at most fanout children. Returns a malloc'd blob (free with
- * vidx_tree_free) or NULL with err set. counts[i] (may be NULL) is the number
- * of postings of leaf i. head_block is left 0.
- */
-void	   *vidx_tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves,
-							int dims, int fanout, uint64_t seed, size_t *blob_size,
-							char *err, size_t errlen);
-void		vidx_tree_free(void *blob);
-size_t		vidx_tree_blob_size(int dims, int nnodes);
-/* Validates a blob read back from pages (magic, sizes, child ranges, leaf ids). */
-int			vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen);
+	/*
+	 * Builds a tree over nleaves leaf centroids: when nleaves > fanout, the
+	 * centroids are grouped by k-means into parents, recursively, until the root
+	 * has at most fanout children. Returns a malloc'd blob (free with
+	 * vidx_tree_free) or NULL with err set. counts[i] (may be NULL) is the number
+	 * of postings of leaf i. head_block is left 0.
+	 */
+	void *vidx_tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves,
+	                      int dims, int fanout, uint64_t seed, size_t *blob_size, char *err,
+	                      size_t errlen);
+	void vidx_tree_free(void *blob);
+	size_t vidx_tree_blob_size(int dims, int nnodes);
+	/* Validates a blob read back from pages (magic, sizes, child ranges, leaf ids). */
+	int vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen);
 
-/*
- * Best-first search: yields leaves in order of increasing key, where a
- * leaf's key is its centroid's distance to the query (L2: Euclidean distance,
- * IP: negative inner product) and an internal node's key is a lower bound of
- * the keys of all leaves below it (from its radius), so leaves come out in
- * exact centroid order whatever the tree's shape. State lives in caller memory.
- */
-size_t		vidx_tree_search_size(const void *tree);
-void		vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric,
-								   const float *q_rot);
-/* Index of the next nearest leaf node, or -1 when all leaves were returned. */
-int32_t		vidx_tree_search_next(void *state, const void *tree, float *key);
+	/*
+	 * Best-first search: yields leaves in order of increasing key, where a
+	 * leaf's key is its centroid's distance to the query (L2: Euclidean distance,
+	 * IP: negative inner product) and an internal node's key is a lower bound of
+	 * the keys of all leaves below it (from its radius), so leaves come out in
+	 * exact centroid order whatever the tree's shape. State lives in caller memory.
+	 */
+	size_t vidx_tree_search_size(const void *tree);
+	void vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric,
+	                            const float *q_rot);
+	/* Index of the next nearest leaf node, or -1 when all leaves were returned. */
+	int32_t vidx_tree_search_next(void *state, const void *tree, float *key);
 
 /* ---------- sidecar file format ---------- */
 
@@ -225,71 +224,71 @@ int32_t		vidx_tree_search_next(void *state, const void *tree, float *key);
  * original float32 vector. A record is used only if the TID and hash match the
  * posting that points at it and the vector hashes to that value.
  */
-#define VIDX_SIDECAR_MAGIC 0x5649445853494443ULL	/* "VIDXSIDC" */
+#define VIDX_SIDECAR_MAGIC 0x5649445853494443ULL /* "VIDXSIDC" */
 #define VIDX_SIDECAR_VERSION 1
 #define VIDX_SIDECAR_HEADER_SIZE 4096
 
-typedef struct VidxSidecarHeader
-{
-	uint64_t	magic;
-	uint32_t	version;
-	uint32_t	dims;
-	uint32_t	record_size;
-	uint32_t	db_oid;
-	uint32_t	index_oid;
-	uint32_t	relfilenode;
-	uint64_t	build_id;		/* matches the metapage's build_id */
-	uint32_t	checksum;		/* vidx_hash32 of the bytes before this field */
-	uint32_t	pad;
-} VidxSidecarHeader;
+	typedef struct VidxSidecarHeader
+	{
+		uint64_t magic;
+		uint32_t version;
+		uint32_t dims;
+		uint32_t record_size;
+		uint32_t db_oid;
+		uint32_t index_oid;
+		uint32_t relfilenode;
+		uint64_t build_id; /* matches the metapage's build_id */
+		uint32_t checksum; /* vidx_hash32 of the bytes before this field */
+		uint32_t pad;
+	} VidxSidecarHeader;
 
-typedef struct VidxSidecarRecord
-{
-	uint32_t	heap_block;
-	uint16_t	heap_offset;
-	uint16_t	pad;
-	uint32_t	vhash;
-	uint32_t	pad2;
-	/* followed by dims floats */
-} VidxSidecarRecord;
+	typedef struct VidxSidecarRecord
+	{
+		uint32_t heap_block;
+		uint16_t heap_offset;
+		uint16_t pad;
+		uint32_t vhash;
+		uint32_t pad2;
+		/* followed by dims floats */
+	} VidxSidecarRecord;
 
-uint32_t	vidx_hash32(const void *data, size_t len);
-uint32_t	vidx_vector_hash(const float *v, int dims);
-size_t		vidx_sidecar_record_size(int dims);	/* multiple of 16 */
-/* Fills a header (magic, version, record_size, checksum). */
-void		vidx_sidecar_header_init(VidxSidecarHeader *h, int dims, uint32_t db_oid,
-									 uint32_t index_oid, uint32_t relfilenode, uint64_t build_id);
-/* VIDX_OK if h is a valid header for these identifiers, else VIDX_E_INVALID with err set. */
-int			vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid,
-									  uint32_t index_oid, uint32_t relfilenode, uint64_t build_id,
-									  char *err, size_t errlen);
-/* Formats a record (record_size bytes at rec) for a vector and its TID. */
-void		vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block,
-									 uint16_t heap_offset, const float *v);
-/*
- * The record's vector if the record at rec is valid for this TID and hash,
- * else NULL. Checks the TID, the stored hash and the hash of the vector.
- */
-const float *vidx_sidecar_record_vector(const void *rec, int dims, uint32_t heap_block,
-										uint16_t heap_offset, uint32_t vhash);
+	uint32_t vidx_hash32(const void *data, size_t len);
+	uint32_t vidx_vector_hash(const float *v, int dims);
+	size_t vidx_sidecar_record_size(int dims); /* multiple of 16 */
+	/* Fills a header (magic, version, record_size, checksum). */
+	void vidx_sidecar_header_init(VidxSidecarHeader *h, int dims, uint32_t db_oid,
+	                              uint32_t index_oid, uint32_t relfilenode, uint64_t build_id);
+	/* VIDX_OK if h is a valid header for these identifiers, else VIDX_E_INVALID with err set. */
+	int vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid,
+	                              uint32_t index_oid, uint32_t relfilenode, uint64_t build_id,
+	                              char *err, size_t errlen);
+	/* Formats a record (record_size bytes at rec) for a vector and its TID. */
+	void vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block, uint16_t heap_offset,
+	                              const float *v);
+	/*
+	 * The record's vector if the record at rec is valid for this TID and hash,
+	 * else NULL. Checks the TID, the stored hash and the hash of the vector.
+	 */
+	const float *vidx_sidecar_record_vector(const void *rec, int dims, uint32_t heap_block,
+	                                        uint16_t heap_offset, uint32_t vhash);
 
-/* ---------- top-k ---------- */
+	/* ---------- top-k ---------- */
 
-/* A candidate found by the scan: a score and an opaque 64-bit payload. */
-typedef struct VidxCandidate
-{
-	float		score;
-	float		lower;
-	uint64_t	payload;
-} VidxCandidate;
+	/* A candidate found by the scan: a score and an opaque 64-bit payload. */
+	typedef struct VidxCandidate
+	{
+		float score;
+		float lower;
+		uint64_t payload;
+	} VidxCandidate;
 
-/* Sorts candidates by score ascending (ties by payload, for determinism). */
-void		vidx_candidates_sort(VidxCandidate *c, int64_t n);
-/* Partially sorts so that the k best are first, in order; the rest in any order. */
-void		vidx_candidates_select(VidxCandidate *c, int64_t n, int64_t k);
+	/* Sorts candidates by score ascending (ties by payload, for determinism). */
+	void vidx_candidates_sort(VidxCandidate *c, int64_t n);
+	/* Partially sorts so that the k best are first, in order; the rest in any order. */
+	void vidx_candidates_select(VidxCandidate *c, int64_t n, int64_t k);
 
 #ifdef __cplusplus
 }
 #endif
 
-#endif							/* VIDX_CORE_H */
+#endif /* VIDX_CORE_H */
