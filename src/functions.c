@@ -128,7 +128,7 @@ walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *nod
 				                       name, blkno, off, ItemIdGetLength(iid), psize)));
 			}
 			p = (const VidxPosting *) PageGetItem(page, iid);
-			if (verify && check_sidecar && vidx_sidecar_vector(index, meta, p) == NULL)
+			if (verify && check_sidecar && !vidx_sidecar_check(index, meta, p))
 			{
 				uint32 hb = p->heap_block;
 				uint32 ho = p->heap_offset;

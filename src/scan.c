@@ -448,26 +448,24 @@ static void
 rescore(IndexScanDesc scan, Candidate *c)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	const float *v = vidx_sidecar_vector(scan->indexRelation, &so->meta, &c->posting);
+	VidxMetric metric = (VidxMetric) so->meta.metric;
 	ItemPointerData tid;
+	double distance;
 
 	ItemPointerSet(&tid, c->posting.heap_block, c->posting.heap_offset);
 	c->rescored = true;
 	so->rescored++;
-	if (v == NULL)
+	if (!vidx_sidecar_distance(scan->indexRelation, &so->meta, &c->posting, so->query, &distance))
 	{
 		MemoryContext old = MemoryContextSwitchTo(so->cxt);
+		float *v = table_vector(scan, &tid);
 
-		v = table_vector(scan, &tid);
 		MemoryContextSwitchTo(old);
 		if (v == NULL)
 			return; /* the row is gone: nobody can see it */
+		distance = vidx_distance(metric, v, so->query, so->meta.dims);
 	}
-	result_push(
-	    so,
-	    distance_to_score((VidxMetric) so->meta.metric,
-	                      vidx_distance((VidxMetric) so->meta.metric, v, so->query, so->meta.dims)),
-	    &tid);
+	result_push(so, distance_to_score(metric, distance), &tid);
 }
 
 bool

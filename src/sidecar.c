@@ -13,6 +13,8 @@
 #include "vidx.h"
 
 #include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -391,8 +393,56 @@ vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta)
 		vidx_sidecar_warn(index, why);
 }
 
-const float *
-vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPosting *p)
+/*
+ * A sidecar truncated under a live mapping raises SIGBUS on access. Reads of
+ * the mapping happen only inside guarded sections: the handler jumps back to
+ * the guard, which treats the record as missing and stops using the file.
+ * Inside a section only pure core math runs (hash, distance): nothing that
+ * holds a lock or memory, so jumping out of it is safe.
+ */
+static sigjmp_buf sidecar_jump;
+static volatile sig_atomic_t sidecar_guarded = 0;
+static struct sigaction previous_sigbus;
+
+static void
+sigbus_handler(int signo, siginfo_t *info, void *context)
+{
+	if (sidecar_guarded)
+	{
+		sidecar_guarded = 0;
+		siglongjmp(sidecar_jump, 1);
+	}
+	/* Not ours: hand over to whatever was there (default: terminate). */
+	if ((previous_sigbus.sa_flags & SA_SIGINFO) && previous_sigbus.sa_sigaction != NULL)
+		previous_sigbus.sa_sigaction(signo, info, context);
+	else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN)
+		previous_sigbus.sa_handler(signo);
+	else
+	{
+		sigaction(SIGBUS, &previous_sigbus, NULL);
+		raise(SIGBUS);
+	}
+}
+
+static void
+install_sigbus_handler(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = sigbus_handler;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, &previous_sigbus);
+}
+
+/*
+ * Checks the posting's sidecar record and, with a query, computes the exact
+ * distance from it. False if the record is missing, short, stale or bad.
+ */
+static bool
+sidecar_record(Relation index, const VidxMetaPageData *meta, const VidxPosting *p,
+               const float *query, double *distance)
 {
 	const char *why;
 	SidecarMap *m = lookup_map(index, meta, &why);
@@ -401,7 +451,7 @@ vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPost
 	const float *v;
 
 	if (!m->usable)
-		return NULL;
+		return false;
 	record_size = vidx_sidecar_record_size(meta->dims);
 	offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) p->slot * record_size;
 	if (offset + record_size > m->length)
@@ -410,14 +460,40 @@ vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPost
 		if (refresh_map(index, meta, m) != NULL || offset + record_size > m->length)
 		{
 			vidx_sidecar_warn(index, "the sidecar file is shorter than the index");
-			return NULL;
+			return false;
 		}
 	}
+
+	if (sigsetjmp(sidecar_jump, 0) != 0)
+	{
+		/* The file shrank under the mapping. */
+		unmap(m);
+		vidx_sidecar_warn(index, "the sidecar file was truncated while in use");
+		return false;
+	}
+	sidecar_guarded = 1;
 	v = vidx_sidecar_record_vector(m->base + offset, meta->dims, p->heap_block, p->heap_offset,
 	                               p->vhash);
+	if (v != NULL && query != NULL)
+		*distance = vidx_distance((VidxMetric) meta->metric, v, query, meta->dims);
+	sidecar_guarded = 0;
+
 	if (v == NULL)
 		vidx_sidecar_warn(index, "a sidecar record does not match the index");
-	return v;
+	return v != NULL;
+}
+
+bool
+vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, const VidxPosting *p,
+                      const float *query, double *distance)
+{
+	return sidecar_record(index, meta, p, query, distance);
+}
+
+bool
+vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p)
+{
+	return sidecar_record(index, meta, p, NULL, NULL);
 }
 
 const char *
@@ -550,6 +626,7 @@ vidx_sidecar_init(void)
 {
 	RegisterXactCallback(xact_callback, NULL);
 	RegisterSubXactCallback(subxact_callback, NULL);
+	install_sigbus_handler();
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = object_access;
 }

@@ -148,9 +148,14 @@ extern void vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *
 extern void vidx_sidecar_build_end(void);
 extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
                                 ItemPointer tid, const float *v);
-/* The verified vector for a posting, or NULL (missing, short, stale or bad record). */
-extern const float *vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta,
-                                        const VidxPosting *p);
+/*
+ * Exact distance of the query to the posting's vector, from its sidecar
+ * record; false if the record is missing, short, stale or bad.
+ */
+extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta,
+                                  const VidxPosting *p, const float *query, double *distance);
+/* Whether the posting has a valid sidecar record. */
+extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);
 /* Describes the sidecar state for vidx_stats: "ok", "missing", ... */
