@@ -1,6 +1,11 @@
 /*
  * Micro-benchmarks of the core's hot paths: exact distances, the RaBitQ
- * popcount estimator, the rotation and k-means.
+ * popcount estimator (code scan), the rotation and k-means, plus a memory
+ * read-bandwidth reference (BM_memread) so that the code scan's bytes per
+ * second read as a fraction of what the machine can stream.
+ *
+ * Run: bench/micro.sh (builds with CMake in Release, writes JSON + markdown
+ * under bench/results/micro/).
  */
 #include <benchmark/benchmark.h>
 
@@ -35,7 +40,7 @@ BM_l2sq(benchmark::State &st)
 		benchmark::DoNotOptimize(vidx_l2sq(a.data(), b.data(), d));
 	st.SetBytesProcessed((int64_t) st.iterations() * d * 8);
 }
-BENCHMARK(BM_l2sq)->Arg(128)->Arg(784)->Arg(1536)->Arg(16000);
+BENCHMARK(BM_l2sq)->Arg(128)->Arg(784)->Arg(1024)->Arg(1536)->Arg(16000);
 
 void
 BM_dot(benchmark::State &st)
@@ -47,23 +52,54 @@ BM_dot(benchmark::State &st)
 		benchmark::DoNotOptimize(vidx_dot(a.data(), b.data(), d));
 	st.SetBytesProcessed((int64_t) st.iterations() * d * 8);
 }
-BENCHMARK(BM_dot)->Arg(128)->Arg(1536);
+BENCHMARK(BM_dot)->Arg(128)->Arg(1024)->Arg(1536);
 
+/* Memory read bandwidth of one core: sum of 64-bit words over a buffer far
+ * larger than the caches (256 MiB), the reference for the code scan. */
+void
+BM_memread(benchmark::State &st)
+{
+	size_t bytes = (size_t) st.range(0) << 20;
+	std::vector<uint64_t> buf(bytes / 8);
+
+	for (size_t i = 0; i < buf.size(); i++)
+		buf[i] = i * 0x9E3779B97F4A7C15ull;
+	for (auto _ : st)
+	{
+		uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+
+		for (size_t i = 0; i + 4 <= buf.size(); i += 4)
+		{
+			s0 += buf[i];
+			s1 += buf[i + 1];
+			s2 += buf[i + 2];
+			s3 += buf[i + 3];
+		}
+		benchmark::DoNotOptimize(s0 + s1 + s2 + s3);
+	}
+	st.SetBytesProcessed((int64_t) st.iterations() * (int64_t) bytes);
+}
+BENCHMARK(BM_memread)->Arg(256)->Unit(benchmark::kMillisecond);
+
+/* Code scan: estimate n postings' distances from their 1-bit codes. Args:
+ * dims, n. n = 4096 stays in cache; n = 1M (160 MB of postings at 1024
+ * dims) streams from memory like a scan of many large leaves. */
 void
 BM_estimate(benchmark::State &st)
 {
 	int d = (int) st.range(0);
-	const int n = 4096;
+	int n = (int) st.range(1);
+	const int distinct = 4096;
 	size_t ps = vidx_posting_size(d);
-	std::vector<uint64_t> buf(ps * n / 8 + 1);
+	std::vector<uint64_t> buf(ps * (size_t) n / 8 + 1);
 	std::vector<const VidxPosting *> ptrs(n);
-	auto xs = gaussian((size_t) n * d, 3), c = gaussian(d, 4), q = gaussian(d, 5);
+	auto xs = gaussian((size_t) distinct * d, 3), c = gaussian(d, 4), q = gaussian(d, 5);
 
 	for (int i = 0; i < n; i++)
 	{
-		VidxPosting *p = (VidxPosting *) ((char *) buf.data() + ps * i);
+		VidxPosting *p = (VidxPosting *) ((char *) buf.data() + ps * (size_t) i);
 
-		vidx_rabitq_encode(xs.data() + (size_t) i * d, c.data(), d, p);
+		vidx_rabitq_encode(xs.data() + (size_t) (i % distinct) * d, c.data(), d, p);
 		ptrs[i] = p;
 	}
 	std::vector<char> prep(vidx_query_prep_size(d));
@@ -78,7 +114,14 @@ BM_estimate(benchmark::State &st)
 	st.SetItemsProcessed((int64_t) st.iterations() * n); /* codes/s */
 	st.SetBytesProcessed((int64_t) st.iterations() * n * (int64_t) ps);
 }
-BENCHMARK(BM_estimate)->Arg(128)->Arg(784)->Arg(1536);
+BENCHMARK(BM_estimate)
+    ->Args({128, 4096})
+    ->Args({784, 4096})
+    ->Args({1024, 4096})
+    ->Args({1536, 4096})
+    ->Args({128, 1 << 20})
+    ->Args({1024, 1 << 20})
+    ->Unit(benchmark::kMicrosecond);
 
 void
 BM_query_prep(benchmark::State &st)
@@ -93,7 +136,7 @@ BM_query_prep(benchmark::State &st)
 		benchmark::DoNotOptimize(prep.data());
 	}
 }
-BENCHMARK(BM_query_prep)->Arg(128)->Arg(1536);
+BENCHMARK(BM_query_prep)->Arg(128)->Arg(1024)->Arg(1536);
 
 void
 BM_rotation(benchmark::State &st)
@@ -110,7 +153,7 @@ BM_rotation(benchmark::State &st)
 		benchmark::DoNotOptimize(y.data());
 	}
 }
-BENCHMARK(BM_rotation)->Arg(128)->Arg(784)->Arg(1536)->Arg(16000);
+BENCHMARK(BM_rotation)->Arg(128)->Arg(784)->Arg(1024)->Arg(1536)->Arg(16000);
 
 void
 BM_kmeans(benchmark::State &st)
@@ -124,7 +167,11 @@ BM_kmeans(benchmark::State &st)
 		vidx_kmeans(pts.data(), n, d, k, 5, 1, cent.data(), nullptr, nullptr, nullptr, 0);
 	st.SetItemsProcessed((int64_t) st.iterations() * n * k * 5); /* distance evals (approx) */
 }
-BENCHMARK(BM_kmeans)->Args({128, 256, 50000})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_kmeans)
+    ->Args({128, 256, 50000})
+    ->Args({1024, 1000, 64000}) /* the 1M x 1024 build's default: lists 1000, sample 64,000 */
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(1);
 
 void
 BM_assign(benchmark::State &st)
@@ -141,6 +188,7 @@ BM_assign(benchmark::State &st)
 BENCHMARK(BM_assign)
     ->Args({128, 1024, 20000})
     ->Args({1536, 256, 5000})
+    ->Args({1024, 1000, 20000})
     ->Unit(benchmark::kMillisecond);
 
 } // namespace

@@ -1,0 +1,547 @@
+"""Shared helpers of the vidx benchmark suite (bench/*.py).
+
+Datasets on disk, exact ground truth with FAISS, loading into PostgreSQL with
+binary COPY, timing one-client queries through a prepared statement, backend
+memory, sidecar size, machine description. Run everything with Debian's
+/usr/bin/python3 (numpy, psycopg 3, faiss, matplotlib).
+
+A dataset lives in bench/data/<name>/ (gitignored):
+
+  base.npy        float32 (N, D), written in chunks (np.lib.format.open_memmap)
+  queries.npy     float32 (NQ, D), same distribution, not from the base
+  gt_<metric>_k100_ids.npy / _dist.npy   exact top-100 (0-based row numbers,
+                  distances in the SQL operator's sense: L2 distance, negative
+                  inner product, cosine distance), ordered by (distance, row)
+  meta.json       how it was made (generator, seed, sizes)
+
+In PostgreSQL, row i of base.npy has id i + 1 in table <name> and query j has
+id j + 1 in table <name>_q.
+"""
+
+import json
+import os
+import platform
+import re
+import struct
+import subprocess
+import time
+
+import numpy as np
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+DATA_DIR = os.environ.get("VIDX_BENCH_DATA", os.path.join(BENCH_DIR, "data"))
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+
+METRICS = ("l2", "ip", "cos")
+OPERATOR = {"l2": "<->", "ip": "<#>", "cos": "<=>"}
+OPCLASS = {"l2": "vidx_l2_ops", "ip": "vidx_ip_ops", "cos": "vidx_cosine_ops"}
+
+
+def fast_blas():
+    """Re-executes this script with a private OpenBLAS (multi-threaded) for FAISS/numpy.
+
+    Debian's numpy and faiss link the reference BLAS (libblas.so.3 alternative),
+    about 10x slower than OpenBLAS for the ground truth's matrix products. Rather
+    than switching the machine's alternative, this extracts libopenblas0-pthread
+    (apt-get download + dpkg-deb -x) into bench/data/openblas/ once and puts it
+    first on LD_LIBRARY_PATH. Set VIDX_BENCH_BLAS=system to skip.
+    """
+    import sys
+    if os.environ.get("VIDX_BENCH_BLAS"):
+        return
+    root = os.path.join(DATA_DIR, "openblas")
+    libdir = os.path.join(root, "usr/lib/x86_64-linux-gnu/openblas-pthread")
+    if not os.path.exists(os.path.join(libdir, "libblas.so.3")):
+        os.makedirs(root, exist_ok=True)
+        try:
+            subprocess.run(["apt-get", "download", "libopenblas0-pthread"], cwd=root, check=True,
+                           capture_output=True)
+            deb = [f for f in os.listdir(root) if f.endswith(".deb")][0]
+            subprocess.run(["dpkg-deb", "-x", os.path.join(root, deb), root], check=True)
+        except Exception as e:  # fall back to the system BLAS
+            print(f"fast_blas: could not fetch OpenBLAS ({e}); using the system BLAS", flush=True)
+            os.environ["VIDX_BENCH_BLAS"] = "system"
+            return
+    env = dict(os.environ)
+    env["VIDX_BENCH_BLAS"] = libdir
+    env["LD_LIBRARY_PATH"] = libdir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def log(*a):
+    print(time.strftime("[%H:%M:%S]"), *a, flush=True)
+
+
+# ------------------------------------------------------------- machine
+
+
+def _cmd(args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine_info(conn=None):
+    """Machine, software and commit description recorded in every result file."""
+    cpu = ""
+    for line in _cmd(["lscpu"]).splitlines():
+        if line.startswith("Model name:"):
+            cpu = line.split(":", 1)[1].strip()
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    info = {
+        "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "ram_gib": round(mem_kb / 1048576, 1),
+        "kernel": platform.release(),
+        "os": _cmd(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "commit": _cmd(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"]),
+        "tree_dirty": bool(_cmd(["git", "-C", REPO_DIR, "status", "--porcelain", "--untracked-files=no"])),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_at_start": os.getloadavg(),
+    }
+    try:
+        import faiss
+        info["faiss"] = faiss.__version__
+    except Exception:
+        pass
+    if conn is not None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version()")
+            info["postgres"] = cur.fetchone()[0]
+            cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vidx'")
+            r = cur.fetchone()
+            info["vidx_extversion"] = r[0] if r else None
+            s = {}
+            for name in ("shared_buffers", "work_mem", "effective_cache_size", "jit", "wal_level",
+                         "max_wal_size", "synchronous_commit", "vidx.probes", "vidx.rerank"):
+                try:
+                    cur.execute(f"SHOW {name}")
+                    s[name] = cur.fetchone()[0]
+                except Exception:
+                    conn.rollback() if not conn.autocommit else None
+            info["pg_settings"] = s
+    return info
+
+
+# ------------------------------------------------------------- datasets
+
+
+def dataset_dir(name):
+    return os.path.join(DATA_DIR, name)
+
+
+def load_dataset(name, mmap=True):
+    """(base, queries, meta): base is a read-only memmap unless mmap=False."""
+    d = dataset_dir(name)
+    base = np.load(os.path.join(d, "base.npy"), mmap_mode="r" if mmap else None)
+    queries = np.load(os.path.join(d, "queries.npy"))
+    meta = {}
+    if os.path.exists(os.path.join(d, "meta.json")):
+        with open(os.path.join(d, "meta.json")) as f:
+            meta = json.load(f)
+    return base, queries, meta
+
+
+def gt_paths(name, metric, k=100):
+    d = dataset_dir(name)
+    return (os.path.join(d, f"gt_{metric}_k{k}_ids.npy"), os.path.join(d, f"gt_{metric}_k{k}_dist.npy"))
+
+
+def exact_distances(X, q, metric):
+    """float64 distances (SQL operator sense) of rows X to query q."""
+    X = np.asarray(X, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if metric == "l2":
+        diff = X - q[None, :]
+        return np.sqrt((diff * diff).sum(axis=1))
+    if metric == "ip":
+        return -(X @ q)
+    if metric == "cos":
+        xn = np.sqrt((X * X).sum(axis=1))
+        return 1.0 - (X @ q) / (xn * np.sqrt(q @ q))
+    raise ValueError(metric)
+
+
+def compute_gt(base, queries, metric, k=100, block=200_000, slack=16, threads=None, verbose=True):
+    """Exact top-k by FAISS brute force over base blocks, re-scored in float64.
+
+    The base is read block by block (a memmap is fine), each block is searched
+    by all queries with faiss.knn (multi-threaded BLAS/OpenMP), and the running
+    top-(k + slack) is merged. The candidates are then re-scored in float64 and
+    ordered by (distance, row), so float32 rounding never changes the result.
+    """
+    import faiss
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    n, d = base.shape
+    Q = np.ascontiguousarray(queries, dtype=np.float32)
+    if metric == "cos":
+        Q = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    kk = min(n, k + slack)
+    fmetric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    best_d = None
+    best_i = None
+    t0 = time.perf_counter()
+    for s in range(0, n, block):
+        xb = np.ascontiguousarray(base[s:s + block], dtype=np.float32)
+        if metric == "cos":
+            xb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+        dd, ii = faiss.knn(Q, xb, min(kk, len(xb)), metric=fmetric)
+        if fmetric == faiss.METRIC_INNER_PRODUCT:
+            dd = -dd  # smaller is better from here on
+        ii = ii.astype(np.int64) + s
+        if best_d is None:
+            best_d, best_i = dd, ii
+        else:
+            cd = np.concatenate([best_d, dd], axis=1)
+            ci = np.concatenate([best_i, ii], axis=1)
+            part = np.argpartition(cd, kk - 1, axis=1)[:, :kk]
+            best_d = np.take_along_axis(cd, part, axis=1)
+            best_i = np.take_along_axis(ci, part, axis=1)
+        if verbose:
+            log(f"  ground truth {metric}: {min(s + block, n):,}/{n:,} rows "
+                f"({time.perf_counter() - t0:.0f} s)")
+    ids = np.empty((len(Q), k), dtype=np.int64)
+    dist = np.empty((len(Q), k), dtype=np.float64)
+    for qi in range(len(Q)):
+        c = np.sort(best_i[qi])
+        ex = exact_distances(base[c], queries[qi], metric)
+        order = np.lexsort((c, ex))[:k]
+        ids[qi] = c[order]
+        dist[qi] = ex[order]
+    return ids, dist
+
+
+def ensure_gt(name, metric, k=100, verbose=True):
+    ip, dp = gt_paths(name, metric, k)
+    if os.path.exists(ip) and os.path.exists(dp):
+        return np.load(ip), np.load(dp)
+    base, queries, _ = load_dataset(name)
+    t0 = time.perf_counter()
+    ids, dist = compute_gt(base, queries, metric, k, verbose=verbose)
+    np.save(ip, ids)
+    np.save(dp, dist)
+    if verbose:
+        log(f"ground truth {name} {metric}: top-{k} of {len(queries)} queries over "
+            f"{len(base):,} rows in {time.perf_counter() - t0:.1f} s (cached in {ip})")
+    return ids, dist
+
+
+def recall(result_rows, gt_dist_row, base, q, metric, k, eps=1e-5):
+    """Tie-aware recall@k of one query.
+
+    result_rows are 0-based rows of base; a returned row counts if its exact
+    distance is within the exact k-th distance (ties at the boundary are not
+    penalized, as in ann-benchmarks).
+    """
+    r = np.asarray(result_rows[:k], dtype=np.int64)
+    if len(r) == 0:
+        return 0.0
+    dd = exact_distances(base[np.sort(r)], q, metric)
+    kth = gt_dist_row[k - 1]
+    return float(np.count_nonzero(dd <= kth + eps * (abs(kth) + 1.0))) / k
+
+
+# ------------------------------------------------------------- PostgreSQL
+
+
+def connect(dsn="", autocommit=True):
+    import psycopg
+    return psycopg.connect(dsn, autocommit=autocommit)
+
+
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_PGCOPY_TRAILER = struct.pack(">h", -1)
+
+
+def copy_binary_rows(X, start_id):
+    """Binary COPY rows (id bigint, embedding real[]) for a block of vectors."""
+    n, d = X.shape
+    dt = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"),
+                   ("ndim", ">i4"), ("hasnull", ">i4"), ("oid", ">i4"), ("dim", ">i4"),
+                   ("lb", ">i4"), ("el", [("len", ">i4"), ("v", ">f4")], (d,))])
+    a = np.empty(n, dtype=dt)
+    a["nf"] = 2
+    a["l1"] = 8
+    a["id"] = np.arange(start_id, start_id + n)
+    a["l2"] = 20 + 8 * d
+    a["ndim"] = 1
+    a["hasnull"] = 0
+    a["oid"] = 700  # float4
+    a["dim"] = d
+    a["lb"] = 1
+    a["el"]["len"] = 4
+    a["el"]["v"] = X
+    return a.tobytes()
+
+
+def table_rows(conn, table):
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return cur.fetchone()[0]
+
+
+def _drain(conn):
+    """Flushes libpq's output buffer (psycopg 3.1.7's COPY never does: the buffer
+    grows to the whole stream and every partial send memmoves all of it)."""
+    import select
+    pg = conn.pgconn
+    while pg.flush() == 1:
+        select.select([], [pg.socket], [], 1.0)
+
+
+def load_table(conn, table, X, chunk=20_000, verbose=True, storage="EXTERNAL", single_tx=True):
+    """(Re)creates table (id bigint, embedding real[]) and binary-COPYs X into it.
+
+    X may be a memmap: it is read chunk by chunk. With wal_level = minimal and
+    single_tx, the table is created in the COPY's transaction so the heap is
+    not WAL-logged. Returns the load time in seconds.
+    """
+    n = len(X)
+    t0 = time.perf_counter()
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"CREATE TABLE {table} (id bigint, embedding real[])")
+            cur.execute(f"ALTER TABLE {table} ALTER COLUMN embedding SET STORAGE {storage}")
+            if not single_tx:
+                conn.commit()
+            last = t0
+            with cur.copy(f"COPY {table} (id, embedding) FROM STDIN (FORMAT binary)") as cp:
+                cp.write(_PGCOPY_HEADER)
+                for s in range(0, n, chunk):
+                    xb = np.asarray(X[s:s + chunk], dtype=np.float32)
+                    buf = memoryview(copy_binary_rows(xb, s + 1))
+                    # small writes: libpq memmoves its whole output buffer after
+                    # every partial send, quadratic for a write of tens of MB
+                    for o in range(0, len(buf), 1 << 20):
+                        cp.write(buf[o:o + (1 << 20)])
+                        _drain(conn)
+                    now = time.perf_counter()
+                    if verbose and (now - last > 10 or s + chunk >= n):
+                        done = min(s + chunk, n)
+                        log(f"  COPY {table}: {done:,}/{n:,} rows ({100 * done / n:.0f}%), "
+                            f"{now - t0:.0f} s, {done / (now - t0):,.0f} rows/s")
+                        last = now
+                cp.write(_PGCOPY_TRAILER)
+        conn.commit()
+    finally:
+        conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"VACUUM ANALYZE {table}")
+    return time.perf_counter() - t0
+
+
+def ensure_tables(conn, name, base, queries, verbose=True):
+    """Loads <name> and <name>_q unless they already hold the right row counts."""
+    t = None
+    if table_rows(conn, name) != len(base):
+        if verbose:
+            log(f"loading {len(base):,} x {base.shape[1]} vectors into table {name}")
+        t = load_table(conn, name, base, verbose=verbose)
+        if verbose:
+            log(f"  loaded in {t:.1f} s")
+    if table_rows(conn, name + "_q") != len(queries):
+        load_table(conn, name + "_q", queries, verbose=False)
+        with conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE {name}_q ADD PRIMARY KEY (id)")
+    return t
+
+
+def backend_pid(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+
+
+def proc_status(pid):
+    """VmHWM / VmRSS / RssAnon / RssFile / RssShmem of a process in MiB (we are root)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":")[0]
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[key + "_mib"] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return out
+
+
+def data_directory(conn):
+    with conn.cursor() as cur:
+        cur.execute("SHOW data_directory")
+        return cur.fetchone()[0]
+
+
+def index_info(conn, index):
+    """Index size, vidx_stats and sidecar file size."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_relation_size(%s::regclass)", (index,))
+        size = cur.fetchone()[0]
+        cur.execute("SELECT vidx_stats(%s::regclass)", (index,))
+        stats = cur.fetchone()[0]
+    sc = stats.get("sidecar", {}) if isinstance(stats, dict) else {}
+    sc_size = None
+    if sc.get("file"):
+        try:
+            sc_size = os.path.getsize(os.path.join(data_directory(conn), sc["file"]))
+        except OSError:
+            sc_size = None
+    return {"index_bytes": size, "sidecar_bytes": sc_size, "stats": stats}
+
+
+def create_index(dsn, table, index, metric="l2", options=None, verbose=True, poll=2.0):
+    """CREATE INDEX in a fresh backend (so its VmHWM is the build's), with progress.
+
+    Returns dict(build_s, backend_peak_rss ...).
+    """
+    import threading
+    conn = connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(f"DROP INDEX IF EXISTS {index}")
+    pid = backend_pid(conn)
+    w = ""
+    if options:
+        w = " WITH (" + ", ".join(f"{k} = {v}" for k, v in options.items()) + ")"
+    sql = f"CREATE INDEX {index} ON {table} USING vidx (embedding {OPCLASS[metric]}){w}"
+    if verbose:
+        log(sql)
+    err = []
+    done = threading.Event()
+
+    def run():
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        except Exception as e:
+            err.append(e)
+        finally:
+            done.set()
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=run)
+    th.start()
+    mon = connect(dsn)
+    last = None
+    last_t = 0.0
+    peak = {}
+    with mon.cursor() as cur:
+        while not done.wait(poll):
+            st = proc_status(pid)
+            if st.get("VmHWM_mib", 0) >= peak.get("VmHWM_mib", 0):
+                peak = st
+            if not verbose:
+                continue
+            cur.execute("SELECT phase, tuples_done, tuples_total FROM pg_stat_progress_create_index "
+                        "WHERE pid = %s", (pid,))
+            row = cur.fetchone()
+            if row is None:
+                continue
+            phase, td, tt = row
+            line = f"  build: {phase}" + (f", tuples {td:,}/{tt:,}" if tt else (f", tuples {td:,}" if td else ""))
+            now = time.perf_counter()
+            if line != last or now - last_t >= 30:
+                log(f"{line} ({now - t0:.0f} s, backend RSS {st.get('VmRSS_mib', 0):,.0f} MiB)")
+                last, last_t = line, now
+    mon.close()
+    th.join()
+    build_s = time.perf_counter() - t0
+    final = proc_status(pid)
+    conn.close()
+    if err:
+        raise err[0]
+    if verbose:
+        log(f"  index {index} built in {build_s:.1f} s; build backend VmHWM "
+            f"{final.get('VmHWM_mib', peak.get('VmHWM_mib'))} MiB")
+    return {"build_s": build_s, "build_backend": final or peak}
+
+
+def vec_param(q):
+    return [float(x) for x in q]
+
+
+def run_queries(conn, table, queries, metric, k, settings=None, exact=False, base=None,
+                gt_dist=None, ks=(1, 10), warmup=1):
+    """Queries one at a time through a prepared statement (binary float8[] param).
+
+    Returns latency percentiles, QPS, recall@k for k in ks (<= LIMIT k) and the
+    rows returned.
+    """
+    op = OPERATOR[metric]
+    with conn.cursor() as cur:
+        cur.execute("RESET ALL")
+        for name, value in (settings or {}).items():
+            cur.execute(f"SET {name} = {value}")
+        if exact:
+            cur.execute("SET enable_indexscan = off")
+            cur.execute("SET enable_bitmapscan = off")
+        sql = f"SELECT id FROM {table} ORDER BY embedding {op} %b::real[] LIMIT {int(k)}"
+        params = [vec_param(q) for q in queries]
+        for i in range(warmup):
+            cur.execute(sql, (params[i % len(params)],), prepare=True)
+            cur.fetchall()
+        cur.execute("EXPLAIN (COSTS OFF) " + sql, (params[0],))
+        plan = re.sub(r"'\{[^}]*\}'", "$1", " / ".join(r[0].strip() for r in cur.fetchall()))
+        lat = np.empty(len(params))
+        rows = []
+        t_all = time.perf_counter()
+        for i, p in enumerate(params):
+            t0 = time.perf_counter()
+            cur.execute(sql, (p,), prepare=True)
+            r = cur.fetchall()
+            lat[i] = time.perf_counter() - t0
+            rows.append([x[0] - 1 for x in r])
+        wall = time.perf_counter() - t_all
+        cur.execute("RESET ALL")
+    res = {
+        "queries": len(params),
+        "k": k,
+        "qps": len(params) / wall,
+        "mean_ms": float(lat.mean() * 1e3),
+        "p50_ms": float(np.percentile(lat, 50) * 1e3),
+        "p95_ms": float(np.percentile(lat, 95) * 1e3),
+        "p99_ms": float(np.percentile(lat, 99) * 1e3),
+        "plan": plan,
+    }
+    if base is not None and gt_dist is not None:
+        for kk in ks:
+            res[f"recall@{kk}"] = float(np.mean([
+                recall(rows[i], gt_dist[i], base, queries[i], metric, kk) for i in range(len(rows))]))
+    return res, rows
+
+
+def buffers_sample(conn, table, queries, metric, k=10, settings=None, n=20):
+    """Mean shared-buffer hits / reads per query from EXPLAIN (ANALYZE, BUFFERS)."""
+    op = OPERATOR[metric]
+    hits, reads = [], []
+    with conn.cursor() as cur:
+        cur.execute("RESET ALL")
+        for name, value in (settings or {}).items():
+            cur.execute(f"SET {name} = {value}")
+        for q in queries[:n]:
+            cur.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT id FROM {table} "
+                        f"ORDER BY embedding {op} %b::real[] LIMIT {int(k)}", (vec_param(q),))
+            plan = cur.fetchone()[0][0]["Plan"]
+            hits.append(plan.get("Shared Hit Blocks", 0))
+            reads.append(plan.get("Shared Read Blocks", 0))
+        cur.execute("RESET ALL")
+    return {"shared_hit_per_query": float(np.mean(hits)), "shared_read_per_query": float(np.mean(reads)),
+            "sampled_queries": len(hits)}
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        f.write("\n")

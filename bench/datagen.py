@@ -1,0 +1,160 @@
+#!/usr/bin/python3
+"""Benchmark data sets and their exact ground truth (cached under bench/data/).
+
+  /usr/bin/python3 bench/datagen.py fmnist
+      Fashion-MNIST: 60,000 train images as the base, the 10,000 test images
+      as queries (float32 0..255), exact top-100 for L2.
+
+  /usr/bin/python3 bench/datagen.py gen --dim 1024 --rows 1000000 --queries 1000 [--metrics l2,ip,cos]
+      Embedding-like synthetic set: clustered, unit-normalized, written in
+      chunks to bench/data/clustered_d<D>_n<N>_s<seed>/base.npy (never the
+      whole set in memory), with queries from the same distribution (a
+      different seed stream, so never a base row) and exact top-100 for each
+      metric. Seeded and reproducible: the same arguments give the same bytes.
+
+The generator: C = max(64, N/1000) cluster centres drawn once from a
+Gaussian with a decaying per-coordinate spectrum (sigma_j ~ (1+j)^-0.5 over a
+random permutation of coordinates, like the decaying spectrum of real
+embeddings), cluster weights from a log-normal (uneven cluster sizes); a
+vector is its centre plus Gaussian noise of the same spectrum scaled by
+--spread, then normalized to unit length. vidx's random rotation makes the
+coordinate-aligned spectrum irrelevant to it; FAISS does not care either.
+
+Ground truth: FAISS brute force (faiss.knn, OpenMP threads) over base blocks
+of 200,000 rows, running top-116 merged, then re-scored in float64 and ordered
+by (distance, row), using a private OpenBLAS (see benchlib.fast_blas).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as bl  # noqa: E402
+
+
+def gen_name(dim, rows, seed):
+    return f"clustered_d{dim}_n{rows}_s{seed}"
+
+
+class Generator:
+    def __init__(self, dim, rows, seed, spread=0.7):
+        self.dim, self.rows, self.seed, self.spread = dim, rows, seed, spread
+        rng = np.random.default_rng([seed, 0])
+        self.nclusters = max(64, rows // 1000)
+        sigma = (1.0 + np.arange(dim)) ** -0.5
+        sigma = sigma[rng.permutation(dim)]
+        self.sigma = (sigma / np.sqrt((sigma ** 2).sum())).astype(np.float32)
+        self.centres = (rng.standard_normal((self.nclusters, dim), dtype=np.float32) * self.sigma)
+        w = rng.lognormal(0.0, 1.0, self.nclusters)
+        self.weights = w / w.sum()
+
+    def chunk(self, stream, index, n):
+        """n vectors of chunk `index` of a stream (1 = base, 2 = queries)."""
+        rng = np.random.default_rng([self.seed, stream, index])
+        lab = rng.choice(self.nclusters, size=n, p=self.weights)
+        x = rng.standard_normal((n, self.dim), dtype=np.float32)
+        x *= self.sigma * np.float32(self.spread)
+        x += self.centres[lab]
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+
+def cmd_gen(a):
+    name = a.name or gen_name(a.dim, a.rows, a.seed)
+    d = bl.dataset_dir(name)
+    os.makedirs(d, exist_ok=True)
+    meta_path = os.path.join(d, "meta.json")
+    meta = {"name": name, "generator": "clustered unit-normalized (bench/datagen.py gen)",
+            "dim": a.dim, "rows": a.rows, "queries": a.queries, "seed": a.seed,
+            "spread": a.spread, "chunk": a.chunk}
+    g = Generator(a.dim, a.rows, a.seed, a.spread)
+    meta["clusters"] = g.nclusters
+    done = False
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            old = json.load(f)
+        done = all(old.get(k) == v for k, v in meta.items()) and old.get("complete")
+    if done:
+        bl.log(f"{name}: data already generated ({d})")
+    else:
+        t0 = time.perf_counter()
+        bl.log(f"{name}: generating {a.rows:,} x {a.dim} float32 "
+               f"({a.rows * a.dim * 4 / 2**30:.1f} GiB) into {d}/base.npy")
+        base = np.lib.format.open_memmap(os.path.join(d, "base.npy"), mode="w+",
+                                         dtype=np.float32, shape=(a.rows, a.dim))
+        last = t0
+        for ci, s in enumerate(range(0, a.rows, a.chunk)):
+            n = min(a.chunk, a.rows - s)
+            base[s:s + n] = g.chunk(1, ci, n)
+            now = time.perf_counter()
+            if now - last > 10 or s + n >= a.rows:
+                bl.log(f"  generated {s + n:,}/{a.rows:,} rows ({now - t0:.0f} s)")
+                last = now
+        base.flush()
+        del base
+        q = g.chunk(2, 0, a.queries)
+        np.save(os.path.join(d, "queries.npy"), q)
+        meta["complete"] = True
+        meta["generate_s"] = round(time.perf_counter() - t0, 1)
+        with open(meta_path, "w") as f:
+            json.dump(meta, f, indent=1)
+        for m in bl.METRICS:  # stale ground truth of an older set
+            for p in bl.gt_paths(name, m):
+                if os.path.exists(p):
+                    os.remove(p)
+        bl.log(f"  done in {meta['generate_s']} s")
+    for m in a.metrics.split(","):
+        bl.ensure_gt(name, m)
+    print(name)
+    return 0
+
+
+def fmnist_dataset(verbose=True):
+    """Caches Fashion-MNIST as bench/data/fmnist/{base,queries}.npy + L2 top-100."""
+    import fmnist
+    name = "fmnist"
+    d = bl.dataset_dir(name)
+    os.makedirs(d, exist_ok=True)
+    if not os.path.exists(os.path.join(d, "queries.npy")):
+        np.save(os.path.join(d, "base.npy"), fmnist.train_images().astype(np.float32))
+        np.save(os.path.join(d, "queries.npy"), fmnist.test_images().astype(np.float32))
+        with open(os.path.join(d, "meta.json"), "w") as f:
+            json.dump({"name": name, "generator": "Debian dataset-fashion-mnist (train = base, "
+                       "t10k = queries)", "dim": 784, "rows": 60000, "queries": 10000,
+                       "complete": True}, f, indent=1)
+    bl.ensure_gt(name, "l2", verbose=verbose)
+    return name
+
+
+def cmd_fmnist(a):
+    print(fmnist_dataset())
+    return 0
+
+
+def main(argv=None):
+    bl.fast_blas()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("gen", help="clustered unit-normalized set + ground truth")
+    p.add_argument("--dim", type=int, default=128, choices=[128, 768, 1024, 1536])
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--spread", type=float, default=0.7, help="within-cluster noise scale")
+    p.add_argument("--chunk", type=int, default=50_000, help="rows generated per chunk")
+    p.add_argument("--metrics", default="l2,ip,cos")
+    p.add_argument("--name", help="dataset name (default clustered_d<D>_n<N>_s<seed>)")
+    p.set_defaults(func=cmd_gen)
+    p = sub.add_parser("fmnist", help="Fashion-MNIST base/queries + L2 ground truth")
+    p.set_defaults(func=cmd_fmnist)
+    a = ap.parse_args(argv)
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+#!/usr/bin/python3
+"""Recall/latency sweep of vidx against exact search and FAISS, on one data set.
+
+  PGHOST=/var/run/postgresql PGPORT=5498 PGUSER=postgres \\
+      /usr/bin/python3 bench/sweep.py --dataset fmnist
+  ... --dataset clustered_d128_n100000_s42 --metric cos   (made by bench/datagen.py gen)
+
+For each index option set (--index-options, e.g. "default;lists=500") the
+index is built in a fresh backend (build time, its peak RSS, index and sidecar
+size), then every (vidx.probes, vidx.rerank) pair runs the queries one at a
+time from one client through a prepared statement: LIMIT 10 for recall@1,
+recall@10, QPS and p50/p95/p99 latency, and LIMIT 100 over --k100-queries
+queries for recall@100. In the same run on the same data:
+
+  * exact search in PostgreSQL (sequential scan, index scans off),
+  * FAISS IndexFlat (exact, brute force), IVFFlat (nlist = sqrt(N), nprobe
+    sweep) and HNSW (M = 16, efConstruction = 64, efSearch sweep), searching
+    with one thread, one query at a time from Python (builds use all cores,
+    like vidx's build).
+
+Writes into --out (default bench/results/<dataset>_<metric>/):
+  results.json  everything (machine, settings, commit, every measurement)
+  results.csv   one row per method and setting
+  results.md    markdown tables
+  recall_qps.png  recall@10 (x) vs QPS (y, log), one line per method
+Recall is tie-aware: a returned row counts if its exact distance is within
+the exact k-th distance.
+"""
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as bl  # noqa: E402
+
+
+def parse_opts(s):
+    out = []
+    for part in s.split(";"):
+        part = part.strip()
+        if not part or part == "default":
+            out.append({})
+        else:
+            out.append(dict(kv.split("=", 1) for kv in part.split(",")))
+    return out
+
+
+def opts_label(o):
+    return ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"
+
+
+# ----------------------------------------------------------------- FAISS
+
+
+def faiss_search(index, Q, k):
+    lat = np.empty(len(Q))
+    rows = []
+    t0 = time.perf_counter()
+    for i, q in enumerate(Q):
+        t1 = time.perf_counter()
+        _, I = index.search(q[None, :], k)
+        lat[i] = time.perf_counter() - t1
+        rows.append(I[0])
+    wall = time.perf_counter() - t0
+    return {"queries": len(Q), "qps": len(Q) / wall, "mean_ms": float(lat.mean() * 1e3),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3)}, rows
+
+
+def faiss_refs(base, Q, metric, gt_d, a, results):
+    import faiss
+    n, d = base.shape
+    X = np.ascontiguousarray(base, dtype=np.float32)
+    Qf = np.ascontiguousarray(Q, dtype=np.float32)
+    if metric == "cos":
+        X = X / np.linalg.norm(X, axis=1, keepdims=True)
+        Qf = Qf / np.linalg.norm(Qf, axis=1, keepdims=True)
+    fm = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    threads = os.cpu_count()
+
+    def measure(method, index, param, build_s, nq=None):
+        q10 = Qf[:nq] if nq else Qf
+        r, rows = faiss_search(index, q10, 10)
+        for kk in (1, 10):
+            r[f"recall@{kk}"] = float(np.mean([bl.recall(rows[i], gt_d[i], base, Q[i], metric, kk)
+                                               for i in range(len(rows))]))
+        nq100 = min(a.k100_queries, len(q10))
+        if nq100:
+            r100, rows100 = faiss_search(index, q10[:nq100], 100)
+            r["recall@100"] = float(np.mean([bl.recall(rows100[i], gt_d[i], base, Q[i], metric, 100)
+                                             for i in range(nq100)]))
+            r["k100_qps"] = r100["qps"]
+        r.update(method=method, params=param, build_s=build_s)
+        results.append(r)
+        bl.log(f"  {method:<14} {param:<22} recall@10 {r['recall@10']:.3f}  QPS {r['qps']:8.1f}  "
+               f"p99 {r['p99_ms']:.2f} ms")
+
+    faiss.omp_set_num_threads(1)
+    flat = faiss.IndexFlat(d, fm)
+    flat.add(X)
+    measure("faiss-flat", flat, "exact", 0.0, nq=min(len(Qf), a.exact_faiss_queries))
+    del flat
+
+    nlist = a.nlist or max(1, int(round(np.sqrt(n))))
+    faiss.omp_set_num_threads(threads)
+    t0 = time.perf_counter()
+    quant = faiss.IndexFlat(d, fm)
+    ivf = faiss.IndexIVFFlat(quant, d, nlist, fm)
+    ivf.train(X)
+    ivf.add(X)
+    b = time.perf_counter() - t0
+    faiss.omp_set_num_threads(1)
+    for npb in [int(x) for x in a.nprobe.split(",")]:
+        if npb > nlist:
+            continue
+        ivf.nprobe = npb
+        measure("faiss-ivfflat", ivf, f"nlist={nlist} nprobe={npb}", b)
+    del ivf
+
+    faiss.omp_set_num_threads(threads)
+    t0 = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(d, a.hnsw_m, fm)
+    hnsw.hnsw.efConstruction = a.hnsw_efc
+    hnsw.add(X)
+    b = time.perf_counter() - t0
+    faiss.omp_set_num_threads(1)
+    for ef in [int(x) for x in a.ef_search.split(",")]:
+        hnsw.hnsw.efSearch = ef
+        measure("faiss-hnsw", hnsw, f"M={a.hnsw_m} efC={a.hnsw_efc} ef={ef}", b)
+    del hnsw
+
+
+# ----------------------------------------------------------------- output
+
+
+CSV_FIELDS = ["method", "params", "index_options", "probes", "rerank", "recall@1", "recall@10", "recall@100",
+              "qps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "k100_qps", "queries", "build_s",
+              "index_bytes", "sidecar_bytes", "build_backend_hwm_mib", "query_backend_hwm_mib"]
+
+
+def write_outputs(out, res):
+    bl.write_json(os.path.join(out, "results.json"), res)
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in res["results"]:
+            w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
+    m = res["machine"]
+    ds = res["dataset"]
+    L = [f"# vidx sweep: {ds.get('name')} ({ds.get('rows'):,} x {ds.get('dim')}, {res['metric']})", "",
+         f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, {m['os']}; "
+         f"{m.get('postgres', '').split(' on ')[0]}; FAISS {m.get('faiss')}; commit {m['commit']}"
+         f"{' (+ uncommitted changes in the tree)' if m.get('tree_dirty') else ''}; {m['date_utc']}; "
+         f"load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}.",
+         f"Server settings: {', '.join(f'{k}={v}' for k, v in m.get('pg_settings', {}).items())}.",
+         f"Queries: {res['queries']} (LIMIT 10; recall@100 from LIMIT 100 over the first "
+         f"{res['k100_queries']}), one client, prepared statement, one at a time.",
+         "Command: `/usr/bin/python3 bench/sweep.py " + " ".join(res.get("argv", [])) + "`", ""]
+    for b in res["builds"]:
+        L.append(f"- vidx index ({opts_label(b['options'])}): build {b['build_s']:.1f} s, index "
+                 f"{b['index_bytes'] / 2**20:.1f} MiB ({b['index_bytes'] / ds['rows']:.0f} bytes/row), sidecar "
+                 f"{(b['sidecar_bytes'] or 0) / 2**20:.0f} MiB, {b['stats'].get('leaves')} leaves, "
+                 f"build backend peak RSS {b['build_backend'].get('VmHWM_mib')} MiB, query backend peak RSS "
+                 f"{b.get('query_backend', {}).get('VmHWM_mib')} MiB")
+    fb = {}
+    for r in res["results"]:
+        if r["method"].startswith("faiss") and r["method"] not in fb:
+            fb[r["method"]] = r["build_s"]
+    for k, v in fb.items():
+        if k != "faiss-flat":
+            L.append(f"- {k}: build {v:.1f} s ({m['cpus']} threads)")
+    L += ["", "| method | setting | recall@1 | recall@10 | recall@100 | QPS | p50 ms | p95 ms | p99 ms |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        r100 = r.get("recall@100")
+        L.append(f"| {r['method']} | {r['params']} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | "
+                 f"{'' if r100 is None else f'{r100:.3f}'} | {r['qps']:.1f} | {r['p50_ms']:.2f} | "
+                 f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} |")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+    plot(out, res)
+
+
+def plot(out, res):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = {}
+    for r in res["results"]:
+        if r["method"] == "vidx":
+            key = f"vidx rerank={r['rerank']}" + ("" if r["index_options"] == "defaults" else f" [{r['index_options']}]")
+        else:
+            key = r["method"]
+        series.setdefault(key, []).append(r)
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
+    markers = "o^sDv<>ph*"
+    for i, (key, rs) in enumerate(sorted(series.items())):
+        xs = [r["recall@10"] for r in rs]
+        ys = [r["qps"] for r in rs]
+        if len(rs) == 1:
+            ax.plot(xs, ys, markers[i % len(markers)], label=key, markersize=8)
+        else:
+            ax.plot(xs, ys, "-" + markers[i % len(markers)], label=key, markersize=5)
+    ds = res["dataset"]
+    ax.set_yscale("log")
+    ax.set_xlabel("recall@10")
+    ax.set_ylabel("queries per second (1 client, log scale)")
+    ax.set_title(f"{ds.get('name')} ({ds.get('rows'):,} x {ds.get('dim')}, {res['metric']}): "
+                 f"recall vs QPS\n{res['machine']['cpu_model']}, {res['machine']['cpus']} CPUs, "
+                 f"commit {res['machine']['commit']}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    lo = min(r["recall@10"] for r in res["results"])
+    ax.set_xlim(max(0.0, lo - 0.05), 1.005)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "recall_qps.png"))
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------- main
+
+
+def main(argv=None):
+    bl.fast_blas()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="fmnist", help="fmnist or a bench/datagen.py gen name")
+    ap.add_argument("--metric", default="l2", choices=bl.METRICS)
+    ap.add_argument("--queries", type=int, default=None, help="first N queries (default all)")
+    ap.add_argument("--k100-queries", type=int, default=1000)
+    ap.add_argument("--probes", default="1,2,3,4,6,10,16,32")
+    ap.add_argument("--rerank", default="10,40,100")
+    ap.add_argument("--index-options", default="default",
+                    help="';'-separated option sets, e.g. 'default;lists=500,kmeans_iterations=20'")
+    ap.add_argument("--exact-queries", type=int, default=20, help="PostgreSQL exact-scan queries")
+    ap.add_argument("--exact-faiss-queries", type=int, default=1000)
+    ap.add_argument("--no-faiss", action="store_true")
+    ap.add_argument("--nlist", type=int, default=0)
+    ap.add_argument("--nprobe", default="1,2,4,8,16,32,64")
+    ap.add_argument("--hnsw-m", type=int, default=16)
+    ap.add_argument("--hnsw-efc", type=int, default=64)
+    ap.add_argument("--ef-search", default="10,16,32,64,128,256")
+    ap.add_argument("--replot", action="store_true", help="only redraw outputs from results.json")
+    ap.add_argument("--dsn", default="")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    out = a.out or os.path.join(bl.RESULTS_DIR, f"{a.dataset}_{a.metric}")
+    if a.replot:
+        import json
+        with open(os.path.join(out, "results.json")) as f:
+            write_outputs(out, json.load(f))
+        return 0
+
+    if a.dataset == "fmnist":
+        import datagen
+        datagen.fmnist_dataset()
+    base, Q, meta = bl.load_dataset(a.dataset, mmap=False)
+    _, gt_d = bl.ensure_gt(a.dataset, a.metric)
+    if a.queries:
+        Q, gt_d = Q[:a.queries], gt_d[:a.queries]
+    conn = bl.connect(a.dsn)
+    with conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vidx")
+    res = {"benchmark": "recall/latency sweep (bench/sweep.py)", "argv": sys.argv[1:],
+           "machine": bl.machine_info(conn), "dataset": meta, "metric": a.metric,
+           "queries": len(Q), "k100_queries": min(a.k100_queries, len(Q)), "builds": [], "results": []}
+    bl.log(f"sweep {a.dataset} ({len(base):,} x {base.shape[1]}, {a.metric}), {len(Q)} queries; "
+           f"commit {res['machine']['commit']}")
+    table = a.dataset
+    lt = bl.ensure_tables(conn, table, base, Q)
+    if lt:
+        res["copy_s"] = lt
+
+    probes = [int(x) for x in a.probes.split(",")]
+    reranks = [int(x) for x in a.rerank.split(",")]
+    nq100 = res["k100_queries"]
+    for oi, opts in enumerate(parse_opts(a.index_options)):
+        index = f"{table}_vidx"
+        b = bl.create_index(a.dsn, table, index, a.metric, opts)
+        info = bl.index_info(conn, index)
+        build = {"options": opts, "build_s": b["build_s"], "build_backend": b["build_backend"], **info}
+        res["builds"].append(build)
+        qconn = bl.connect(a.dsn)
+        qpid = bl.backend_pid(qconn)
+        for rr in reranks:
+            for p in probes:
+                s = {"vidx.probes": p, "vidx.rerank": rr}
+                r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
+                if "Index Scan" not in r["plan"]:
+                    bl.log(f"  WARNING: plan without the index: {r['plan']}")
+                r100, _ = bl.run_queries(qconn, table, Q[:nq100], a.metric, 100, s, base=base,
+                                         gt_dist=gt_d[:nq100], ks=(100,))
+                r.update({"method": "vidx", "params": f"probes={p} rerank={rr}" +
+                          ("" if not opts else f" [{opts_label(opts)}]"),
+                          "index_options": opts_label(opts), "probes": p, "rerank": rr,
+                          "recall@100": r100["recall@100"], "k100_qps": r100["qps"],
+                          "build_s": b["build_s"], "index_bytes": info["index_bytes"],
+                          "sidecar_bytes": info["sidecar_bytes"],
+                          "build_backend_hwm_mib": b["build_backend"].get("VmHWM_mib")})
+                res["results"].append(r)
+                bl.log(f"  vidx {r['params']:<30} recall@1 {r['recall@1']:.3f} recall@10 {r['recall@10']:.3f} "
+                       f"recall@100 {r['recall@100']:.3f}  QPS {r['qps']:7.1f}  p50 {r['p50_ms']:.2f} "
+                       f"p99 {r['p99_ms']:.2f} ms")
+        build["query_backend"] = bl.proc_status(qpid)
+        for r in res["results"]:
+            if r["method"] == "vidx" and r["index_options"] == opts_label(opts):
+                r["query_backend_hwm_mib"] = build["query_backend"].get("VmHWM_mib")
+        qconn.close()
+        bl.write_json(os.path.join(out, "results.json"), res)
+
+    if a.exact_queries:
+        ne = min(a.exact_queries, len(Q))
+        r, _ = bl.run_queries(conn, table, Q[:ne], a.metric, 10, exact=True, base=base, gt_dist=gt_d[:ne],
+                              warmup=1)
+        r.update(method="postgres-exact", params=f"seq scan ({ne} queries)", build_s=0.0)
+        res["results"].append(r)
+        bl.log(f"  exact scan: recall@10 {r['recall@10']:.3f}  QPS {r['qps']:.2f}  p50 {r['p50_ms']:.1f} ms "
+               f"({r['plan']})")
+    if not a.no_faiss:
+        faiss_refs(base, Q, a.metric, gt_d, a, res["results"])
+    os.makedirs(out, exist_ok=True)
+    write_outputs(out, res)
+    bl.log(f"results in {out}/ (results.json, results.csv, results.md, recall_qps.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
