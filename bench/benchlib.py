@@ -227,6 +227,13 @@ def ensure_gt(name, metric, k=100, verbose=True):
     ids, dist = compute_gt(base, queries, metric, k, verbose=verbose)
     np.save(ip, ids)
     np.save(dp, dist)
+    mp = os.path.join(dataset_dir(name), "meta.json")
+    if os.path.exists(mp):
+        with open(mp) as f:
+            meta = json.load(f)
+        meta[f"gt_{metric}_s"] = round(time.perf_counter() - t0, 1)
+        with open(mp, "w") as f:
+            json.dump(meta, f, indent=1)
     if verbose:
         log(f"ground truth {name} {metric}: top-{k} of {len(queries)} queries over "
             f"{len(base):,} rows in {time.perf_counter() - t0:.1f} s (cached in {ip})")
@@ -486,7 +493,10 @@ def run_queries(conn, table, queries, metric, k, settings=None, exact=False, bas
         if exact:
             cur.execute("SET enable_indexscan = off")
             cur.execute("SET enable_bitmapscan = off")
-        sql = f"SELECT id FROM {table} ORDER BY embedding {op} %b::real[] LIMIT {int(k)}"
+        # A prepared statement keeps its cached (generic) plan across SET
+        # enable_indexscan = off, so the exact run gets its own statement text.
+        sql = (f"SELECT id FROM {table} ORDER BY embedding {op} %b::real[] LIMIT {int(k)}"
+               + (" /* exact */" if exact else ""))
         params = [vec_param(q) for q in queries]
         for i in range(warmup):
             cur.execute(sql, (params[i % len(params)],), prepare=True)

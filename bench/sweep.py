@@ -314,8 +314,10 @@ def main(argv=None):
 
     if a.exact_queries:
         ne = min(a.exact_queries, len(Q))
-        r, _ = bl.run_queries(conn, table, Q[:ne], a.metric, 10, exact=True, base=base, gt_dist=gt_d[:ne],
+        econn = bl.connect(a.dsn)
+        r, _ = bl.run_queries(econn, table, Q[:ne], a.metric, 10, exact=True, base=base, gt_dist=gt_d[:ne],
                               warmup=1)
+        econn.close()
         r.update(method="postgres-exact", params=f"seq scan ({ne} queries)", build_s=0.0)
         res["results"].append(r)
         bl.log(f"  exact scan: recall@10 {r['recall@10']:.3f}  QPS {r['qps']:.2f}  p50 {r['p50_ms']:.1f} ms "
