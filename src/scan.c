@@ -25,6 +25,7 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "optimizer/optimizer.h"
+#include "pgstat.h"
 #include "utils/float.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -399,6 +400,7 @@ next_round(IndexScanDesc scan)
 		vidx_sidecar_refresh(scan->indexRelation, &so->meta);
 		MemoryContextSwitchTo(old);
 		so->started = true;
+		pgstat_count_index_scan(scan->indexRelation);
 	}
 
 	Assert(so->ncands == 0);
@@ -579,8 +581,9 @@ vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *i
 
 	/* Every probed page is read before the first row comes out. */
 	costs.numIndexPages = Max(1.0, index->pages * ratio);
-	*indexStartupCost =
-	    costs.indexTotalCost + vidx_rerank * cpu_operator_cost * Max(1, meta.dims / 16);
+	/* Exact re-scoring: at most the budget, and never more rows than there are. */
+	*indexStartupCost = costs.indexTotalCost + Min((double) vidx_rerank, costs.numIndexTuples) *
+	                                               cpu_operator_cost * Max(1, meta.dims / 16);
 	*indexTotalCost = *indexStartupCost;
 	*indexSelectivity = costs.indexSelectivity;
 	*indexCorrelation = 0;

@@ -32,7 +32,7 @@ namespace
 {
 
 constexpr uint32_t PREP_MAGIC = 0x56505250; /* "VPRP" */
-constexpr float EPS0 = 1.9f;                /* RaBitQ confidence parameter */
+constexpr float EPS0 = 3.0f; /* RaBitQ confidence parameter (the paper's 1.9 missed true neighbours here) */
 constexpr float EPS_QUANT = 4.0f;           /* sigmas of query quantization error */
 /*
  * Below this many dimensions the RaBitQ bound (a concentration result) is not

@@ -115,7 +115,7 @@ extern "C"
 
 	/*
 	 * Estimated score of each posting (lower is better) and a lower bound of the
-	 * true score that holds with high probability (RaBitQ error bound, eps0 = 1.9).
+	 * true score that holds with high probability (RaBitQ error bound, eps0 = 3).
 	 * Score: L2 and COSINE -> squared L2 distance in the (normalized, rotated)
 	 * space; IP -> negative inner product.
 	 */

@@ -1,0 +1,67 @@
+-- 07: with every leaf probed and an unlimited re-scoring budget, the index
+-- returns exactly the rows of an exact search, in order, for each metric, on
+-- clustered data of 128 dimensions with large norms (where a too-tight error
+-- bound on the codes once let true neighbours slip).
+\set ON_ERROR_STOP 1
+\pset format unaligned
+\pset tuples_only true
+\pset pager off
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pgtap;
+CREATE EXTENSION IF NOT EXISTS vidx;
+DROP SCHEMA IF EXISTS vidx_t07 CASCADE;
+CREATE SCHEMA vidx_t07;
+SET search_path = vidx_t07, public;
+
+SELECT plan(6);
+
+-- 64 centres (scale 2) plus unit Gaussian noise, seeded.
+SELECT setseed(0.1234);
+CREATE TABLE centres AS
+  SELECT c, array_agg((2 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
+  FROM generate_series(0, 63) c, generate_series(1, 128) j GROUP BY c;
+CREATE TABLE items AS
+  SELECT i AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
+  FROM generate_series(1, 6000) i JOIN centres c ON c.c = i % 64, generate_series(1, 128) j
+  GROUP BY i;
+CREATE TABLE queries AS
+  SELECT q AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
+  FROM generate_series(1, 30) q JOIN centres c ON c.c = (q * 7) % 64, generate_series(1, 128) j
+  GROUP BY q;
+
+CREATE INDEX items_l2 ON items USING vidx (v vidx_l2_ops);
+CREATE INDEX items_ip ON items USING vidx (v vidx_ip_ops);
+CREATE INDEX items_cos ON items USING vidx (v vidx_cosine_ops);
+
+SET vidx.probes = 1000000;
+SET vidx.rerank = 1000000;
+
+-- Exact top-10 lists per query, and the index's, for one operator.
+CREATE FUNCTION mismatches(op text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE q record; a int[]; b int[]; bad bigint := 0;
+BEGIN
+  FOR q IN SELECT id, v FROM queries ORDER BY id LOOP
+    SET LOCAL enable_seqscan = on;
+    SET LOCAL enable_indexscan = off;
+    EXECUTE format('SELECT array_agg(id) FROM (SELECT id FROM items ORDER BY v %s $1, id LIMIT 10) s', op)
+      INTO b USING q.v;
+    SET LOCAL enable_seqscan = off;
+    SET LOCAL enable_indexscan = on;
+    EXECUTE format('SELECT array_agg(id) FROM (SELECT id FROM items ORDER BY v %s $1 LIMIT 10) s', op)
+      INTO a USING q.v;
+    IF a IS DISTINCT FROM b THEN
+      bad := bad + 1;
+    END IF;
+  END LOOP;
+  RETURN bad;
+END $$;
+
+SELECT is(mismatches('<->'), 0::bigint, 'L2: index top-10 equals exact top-10 for 30 queries');
+SELECT is(mismatches('<#>'), 0::bigint, 'inner product: index top-10 equals exact top-10 for 30 queries');
+SELECT is(mismatches('<=>'), 0::bigint, 'cosine: index top-10 equals exact top-10 for 30 queries');
+SELECT ok(vidx_verify('items_l2'), 'L2 index verifies');
+SELECT ok(vidx_verify('items_ip'), 'inner-product index verifies');
+SELECT ok(vidx_verify('items_cos'), 'cosine index verifies');
+
+SELECT * FROM finish();
+DROP SCHEMA vidx_t07 CASCADE;
