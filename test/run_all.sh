@@ -9,6 +9,8 @@
 # 4. SQL tests, inside ONE throw-away cluster made by pg_virtualenv:
 #      make installcheck     (pg_regress: sql/ + expected/)
 #      pg_prove test/t/*.sql (pgTAP)
+# 5. sharding:          test/shard/run.sh (3 shards + coordinator, ports 5460-5463)
+# 6. robustness:        test/run_robust.sh (crash, replica, concurrency, fuzz, security)
 #
 # Needs root (make install; pg_virtualenv starts the server as postgres) and the
 # packages that .ci/run installs. Exits non-zero if any step fails.
@@ -17,6 +19,8 @@
 #   VIDX_TEST_ROWS=20000    Fashion-MNIST train rows for test/t/01 and 02
 #   VIDX_TEST_QUERIES=100   query vectors for test/t/01
 #   VIDX_SKIP_UNIT=1        skip the CMake/ctest step
+#   VIDX_SKIP_SHARD=1       skip the sharding test (test/shard/run.sh)
+#   VIDX_SKIP_ROBUST=1      skip the robustness suite (test/run_robust.sh)
 #   VIDX_PROVE_TIMEOUT=1200 seconds before pg_prove is stopped
 #   VIDX_TESTS="test/t/01_recall_fmnist.sql ..."  run only these pgTAP files
 set -euo pipefail
@@ -110,7 +114,7 @@ echo "vidx test suite: $(pg_config --version), $(nproc) cores, repo $ROOT"
 
 # 1. Core unit tests ----------------------------------------------------------
 if [ "${VIDX_SKIP_UNIT:-0}" != 1 ]; then
-	section "1/4 core unit tests (cmake + ctest)"
+	section "1/6 core unit tests (cmake + ctest)"
 	t=$(date +%s)
 	if cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
 		cmake --build build -j2 &&
@@ -124,7 +128,7 @@ else
 fi
 
 # 2. Build and install the extension --------------------------------------------
-section "2/4 extension build and install (PGXS)"
+section "2/6 extension build and install (PGXS)"
 t=$(date +%s)
 if make -j2 && make install; then
 	record "make && make install" PASS $(($(date +%s) - t))
@@ -135,7 +139,7 @@ else
 fi
 
 # 3. Test data -------------------------------------------------------------------
-section "3/4 test data (Fashion-MNIST subset -> $VIDX_TESTDATA)"
+section "3/6 test data (Fashion-MNIST subset -> $VIDX_TESTDATA)"
 t=$(date +%s)
 if "$PY" bench/fmnist.py export --rows "${VIDX_TEST_ROWS:-20000}" \
 	--queries "${VIDX_TEST_QUERIES:-100}" --out "$VIDX_TESTDATA"; then
@@ -145,7 +149,7 @@ else
 fi
 
 # 4. SQL tests in one throw-away cluster -------------------------------------------
-section "4/4 SQL tests in a throw-away cluster (pg_virtualenv)"
+section "4/6 SQL tests in a throw-away cluster (pg_virtualenv)"
 t=$(date +%s)
 status_file=$(mktemp)
 chmod 644 "$status_file"
@@ -172,4 +176,30 @@ for step in installcheck pg_prove; do
 	fi
 done
 rm -f "$status_file"
+
+# 5. Sharding over postgres_fdw: 3 shard clusters + a coordinator on loopback ---------
+if [ "${VIDX_SKIP_SHARD:-0}" != 1 ]; then
+	section "5/6 sharding across servers (test/shard/run.sh)"
+	t=$(date +%s)
+	if bash test/shard/run.sh; then
+		record "sharding (test/shard)" PASS $(($(date +%s) - t))
+	else
+		record "sharding (test/shard)" FAIL $(($(date +%s) - t))
+	fi
+else
+	record "sharding (test/shard)" SKIP 0
+fi
+
+# 6. Robustness: crashes, replicas, concurrency, fuzzing, security --------------------
+if [ "${VIDX_SKIP_ROBUST:-0}" != 1 ] && [ -x test/run_robust.sh ]; then
+	section "6/6 robustness (test/run_robust.sh)"
+	t=$(date +%s)
+	if test/run_robust.sh; then
+		record "robustness (test/robust)" PASS $(($(date +%s) - t))
+	else
+		record "robustness (test/robust)" FAIL $(($(date +%s) - t))
+	fi
+else
+	record "robustness (test/robust)" SKIP 0
+fi
 finish

@@ -13,7 +13,7 @@
 #
 # Needs vidx installed in the PostgreSQL 15 of pg_config (make install), the
 # postgresql-15 contrib (postgres_fdw) and python3-numpy, python3-psycopg.
-# Knobs: VIDX_SHARD_PORT=5460 VIDX_SHARD_ROWS=12000 VIDX_SHARD_DIMS=48
+# Knobs: VIDX_SHARD_PORT=5460 VIDX_SHARD_ROWS=12000 VIDX_SHARD_DIMS=64
 #        VIDX_SHARD_QUERIES=40 VIDX_SHARD_SEED=42 VIDX_SHARD_INSTALL=1 (make install first)
 set -uo pipefail
 
@@ -51,7 +51,7 @@ fi
 
 echo "==== vidx sharding test: $(pg_config --version), ports $PORT-$((PORT + 3)) ===="
 timeout --signal=TERM 540 "$PY" test/shard/check.py --prefix "$PREFIX" --port "$PORT" --status "$STATUS" \
-	--rows "${VIDX_SHARD_ROWS:-12000}" --dims "${VIDX_SHARD_DIMS:-48}" \
+	--rows "${VIDX_SHARD_ROWS:-12000}" --dims "${VIDX_SHARD_DIMS:-64}" \
 	--queries "${VIDX_SHARD_QUERIES:-40}" --seed "${VIDX_SHARD_SEED:-42}"
 rc=$?
 cleanup
