@@ -276,7 +276,7 @@ def cmd_sync(a):
     return 1
 
 
-def knn_results(port, db, table, dims, nq, k, probes, exact):
+def knn_results(port, db, table, dims, nq, k, probes, exact, rerank=None):
     notices = []
     conn = connect(port, db)
     conn.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
@@ -286,6 +286,8 @@ def knn_results(port, db, table, dims, nq, k, probes, exact):
     cur.execute(f"SET vidx.probes = {probes}")
     if exact:
         cur.execute("SET vidx.rerank = 1000000")
+    elif rerank:
+        cur.execute(f"SET vidx.rerank = {rerank}")
     out = []
     for j in range(nq):
         cur.execute(f"SELECT id FROM {table} ORDER BY v <-> %s::real[] LIMIT {k}", (qvec(1000 + j, dims),))
@@ -295,8 +297,8 @@ def knn_results(port, db, table, dims, nq, k, probes, exact):
 
 
 def cmd_compare(a):
-    r1, n1 = knn_results(a.port1, a.db, a.table, a.dims, a.queries, a.k, a.probes, a.exact)
-    r2, n2 = knn_results(a.port2, a.db, a.table, a.dims, a.queries, a.k, a.probes, a.exact)
+    r1, n1 = knn_results(a.port1, a.db, a.table, a.dims, a.queries, a.k, a.probes, a.exact, a.rerank)
+    r2, n2 = knn_results(a.port2, a.db, a.table, a.dims, a.queries, a.k, a.probes, a.exact, a.rerank)
     same = sum(1 for x, y in zip(r1, r2) if x == y)
     rows = sum(len(x) for x in r1)
     print(json.dumps({"queries": a.queries, "identical": same, "rows": rows,
@@ -349,6 +351,7 @@ def main():
     m.add_argument("--k", type=int, default=10)
     m.add_argument("--probes", type=int, default=10)
     m.add_argument("--exact", action="store_true")
+    m.add_argument("--rerank", type=int, default=0)
     a = p.parse_args()
     return {"writer": cmd_writer, "check": cmd_check, "sync": cmd_sync,
             "compare": cmd_compare}[a.cmd](a)
