@@ -48,8 +48,16 @@ check_eq() { # check_eq DESCRIPTION GOT WANT
 	fi
 }
 
+CHECKS_TODO=0
+todo() { # todo DESCRIPTION COMMAND...: a check of a known, reported bug: printed, not counted as a failure
+	local desc=$1
+	shift
+	CHECKS_TODO=$((CHECKS_TODO + 1))
+	if "$@"; then echo "ok - $desc # TODO known bug now passes: make it a check"; else echo "not ok - $desc # TODO known bug"; fi
+}
+
 finish() {
-	echo "# checks: $CHECKS_OK passed, $CHECKS_FAILED failed"
+	echo "# checks: $CHECKS_OK passed, $CHECKS_FAILED failed, $CHECKS_TODO known bugs (TODO)"
 	[ "$CHECKS_FAILED" = 0 ] && [ "$CHECKS_OK" -gt 0 ]
 }
 

@@ -279,7 +279,8 @@ def cmd_sync(a):
 def knn_results(port, db, table, dims, nq, k, probes, exact, rerank=None):
     notices = []
     conn = connect(port, db)
-    conn.add_notice_handler(lambda d: notices.append(f"{d.severity}: {d.message_primary}"))
+    conn.add_notice_handler(lambda d: notices.append(
+        f"{d.severity}: {d.message_primary}" + (f" HINT: {d.message_hint}" if d.message_hint else "")))
     cur = conn.cursor()
     cur.execute("SET enable_seqscan = off")
     cur.execute("SET enable_bitmapscan = off")
