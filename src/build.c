@@ -430,6 +430,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_ASSIGN);
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL, bs.ntuples);
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, 0);
 		assignment = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(int32) * bs.ntuples);
 		vidx_assign(bs.vectors, bs.ntuples, bs.dims, centroids, nleaves, assignment);
 		CHECK_FOR_INTERRUPTS();

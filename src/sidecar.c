@@ -315,7 +315,7 @@ find_map(Relation index, const VidxMetaPageData *meta)
  * or NULL.
  */
 static const char *
-refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m)
+refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m, bool grow)
 {
 	char *path = vidx_sidecar_path(index);
 	struct stat st;
@@ -330,8 +330,13 @@ refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m)
 		pfree(path);
 		return "the sidecar file is missing";
 	}
+	/*
+	 * Same file, not shorter: the mapping stays valid. Inserts grow the file
+	 * all the time; remapping it for each would cost every scan its page
+	 * faults again, so grow the mapping only when a record beyond it is needed.
+	 */
 	if (m->base != NULL && st.st_dev == m->dev && st.st_ino == m->ino &&
-	    (size_t) st.st_size == m->length)
+	    ((size_t) st.st_size == m->length || ((size_t) st.st_size > m->length && !grow)))
 	{
 		pfree(path);
 		return m->usable ? NULL : "the sidecar file has a bad header";
@@ -378,7 +383,7 @@ lookup_map(Relation index, const VidxMetaPageData *meta, const char **why)
 
 	*why = NULL;
 	if (!m->checked)
-		*why = refresh_map(index, meta, m);
+		*why = refresh_map(index, meta, m, false);
 	else if (!m->usable)
 		*why = "the sidecar file has a bad header";
 	return m;
@@ -387,7 +392,7 @@ lookup_map(Relation index, const VidxMetaPageData *meta, const char **why)
 void
 vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta)
 {
-	const char *why = refresh_map(index, meta, find_map(index, meta));
+	const char *why = refresh_map(index, meta, find_map(index, meta), false);
 
 	if (why != NULL)
 		vidx_sidecar_warn(index, why);
@@ -457,7 +462,7 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, const VidxPosting *
 	if (offset + record_size > m->length)
 	{
 		/* Grown since mapped? Remap; a slot beyond the end stays missing. */
-		if (refresh_map(index, meta, m) != NULL || offset + record_size > m->length)
+		if (refresh_map(index, meta, m, true) != NULL || offset + record_size > m->length)
 		{
 			vidx_sidecar_warn(index, "the sidecar file is shorter than the index");
 			return false;
@@ -500,7 +505,7 @@ const char *
 vidx_sidecar_state(Relation index, const VidxMetaPageData *meta, uint64 *records)
 {
 	SidecarMap *m = find_map(index, meta);
-	const char *why = refresh_map(index, meta, m);
+	const char *why = refresh_map(index, meta, m, true);
 
 	*records = 0;
 	if (m->base != NULL && m->length >= VIDX_SIDECAR_HEADER_SIZE)

@@ -17,7 +17,7 @@
 PG_MODULE_MAGIC;
 
 int vidx_probes = 10;
-int vidx_rerank = 40;
+int vidx_rerank = 100;
 
 static relopt_kind vidx_relopt_kind;
 
@@ -47,7 +47,7 @@ _PG_init(void)
 	    "vidx.rerank", "Number of candidates re-scored with their full vectors per batch",
 	    "Candidates are ranked by their binary codes; this many of the best are "
 	    "re-scored exactly before rows are returned.",
-	    &vidx_rerank, 40, 1, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	    &vidx_rerank, 100, 1, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");
 
 	vidx_sidecar_init();
