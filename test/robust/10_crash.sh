@@ -11,7 +11,7 @@
 # new inserts work. 64 dimensions.
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
-NAME=vidx_rb_crash
+NAME=rbst_crash
 PORT=5440
 DIMS=64
 W=$(mktempdir)

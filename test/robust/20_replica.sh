@@ -13,8 +13,8 @@ source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
 P=5441
 S=5442
-PN=vidx_rb_primary
-SN=vidx_rb_standby
+PN=rbst_primary
+SN=rbst_standby
 DIMS=32
 W=$(mktempdir)
 JOURNAL=$W/journal
@@ -30,7 +30,7 @@ log "primary: $(q $P "SELECT count(*) FROM t") rows, index built"
 log "standby: pg_basebackup -R into a new cluster"
 CLUSTERS+=($SN)
 cluster_remove $SN
-pg_createcluster $PGVER $SN -p $S -- -A trust >/dev/null
+pg_createcluster $PGVER $SN -p $S --start-conf=manual -- -A trust >/dev/null
 SD=$(pgdata $SN)
 rm -rf "$SD"
 install -d -o postgres -g postgres -m 700 "$SD"

@@ -8,7 +8,7 @@
 # the journal) is returned by exact-recall index scans; vidx_verify is true.
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
-NAME=vidx_rb_conc
+NAME=rbst_conc
 PORT=5443
 DIMS=48
 SECS=${VIDX_CONCURRENCY_SECONDS:-180}

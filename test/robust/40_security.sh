@@ -4,7 +4,7 @@
 # operators/operator classes, and that nothing takes a file path from a user.
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
-NAME=vidx_rb_sec
+NAME=rbst_sec
 PORT=5444
 cluster_create $NAME $PORT || exit 1
 D=$(pgdata $NAME)

@@ -12,9 +12,9 @@
 #      leave no sidecar file behind; a rolled-back DROP INDEX keeps it.
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
-PN=vidx_rb_side
+PN=rbst_side
 P=5445
-RN=vidx_rb_restore
+RN=rbst_restore
 R=5446
 DIMS=24
 W=$(mktempdir)
@@ -67,7 +67,7 @@ check "the WAL up to $walfile is archived" wait_until 120 archived
 
 CLUSTERS+=($RN)
 cluster_remove $RN
-pg_createcluster $PGVER $RN -p $R -- -A trust >/dev/null
+pg_createcluster $PGVER $RN -p $R --start-conf=manual -- -A trust >/dev/null
 RD=$(pgdata $RN)
 rm -rf "$RD"
 cp -a "$BK" "$RD"

@@ -8,7 +8,7 @@
 # sidecar file is left by failed CREATE INDEX, every index verifies and still
 # returns every row.
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
-NAME=vidx_rb_bad
+NAME=rbst_bad
 PORT=5447
 cluster_create $NAME $PORT || exit 1
 D=$(pgdata $NAME)

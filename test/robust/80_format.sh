@@ -9,7 +9,7 @@
 #   - ALTER EXTENSION vidx UPDATE: there is no earlier released version yet, so
 #     only "already installed" is checked (upgrade scripts are tested once one exists).
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
-NAME=vidx_rb_format
+NAME=rbst_format
 PORT=5448
 cluster_create $NAME $PORT || exit 1
 D=$(pgdata $NAME)

@@ -122,7 +122,7 @@ cluster_create() {
 	shift 2
 	cluster_remove "$name" # leftover of an interrupted run
 	CLUSTERS+=("$name")
-	pg_createcluster "$PGVER" "$name" -p "$port" -- -A trust >/dev/null || return 1
+	pg_createcluster "$PGVER" "$name" -p "$port" --start-conf=manual -- -A trust >/dev/null || return 1
 	conf="/etc/postgresql/$PGVER/$name/conf.d/robust.conf"
 	{
 		echo "listen_addresses = '127.0.0.1'"
