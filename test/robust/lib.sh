@@ -35,7 +35,7 @@ not_ok() { # not_ok DESCRIPTION
 }
 
 check() { # check DESCRIPTION COMMAND...: passes if COMMAND succeeds
-	local desc=$1
+	local desc=${1//$'\n'/ }
 	shift
 	if "$@"; then ok "$desc"; else not_ok "$desc"; fi
 }
@@ -50,7 +50,7 @@ check_eq() { # check_eq DESCRIPTION GOT WANT
 
 CHECKS_TODO=0
 todo() { # todo DESCRIPTION COMMAND...: a check of a known, reported bug: printed, not counted as a failure
-	local desc=$1
+	local desc=${1//$'\n'/ }
 	shift
 	CHECKS_TODO=$((CHECKS_TODO + 1))
 	if "$@"; then echo "ok - $desc # TODO known bug now passes: make it a check"; else echo "not ok - $desc # TODO known bug"; fi
