@@ -456,17 +456,23 @@ rescore(IndexScanDesc scan, Candidate *c)
 
 	ItemPointerSet(&tid, c->posting.heap_block, c->posting.heap_offset);
 	c->rescored = true;
-	so->rescored++;
 	if (!vidx_sidecar_distance(scan->indexRelation, &so->meta, &c->posting, so->query, &distance))
 	{
 		MemoryContext old = MemoryContextSwitchTo(so->cxt);
 		float *v = table_vector(scan, &tid);
 
 		MemoryContextSwitchTo(old);
+		/*
+		 * The row is gone: nobody can see it. It does not count against the
+		 * budget, so that the rows returned do not depend on whether a dead
+		 * row's vector came from the sidecar (and was returned, then filtered
+		 * out by the executor) or could not be read from the table.
+		 */
 		if (v == NULL)
-			return; /* the row is gone: nobody can see it */
+			return;
 		distance = vidx_distance(metric, v, so->query, so->meta.dims);
 	}
+	so->rescored++;
 	result_push(so, distance_to_score(metric, distance), &tid);
 }
 
