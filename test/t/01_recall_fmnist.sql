@@ -87,16 +87,7 @@ BEGIN
 	RETURN r;
 END $$;
 
-CREATE FUNCTION plan_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-	line text;
-	result text := '';
-BEGIN
-	FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || sql LOOP
-		result := result || line || E'\n';
-	END LOOP;
-	RETURN result;
-END $$;
+\ir ../pgtap_helpers.sql
 
 -- ---------------------------------------------------------------- the index
 SELECT lives_ok($$ CREATE INDEX fmnist_train_vidx ON vidx_t01.fmnist_train USING vidx (embedding) $$,

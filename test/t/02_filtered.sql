@@ -56,16 +56,7 @@ BEGIN
 	$q$, replace(filter, '%c', 'c'));
 END $$;
 
-CREATE FUNCTION plan_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-	line text;
-	result text := '';
-BEGIN
-	FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || sql LOOP
-		result := result || line || E'\n';
-	END LOOP;
-	RETURN result;
-END $$;
+\ir ../pgtap_helpers.sql
 
 SET enable_seqscan = off;
 SELECT matches(plan_of($$ SELECT t.id FROM items t WHERE t.label = 3

@@ -57,16 +57,7 @@ BEGIN
 	RETURN r;
 END $$;
 
-CREATE FUNCTION plan_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-	line text;
-	result text := '';
-BEGIN
-	FOR line IN EXECUTE 'EXPLAIN (COSTS OFF) ' || sql LOOP
-		result := result || line || E'\n';
-	END LOOP;
-	RETURN result;
-END $$;
+\ir ../pgtap_helpers.sql
 
 SELECT fill_exact(op) FROM unnest(ARRAY['<->', '<#>', '<=>']) op;
 SELECT is((SELECT count(*) FROM exact), 150::bigint, 'exact top-10 for 3 operators x 50 queries');
