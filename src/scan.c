@@ -21,6 +21,7 @@
 
 #include "access/relscan.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/index.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
@@ -37,9 +38,42 @@ typedef struct Candidate
 {
 	float est;   /* estimated score */
 	float lower; /* lower bound of its score */
+	uint32 heap_block;
+	uint16 heap_offset;
 	bool rescored;
-	VidxPosting posting; /* header only: TID, slot, hash */
+	uint32 slot;  /* sidecar slot */
+	uint32 vhash; /* hash of the full vector */
 } Candidate;
+
+/*
+ * Candidate arrays outlive the scan in a per-backend scratch area: freeing
+ * them at every query would hand the memory back to the kernel (glibc trims
+ * the heap) and fault it in again at the next one, which cost more than the
+ * scan itself. One scan at a time owns it; a nested scan allocates its own.
+ * A scan that ends with an error never calls endscan, so transaction end
+ * frees the area for the next scan.
+ */
+typedef struct ScanScratch
+{
+	bool in_use;
+	Candidate *cands;
+	int64 *by_est;
+	int64 *by_lower;
+	int64 capacity;
+} ScanScratch;
+
+static ScanScratch scratch;
+
+/* Above this many candidates a scan gives its arrays back when it ends. */
+#define VIDX_SCRATCH_KEEP (1024 * 1024)
+
+/*
+ * Re-scoring reads each candidate's full vector from a different place of the
+ * sidecar: a cache and TLB miss per record. The next few candidates (in
+ * estimate order) are taken from the heap together and their records
+ * prefetched, so the misses overlap instead of coming one after another.
+ */
+#define VIDX_LOOKAHEAD 8
 
 /* A re-scored row waiting to be returned. */
 typedef struct ScanResult
@@ -52,6 +86,7 @@ typedef struct VidxScanOpaqueData
 {
 	MemoryContext cxt;      /* reset at every rescan */
 	MemoryContext scan_cxt; /* lives as long as the scan */
+	bool owns_scratch;      /* cands, by_est, by_lower are the backend's scratch */
 	bool started;
 	bool empty;      /* the index has no dimensions yet */
 	bool null_query; /* no query vector: every row, unordered */
@@ -72,6 +107,10 @@ typedef struct VidxScanOpaqueData
 	int64 cands_capacity;
 	int64 *by_est;
 	int64 nby_est;
+	/* the next candidates by estimate, popped early so their vectors can be prefetched */
+	int64 ahead[VIDX_LOOKAHEAD];
+	int nahead;
+	int ahead_pos;
 	int64 *by_lower;
 	int64 nby_lower;
 
@@ -206,6 +245,15 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 
 	so->cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx scan", ALLOCSET_DEFAULT_SIZES);
 	so->scan_cxt = CurrentMemoryContext;
+	if (!scratch.in_use)
+	{
+		scratch.in_use = true;
+		so->owns_scratch = true;
+		so->cands = scratch.cands;
+		so->by_est = scratch.by_est;
+		so->by_lower = scratch.by_lower;
+		so->cands_capacity = scratch.capacity;
+	}
 	so->ptrs = palloc(sizeof(VidxPosting *) * MaxIndexTuplesPerPage);
 	so->est = palloc(sizeof(float) * MaxIndexTuplesPerPage);
 	so->lower = palloc(sizeof(float) * MaxIndexTuplesPerPage);
@@ -229,6 +277,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->null_query = false;
 	so->leaves_done = false;
 	so->ncands = so->nby_est = so->nby_lower = 0;
+	so->nahead = so->ahead_pos = 0;
 	so->nresults = 0;
 	so->rescored = 0;
 	so->returned = 0;
@@ -292,35 +341,96 @@ table_vector(IndexScanDesc scan, ItemPointer tid)
 	return v;
 }
 
+/* Room for n more candidates; the arrays grow by doubling and never shrink during a scan. */
+static void
+reserve_candidates(VidxScanOpaque so, int64 n)
+{
+	MemoryContext cxt = so->owns_scratch ? TopMemoryContext : so->scan_cxt;
+	int64 capacity;
+
+	if (so->ncands + n <= so->cands_capacity)
+		return;
+	capacity = Max(so->cands_capacity * 2, so->ncands + n + 1024);
+	if (so->cands == NULL)
+	{
+		so->cands = MemoryContextAllocHuge(cxt, sizeof(Candidate) * capacity);
+		so->by_est = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
+		so->by_lower = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
+	}
+	else
+	{
+		so->cands = repalloc_huge(so->cands, sizeof(Candidate) * capacity);
+		so->by_est = repalloc_huge(so->by_est, sizeof(int64) * capacity);
+		so->by_lower = repalloc_huge(so->by_lower, sizeof(int64) * capacity);
+	}
+	so->cands_capacity = capacity;
+	if (so->owns_scratch)
+	{
+		scratch.cands = so->cands;
+		scratch.by_est = so->by_est;
+		scratch.by_lower = so->by_lower;
+		scratch.capacity = capacity;
+	}
+}
+
 static void
 add_candidates(VidxScanOpaque so, int n)
 {
-	if (so->ncands + n > so->cands_capacity)
-	{
-		so->cands_capacity = Max(so->cands_capacity * 2, so->ncands + n + 1024);
-		if (so->cands == NULL)
-		{
-			so->cands =
-			    MemoryContextAllocHuge(so->scan_cxt, sizeof(Candidate) * so->cands_capacity);
-			so->by_est = MemoryContextAllocHuge(so->scan_cxt, sizeof(int64) * so->cands_capacity);
-			so->by_lower = MemoryContextAllocHuge(so->scan_cxt, sizeof(int64) * so->cands_capacity);
-		}
-		else
-		{
-			so->cands = repalloc_huge(so->cands, sizeof(Candidate) * so->cands_capacity);
-			so->by_est = repalloc_huge(so->by_est, sizeof(int64) * so->cands_capacity);
-			so->by_lower = repalloc_huge(so->by_lower, sizeof(int64) * so->cands_capacity);
-		}
-	}
+	reserve_candidates(so, n);
 	for (int i = 0; i < n; i++)
 	{
 		Candidate *c = &so->cands[so->ncands++];
+		const VidxPosting *p = so->ptrs[i];
 
 		c->lower = so->null_query ? 0 : so->lower[i];
 		c->est = so->null_query ? 0 : so->est[i];
+		c->heap_block = p->heap_block;
+		c->heap_offset = p->heap_offset;
 		c->rescored = false;
-		c->posting = *so->ptrs[i];
+		c->slot = p->slot;
+		c->vhash = p->vhash;
 	}
+}
+
+static void
+scratch_release(VidxScanOpaque so)
+{
+	if (so->owns_scratch)
+	{
+		if (scratch.capacity > VIDX_SCRATCH_KEEP)
+		{
+			pfree(scratch.cands);
+			pfree(scratch.by_est);
+			pfree(scratch.by_lower);
+			scratch.cands = NULL;
+			scratch.by_est = scratch.by_lower = NULL;
+			scratch.capacity = 0;
+		}
+		scratch.in_use = false;
+		so->owns_scratch = false;
+	}
+	else if (so->cands != NULL)
+	{
+		pfree(so->cands);
+		pfree(so->by_est);
+		pfree(so->by_lower);
+	}
+	so->cands = NULL;
+	so->by_est = so->by_lower = NULL;
+	so->cands_capacity = 0;
+}
+
+static void
+scratch_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		scratch.in_use = false;
+}
+
+void
+vidx_scan_init(void)
+{
+	RegisterXactCallback(scratch_xact_callback, NULL);
 }
 
 /* Reads one leaf's chain and estimates every live posting. */
@@ -422,6 +532,7 @@ next_round(IndexScanDesc scan)
 		for (int64 i = 0; i < so->ncands; i++)
 			so->by_est[i] = so->by_lower[i] = i;
 		so->nby_est = so->nby_lower = so->ncands;
+		so->nahead = so->ahead_pos = 0;
 		for (int64 i = so->ncands / 2 - 1; i >= 0; i--)
 		{
 			id_sift_down(so, so->by_est, so->ncands, i, false);
@@ -454,9 +565,10 @@ rescore(IndexScanDesc scan, Candidate *c)
 	ItemPointerData tid;
 	double distance;
 
-	ItemPointerSet(&tid, c->posting.heap_block, c->posting.heap_offset);
+	ItemPointerSet(&tid, c->heap_block, c->heap_offset);
 	c->rescored = true;
-	if (!vidx_sidecar_distance(scan->indexRelation, &so->meta, &c->posting, so->query, &distance))
+	if (!vidx_sidecar_distance(scan->indexRelation, &so->meta, &tid, c->slot, c->vhash, so->query,
+	                           &distance))
 	{
 		MemoryContext old = MemoryContextSwitchTo(so->cxt);
 		float *v = table_vector(scan, &tid);
@@ -474,6 +586,33 @@ rescore(IndexScanDesc scan, Candidate *c)
 	}
 	so->rescored++;
 	result_push(so, distance_to_score(metric, distance), &tid);
+}
+
+/* Candidates not re-scored yet, in estimate order? */
+static inline bool
+more_to_rescore(VidxScanOpaque so)
+{
+	return so->ahead_pos < so->nahead || so->nby_est > 0;
+}
+
+/* The next candidate by estimate; refills the look-ahead and prefetches its records. */
+static Candidate *
+next_to_rescore(IndexScanDesc scan)
+{
+	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
+
+	if (so->ahead_pos == so->nahead)
+	{
+		so->nahead = so->ahead_pos = 0;
+		while (so->nahead < VIDX_LOOKAHEAD && so->nby_est > 0)
+		{
+			Candidate *c = &so->cands[id_pop(so, so->by_est, &so->nby_est, false)];
+
+			so->ahead[so->nahead++] = c - so->cands;
+			vidx_sidecar_prefetch(scan->indexRelation, &so->meta, c->slot);
+		}
+	}
+	return &so->cands[so->ahead[so->ahead_pos++]];
 }
 
 bool
@@ -494,20 +633,20 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 		{
 			Candidate *c = &so->cands[--so->ncands];
 
-			ItemPointerSet(&scan->xs_heaptid, c->posting.heap_block, c->posting.heap_offset);
+			ItemPointerSet(&scan->xs_heaptid, c->heap_block, c->heap_offset);
 			break;
 		}
 		if (so->nresults > 0 &&
-		    (so->nby_est == 0 || !budget_left || so->results[0].score <= min_lower_left(so)))
+		    (!more_to_rescore(so) || !budget_left || so->results[0].score <= min_lower_left(so)))
 		{
 			ScanResult r = result_pop(so);
 
 			scan->xs_heaptid = r.tid;
 			break;
 		}
-		if (so->nby_est > 0)
+		if (more_to_rescore(so))
 		{
-			rescore(scan, &so->cands[id_pop(so, so->by_est, &so->nby_est, false)]);
+			rescore(scan, next_to_rescore(scan));
 			continue;
 		}
 		if (so->started && so->leaves_done)
@@ -533,13 +672,11 @@ vidx_endscan(IndexScanDesc scan)
 		ExecDropSingleTupleTableSlot(so->slot);
 		FreeExecutorState(so->estate);
 	}
+	elog(DEBUG2, "vidx scan of \"%s\": %ld candidates, %ld re-scored, %ld returned",
+	     RelationGetRelationName(scan->indexRelation), (long) so->ncands, (long) so->rescored,
+	     (long) so->returned);
 	MemoryContextDelete(so->cxt);
-	if (so->cands)
-	{
-		pfree(so->cands);
-		pfree(so->by_est);
-		pfree(so->by_lower);
-	}
+	scratch_release(so);
 	if (so->results)
 		pfree(so->results);
 	pfree(so->ptrs);

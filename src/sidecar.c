@@ -446,8 +446,8 @@ install_sigbus_handler(void)
  * distance from it. False if the record is missing, short, stale or bad.
  */
 static bool
-sidecar_record(Relation index, const VidxMetaPageData *meta, const VidxPosting *p,
-               const float *query, double *distance)
+sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
+               uint32 vhash, const float *query, double *distance)
 {
 	const char *why;
 	SidecarMap *m = lookup_map(index, meta, &why);
@@ -458,7 +458,7 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, const VidxPosting *
 	if (!m->usable)
 		return false;
 	record_size = vidx_sidecar_record_size(meta->dims);
-	offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) p->slot * record_size;
+	offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) slot * record_size;
 	if (offset + record_size > m->length)
 	{
 		/* Grown since mapped? Remap; a slot beyond the end stays missing. */
@@ -477,8 +477,8 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, const VidxPosting *
 		return false;
 	}
 	sidecar_guarded = 1;
-	v = vidx_sidecar_record_vector(m->base + offset, meta->dims, p->heap_block, p->heap_offset,
-	                               p->vhash);
+	v = vidx_sidecar_record_vector(m->base + offset, meta->dims, ItemPointerGetBlockNumber(tid),
+	                               ItemPointerGetOffsetNumber(tid), vhash);
 	if (v != NULL && query != NULL)
 		*distance = vidx_distance((VidxMetric) meta->metric, v, query, meta->dims);
 	sidecar_guarded = 0;
@@ -489,16 +489,37 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, const VidxPosting *
 }
 
 bool
-vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, const VidxPosting *p,
-                      const float *query, double *distance)
+vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
+                      uint32 vhash, const float *query, double *distance)
 {
-	return sidecar_record(index, meta, p, query, distance);
+	return sidecar_record(index, meta, tid, slot, vhash, query, distance);
+}
+
+/*
+ * Hints the CPU to fetch a record that is about to be read. Only touches an
+ * existing mapping (a prefetch never faults), so it needs no guard.
+ */
+void
+vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot)
+{
+	const char *why;
+	SidecarMap *m = lookup_map(index, meta, &why);
+	size_t record_size = vidx_sidecar_record_size(meta->dims);
+	size_t offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) slot * record_size;
+
+	if (!m->usable || offset + record_size > m->length)
+		return;
+	for (size_t o = 0; o < record_size; o += 64)
+		__builtin_prefetch(m->base + offset + o, 0, 1);
 }
 
 bool
 vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p)
 {
-	return sidecar_record(index, meta, p, NULL, NULL);
+	ItemPointerData tid;
+
+	ItemPointerSet(&tid, p->heap_block, p->heap_offset);
+	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL);
 }
 
 const char *

@@ -44,13 +44,15 @@ _PG_init(void)
 	                        "More probes: higher recall, slower queries.", &vidx_probes, 10, 1,
 	                        1000000, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable(
-	    "vidx.rerank", "Number of candidates re-scored with their full vectors per batch",
-	    "Candidates are ranked by their binary codes; this many of the best are "
-	    "re-scored exactly before rows are returned.",
+	    "vidx.rerank", "Re-scoring budget of a vidx scan, beyond the rows it returned",
+	    "Candidates are re-scored with their full vectors best estimate first; a row is "
+	    "returned once no candidate left can beat it, or once this many more candidates "
+	    "than rows returned were re-scored.",
 	    &vidx_rerank, 100, 1, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");
 
 	vidx_sidecar_init();
+	vidx_scan_init();
 }
 
 /* ---------- options ---------- */

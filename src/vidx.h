@@ -152,9 +152,10 @@ extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, ui
  * Exact distance of the query to the posting's vector, from its sidecar
  * record; false if the record is missing, short, stale or bad.
  */
-extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta,
-                                  const VidxPosting *p, const float *query, double *distance);
+extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid,
+                                  uint32 slot, uint32 vhash, const float *query, double *distance);
 /* Whether the posting has a valid sidecar record. */
+extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot);
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);
@@ -189,6 +190,7 @@ extern void vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey ord
                         int norderbys);
 extern bool vidx_gettuple(IndexScanDesc scan, ScanDirection dir);
 extern void vidx_endscan(IndexScanDesc scan);
+extern void vidx_scan_init(void);
 
 /* Build progress subphases (pg_stat_progress_create_index). */
 #define VIDX_PHASE_LOAD 2
