@@ -258,9 +258,34 @@ def recall(result_rows, gt_dist_row, base, q, metric, k, eps=1e-5):
 # ------------------------------------------------------------- PostgreSQL
 
 
+def _float4_array_dumper():
+    """psycopg binary dumper: a float32 numpy array (1-D: one vector, 2-D: one
+    per row) as a real[] parameter, encoded with numpy (no per-element Python
+    work), as a client library for vectors would send it."""
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    class Float4ArrayDumper(Dumper):
+        format = Format.BINARY
+        oid = 1021  # real[]
+
+        def dump(self, obj):
+            a = np.asarray(obj, dtype=np.float32)
+            hdr = struct.pack(f">iii{2 * a.ndim}i", a.ndim, 0, 700,
+                              *[x for n in a.shape for x in (n, 1)])
+            body = np.empty(a.size, dtype=[("len", ">i4"), ("v", ">f4")])
+            body["len"] = 4
+            body["v"] = a.ravel()
+            return hdr + body.tobytes()
+
+    return Float4ArrayDumper
+
+
 def connect(dsn="", autocommit=True):
     import psycopg
-    return psycopg.connect(dsn, autocommit=autocommit)
+    conn = psycopg.connect(dsn, autocommit=autocommit)
+    conn.adapters.register_dumper(np.ndarray, _float4_array_dumper())
+    return conn
 
 
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -349,13 +374,26 @@ def load_table(conn, table, X, chunk=20_000, verbose=True, storage="EXTERNAL", s
     return time.perf_counter() - t0
 
 
-def ensure_tables(conn, name, base, queries, verbose=True):
-    """Loads <name> and <name>_q unless they already hold the right row counts."""
+STORAGE_CODES = {"plain": "p", "external": "e", "main": "m", "extended": "x"}
+
+
+def column_storage(conn, table):
+    with conn.cursor() as cur:
+        cur.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attname = 'embedding'", (table,))
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def ensure_tables(conn, name, base, queries, verbose=True, storage="EXTERNAL"):
+    """Loads <name> and <name>_q unless they already hold the right row counts
+    (and the embedding column of <name> has the requested storage)."""
     t = None
-    if table_rows(conn, name) != len(base):
+    if (table_rows(conn, name) != len(base)
+            or column_storage(conn, name) != STORAGE_CODES[storage.lower()]):
         if verbose:
             log(f"loading {len(base):,} x {base.shape[1]} vectors into table {name}")
-        t = load_table(conn, name, base, verbose=verbose)
+        t = load_table(conn, name, base, verbose=verbose, storage=storage)
         if verbose:
             log(f"  loaded in {t:.1f} s")
     if table_rows(conn, name + "_q") != len(queries):
@@ -475,12 +513,13 @@ def create_index(dsn, table, index, metric="l2", options=None, verbose=True, pol
 
 
 def vec_param(q):
-    return [float(x) for x in q]
+    """A query vector as a parameter: float32, sent as a binary real[] (see connect)."""
+    return np.ascontiguousarray(q, dtype=np.float32)
 
 
 def run_queries(conn, table, queries, metric, k, settings=None, exact=False, base=None,
                 gt_dist=None, ks=(1, 10), warmup=1):
-    """Queries one at a time through a prepared statement (binary float8[] param).
+    """Queries one at a time through a prepared statement (binary real[] param).
 
     Returns latency percentiles, QPS, recall@k for k in ks (<= LIMIT k) and the
     rows returned.

@@ -79,3 +79,10 @@ COMMENT ON FUNCTION vidx_stats(regclass) IS 'tree shape, leaf sizes, code bytes 
 CREATE FUNCTION vidx_verify(index regclass, check_sidecar boolean DEFAULT true) RETURNS boolean
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
 COMMENT ON FUNCTION vidx_verify(regclass, boolean) IS 'checks a vidx index (and its sidecar); raises an error describing the first inconsistency, else returns true';
+
+-- Batch search: many queries in one call.
+CREATE FUNCTION vidx_search(index regclass, queries real[], k integer DEFAULT 10,
+                            OUT query integer, OUT row_tid tid, OUT distance double precision)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT VOLATILE ROWS 100;
+COMMENT ON FUNCTION vidx_search(regclass, real[], integer) IS 'k nearest rows of each query (one per row of a 2-D real[]) through a vidx index: query number (from 1), heap TID (join on ctid), distance; same settings and visibility as ORDER BY ... LIMIT k';

@@ -78,7 +78,8 @@ static ScanScratch scratch;
 /* A re-scored row waiting to be returned. */
 typedef struct ScanResult
 {
-	double score; /* exact, in estimator score space (heap key) */
+	double score;    /* exact, in estimator score space (heap key) */
+	double distance; /* exact, as the operator returns it */
 	ItemPointerData tid;
 } ScanResult;
 
@@ -187,7 +188,7 @@ min_lower_left(VidxScanOpaque so)
 }
 
 static void
-result_push(VidxScanOpaque so, double score, ItemPointer tid)
+result_push(VidxScanOpaque so, double score, double distance, ItemPointer tid)
 {
 	int64 i;
 
@@ -206,6 +207,7 @@ result_push(VidxScanOpaque so, double score, ItemPointer tid)
 		i = (i - 1) / 2;
 	}
 	so->results[i].score = score;
+	so->results[i].distance = distance;
 	so->results[i].tid = *tid;
 }
 
@@ -257,6 +259,12 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 	so->ptrs = palloc(sizeof(VidxPosting *) * MaxIndexTuplesPerPage);
 	so->est = palloc(sizeof(float) * MaxIndexTuplesPerPage);
 	so->lower = palloc(sizeof(float) * MaxIndexTuplesPerPage);
+	if (norderbys > 0)
+	{
+		scan->xs_orderbyvals = palloc0(sizeof(Datum) * norderbys);
+		scan->xs_orderbynulls = palloc(sizeof(bool) * norderbys);
+		memset(scan->xs_orderbynulls, true, sizeof(bool) * norderbys);
+	}
 	scan->opaque = so;
 	return scan;
 }
@@ -585,7 +593,7 @@ rescore(IndexScanDesc scan, Candidate *c)
 		distance = vidx_distance(metric, v, so->query, so->meta.dims);
 	}
 	so->rescored++;
-	result_push(so, distance_to_score(metric, distance), &tid);
+	result_push(so, distance_to_score(metric, distance), distance, &tid);
 }
 
 /* Candidates not re-scored yet, in estimate order? */
@@ -634,6 +642,8 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 			Candidate *c = &so->cands[--so->ncands];
 
 			ItemPointerSet(&scan->xs_heaptid, c->heap_block, c->heap_offset);
+			if (scan->numberOfOrderBys > 0)
+				scan->xs_orderbynulls[0] = true;
 			break;
 		}
 		if (so->nresults > 0 &&
@@ -642,6 +652,9 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 			ScanResult r = result_pop(so);
 
 			scan->xs_heaptid = r.tid;
+			/* Exact: the executor need not recheck, vidx_search reports it. */
+			scan->xs_orderbyvals[0] = Float8GetDatum(r.distance);
+			scan->xs_orderbynulls[0] = false;
 			break;
 		}
 		if (more_to_rescore(so))
