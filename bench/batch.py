@@ -66,6 +66,7 @@ def main(argv=None):
     ap.add_argument("--batch", default="10,100,1000")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--storage", default="EXTERNAL", help="storage of the embedding column")
+    bl.add_client_arg(ap)
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
@@ -77,6 +78,7 @@ def main(argv=None):
     base, Q, meta = bl.load_dataset(a.dataset, mmap=False)
     _, gt_d = bl.ensure_gt(a.dataset, a.metric)
     Q, gt_d = Q[:a.queries], gt_d[:a.queries]
+    bl.set_client(a.client)
     conn = bl.connect(a.dsn)
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS vidx")
@@ -132,7 +134,7 @@ def main(argv=None):
              f"load average at start {m['loadavg_at_start'][0]:.2f}.",
              f"Command: `/usr/bin/python3 bench/batch.py {' '.join(sys.argv[1:])}`", "",
              f"{len(Q)} queries, LIMIT {a.k}, vidx.probes {a.probes}, vidx.rerank {a.rerank}, "
-             f"embedding storage {a.storage}; one client; {a.repeats} interleaved rounds, median QPS.", "",
+             f"embedding storage {a.storage}; client encoding {a.client}; one client; {a.repeats} interleaved rounds, median QPS.", "",
              f"| mode | QPS (median) | vs one by one | recall@{a.k} | queries whose rows differ from one by one |",
              "|---|---|---|---|---|"]
     for r in res["runs"]:

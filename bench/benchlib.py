@@ -512,9 +512,45 @@ def create_index(dsn, table, index, metric="l2", options=None, verbose=True, pol
     return {"build_s": build_s, "build_backend": final or peak}
 
 
+# How query vectors travel: "numpy" (binary real[] encoded by numpy, see
+# connect) or "list" (a Python list of floats, psycopg's binary float8[]:
+# about 0.3 ms of client work per 784-dim query on these machines, the path of
+# the pgvector reference figures in issue 4).
+CLIENT_ENCODINGS = ("numpy", "list")
+client_encoding = "numpy"
+
+
+def add_client_arg(ap):
+    ap.add_argument("--client", choices=CLIENT_ENCODINGS, default="numpy",
+                    help="query vector encoding: numpy (binary real[]) or list (Python floats)")
+
+
+def set_client(name):
+    global client_encoding
+    client_encoding = name
+
+
 def vec_param(q):
-    """A query vector as a parameter: float32, sent as a binary real[] (see connect)."""
+    """A query vector (or a 2-D block of them) as a parameter, per client_encoding."""
+    if client_encoding == "list":
+        return np.asarray(q, dtype=np.float64).tolist()
     return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def trivial_query(conn, queries, n=2000):
+    """QPS and p50 of a statement that only carries the vector: the client path's own cost."""
+    params = [vec_param(q) for q in queries[:n]]
+    lat = np.empty(len(params))
+    with conn.cursor() as cur:
+        t_all = time.perf_counter()
+        for i, p in enumerate(params):
+            t0 = time.perf_counter()
+            cur.execute("SELECT 1 WHERE %b::real[] IS NOT NULL", (p,), prepare=True)
+            cur.fetchall()
+            lat[i] = time.perf_counter() - t0
+        wall = time.perf_counter() - t_all
+    return {"client": client_encoding, "qps": len(params) / wall,
+            "p50_ms": float(np.percentile(lat, 50) * 1e3)}
 
 
 def run_queries(conn, table, queries, metric, k, settings=None, exact=False, base=None,

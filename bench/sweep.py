@@ -159,7 +159,11 @@ def write_outputs(out, res):
          f"load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}.",
          f"Server settings: {', '.join(f'{k}={v}' for k, v in m.get('pg_settings', {}).items())}.",
          f"Queries: {res['queries']} (LIMIT 10; recall@100 from LIMIT 100 over the first "
-         f"{res['k100_queries']}), one client, prepared statement, one at a time.",
+         f"{res['k100_queries']}), one client, prepared statement, one at a time; embedding storage "
+         f"{res.get('storage', 'EXTERNAL')}; query vectors sent as "
+         f"{'a Python float list (float8[])' if res.get('trivial_query', {}).get('client') == 'list' else 'binary real[] from numpy'}"
+         + (f"; on this path a trivial query carrying the vector runs at {res['trivial_query']['qps']:.0f} QPS "
+            f"(p50 {res['trivial_query']['p50_ms']:.3f} ms)" if res.get("trivial_query") else "") + ".",
          "Command: `/usr/bin/python3 bench/sweep.py " + " ".join(res.get("argv", [])) + "`", ""]
     for b in res["builds"]:
         L.append(f"- vidx index ({opts_label(b['options'])}): build {b['build_s']:.1f} s, index "
@@ -245,6 +249,10 @@ def main(argv=None):
     ap.add_argument("--hnsw-efc", type=int, default=64)
     ap.add_argument("--ef-search", default="10,16,32,64,128,256")
     ap.add_argument("--replot", action="store_true", help="only redraw outputs from results.json")
+    bl.add_client_arg(ap)
+    ap.add_argument("--storage", default="EXTERNAL",
+                    help="storage of the embedding column: EXTERNAL (out of line, TOAST) or MAIN "
+                         "(in the row when it fits; no TOAST lookup per returned row)")
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
@@ -271,7 +279,12 @@ def main(argv=None):
     bl.log(f"sweep {a.dataset} ({len(base):,} x {base.shape[1]}, {a.metric}), {len(Q)} queries; "
            f"commit {res['machine']['commit']}")
     table = a.dataset
-    lt = bl.ensure_tables(conn, table, base, Q)
+    lt = bl.ensure_tables(conn, table, base, Q, storage=a.storage)
+    res["storage"] = a.storage
+    bl.set_client(a.client)
+    res["trivial_query"] = bl.trivial_query(conn, Q)
+    bl.log(f"client path ({a.client}): a trivial query carrying the vector: "
+           f"{res['trivial_query']['qps']:.0f} QPS, p50 {res['trivial_query']['p50_ms']:.3f} ms")
     if lt:
         res["copy_s"] = lt
 
