@@ -36,9 +36,26 @@ CREATE INDEX tiny_idx ON tiny USING vidx (v) WITH (lists = 50);
 SELECT s->>'leaves' AS leaves FROM vidx_stats('tiny_idx') s;
 SELECT id FROM tiny ORDER BY v <-> '{2.1,2.1}' LIMIT 3;
 
+-- A leaf big enough to be estimated on several threads gives the same rows, in the same order.
+DROP INDEX opt_tree;
+CREATE INDEX opt_one ON opt USING vidx (v) WITH (lists = 1);
+SELECT s->>'leaves' AS leaves, s->>'postings' AS postings FROM vidx_stats('opt_one') s;
+CREATE TABLE opt_q AS SELECT j, ARRAY[sin(j * 1.3), cos(j * 0.7), sin(j)]::real[] AS q
+FROM generate_series(1, 20) j;
+SET vidx.rerank = 10;
+CREATE TABLE opt_r1 AS SELECT j, (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY v <-> q LIMIT 10) a) AS ids FROM opt_q;
+SET vidx.scan_threads = 2;
+SELECT count(*) AS queries, count(*) FILTER (WHERE r.ids = (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY v <-> q.q LIMIT 10) a)) AS same
+FROM opt_q q JOIN opt_r1 r USING (j);
+RESET vidx.scan_threads;
+DROP TABLE opt_q, opt_r1;
+DROP INDEX opt_one;
+
 -- Settings are range-checked.
 SET vidx.probes = 0;
 SET vidx.rerank = -1;
+SET vidx.scan_threads = 0;
+SET vidx.scan_threads = 65;
 RESET vidx.probes;
 RESET vidx.rerank;
 RESET enable_seqscan;

@@ -123,10 +123,9 @@ typedef struct VidxScanOpaqueData
 	int64 rescored;
 	int64 returned;
 
-	/* scratch for a page's estimates */
-	const VidxPosting **ptrs;
-	float *est;
-	float *lower;
+	/* leaves of the current round (in cxt) */
+	int32 *round;
+	int round_capacity;
 
 	/* fallback to the table, set up on first use */
 	IndexFetchTableData *fetch;
@@ -256,9 +255,6 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 		so->by_lower = scratch.by_lower;
 		so->cands_capacity = scratch.capacity;
 	}
-	so->ptrs = palloc(sizeof(VidxPosting *) * MaxIndexTuplesPerPage);
-	so->est = palloc(sizeof(float) * MaxIndexTuplesPerPage);
-	so->lower = palloc(sizeof(float) * MaxIndexTuplesPerPage);
 	if (norderbys > 0)
 	{
 		scan->xs_orderbyvals = palloc0(sizeof(Datum) * norderbys);
@@ -289,6 +285,8 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->nresults = 0;
 	so->rescored = 0;
 	so->returned = 0;
+	so->round = NULL; /* was in cxt */
+	so->round_capacity = 0;
 
 	vidx_read_meta(scan->indexRelation, &so->meta);
 	if (so->meta.dims == 0)
@@ -382,25 +380,6 @@ reserve_candidates(VidxScanOpaque so, int64 n)
 }
 
 static void
-add_candidates(VidxScanOpaque so, int n)
-{
-	reserve_candidates(so, n);
-	for (int i = 0; i < n; i++)
-	{
-		Candidate *c = &so->cands[so->ncands++];
-		const VidxPosting *p = so->ptrs[i];
-
-		c->lower = so->null_query ? 0 : so->lower[i];
-		c->est = so->null_query ? 0 : so->est[i];
-		c->heap_block = p->heap_block;
-		c->heap_offset = p->heap_offset;
-		c->rescored = false;
-		c->slot = p->slot;
-		c->vhash = p->vhash;
-	}
-}
-
-static void
 scratch_release(VidxScanOpaque so)
 {
 	if (so->owns_scratch)
@@ -441,57 +420,115 @@ vidx_scan_init(void)
 	RegisterXactCallback(scratch_xact_callback, NULL);
 }
 
+/*
+ * A chain is read in groups of up to VIDX_GROUP_PAGES pages that stay pinned
+ * and share-locked together while their postings are estimated (on
+ * vidx.scan_threads threads when the group is large enough to pay for them),
+ * then copied into the candidates and released. A group never spans two
+ * chains: an insert holds its chain's head while it locks further pages of
+ * that chain, so a scan holding pages of one chain while waiting for another
+ * chain's page could close a cycle with two inserts and another scan.
+ */
+#define VIDX_GROUP_PAGES 32
+/* Fewer postings than this are estimated in the calling thread. */
+#define VIDX_PARALLEL_MIN_POSTINGS 2048
+
+typedef struct PageGroup
+{
+	Buffer bufs[VIDX_GROUP_PAGES];
+	VidxEstimateTask tasks[VIDX_GROUP_PAGES];
+	int npages;
+	int ntasks;
+	int nptrs;
+	/* VIDX_GROUP_PAGES * MaxIndexTuplesPerPage each, allocated once per backend */
+	const VidxPosting **ptrs;
+	float *est;
+	float *lower;
+} PageGroup;
+
+static PageGroup group;
+
+static void
+flush_group(VidxScanOpaque so)
+{
+	if (group.nptrs > 0 && !so->null_query)
+		vidx_rabitq_estimate_tasks(group.tasks, group.ntasks,
+		                           group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_threads
+		                                                                     : 1);
+	reserve_candidates(so, group.nptrs);
+	for (int i = 0; i < group.nptrs; i++)
+	{
+		Candidate *c = &so->cands[so->ncands++];
+		const VidxPosting *p = group.ptrs[i];
+
+		c->lower = so->null_query ? 0 : group.lower[i];
+		c->est = so->null_query ? 0 : group.est[i];
+		c->heap_block = p->heap_block;
+		c->heap_offset = p->heap_offset;
+		c->rescored = false;
+		c->slot = p->slot;
+		c->vhash = p->vhash;
+	}
+	for (int i = 0; i < group.npages; i++)
+		UnlockReleaseBuffer(group.bufs[i]);
+	group.npages = group.ntasks = group.nptrs = 0;
+}
+
 /* Reads one leaf's chain and estimates every live posting. */
 static void
-scan_leaf(IndexScanDesc scan, const VidxTreeNode *node)
+scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	Relation index = scan->indexRelation;
 	BlockNumber blkno = node->head_block;
 
-	if (!so->null_query)
-		vidx_query_prep(so->prep, (VidxMetric) so->meta.metric, so->qrot, vidx_tree_centroid(node),
-		                so->meta.dims);
+	if (group.ptrs == NULL)
+	{
+		Size n = (Size) VIDX_GROUP_PAGES * MaxIndexTuplesPerPage;
 
+		group.ptrs = MemoryContextAlloc(TopMemoryContext, sizeof(VidxPosting *) * n);
+		group.est = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
+		group.lower = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
+	}
+	/* A scan that failed inside a group left it set; the abort released its buffers. */
+	group.npages = group.ntasks = group.nptrs = 0;
 	while (BlockNumberIsValid(blkno))
 	{
 		Buffer buf = ReadBuffer(index, blkno);
 		Page page;
 		VidxPageOpaque opaque;
 		OffsetNumber maxoff;
-		int n = 0;
+		int first = group.nptrs;
 
 		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		group.bufs[group.npages++] = buf;
 		page = BufferGetPage(buf);
 		opaque = VidxPageGetOpaque(page);
 		if (opaque->page_type != VIDX_PAGE_POSTING || opaque->head != node->head_block)
-		{
-			UnlockReleaseBuffer(buf);
 			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 			                errmsg("index \"%s\": block %u is not in the posting chain of block %u",
 			                       RelationGetRelationName(index), blkno, node->head_block)));
-		}
 		maxoff = PageGetMaxOffsetNumber(page);
 		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
 		{
 			ItemId iid = PageGetItemId(page, off);
-			const VidxPosting *p;
 
-			if (!ItemIdIsUsed(iid))
-				continue;
-			p = (const VidxPosting *) PageGetItem(page, iid);
-			if (p->flags & VIDX_POSTING_DEAD)
-				continue;
-			so->ptrs[n++] = p;
+			if (ItemIdIsUsed(iid))
+				group.ptrs[group.nptrs++] = (const VidxPosting *) PageGetItem(page, iid);
 		}
-		if (n > 0)
+		if (group.nptrs > first)
 		{
-			if (!so->null_query)
-				vidx_rabitq_estimate(so->prep, so->ptrs, n, so->est, so->lower);
-			add_candidates(so, n);
+			VidxEstimateTask *t = &group.tasks[group.ntasks++];
+
+			t->prep = prep;
+			t->postings = &group.ptrs[first];
+			t->n = group.nptrs - first;
+			t->est = &group.est[first];
+			t->lower = &group.lower[first];
 		}
 		blkno = opaque->next;
-		UnlockReleaseBuffer(buf);
+		if (group.npages == VIDX_GROUP_PAGES || !BlockNumberIsValid(blkno))
+			flush_group(so);
 	}
 }
 
@@ -502,6 +539,8 @@ next_round(IndexScanDesc scan)
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	VidxTreeCache *cache = vidx_get_tree(scan->indexRelation, &so->meta);
 	int probes = so->null_query ? INT_MAX : vidx_probes;
+	Size prep_size = vidx_query_prep_size(so->meta.dims);
+	int nleaves = 0;
 
 	if (!so->started)
 	{
@@ -512,7 +551,7 @@ next_round(IndexScanDesc scan)
 		if (!so->null_query)
 		{
 			vidx_to_index_space(cache, so->query, so->qrot);
-			so->prep = palloc(vidx_query_prep_size(so->meta.dims));
+			so->prep = palloc(prep_size);
 		}
 		vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric, so->qrot);
 		vidx_sidecar_refresh(scan->indexRelation, &so->meta);
@@ -521,8 +560,14 @@ next_round(IndexScanDesc scan)
 		pgstat_count_index_scan(scan->indexRelation);
 	}
 
+	/* The round's leaves, nearest first; their head pages are prefetched (a no-op when cached). */
+	if (so->round_capacity == 0)
+	{
+		so->round_capacity = so->null_query ? 64 : Min(probes, 1024);
+		so->round = MemoryContextAlloc(so->cxt, sizeof(int32) * so->round_capacity);
+	}
 	Assert(so->ncands == 0);
-	for (int i = 0; i < probes; i++)
+	while (nleaves < probes)
 	{
 		float key;
 		int32 leaf = vidx_tree_search_next(so->search, cache->tree, &key);
@@ -532,7 +577,23 @@ next_round(IndexScanDesc scan)
 			so->leaves_done = true;
 			break;
 		}
-		scan_leaf(scan, vidx_tree_node(cache->tree, leaf));
+		if (nleaves == so->round_capacity)
+		{
+			so->round_capacity *= 2;
+			so->round = repalloc(so->round, sizeof(int32) * so->round_capacity);
+		}
+		so->round[nleaves++] = leaf;
+		PrefetchBuffer(scan->indexRelation, MAIN_FORKNUM,
+		               vidx_tree_node(cache->tree, leaf)->head_block);
+	}
+	for (int i = 0; i < nleaves; i++)
+	{
+		const VidxTreeNode *node = vidx_tree_node(cache->tree, so->round[i]);
+
+		if (!so->null_query)
+			vidx_query_prep(so->prep, (VidxMetric) so->meta.metric, so->qrot,
+			                vidx_tree_centroid(node), so->meta.dims);
+		scan_leaf(scan, node, so->prep);
 		CHECK_FOR_INTERRUPTS();
 	}
 	if (!so->null_query)
@@ -692,9 +753,6 @@ vidx_endscan(IndexScanDesc scan)
 	scratch_release(so);
 	if (so->results)
 		pfree(so->results);
-	pfree(so->ptrs);
-	pfree(so->est);
-	pfree(so->lower);
 	pfree(so);
 	scan->opaque = NULL;
 }

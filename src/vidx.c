@@ -18,6 +18,7 @@ PG_MODULE_MAGIC;
 
 int vidx_probes = 10;
 int vidx_rerank = 100;
+int vidx_scan_threads = 1;
 
 static relopt_kind vidx_relopt_kind;
 
@@ -49,6 +50,11 @@ _PG_init(void)
 	    "returned once no candidate left can beat it, or once this many more candidates "
 	    "than rows returned were re-scored.",
 	    &vidx_rerank, 100, 1, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "vidx.scan_threads", "Threads a vidx scan may use to estimate a large group of postings",
+	    "Each backend starts its own threads: with many concurrent queries, keep the product "
+	    "of clients and threads at or below the number of cores.",
+	    &vidx_scan_threads, 1, 1, 64, PGC_USERSET, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");
 
 	vidx_sidecar_init();

@@ -90,6 +90,7 @@ typedef struct VidxOptions
 
 extern int vidx_probes;
 extern int vidx_rerank;
+extern int vidx_scan_threads;
 
 /* ---------- vectors (vector.c) ---------- */
 

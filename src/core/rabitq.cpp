@@ -32,8 +32,9 @@ namespace
 {
 
 constexpr uint32_t PREP_MAGIC = 0x56505250; /* "VPRP" */
-constexpr float EPS0 = 3.0f; /* RaBitQ confidence parameter (the paper's 1.9 missed true neighbours here) */
-constexpr float EPS_QUANT = 4.0f;           /* sigmas of query quantization error */
+constexpr float EPS0 =
+    3.0f; /* RaBitQ confidence parameter (the paper's 1.9 missed true neighbours here) */
+constexpr float EPS_QUANT = 4.0f; /* sigmas of query quantization error */
 /*
  * Below this many dimensions the RaBitQ bound (a concentration result) is not
  * trustworthy: use the deterministic one, <u, qr> <= ||qr|| (Cauchy-Schwarz),
@@ -458,4 +459,20 @@ vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n
 	if (n <= 0)
 		return;
 	fn(h, postings, n, est, lower);
+}
+
+extern "C" void
+vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks, int threads)
+{
+	if (threads <= 1 || ntasks <= 1)
+	{
+		for (int i = 0; i < ntasks; i++)
+			vidx_rabitq_estimate(tasks[i].prep, tasks[i].postings, tasks[i].n, tasks[i].est,
+			                     tasks[i].lower);
+		return;
+	}
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+	for (int i = 0; i < ntasks; i++)
+		vidx_rabitq_estimate(tasks[i].prep, tasks[i].postings, tasks[i].n, tasks[i].est,
+		                     tasks[i].lower);
 }

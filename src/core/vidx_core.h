@@ -122,6 +122,22 @@ extern "C"
 	void vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n,
 	                          float *est, float *lower);
 
+	/* One call of vidx_rabitq_estimate: a run of postings that share a query preparation. */
+	typedef struct VidxEstimateTask
+	{
+		const void *prep;
+		const VidxPosting *const *postings;
+		int n;
+		float *est;
+		float *lower;
+	} VidxEstimateTask;
+
+	/*
+	 * Runs the tasks on up to `threads` OpenMP threads (1: in the calling
+	 * thread). Pure arithmetic over caller memory: no allocation, cannot fail.
+	 */
+	void vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks, int threads);
+
 	/* ---------- k-means and tree ---------- */
 
 	/*
