@@ -1,4 +1,4 @@
--- vidx_search: many queries in one call, the same rows as ORDER BY ... LIMIT.
+-- vidx_search: many queries in one call, the same rows as ORDER BY ... LIMIT; vidx_prewarm.
 SET client_min_messages = warning;
 CREATE TABLE bat (id int, v real[]);
 INSERT INTO bat SELECT i, ARRAY[sin(i), cos(i), sin(i * 0.37), cos(i * 0.11)]::real[]
@@ -43,10 +43,18 @@ CREATE INDEX bat_btree ON bat (id);
 SELECT * FROM vidx_search('bat_btree', '{1,2,3,4}', 3);
 SELECT count(*) FROM vidx_search('bat_vidx', NULL, 3);
 
+-- vidx_prewarm reads every index page and the whole sidecar.
+SELECT index_pages = pg_relation_size('bat_vidx') / current_setting('block_size')::int AS all_pages,
+       sidecar_bytes > 5000 * 4 * 4 AS sidecar_read
+FROM vidx_prewarm('bat_vidx');
+SELECT * FROM vidx_prewarm('bat');
+SELECT * FROM vidx_prewarm('bat_btree');
+
 -- It needs SELECT on the table, and refuses tables with row-level security.
 CREATE ROLE vidx_batch_reader;
 SET ROLE vidx_batch_reader;
 SELECT * FROM vidx_search('bat_vidx', '{1,2,3,4}', 3);
+SELECT * FROM vidx_prewarm('bat_vidx');
 RESET ROLE;
 GRANT SELECT (v) ON bat TO vidx_batch_reader;
 SET ROLE vidx_batch_reader;

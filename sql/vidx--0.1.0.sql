@@ -86,3 +86,7 @@ CREATE FUNCTION vidx_search(index regclass, queries real[], k integer DEFAULT 10
 	RETURNS SETOF record
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT VOLATILE ROWS 100;
 COMMENT ON FUNCTION vidx_search(regclass, real[], integer) IS 'k nearest rows of each query (one per row of a 2-D real[]) through a vidx index: query number (from 1), heap TID (join on ctid), distance; same settings and visibility as ORDER BY ... LIMIT k';
+
+CREATE FUNCTION vidx_prewarm(index regclass, OUT index_pages bigint, OUT sidecar_bytes bigint)
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION vidx_prewarm(regclass) IS 'reads a vidx index into shared buffers and its sidecar file into the page cache; returns the pages and bytes read';

@@ -1,5 +1,6 @@
 /*
- * batch.c: vidx_search(index, queries, k), many k-NN queries in one call.
+ * batch.c: vidx_search(index, queries, k), many k-NN queries in one call, and
+ * vidx_prewarm(index), which loads an index and its sidecar into memory.
  *
  * Each query runs the index's own scan (the same code and settings as
  * ORDER BY ... LIMIT k), through the regular index-scan interface, so rows
@@ -38,13 +39,31 @@ PG_FUNCTION_INFO_V1(vidx_search);
  * materialized). */
 #define VIDX_SEARCH_MAX_K 100000
 
-/* The caller must be able to read the indexed column, and row security must not apply. */
-static void
-check_search_allowed(Relation heap, Relation index)
+/*
+ * Opens a vidx index and its table for a function that reads the table
+ * through it (vidx_search, vidx_prewarm): the caller must be able to read the
+ * indexed column, and row security must not apply. The table is locked before
+ * its index, as a query does.
+ */
+void
+vidx_open_for_read(Oid indexoid, const char *what, Relation *heap_out, Relation *index_out)
 {
-	Oid heapoid = RelationGetRelid(heap);
-	AttrNumber attno = index->rd_index->indkey.values[0];
+	Oid am = get_index_am_oid("vidx", false);
+	Oid heapoid = IndexGetRelation(indexoid, true);
+	Relation heap;
+	Relation index;
+	AttrNumber attno;
 
+	if (!OidIsValid(heapoid))
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+		                errmsg("\"%s\" is not an index",
+		                       get_rel_name(indexoid) ? get_rel_name(indexoid) : "(unknown)")));
+	heap = table_open(heapoid, AccessShareLock);
+	index = index_open(indexoid, AccessShareLock);
+	if (index->rd_rel->relam != am)
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+		                errmsg("\"%s\" is not a vidx index", RelationGetRelationName(index))));
+	attno = index->rd_index->indkey.values[0];
 	if (pg_class_aclcheck(heapoid, GetUserId(), ACL_SELECT) != ACLCHECK_OK &&
 	    (attno == 0 ||
 	     pg_attribute_aclcheck(heapoid, attno, GetUserId(), ACL_SELECT) != ACLCHECK_OK))
@@ -53,10 +72,12 @@ check_search_allowed(Relation heap, Relation index)
 		ereport(
 		    ERROR,
 		    (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-		     errmsg("vidx_search cannot be used on table \"%s\": it has row-level security",
+		     errmsg("%s cannot be used on table \"%s\": it has row-level security", what,
 		            RelationGetRelationName(heap)),
 		     errhint(
 		         "Use SELECT ... ORDER BY ... LIMIT, which applies the row security policies.")));
+	*heap_out = heap;
+	*index_out = index;
 }
 
 /* A one-dimensional real[] of dims elements, for one query's scan key. */
@@ -78,12 +99,9 @@ new_query_array(int dims)
 Datum
 vidx_search(PG_FUNCTION_ARGS)
 {
-	Oid indexoid = PG_GETARG_OID(0);
 	ArrayType *queries = PG_GETARG_ARRAYTYPE_P(1);
 	int32 k = PG_GETARG_INT32(2);
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid am = get_index_am_oid("vidx", false);
-	Oid heapoid;
 	Relation heap;
 	Relation index;
 	IndexScanDesc scan;
@@ -118,18 +136,7 @@ vidx_search(PG_FUNCTION_ARGS)
 		                errmsg("query vectors have %d dimensions, more than the maximum of %d",
 		                       dims, VIDX_MAX_DIMS)));
 
-	/* Lock the table before its index, as a query does. */
-	heapoid = IndexGetRelation(indexoid, true);
-	if (!OidIsValid(heapoid))
-		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-		                errmsg("\"%s\" is not an index",
-		                       get_rel_name(indexoid) ? get_rel_name(indexoid) : "(unknown)")));
-	heap = table_open(heapoid, AccessShareLock);
-	index = index_open(indexoid, AccessShareLock);
-	if (index->rd_rel->relam != am)
-		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-		                errmsg("\"%s\" is not a vidx index", RelationGetRelationName(index))));
-	check_search_allowed(heap, index);
+	vidx_open_for_read(PG_GETARG_OID(0), "vidx_search", &heap, &index);
 
 	InitMaterializedSRF(fcinfo, 0);
 	elems = (const float4 *) ARR_DATA_PTR(queries);
@@ -167,4 +174,49 @@ vidx_search(PG_FUNCTION_ARGS)
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(vidx_prewarm);
+
+/*
+ * Reads every index page into shared buffers, the tree into this backend's
+ * cache and the sidecar file into the kernel's page cache, so that the first
+ * queries after a restart run at full speed. Returns the pages and bytes read.
+ */
+Datum
+vidx_prewarm(PG_FUNCTION_ARGS)
+{
+	TupleDesc tupdesc;
+	Relation heap;
+	Relation index;
+	BlockNumber nblocks;
+	VidxMetaPageData meta;
+	int64 sidecar_bytes;
+	Datum values[2];
+	bool isnull[2] = {false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "vidx_prewarm: return type must be a row type");
+	vidx_open_for_read(PG_GETARG_OID(0), "vidx_prewarm", &heap, &index);
+
+	nblocks = RelationGetNumberOfBlocks(index);
+	for (BlockNumber blkno = 0; blkno < nblocks; blkno++)
+	{
+		/* Keep some reads in flight ahead of the one we wait for. */
+		if (blkno % 32 == 0)
+			for (BlockNumber b = blkno + 32; b < Min(nblocks, blkno + 64); b++)
+				PrefetchBuffer(index, MAIN_FORKNUM, b);
+		ReleaseBuffer(ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, NULL));
+		CHECK_FOR_INTERRUPTS();
+	}
+	vidx_read_meta(index, &meta);
+	if (meta.dims > 0)
+		(void) vidx_get_tree(index, &meta);
+	sidecar_bytes = vidx_sidecar_prewarm(index);
+
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	values[0] = Int64GetDatum((int64) nblocks);
+	values[1] = Int64GetDatum(sidecar_bytes);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, isnull)));
 }

@@ -496,6 +496,42 @@ vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer 
 }
 
 /*
+ * Reads the whole sidecar file once (sequentially, 1 MB at a time) so that
+ * it is in the kernel's page cache. Returns the bytes read; 0 if there is no
+ * file.
+ */
+int64
+vidx_sidecar_prewarm(Relation index)
+{
+	char *path = vidx_sidecar_path(index);
+	char *chunk;
+	int64 total = 0;
+	int fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+
+	if (fd < 0)
+	{
+		pfree(path);
+		return 0;
+	}
+	chunk = palloc(1024 * 1024);
+	for (;;)
+	{
+		ssize_t n = read(fd, chunk, 1024 * 1024);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		total += n;
+		CHECK_FOR_INTERRUPTS();
+	}
+	CloseTransientFile(fd);
+	pfree(chunk);
+	pfree(path);
+	return total;
+}
+
+/*
  * Hints the CPU to fetch a record that is about to be read. Only touches an
  * existing mapping (a prefetch never faults), so it needs no guard.
  */

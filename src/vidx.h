@@ -156,6 +156,7 @@ extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, ui
 extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid,
                                   uint32 slot, uint32 vhash, const float *query, double *distance);
 /* Whether the posting has a valid sidecar record. */
+extern int64 vidx_sidecar_prewarm(Relation index);
 extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot);
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
@@ -192,6 +193,9 @@ extern void vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey ord
 extern bool vidx_gettuple(IndexScanDesc scan, ScanDirection dir);
 extern void vidx_endscan(IndexScanDesc scan);
 extern void vidx_scan_init(void);
+
+/* batch.c */
+extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, Relation *index);
 
 /* Build progress subphases (pg_stat_progress_create_index). */
 #define VIDX_PHASE_LOAD 2
