@@ -13,7 +13,7 @@ CORE_OBJS = src/core/distance.o src/core/rotation.o src/core/rabitq.o \
 	src/core/kmeans.o src/core/tree.o src/core/sidecar_format.o src/core/topk.o
 OBJS = $(GLUE_OBJS) $(CORE_OBJS)
 
-REGRESS = vector_ops index_basic index_options index_vacuum index_batch
+REGRESS = vector_ops index_basic index_options index_vacuum index_batch index_costs
 REGRESS_OPTS = --load-extension=vidx
 
 PG_CPPFLAGS = -I$(srcdir)/src
