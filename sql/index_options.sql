@@ -48,6 +48,12 @@ SET vidx.scan_threads = 2;
 SELECT count(*) AS queries, count(*) FILTER (WHERE r.ids = (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY v <-> q.q LIMIT 10) a)) AS same
 FROM opt_q q JOIN opt_r1 r USING (j);
 RESET vidx.scan_threads;
+-- The smallest tree cache (1 MB) with two indexes in one query: results stay the same.
+SET vidx.tree_cache_mb = 1;
+SELECT count(*) AS queries, count(*) FILTER (WHERE r.ids = (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY v <-> q.q LIMIT 10) a)
+                                            AND (SELECT id FROM tiny ORDER BY v <-> q.q[1:2] LIMIT 1) IS NOT NULL) AS same
+FROM opt_q q JOIN opt_r1 r USING (j);
+RESET vidx.tree_cache_mb;
 DROP TABLE opt_q, opt_r1;
 DROP INDEX opt_one;
 
@@ -56,6 +62,7 @@ SET vidx.probes = 0;
 SET vidx.rerank = -1;
 SET vidx.scan_threads = 0;
 SET vidx.scan_threads = 65;
+SET vidx.tree_cache_mb = -1;
 RESET vidx.probes;
 RESET vidx.rerank;
 RESET enable_seqscan;

@@ -4,6 +4,7 @@
 #include "vidx.h"
 
 #include <math.h>
+#include <unistd.h>
 
 #include "miscadmin.h"
 #include "storage/lmgr.h"
@@ -79,6 +80,54 @@ typedef struct TreeCacheSlot
 
 static TreeCacheSlot tree_slots[VIDX_TREE_CACHE_SLOTS];
 static uint64 tree_clock = 0;
+
+/*
+ * Bytes of trees a backend keeps (vidx.tree_cache_mb; 0 = derived from the
+ * machine: a quarter of the RAM shared by max_connections backends, between
+ * 64 MB and 1 GB). The tree a scan needs is always loaded; others are evicted,
+ * least recently used first, to stay within the budget.
+ */
+static Size
+tree_cache_budget(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES);
+	long page_size = sysconf(_SC_PAGESIZE);
+	double ram =
+	    (pages > 0 && page_size > 0) ? (double) pages * page_size : 4.0 * 1024 * 1024 * 1024;
+	double mb;
+
+	if (vidx_tree_cache_mb > 0)
+		return (Size) vidx_tree_cache_mb * 1024 * 1024;
+	mb = ram / 4 / Max(MaxConnections, 1) / (1024 * 1024);
+	return (Size) Min(Max(mb, 64.0), 1024.0) * 1024 * 1024;
+}
+
+static void
+evict_trees(const TreeCacheSlot *keep)
+{
+	Size budget = tree_cache_budget();
+
+	for (;;)
+	{
+		Size total = 0;
+		TreeCacheSlot *victim = NULL;
+
+		for (int i = 0; i < VIDX_TREE_CACHE_SLOTS; i++)
+		{
+			TreeCacheSlot *s = &tree_slots[i];
+
+			if (!s->valid)
+				continue;
+			total += MemoryContextMemAllocated(s->cxt, true);
+			if (s != keep && (victim == NULL || s->last_used < victim->last_used))
+				victim = s;
+		}
+		if (total <= budget || victim == NULL)
+			return;
+		victim->valid = false;
+		MemoryContextReset(victim->cxt);
+	}
+}
 
 /* Reads the tree blob spread over the tree pages into cxt. */
 static void *
@@ -209,6 +258,7 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 
 	slot->last_used = ++tree_clock;
 	slot->valid = true;
+	evict_trees(slot);
 	return c;
 }
 

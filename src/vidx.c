@@ -19,6 +19,7 @@ PG_MODULE_MAGIC;
 int vidx_probes = 10;
 int vidx_rerank = 100;
 int vidx_scan_threads = 1;
+int vidx_tree_cache_mb = 0;
 
 static relopt_kind vidx_relopt_kind;
 
@@ -55,6 +56,11 @@ _PG_init(void)
 	    "Each backend starts its own threads: with many concurrent queries, keep the product "
 	    "of clients and threads at or below the number of cores.",
 	    &vidx_scan_threads, 1, 1, 64, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "vidx.tree_cache_mb", "Memory for the vidx trees (centroids) a backend keeps cached",
+	    "0 derives it from the machine: a quarter of the RAM divided by max_connections, "
+	    "between 64 MB and 1 GB. The tree a query needs is always loaded.",
+	    &vidx_tree_cache_mb, 0, 0, INT_MAX / 2, PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");
 
 	vidx_sidecar_init();

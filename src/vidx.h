@@ -91,6 +91,7 @@ typedef struct VidxOptions
 extern int vidx_probes;
 extern int vidx_rerank;
 extern int vidx_scan_threads;
+extern int vidx_tree_cache_mb;
 
 /* ---------- vectors (vector.c) ---------- */
 
