@@ -410,7 +410,13 @@ scratch_release(VidxScanOpaque so)
 static void
 scratch_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	/*
+	 * No scan outlives its transaction (a holdable cursor is run to the end
+	 * before commit), so whoever owned the scratch is gone; a scan that failed,
+	 * also inside a subtransaction, never released it.
+	 */
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+	    event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
 		scratch.in_use = false;
 }
 
