@@ -48,16 +48,23 @@ struct PrepHeader
 	int32_t metric;
 	int32_t dims;
 	int32_t words;
-	double lo;         /* quantization offset */
-	double delta;      /* quantization step */
-	double const_term; /* lo*D + delta*sum(qq) */
-	float inv_sqrt_d;  /* 1/sqrt(D) */
-	float qr_norm_sq;  /* ||qr||^2 (exact, in double then rounded) */
-	float qr_norm;     /* ||qr|| */
-	float qc;          /* <q_rot, c_rot> (IP) */
-	float err_coef;    /* ||qr|| * eps0 / sqrt(max(D-1, 1)) */
-	float quant_err;   /* eps0 * ||qr - dequant(qq)|| / sqrt(D) */
-	                   /* followed by 4 * words uint64_t bit planes, plane j at j*words */
+	double lo;           /* quantization offset */
+	double delta;        /* quantization step */
+	double const_term;   /* lo*D + delta*sum(qq) */
+	float inv_sqrt_d;    /* 1/sqrt(D) */
+	float qr_norm_sq;    /* ||qr||^2 (exact, in double then rounded) */
+	float qr_norm;       /* ||qr|| */
+	float qc;            /* <q_rot, c_rot> (IP) */
+	float err_coef;      /* ||qr|| * eps0 / sqrt(max(D-1, 1)) */
+	float quant_err;     /* eps0 * ||qr - dequant(qq)|| / sqrt(D) */
+	int32_t refine_bits; /* 0, 4 or 8: postings carry refinement codes */
+	float sum_qr;        /* sum of qr's coordinates (refinement) */
+	float refine_coef;   /* bound of <qr, e> per unit of ||e||, e a refinement error */
+	float pad_;
+	/*
+	 * followed by 4 * words uint64_t bit planes, plane j at j*words, then
+	 * qr itself (dims floats) for the refinement codes
+	 */
 };
 static_assert(sizeof(PrepHeader) % 8 == 0, "planes must be 8-byte aligned");
 
@@ -65,6 +72,78 @@ inline const uint64_t *
 planes_of(const PrepHeader *p)
 {
 	return reinterpret_cast<const uint64_t *>(p + 1);
+}
+
+inline const float *
+qr_of(const PrepHeader *p)
+{
+	return reinterpret_cast<const float *>(planes_of(p) + 4 * (size_t) p->words);
+}
+
+/*
+ * Sigmas of a refinement error allowed for: <qr, e> with e the rounding of a
+ * rotated residual behaves like a sum of D independent terms; 5 sigmas.
+ */
+constexpr float EPS_REFINE = 5.0f;
+
+/* Refinement section of a posting, after its sign code. */
+struct RefineHeader
+{
+	float step; /* quantization step */
+	float err;  /* ||r - dequant(code)||, exact */
+};
+
+inline size_t
+refine_code_bytes(int dims, int bits)
+{
+	return (((size_t) dims * bits + 7) / 8 + 7) & ~(size_t) 7;
+}
+
+inline const RefineHeader *
+refine_of(const VidxPosting *p, int words)
+{
+	return reinterpret_cast<const RefineHeader *>(vidx_posting_code(p) + words);
+}
+
+/* Clip point of the quantizer, in standard deviations of the residual's coordinates. */
+inline double
+refine_clip_sigmas(int bits)
+{
+	return bits == 4 ? 2.7 : 4.3;
+}
+
+/* sum_i qr[i] * code[i], codes of 4 bits (two per byte, low nibble first) or 8 bits. */
+VIDX_CLONES float
+refine_dot(const float *qr, const uint8_t *code, int dims, int bits)
+{
+	constexpr int L = 16;
+	float acc[L] = {0};
+	int i = 0;
+
+	if (bits == 8)
+	{
+		for (; i + L <= dims; i += L)
+			for (int j = 0; j < L; j++)
+				acc[j] += qr[i + j] * (float) code[i + j];
+		for (int j = 0; i < dims; i++, j++)
+			acc[j] += qr[i] * (float) code[i];
+	}
+	else
+	{
+		for (; i + 2 * L <= dims; i += 2 * L)
+			for (int j = 0; j < L; j++)
+			{
+				uint8_t b = code[i / 2 + j];
+
+				acc[j] += qr[i + 2 * j] * (float) (b & 15) + qr[i + 2 * j + 1] * (float) (b >> 4);
+			}
+		for (int j = 0; i < dims; i++, j = (j + 1) % L)
+			acc[j] += qr[i] * (float) ((code[i / 2] >> (4 * (i & 1))) & 15);
+	}
+	float sum = 0;
+	for (int j = 0; j < L; j++)
+		sum += acc[j];
+	return sum;
 }
 
 struct PopSums
@@ -109,6 +188,29 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 	{
 		score = norm * norm + h->qr_norm_sq - 2.0f * norm * est_ip;
 		low = norm * norm + h->qr_norm_sq - 2.0f * norm * ip_high;
+	}
+	if (h->refine_bits > 0)
+	{
+		/* <qr, r> from the refinement code: r = step * (code + 1/2) - R + e. */
+		const RefineHeader *rh = refine_of(p, h->words);
+		const uint8_t *code = reinterpret_cast<const uint8_t *>(rh + 1);
+		float step = rh->step;
+		float half_range = step * (float) (1 << (h->refine_bits - 1));
+		float ip = step * refine_dot(qr_of(h), code, h->dims, h->refine_bits) +
+		           (0.5f * step - half_range) * h->sum_qr;
+		float high = std::min(ip + h->refine_coef * rh->err, h->qr_norm * norm);
+
+		high = std::max(high, ip);
+		if (h->metric == VIDX_METRIC_IP)
+		{
+			score = -(h->qc + p->cdot + ip);
+			low = -(h->qc + p->cdot + high);
+		}
+		else
+		{
+			score = norm * norm + h->qr_norm_sq - 2.0f * ip;
+			low = norm * norm + h->qr_norm_sq - 2.0f * high;
+		}
 	}
 	est[0] = score;
 	if (lower)
@@ -366,6 +468,63 @@ vidx_posting_size(int dims)
 	return sizeof(VidxPosting) + 8 * (size_t) vidx_code_words(dims);
 }
 
+extern "C" bool
+vidx_refine_bits_valid(int refine_bits)
+{
+	return refine_bits == 0 || refine_bits == 4 || refine_bits == 8;
+}
+
+extern "C" size_t
+vidx_posting_size_refined(int dims, int refine_bits)
+{
+	size_t size = vidx_posting_size(dims);
+
+	if (refine_bits > 0 && dims > 0)
+		size += sizeof(RefineHeader) + refine_code_bytes(dims, refine_bits);
+	return size;
+}
+
+extern "C" void
+vidx_rabitq_encode_refined(const float *x_rot, const float *c_rot, int dims, int refine_bits,
+                           VidxPosting *p)
+{
+	vidx_rabitq_encode(x_rot, c_rot, dims, p);
+	if (refine_bits <= 0 || dims <= 0)
+		return;
+
+	RefineHeader *rh = reinterpret_cast<RefineHeader *>(reinterpret_cast<uint64_t *>(p + 1) +
+	                                                    vidx_code_words(dims));
+	uint8_t *code = reinterpret_cast<uint8_t *>(rh + 1);
+	const int levels = 1 << refine_bits;
+	double maxabs = 0;
+
+	for (int i = 0; i < dims; i++)
+		maxabs = std::max(maxabs, std::fabs((double) x_rot[i] - c_rot[i]));
+	double sigma = (double) p->norm / std::sqrt((double) dims);
+	double half_range = std::min(refine_clip_sigmas(refine_bits) * sigma, maxabs);
+	double step = half_range > 0 ? 2.0 * half_range / levels : 0.0;
+	double err_sq = 0;
+
+	std::memset(code, 0, refine_code_bytes(dims, refine_bits));
+	for (int i = 0; i < dims; i++)
+	{
+		double r = (double) x_rot[i] - c_rot[i];
+		int c = step > 0 ? (int) std::floor((r + half_range) / step) : 0;
+
+		c = std::min(std::max(c, 0), levels - 1);
+		double e = r - (step * (c + 0.5) - half_range);
+
+		err_sq += e * e;
+		if (refine_bits == 8)
+			code[i] = (uint8_t) c;
+		else
+			code[i / 2] |= (uint8_t) (c << (4 * (i & 1)));
+	}
+	rh->step = (float) step;
+	/* Rounded up, so the bound it feeds stays a bound. */
+	rh->err = (float) (std::sqrt(err_sq) * (1.0 + 1e-6)) + 1e-30f;
+}
+
 extern "C" void
 vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p)
 {
@@ -409,11 +568,19 @@ vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting
 extern "C" size_t
 vidx_query_prep_size(int dims)
 {
-	return sizeof(PrepHeader) + 4 * 8 * (size_t) vidx_code_words(dims);
+	return sizeof(PrepHeader) + 4 * 8 * (size_t) vidx_code_words(dims) +
+	       sizeof(float) * (size_t) std::max(dims, 0);
 }
 
 extern "C" void
 vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot, int dims)
+{
+	vidx_query_prep_refined(prep, metric, q_rot, c_rot, dims, 0);
+}
+
+extern "C" void
+vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
+                        int dims, int refine_bits)
 {
 	PrepHeader *h = static_cast<PrepHeader *>(prep);
 	int words = vidx_code_words(dims);
@@ -447,6 +614,24 @@ vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *
 	 * sum|e_i|/sqrt(D), would be about sqrt(D)/2 times looser).
 	 */
 	h->quant_err = (float) (EPS_QUANT * std::sqrt(qerr_sq) / std::sqrt((double) dims));
+
+	if (refine_bits > 0)
+	{
+		float *qr = reinterpret_cast<float *>(planes + 4 * (size_t) words);
+		double sum = 0;
+
+		for (int i = 0; i < dims; i++)
+		{
+			qr[i] = q_rot[i] - c_rot[i];
+			sum += qr[i];
+		}
+		h->refine_bits = refine_bits;
+		h->sum_qr = (float) sum;
+		/* Below 64 dims, Cauchy-Schwarz: |<qr, e>| <= ||qr|| ||e||. */
+		h->refine_coef = dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND
+		                     ? h->qr_norm * 1.0001f
+		                     : (float) (EPS_REFINE * std::sqrt(qr_sq) / std::sqrt((double) dims));
+	}
 }
 
 extern "C" void

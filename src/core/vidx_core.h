@@ -105,6 +105,19 @@ extern "C"
 	void vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p);
 
 	/*
+	 * Refinement codes (index option refine_bits, 0 = none): after the sign
+	 * code, a posting may carry the residual quantized to 4 or 8 bits per
+	 * dimension (uniform, midrise, step scaled to the residual's spread) with
+	 * the step and the exact norm of its quantization error. The estimator
+	 * then works from it: about 10x (4 bits) or 100x (8 bits) tighter bounds
+	 * than the sign code's, so far fewer candidates need their full vector.
+	 */
+	bool vidx_refine_bits_valid(int refine_bits); /* 0, 4 or 8 */
+	size_t vidx_posting_size_refined(int dims, int refine_bits);
+	void vidx_rabitq_encode_refined(const float *x_rot, const float *c_rot, int dims,
+	                                int refine_bits, VidxPosting *p);
+
+	/*
 	 * Per-leaf query preparation: the rotated query's residual to the leaf
 	 * centroid, quantized to 4 bits per dimension (bit planes), plus the scalars
 	 * the estimator needs. Caller memory of vidx_query_prep_size(dims) bytes.
@@ -112,6 +125,9 @@ extern "C"
 	size_t vidx_query_prep_size(int dims);
 	void vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
 	                     int dims);
+	/* The same for postings that carry refinement codes of refine_bits. */
+	void vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot,
+	                             const float *c_rot, int dims, int refine_bits);
 
 	/*
 	 * Estimated score of each posting (lower is better) and a lower bound of the

@@ -17,7 +17,8 @@ struct Postings
 	std::vector<uint64_t> buf; /* uint64 for alignment */
 	std::vector<const VidxPosting *> ptrs;
 
-	Postings(int d, int n) : dims(d), psize(vidx_posting_size(d)), buf(psize * n / 8 + 1)
+	Postings(int d, int n, int refine_bits = 0)
+	    : dims(d), psize(vidx_posting_size_refined(d, refine_bits)), buf(psize * n / 8 + 1)
 	{
 		for (int i = 0; i < n; i++)
 			ptrs.push_back(at(i));
@@ -136,7 +137,7 @@ struct Accuracy
  */
 Accuracy
 measure(VidxMetric metric, int d, const std::vector<float> &xs, const std::vector<float> &qs,
-        const std::vector<float> &c, uint64_t seed)
+        const std::vector<float> &c, uint64_t seed, int refine_bits = 0)
 {
 	int n = (int) (xs.size() / d), nq = (int) (qs.size() / d);
 	std::vector<char> rot(vidx_rotation_size(d));
@@ -145,9 +146,10 @@ measure(VidxMetric metric, int d, const std::vector<float> &xs, const std::vecto
 	vidx_rotation_apply(rot.data(), c.data(), crot.data());
 	for (int i = 0; i < n; i++)
 		vidx_rotation_apply(rot.data(), xs.data() + (size_t) i * d, xr.data() + (size_t) i * d);
-	Postings ps(d, n);
+	Postings ps(d, n, refine_bits);
 	for (int i = 0; i < n; i++)
-		vidx_rabitq_encode(xr.data() + (size_t) i * d, crot.data(), d, ps.at(i));
+		vidx_rabitq_encode_refined(xr.data() + (size_t) i * d, crot.data(), d, refine_bits,
+		                           ps.at(i));
 
 	std::vector<char> prep(vidx_query_prep_size(d));
 	std::vector<float> est(n), lower(n);
@@ -157,7 +159,7 @@ measure(VidxMetric metric, int d, const std::vector<float> &xs, const std::vecto
 	{
 		const float *q = qs.data() + (size_t) j * d;
 		vidx_rotation_apply(rot.data(), q, qr.data());
-		vidx_query_prep(prep.data(), metric, qr.data(), crot.data(), d);
+		vidx_query_prep_refined(prep.data(), metric, qr.data(), crot.data(), d, refine_bits);
 		vidx_rabitq_estimate(prep.data(), ps.ptrs.data(), n, est.data(), lower.data());
 		for (int i = 0; i < n; i++)
 		{
@@ -171,8 +173,8 @@ measure(VidxMetric metric, int d, const std::vector<float> &xs, const std::vecto
 			total++;
 		}
 	}
-	printf("  [accuracy] metric=%d d=%d rel=%.4f coverage=%.4f\n", (int) metric, d, rel / total,
-	       (double) covered / total);
+	printf("  [accuracy] metric=%d d=%d refine_bits=%d rel=%.5f coverage=%.4f\n", (int) metric, d,
+	       refine_bits, rel / total, (double) covered / total);
 	return {rel / total, (double) covered / total};
 }
 
@@ -237,6 +239,51 @@ TEST(RaBitQ, AccuracyAndBoundClustered)
 		Accuracy b = measure(VIDX_METRIC_COSINE, d, un, qn, cn, 7);
 		EXPECT_LT(b.mean_rel_err, 0.06) << "d=" << d;
 		EXPECT_GE(b.coverage, 0.99) << "d=" << d;
+	}
+}
+
+/*
+ * Refinement codes: sizes, and estimates far closer to the truth than the
+ * sign code's, with bounds that still hold (clustered data, L2 and IP, at
+ * the 1-bit test's dimensions plus a low one that uses Cauchy-Schwarz).
+ */
+TEST(RaBitQ, RefinementCodes)
+{
+	EXPECT_TRUE(vidx_refine_bits_valid(0));
+	EXPECT_TRUE(vidx_refine_bits_valid(4));
+	EXPECT_TRUE(vidx_refine_bits_valid(8));
+	EXPECT_FALSE(vidx_refine_bits_valid(2));
+	EXPECT_FALSE(vidx_refine_bits_valid(-1));
+	EXPECT_EQ(vidx_posting_size_refined(128, 0), vidx_posting_size(128));
+	EXPECT_EQ(vidx_posting_size_refined(128, 4), vidx_posting_size(128) + 8 + 64);
+	EXPECT_EQ(vidx_posting_size_refined(100, 8), vidx_posting_size(100) + 8 + 104);
+	EXPECT_EQ(vidx_posting_size_refined(3, 4) % 8, 0u);
+
+	for (int d : {16, 128, 784})
+	{
+		std::vector<int> labels;
+		std::vector<float> centers;
+		auto xs = vt::clustered(1200, d, 4, 31 + d, 1.0f, 3.0f, &labels, &centers);
+		std::vector<float> x0, c(centers.begin(), centers.begin() + d);
+		for (int i = 0; i < 1200; i++)
+			if (labels[i] == 0)
+				x0.insert(x0.end(), xs.begin() + (size_t) i * d, xs.begin() + (size_t) (i + 1) * d);
+		auto noise = vt::gaussian((size_t) 24 * d, 77 + d);
+		std::vector<float> qs((size_t) 24 * d);
+		for (int j = 0; j < 24; j++)
+			for (int u = 0; u < d; u++)
+				qs[(size_t) j * d + u] =
+				    centers[(size_t) (j % 4) * d + u] + noise[(size_t) j * d + u];
+		for (VidxMetric m : {VIDX_METRIC_L2, VIDX_METRIC_IP})
+		{
+			Accuracy a1 = measure(m, d, x0, qs, c, 8, 0);
+			Accuracy a4 = measure(m, d, x0, qs, c, 8, 4);
+			Accuracy a8 = measure(m, d, x0, qs, c, 8, 8);
+			EXPECT_LT(a4.mean_rel_err, a1.mean_rel_err / 3) << "d=" << d << " metric=" << m;
+			EXPECT_LT(a8.mean_rel_err, a4.mean_rel_err / 5) << "d=" << d << " metric=" << m;
+			EXPECT_GE(a4.coverage, 0.999) << "d=" << d << " metric=" << m;
+			EXPECT_GE(a8.coverage, 0.999) << "d=" << d << " metric=" << m;
+		}
 	}
 }
 
