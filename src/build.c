@@ -2,11 +2,15 @@
  * build.c: CREATE INDEX (ambuild) and the init fork of unlogged indexes
  * (ambuildempty).
  *
- * The build reads every vector once: it writes the original vector to the
- * sidecar in slot order and keeps the rotated (normalized, for cosine) vector
- * in memory. Then: k-means on a seeded sample gives the leaf centroids, the
- * core groups them into a tree, every vector is assigned to its nearest leaf
- * and encoded, and the pages are written in one pass in block order:
+ * The build reads every vector once from the table and writes it, in slot
+ * order, to the sidecar; it keeps nothing else per row. Then it reads the
+ * vectors back from the sidecar (sequentially, from the page cache) instead of
+ * holding them all in memory: a seeded sample, rotated, for the balanced
+ * two-level k-means that gives the leaf centroids; then every vector, in
+ * batches, rotated, assigned to its nearest leaf down the two levels and
+ * encoded (core/build.cpp, OpenMP threads on plain memory). The core groups
+ * the leaf centroids into the tree, and the pages are written in one pass in
+ * block order:
  *
  *   block 0          metapage
  *   blocks 1..T      tree pages (the tree blob, verbatim)
@@ -41,14 +45,11 @@ typedef struct VidxBuildState
 	int dims;
 	uint64 build_id;
 	int64 ntuples;
-	int64 capacity;
-	float *vectors; /* ntuples x dims, index space */
-	ItemPointerData *tids;
-	uint32 *vhashes;
-	void *rotation;
-	float *scratch;
 	MemoryContext tmpcxt;
 } VidxBuildState;
+
+/* Records read back from the sidecar per batch (about 32 MB at 1024 dimensions). */
+#define VIDX_BUILD_BATCH 8192
 
 /* Leaves from the row count: sqrt(N), at least 1. */
 static int
@@ -77,9 +78,6 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, boo
 	{
 		MemoryContextSwitchTo(old);
 		bs->dims = dims;
-		bs->rotation = palloc(vidx_rotation_size(dims));
-		vidx_rotation_init(bs->rotation, dims, VIDX_ROTATION_SEED);
-		bs->scratch = palloc(sizeof(float) * dims);
 		vidx_sidecar_build_begin(index, dims, bs->build_id);
 		MemoryContextSwitchTo(bs->tmpcxt);
 	}
@@ -90,38 +88,12 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, boo
 		                dims, RelationGetRelationName(index), bs->dims)));
 	if (bs->metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(v, dims);
-
-	if (bs->ntuples == bs->capacity)
-	{
-		int64 cap = Max(1024, bs->capacity * 2);
-
-		MemoryContextSwitchTo(old);
-		if (bs->vectors == NULL)
-		{
-			bs->vectors = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * dims * cap);
-			bs->tids = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(ItemPointerData) * cap);
-			bs->vhashes = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * cap);
-		}
-		else
-		{
-			bs->vectors = repalloc_huge(bs->vectors, sizeof(float) * dims * cap);
-			bs->tids = repalloc_huge(bs->tids, sizeof(ItemPointerData) * cap);
-			bs->vhashes = repalloc_huge(bs->vhashes, sizeof(uint32) * cap);
-		}
-		bs->capacity = cap;
-		MemoryContextSwitchTo(bs->tmpcxt);
-	}
+	if (bs->ntuples >= (int64) PG_UINT32_MAX)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+		                errmsg("index \"%s\" cannot hold more than %u vectors",
+		                       RelationGetRelationName(index), PG_UINT32_MAX)));
 
 	vidx_sidecar_build_write(bs->ntuples, tid, v);
-	bs->tids[bs->ntuples] = *tid;
-	bs->vhashes[bs->ntuples] = vidx_vector_hash(v, dims);
-	if (bs->metric == VIDX_METRIC_COSINE)
-	{
-		vidx_normalize(v, bs->scratch, dims);
-		vidx_rotation_apply(bs->rotation, bs->scratch, bs->vectors + bs->ntuples * dims);
-	}
-	else
-		vidx_rotation_apply(bs->rotation, v, bs->vectors + bs->ntuples * dims);
 	bs->ntuples++;
 
 	MemoryContextSwitchTo(old);
@@ -196,12 +168,13 @@ postings_per_page(int dims)
 
 /*
  * Writes the whole index: metapage, tree pages, posting chains. postings holds
- * ntuples postings of posting_size bytes, already grouped by leaf in leaf
- * order, counts[l] of them for leaf l.
+ * ntuples postings of posting_size bytes in slot order; order lists their
+ * slots grouped by leaf in leaf order, counts[l] of them for leaf l.
  */
 static void
 write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *tree,
-            size_t tree_size, const char *postings, int64 ntuples, const uint32 *counts)
+            size_t tree_size, const char *postings, const uint32 *order, int64 ntuples,
+            const uint32 *counts)
 {
 	const VidxTreeHeader *th = (const VidxTreeHeader *) tree;
 	int nleaves = th->nleaves;
@@ -212,7 +185,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *t
 	BlockNumber *heads = palloc(sizeof(BlockNumber) * nleaves);
 	BlockNumber next_head = 1 + tree_pages;
 	VidxMetaPage meta;
-	const char *p = postings;
+	int64 next = 0;
 
 	/* Chains are laid out leaf after leaf: their head blocks are known now. */
 	for (int l = 0; l < nleaves; l++)
@@ -288,10 +261,11 @@ write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *t
 			}
 			for (int i = 0; i < n; i++)
 			{
+				const char *p = postings + psize * order[next++];
+
 				if (PageAddItem(w->page.data, (Item) p, psize, InvalidOffsetNumber, false, false) ==
 				    InvalidOffsetNumber)
 					elog(ERROR, "vidx: failed to add posting to a new page");
-				p += psize;
 			}
 			left -= n;
 			emit_page(w);
@@ -325,31 +299,67 @@ new_build_id(void)
 	return (uint64) GetCurrentTimestamp() ^ ((uint64) MyProcPid << 48);
 }
 
-/* Chooses the sample rows (seeded partial Fisher-Yates) and copies them. */
-static float *
-sample_vectors(const VidxBuildState *bs, int64 nsample)
+/* Comparator for the sampled slots. */
+static int
+cmp_int64(const void *a, const void *b)
 {
+	int64 x = *(const int64 *) a, y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Chooses the sample rows (seeded partial Fisher-Yates over the slots), reads
+ * them back from the sidecar in slot order and rotates them into a new array.
+ */
+static float *
+sample_vectors(const VidxBuildState *bs, const void *rotation, int64 nsample)
+{
+	Size rsize = vidx_sidecar_record_size(bs->dims);
 	float *sample;
 	int64 *perm;
+	char *buf;
 	pg_prng_state rng;
 
-	if (nsample >= bs->ntuples)
-		return bs->vectors;
 	perm = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(int64) * bs->ntuples);
 	for (int64 i = 0; i < bs->ntuples; i++)
 		perm[i] = i;
-	pg_prng_seed(&rng, VIDX_SAMPLE_SEED);
-	for (int64 i = 0; i < nsample; i++)
+	if (nsample < bs->ntuples)
 	{
-		int64 j = i + (int64) pg_prng_uint64_range(&rng, 0, bs->ntuples - 1 - i);
-		int64 t = perm[i];
+		pg_prng_seed(&rng, VIDX_SAMPLE_SEED);
+		for (int64 i = 0; i < nsample; i++)
+		{
+			int64 j = i + (int64) pg_prng_uint64_range(&rng, 0, bs->ntuples - 1 - i);
+			int64 t = perm[i];
 
-		perm[i] = perm[j];
-		perm[j] = t;
+			perm[i] = perm[j];
+			perm[j] = t;
+		}
+		qsort(perm, nsample, sizeof(int64), cmp_int64);
 	}
 	sample = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * bs->dims * nsample);
-	for (int64 i = 0; i < nsample; i++)
-		memcpy(sample + i * bs->dims, bs->vectors + perm[i] * bs->dims, sizeof(float) * bs->dims);
+	buf = MemoryContextAllocHuge(CurrentMemoryContext, rsize * VIDX_BUILD_BATCH);
+	for (int64 i = 0; i < nsample;)
+	{
+		int64 n = 0;
+
+		/* A run of consecutive slots is one read. */
+		while (n < VIDX_BUILD_BATCH && i + n < nsample)
+		{
+			int64 run = 1;
+
+			while (n + run < VIDX_BUILD_BATCH && i + n + run < nsample &&
+			       perm[i + n + run] == perm[i + n] + run)
+				run++;
+			vidx_sidecar_build_read(perm[i + n], run, buf + rsize * n);
+			n += run;
+		}
+		vidx_build_rotate(buf, n, rsize, bs->dims, bs->metric, rotation,
+		                  sample + (Size) i * bs->dims);
+		i += n;
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(buf);
 	pfree(perm);
 	return sample;
 }
@@ -366,6 +376,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	size_t tree_size;
 	uint32 *counts;
 	char *postings;
+	uint32 *order;
 	int nleaves;
 	char err[256];
 
@@ -395,45 +406,77 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			vidx_sidecar_build_end();
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
 		tree = empty_tree(&tree_size);
-		write_index(w, bs.metric, 0, bs.build_id, tree, tree_size, NULL, 0, &zero);
+		write_index(w, bs.metric, 0, bs.build_id, tree, tree_size, NULL, NULL, 0, &zero);
 		vidx_sidecar_sweep(index);
 		result->heap_tuples = reltuples;
 		result->index_tuples = 0;
 		return result;
 	}
-	vidx_sidecar_build_end();
 
-	/* Leaves and k-means on a sample. */
+	/* Leaves: balanced two-level k-means on a sample. */
 	{
 		int64 nsample;
 		float *sample;
 		float *centroids;
+		int32 *group_start;
+		int ngroups;
 		int32 *assignment;
 		int fanout = opts->fanout > 0 ? opts->fanout : VIDX_DEFAULT_FANOUT;
 		Size psize = vidx_posting_size(bs.dims);
+		Size rsize = vidx_sidecar_record_size(bs.dims);
+		void *rotation;
+		char *records;
+		float *scratch;
 		int64 *offsets;
+		int64 visited = 0;
 
 		nleaves = opts->lists > 0 ? opts->lists : default_lists(bs.ntuples);
 		nleaves = (int) Min((int64) nleaves, bs.ntuples);
 		nsample = opts->sample_rows > 0 ? opts->sample_rows : Max(10000, (int64) nleaves * 64);
 		nsample = Min(Max(nsample, (int64) nleaves), bs.ntuples);
 
-		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_KMEANS);
-		sample = sample_vectors(&bs, nsample);
-		centroids = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * bs.dims * nleaves);
-		vidx_core_check(vidx_kmeans(sample, nsample, bs.dims, nleaves, opts->kmeans_iterations,
-		                            VIDX_KMEANS_SEED, centroids, kmeans_progress, NULL, err,
-		                            sizeof(err)),
-		                "k-means", err);
-		if (sample != bs.vectors)
-			pfree(sample);
+		rotation = palloc(vidx_rotation_size(bs.dims));
+		vidx_rotation_init(rotation, bs.dims, VIDX_ROTATION_SEED);
 
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_KMEANS);
+		sample = sample_vectors(&bs, rotation, nsample);
+		centroids = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * bs.dims * nleaves);
+		group_start = palloc(sizeof(int32) * (nleaves + 1));
+		vidx_core_check(vidx_kmeans_balanced(sample, nsample, bs.dims, nleaves,
+		                                     opts->kmeans_iterations, VIDX_KMEANS_SEED, centroids,
+		                                     group_start, &ngroups, kmeans_progress, NULL, err,
+		                                     sizeof(err)),
+		                "k-means", err);
+		pfree(sample);
+		CHECK_FOR_INTERRUPTS();
+
+		/* Assign and encode every vector, read back from the sidecar in batches. */
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_ASSIGN);
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL, bs.ntuples);
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, 0);
 		assignment = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(int32) * bs.ntuples);
-		vidx_assign(bs.vectors, bs.ntuples, bs.dims, centroids, nleaves, assignment);
-		CHECK_FOR_INTERRUPTS();
+		postings = MemoryContextAllocHuge(CurrentMemoryContext, psize * bs.ntuples);
+		records = MemoryContextAllocHuge(CurrentMemoryContext, rsize * VIDX_BUILD_BATCH);
+		scratch = MemoryContextAllocHuge(CurrentMemoryContext,
+		                                 sizeof(float) * bs.dims * VIDX_BUILD_BATCH);
+		for (int64 i = 0; i < bs.ntuples; i += VIDX_BUILD_BATCH)
+		{
+			int64 n = Min((int64) VIDX_BUILD_BATCH, bs.ntuples - i);
+
+			vidx_sidecar_build_read(i, n, records);
+			vidx_core_check(vidx_build_encode(records, n, rsize, bs.dims, bs.metric, rotation,
+			                                  centroids, group_start, ngroups, (uint32) i, scratch,
+			                                  postings + psize * i, assignment + i, &visited, err,
+			                                  sizeof(err)),
+			                "encoding", err);
+			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i + n);
+			CHECK_FOR_INTERRUPTS();
+		}
+		vidx_sidecar_build_end();
+		pfree(records);
+		pfree(scratch);
+		elog(DEBUG1, "vidx build: %d leaves in %d groups, %.2f groups scanned per vector", nleaves,
+		     ngroups, (double) visited / bs.ntuples);
 
 		counts = palloc0(sizeof(uint32) * nleaves);
 		for (int64 i = 0; i < bs.ntuples; i++)
@@ -451,37 +494,24 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		}
 		CHECK_FOR_INTERRUPTS();
 
-		/* Encode each vector against its leaf centroid, grouped by leaf. */
+		/* Postings in leaf order (a counting sort of the slots; postings stay in place). */
 		offsets = palloc(sizeof(int64) * (nleaves + 1));
 		offsets[0] = 0;
 		for (int l = 0; l < nleaves; l++)
 			offsets[l + 1] = offsets[l] + counts[l];
-		postings = MemoryContextAllocHuge(CurrentMemoryContext, psize * bs.ntuples);
+		order = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * bs.ntuples);
 		for (int64 i = 0; i < bs.ntuples; i++)
-		{
-			int32 l = assignment[i];
-			VidxPosting *p = (VidxPosting *) (postings + psize * offsets[l]++);
-
-			memset(p, 0, psize);
-			vidx_rabitq_encode(bs.vectors + i * bs.dims, centroids + (int64) l * bs.dims, bs.dims,
-			                   p);
-			p->heap_block = ItemPointerGetBlockNumber(&bs.tids[i]);
-			p->heap_offset = ItemPointerGetOffsetNumber(&bs.tids[i]);
-			p->slot = (uint32) i;
-			p->vhash = bs.vhashes[i];
-			if ((i & 1023) == 0)
-			{
-				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i);
-				CHECK_FOR_INTERRUPTS();
-			}
-		}
+			order[offsets[assignment[i]]++] = (uint32) i;
 		pfree(offsets);
 		pfree(assignment);
 		pfree(centroids);
+		pfree(group_start);
+		pfree(rotation);
 	}
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
-	write_index(w, bs.metric, bs.dims, bs.build_id, tree, tree_size, postings, bs.ntuples, counts);
+	write_index(w, bs.metric, bs.dims, bs.build_id, tree, tree_size, postings, order, bs.ntuples,
+	            counts);
 	vidx_sidecar_sweep(index);
 
 	result->heap_tuples = reltuples;
@@ -499,5 +529,6 @@ vidx_buildempty(Relation index)
 
 	w->index = index;
 	w->fork = INIT_FORKNUM;
-	write_index(w, vidx_index_metric(index), 0, new_build_id(), tree, tree_size, NULL, 0, &zero);
+	write_index(w, vidx_index_metric(index), 0, new_build_id(), tree, tree_size, NULL, NULL, 0,
+	            &zero);
 }

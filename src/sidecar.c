@@ -115,7 +115,7 @@ vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id)
 	ensure_sidecar_dir();
 	build_writer.path = MemoryContextStrdup(TopTransactionContext, vidx_sidecar_path(index));
 	build_writer.fd = OpenTransientFilePerm(
-	    build_writer.path, O_CREAT | O_TRUNC | O_WRONLY | PG_BINARY, S_IRUSR | S_IWUSR);
+	    build_writer.path, O_CREAT | O_TRUNC | O_RDWR | PG_BINARY, S_IRUSR | S_IWUSR);
 	if (build_writer.fd < 0)
 		ereport(ERROR, (errcode_for_file_access(),
 		                errmsg("could not create vidx sidecar \"%s\": %m", build_writer.path)));
@@ -140,6 +140,43 @@ vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v)
 	                         ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid), v);
 	build_writer.used += build_writer.record_size;
 	build_writer.next_slot++;
+}
+
+/*
+ * Reads n records from slot on of the file being built (after its last
+ * write) into buf: the build reads the vectors back from the file it has just
+ * written (from the page cache) instead of keeping them all in memory.
+ */
+void
+vidx_sidecar_build_read(uint64 slot, int64 n, char *buf)
+{
+	off_t off = VIDX_SIDECAR_HEADER_SIZE + (off_t) slot * build_writer.record_size;
+	size_t want = (size_t) n * build_writer.record_size;
+	size_t done = 0;
+
+	Assert(build_writer.fd >= 0 && slot + n <= build_writer.next_slot);
+	if (build_writer.used > 0)
+		build_flush();
+	while (done < want)
+	{
+		ssize_t r = pg_pread(build_writer.fd, buf + done, want - done, off + done);
+
+		if (r < 0)
+		{
+			if (errno == EINTR)
+				continue;
+			ereport(ERROR, (errcode_for_file_access(),
+			                errmsg("could not read vidx sidecar \"%s\": %m", build_writer.path)));
+		}
+		if (r == 0)
+			ereport(ERROR,
+			        (errcode(ERRCODE_DATA_CORRUPTED),
+			         errmsg("vidx sidecar \"%s\" is shorter than written during the build",
+			                build_writer.path),
+			         errdetail("Reading slot " UINT64_FORMAT " of " UINT64_FORMAT ".",
+			                   slot + done / build_writer.record_size, build_writer.next_slot)));
+		done += r;
+	}
 }
 
 void

@@ -147,6 +147,7 @@ extern void vidx_to_index_space(const VidxTreeCache *cache, const float *v, floa
 extern char *vidx_sidecar_path(Relation index);
 extern void vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id);
 extern void vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v);
+extern void vidx_sidecar_build_read(uint64 slot, int64 n, char *buf);
 extern void vidx_sidecar_build_end(void);
 extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
                                 ItemPointer tid, const float *v);

@@ -73,9 +73,21 @@ void l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2, 
              int dims, float out[4]);
 
 /*
+ * The dot-product (GEMM-like) nearest-centroid kernel, AVX-512 only: for cnt
+ * <= 64 points, the nearest of k centroids whose squared norms (self_dot_fast)
+ * are in cnorm, by |x|^2 + |c|^2 - 2 x.c. Use only if nearest_block_fast_available().
+ */
+bool nearest_block_fast_available();
+float self_dot_fast(const float *a, int dims);
+void nearest_block_fast(const float *pts, int cnt, int dims, const float *cent, const float *cnorm,
+                        int k, float *best, int32_t *besti);
+
+/*
  * Nearest centroid (L2) of each point, OpenMP-parallel, deterministic.
  * dist (may be null) receives the squared distance to that centroid.
- * Allocates nothing.
+ * Uses the dot-product kernel where AVX-512 is available (k floats of
+ * temporary memory; without them, or without AVX-512, the l2sq_x4 kernel).
+ * Never throws.
  */
 void assign_points(const float *points, int64_t n, int dims, const float *centroids, int k,
                    int32_t *assignment, float *dist);

@@ -72,6 +72,42 @@ vidx::assign_points(const float *points, int64_t n, int dims, const float *centr
 	const int pb = block_points(dims);
 	const int64_t nblocks = (n + pb - 1) / pb;
 
+	/* Many points and centroids: the dot-product kernel (about 3x fewer instructions). */
+	if (vidx::nearest_block_fast_available() && k >= 6 && n >= 64)
+	{
+		std::vector<float> cnorm;
+
+		try
+		{
+			cnorm.resize((size_t) k);
+		}
+		catch (const std::bad_alloc &)
+		{
+			goto slow; /* the l2sq_x4 path needs no memory */
+		}
+		for (int j = 0; j < k; j++)
+			cnorm[j] = vidx::self_dot_fast(centroids + (size_t) j * dims, dims);
+#pragma omp parallel for schedule(dynamic, 1)
+		for (int64_t b = 0; b < nblocks; b++)
+		{
+			int64_t i0 = b * pb;
+			int cnt = (int) std::min<int64_t>(pb, n - i0);
+			float best[MAX_BLOCK];
+			int32_t besti[MAX_BLOCK];
+
+			vidx::nearest_block_fast(points + (size_t) i0 * dims, cnt, dims, centroids,
+			                         cnorm.data(), k, best, besti);
+			for (int t = 0; t < cnt; t++)
+			{
+				assignment[i0 + t] = besti[t];
+				if (dist)
+					dist[i0 + t] = best[t];
+			}
+		}
+		return;
+	}
+
+slow:
 #pragma omp parallel for schedule(dynamic, 1)
 	for (int64_t b = 0; b < nblocks; b++)
 	{

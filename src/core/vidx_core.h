@@ -177,6 +177,43 @@ extern "C"
 	void vidx_assign(const float *points, int64_t n, int dims, const float *centroids, int k,
 	                 int32_t *assignment);
 
+	/* ---------- the index build (core/build.cpp) ---------- */
+
+	/*
+	 * The leaves: k-means on the sample with bounded leaf sizes (clusters
+	 * above 3x the mean size are split with 2-means while the smallest
+	 * cluster gives up its slot; k stays exact). Writes k centroids grouped
+	 * by group: group g holds the leaves group_start[g] .. group_start[g+1]-1
+	 * (group_start: caller memory of k + 1 entries), *ngroups groups (1 unless
+	 * the two-level variant of core/build.cpp is compiled in). Deterministic
+	 * for a seed, whatever the thread count.
+	 */
+	int vidx_kmeans_balanced(const float *points, int64_t n, int dims, int k, int iterations,
+	                         uint64_t seed, float *centroids, int32_t *group_start, int *ngroups,
+	                         VidxProgressFn progress, void *progress_arg, char *err, size_t errlen);
+
+	/*
+	 * The vectors of n sidecar records (record_size bytes apart), normalized
+	 * under COSINE and rotated, into out (n x dims). OpenMP-parallel.
+	 */
+	void vidx_build_rotate(const void *records, int64_t n, size_t record_size, int dims,
+	                       VidxMetric metric, const void *rotation, float *out);
+
+	/*
+	 * Encodes a batch of n sidecar records (slots first_slot ..): rotates them
+	 * into scratch (n x dims), assigns each to its exact nearest leaf centroid
+	 * (groups from vidx_kmeans_hier, visited nearest first and skipped by their
+	 * radius bound) into assignment, and writes n postings of
+	 * vidx_posting_size(dims) bytes (heap TID and hash from the record).
+	 * groups_visited (may be NULL) is increased by the groups scanned.
+	 * OpenMP-parallel; the results do not depend on the thread count.
+	 */
+	int vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims,
+	                      VidxMetric metric, const void *rotation, const float *centroids,
+	                      const int32_t *group_start, int ngroups, uint32_t first_slot,
+	                      float *scratch, void *postings, int32_t *assignment,
+	                      int64_t *groups_visited, char *err, size_t errlen);
+
 	/*
 	 * Tree blob: the serialized hierarchical tree of centroids, stored verbatim in
 	 * the index's tree pages and searched in place. Node 0 is the root. The

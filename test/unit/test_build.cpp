@@ -1,0 +1,259 @@
+/* The build's balanced k-means and batch encoding (core/build.cpp). */
+#include <gtest/gtest.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+#include "test_util.hpp"
+
+namespace
+{
+
+struct Hier
+{
+	std::vector<float> cent;
+	std::vector<int32_t> gstart;
+	int ngroups = 0;
+};
+
+Hier
+hier(const std::vector<float> &pts, int64_t n, int d, int k, uint64_t seed, int threads = 2)
+{
+	Hier h;
+	char err[256] = "";
+
+	omp_set_num_threads(threads);
+	h.cent.resize((size_t) k * d);
+	h.gstart.resize((size_t) k + 1);
+	EXPECT_EQ(VIDX_OK,
+	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, seed, h.cent.data(), h.gstart.data(),
+	                               &h.ngroups, nullptr, nullptr, err, sizeof(err)))
+	    << err;
+	omp_set_num_threads(2);
+	return h;
+}
+
+/* Unequal clusters: cluster c holds about (c + 1)^2 shares of the points. */
+std::vector<float>
+skewed(int64_t n, int d, int clusters, uint64_t seed)
+{
+	std::mt19937_64 rng(seed);
+	std::normal_distribution<float> nd(0.0f, 1.0f);
+	std::vector<float> c((size_t) clusters * d), v((size_t) n * d);
+	std::vector<double> w(clusters);
+
+	for (auto &x : c)
+		x = nd(rng) * 4.0f;
+	for (int i = 0; i < clusters; i++)
+		w[i] = (double) (i + 1) * (i + 1);
+	std::discrete_distribution<int> pick(w.begin(), w.end());
+	for (int64_t i = 0; i < n; i++)
+	{
+		int l = pick(rng);
+
+		for (int u = 0; u < d; u++)
+			v[(size_t) i * d + u] = c[(size_t) l * d + u] + nd(rng);
+	}
+	return v;
+}
+
+std::vector<int64_t>
+sizes(const std::vector<float> &pts, int64_t n, int d, const Hier &h, int k)
+{
+	std::vector<int32_t> a(n);
+	std::vector<int64_t> s(k, 0);
+
+	vidx_assign(pts.data(), n, d, h.cent.data(), k, a.data());
+	for (int64_t i = 0; i < n; i++)
+		s[a[i]]++;
+	return s;
+}
+
+TEST(BuildKMeans, GroupsCoverAllLeaves)
+{
+	const int d = 16, k = 200;
+	const int64_t n = 20000;
+	auto pts = skewed(n, d, 30, 3);
+	Hier h = hier(pts, n, d, k, 11);
+
+	ASSERT_GE(h.ngroups, 1);
+	EXPECT_EQ(0, h.gstart[0]);
+	EXPECT_EQ(k, h.gstart[h.ngroups]);
+	for (int g = 0; g < h.ngroups; g++)
+		EXPECT_LT(h.gstart[g], h.gstart[g + 1]) << "group " << g << " is empty";
+}
+
+/* 40% of the points in one tight blob (k-means++ seeds it once or twice), the rest in 60 clusters.
+ */
+std::vector<float>
+one_big_blob(int64_t n, int d, uint64_t seed)
+{
+	std::mt19937_64 rng(seed);
+	std::normal_distribution<float> nd(0.0f, 1.0f);
+	const int clusters = 61;
+	std::vector<float> c((size_t) clusters * d), v((size_t) n * d);
+
+	for (auto &x : c)
+		x = nd(rng) * 6.0f;
+	for (int64_t i = 0; i < n; i++)
+	{
+		int l = i % 10 < 4 ? 0 : 1 + (int) (rng() % (clusters - 1));
+
+		for (int u = 0; u < d; u++)
+			v[(size_t) i * d + u] = c[(size_t) l * d + u] + nd(rng) * (l == 0 ? 0.05f : 1.0f);
+	}
+	return v;
+}
+
+TEST(BuildKMeans, LeafSizesAreBounded)
+{
+	/* Plain k-means seeds the big blob with few centroids: leaves many times the mean. */
+	const int d = 16, k = 150;
+	const int64_t n = 30000;
+	auto pts = one_big_blob(n, d, 5);
+	Hier h = hier(pts, n, d, k, 13);
+	auto s = sizes(pts, n, d, h, k);
+	int64_t mx = *std::max_element(s.begin(), s.end());
+
+	EXPECT_LE((double) mx, 3.5 * (double) n / k) << "largest leaf " << mx;
+
+	std::vector<float> flat((size_t) k * d);
+	ASSERT_EQ(VIDX_OK,
+	          vidx_kmeans(pts.data(), n, d, k, 10, 13, flat.data(), nullptr, nullptr, nullptr, 0));
+	Hier f;
+	f.cent = flat;
+	auto fs = sizes(pts, n, d, f, k);
+	EXPECT_GT((double) *std::max_element(fs.begin(), fs.end()), 3.5 * (double) n / k);
+}
+
+TEST(BuildKMeans, SmallKIsFlatAndBalanced)
+{
+	const int d = 8, k = 20;
+	const int64_t n = 4000;
+	auto pts = one_big_blob(n, d, 7);
+	Hier h = hier(pts, n, d, k, 1);
+
+	EXPECT_EQ(1, h.ngroups);
+	/* Few leaves per natural cluster: the final reassignment may regrow a leaf past the cap. */
+	auto s = sizes(pts, n, d, h, k);
+	EXPECT_LE((double) *std::max_element(s.begin(), s.end()), 5.0 * (double) n / k);
+}
+
+TEST(BuildKMeans, DeterministicAcrossThreadCounts)
+{
+	const int d = 12, k = 120;
+	const int64_t n = 15000;
+	auto pts = skewed(n, d, 20, 9);
+	Hier a = hier(pts, n, d, k, 5, 1), b = hier(pts, n, d, k, 5, 2), c = hier(pts, n, d, k, 6, 2);
+
+	EXPECT_EQ(0, std::memcmp(a.cent.data(), b.cent.data(), a.cent.size() * 4));
+	EXPECT_EQ(a.gstart, b.gstart);
+	EXPECT_NE(0, std::memcmp(a.cent.data(), c.cent.data(), a.cent.size() * 4));
+}
+
+TEST(BuildKMeans, FewPoints)
+{
+	const int d = 4, k = 100;
+	const int64_t n = 100;
+	auto pts = vt::gaussian((size_t) n * d, 1);
+	Hier h = hier(pts, n, d, k, 1);
+
+	EXPECT_EQ(1, h.ngroups);
+	EXPECT_EQ(k, h.gstart[1]);
+	int32_t gs[2];
+	int ng;
+	float c[4];
+	char err[128];
+	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans_balanced(pts.data(), 0, d, 1, 10, 1, c, gs, &ng, nullptr,
+	                                               nullptr, err, 128));
+}
+
+/* Sidecar records of n vectors. */
+std::vector<char>
+records(const std::vector<float> &v, int64_t n, int d)
+{
+	size_t rs = vidx_sidecar_record_size(d);
+	std::vector<char> r(rs * n);
+
+	for (int64_t i = 0; i < n; i++)
+		vidx_sidecar_record_fill(r.data() + rs * i, d, (uint32_t) (i / 7), (uint16_t) (i % 7 + 1),
+		                         v.data() + (size_t) i * d);
+	return r;
+}
+
+TEST(BuildEncode, ExactNearestLeafAndSameCodes)
+{
+	const int d = 64, k = 100;
+	const int64_t n = 6000;
+	auto pts = skewed(n, d, 25, 21);
+	std::vector<char> rot(vidx_rotation_size(d));
+	vidx_rotation_init(rot.data(), d, 99);
+	auto recs = records(pts, n, d);
+	size_t rs = vidx_sidecar_record_size(d), ps = vidx_posting_size(d);
+
+	/* Rotated points, then the clustering in rotated space. */
+	std::vector<float> r((size_t) n * d);
+	vidx_build_rotate(recs.data(), n, rs, d, VIDX_METRIC_L2, rot.data(), r.data());
+	Hier h = hier(r, n, d, k, 3);
+
+	std::vector<float> scratch((size_t) n * d);
+	std::vector<char> post(ps * n);
+	std::vector<int32_t> a(n);
+	int64_t visited = 0;
+	char err[256] = "";
+
+	ASSERT_EQ(VIDX_OK,
+	          vidx_build_encode(recs.data(), n, rs, d, VIDX_METRIC_L2, rot.data(), h.cent.data(),
+	                            h.gstart.data(), h.ngroups, 1000, scratch.data(), post.data(),
+	                            a.data(), &visited, err, sizeof(err)))
+	    << err;
+	EXPECT_GT(visited, 0);
+	EXPECT_LE(visited, n * h.ngroups);
+
+	std::vector<int32_t> flat(n);
+	vidx_assign(r.data(), n, d, h.cent.data(), k, flat.data());
+	std::vector<char> want(ps);
+	for (int64_t i = 0; i < n; i++)
+	{
+		/* Same distance as the brute-force nearest (ties may pick either). */
+		float da = vidx_l2sq(&r[(size_t) i * d], &h.cent[(size_t) a[i] * d], d);
+		float df = vidx_l2sq(&r[(size_t) i * d], &h.cent[(size_t) flat[i] * d], d);
+		ASSERT_LE(da, df * (1 + 1e-5f)) << "point " << i;
+
+		const VidxPosting *p = reinterpret_cast<const VidxPosting *>(post.data() + ps * i);
+		EXPECT_EQ((uint32_t) (i / 7), p->heap_block);
+		EXPECT_EQ((uint16_t) (i % 7 + 1), p->heap_offset);
+		EXPECT_EQ(1000u + (uint32_t) i, p->slot);
+		EXPECT_EQ(vidx_vector_hash(&pts[(size_t) i * d], d), p->vhash);
+		std::memset(want.data(), 0, ps);
+		VidxPosting *w = reinterpret_cast<VidxPosting *>(want.data());
+		vidx_rabitq_encode(&r[(size_t) i * d], &h.cent[(size_t) a[i] * d], d, w);
+		EXPECT_EQ(0, std::memcmp(vidx_posting_code(p), vidx_posting_code(w), ps - sizeof(*w)));
+		EXPECT_EQ(p->norm, w->norm);
+	}
+}
+
+TEST(BuildEncode, CosineNormalizesBeforeRotating)
+{
+	const int d = 32;
+	const int64_t n = 10;
+	auto pts = vt::gaussian((size_t) n * d, 4, 3.0f);
+	std::vector<char> rot(vidx_rotation_size(d));
+	vidx_rotation_init(rot.data(), d, 1);
+	auto recs = records(pts, n, d);
+	std::vector<float> out((size_t) n * d), want(d);
+
+	vidx_build_rotate(recs.data(), n, vidx_sidecar_record_size(d), d, VIDX_METRIC_COSINE,
+	                  rot.data(), out.data());
+	for (int64_t i = 0; i < n; i++)
+	{
+		vidx_normalize(&pts[(size_t) i * d], want.data(), d);
+		vidx_rotation_apply(rot.data(), want.data(), want.data());
+		EXPECT_EQ(0, std::memcmp(want.data(), &out[(size_t) i * d], 4 * d));
+	}
+}
+
+} // namespace
