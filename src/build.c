@@ -77,6 +77,7 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, boo
 	if (bs->dims == 0)
 	{
 		MemoryContextSwitchTo(old);
+		vidx_check_posting_fits(index, dims, vidx_index_options(index)->refine_bits);
 		bs->dims = dims;
 		vidx_sidecar_build_begin(index, dims, bs->build_id);
 		MemoryContextSwitchTo(bs->tmpcxt);
@@ -158,9 +159,9 @@ finish_pages(PageWriter *w)
 
 /* Number of postings that fit a page. */
 static int
-postings_per_page(int dims)
+postings_per_page(int dims, int refine_bits)
 {
-	Size item = MAXALIGN(vidx_posting_size(dims));
+	Size item = MAXALIGN(vidx_posting_size_refined(dims, refine_bits));
 	Size space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData));
 
 	return (int) (space / (item + sizeof(ItemIdData)));
@@ -172,14 +173,14 @@ postings_per_page(int dims)
  * slots grouped by leaf in leaf order, counts[l] of them for leaf l.
  */
 static void
-write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *tree,
-            size_t tree_size, const char *postings, const uint32 *order, int64 ntuples,
+write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 build_id,
+            void *tree, size_t tree_size, const char *postings, const uint32 *order, int64 ntuples,
             const uint32 *counts)
 {
 	const VidxTreeHeader *th = (const VidxTreeHeader *) tree;
 	int nleaves = th->nleaves;
-	Size psize = vidx_posting_size(dims);
-	int per_page = postings_per_page(dims);
+	Size psize = vidx_posting_size_refined(dims, refine_bits);
+	int per_page = postings_per_page(dims, refine_bits);
 	uint32 tree_pages =
 	    (uint32) ((tree_size + VIDX_TREE_PAGE_CAPACITY - 1) / VIDX_TREE_PAGE_CAPACITY);
 	BlockNumber *heads = palloc(sizeof(BlockNumber) * nleaves);
@@ -219,6 +220,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, uint64 build_id, void *t
 	meta->levels = th->levels;
 	meta->next_slot = ntuples;
 	meta->built_tuples = ntuples;
+	meta->refine_bits = refine_bits;
 	((PageHeader) w->page.data)->pd_lower =
 	    ((char *) meta + sizeof(VidxMetaPageData)) - (char *) w->page.data;
 	emit_page(w);
@@ -406,7 +408,8 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			vidx_sidecar_build_end();
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
 		tree = empty_tree(&tree_size);
-		write_index(w, bs.metric, 0, bs.build_id, tree, tree_size, NULL, NULL, 0, &zero);
+		write_index(w, bs.metric, 0, opts->refine_bits, bs.build_id, tree, tree_size, NULL, NULL, 0,
+		            &zero);
 		vidx_sidecar_sweep(index);
 		result->heap_tuples = reltuples;
 		result->index_tuples = 0;
@@ -422,7 +425,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		int ngroups;
 		int32 *assignment;
 		int fanout = opts->fanout > 0 ? opts->fanout : VIDX_DEFAULT_FANOUT;
-		Size psize = vidx_posting_size(bs.dims);
+		Size psize = vidx_posting_size_refined(bs.dims, opts->refine_bits);
 		Size rsize = vidx_sidecar_record_size(bs.dims);
 		void *rotation;
 		char *records;
@@ -464,10 +467,10 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			int64 n = Min((int64) VIDX_BUILD_BATCH, bs.ntuples - i);
 
 			vidx_sidecar_build_read(i, n, records);
-			vidx_core_check(vidx_build_encode(records, n, rsize, bs.dims, bs.metric, rotation,
-			                                  centroids, group_start, ngroups, (uint32) i, scratch,
-			                                  postings + psize * i, assignment + i, &visited, err,
-			                                  sizeof(err)),
+			vidx_core_check(vidx_build_encode(records, n, rsize, bs.dims, opts->refine_bits,
+			                                  bs.metric, rotation, centroids, group_start, ngroups,
+			                                  (uint32) i, scratch, postings + psize * i,
+			                                  assignment + i, &visited, err, sizeof(err)),
 			                "encoding", err);
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i + n);
 			CHECK_FOR_INTERRUPTS();
@@ -510,8 +513,8 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	}
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
-	write_index(w, bs.metric, bs.dims, bs.build_id, tree, tree_size, postings, order, bs.ntuples,
-	            counts);
+	write_index(w, bs.metric, bs.dims, opts->refine_bits, bs.build_id, tree, tree_size, postings,
+	            order, bs.ntuples, counts);
 	vidx_sidecar_sweep(index);
 
 	result->heap_tuples = reltuples;
@@ -529,6 +532,6 @@ vidx_buildempty(Relation index)
 
 	w->index = index;
 	w->fork = INIT_FORKNUM;
-	write_index(w, vidx_index_metric(index), 0, new_build_id(), tree, tree_size, NULL, NULL, 0,
-	            &zero);
+	write_index(w, vidx_index_metric(index), 0, vidx_index_options(index)->refine_bits,
+	            new_build_id(), tree, tree_size, NULL, NULL, 0, &zero);
 }

@@ -69,7 +69,7 @@ walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *nod
 	BlockNumber last = InvalidBlockNumber;
 	BlockNumber hint = InvalidBlockNumber;
 	bool hint_found = false;
-	Size psize = vidx_posting_size(meta->dims);
+	Size psize = VidxMetaPostingSize(meta);
 	const char *name = RelationGetRelationName(index);
 
 	while (BlockNumberIsValid(blkno))
@@ -218,8 +218,8 @@ vidx_stats(PG_FUNCTION_ARGS)
 	                 ", \"avg\": %.1f, \"max\": " INT64_FORMAT ", \"empty\": " INT64_FORMAT "}",
 	                 Max(min_leaf, 0), meta.nleaves > 0 ? (double) total / meta.nleaves : 0.0,
 	                 max_leaf, empty_leaves);
-	appendStringInfo(&buf, ", \"code_bytes\": %d, \"posting_bytes\": %zu",
-	                 vidx_code_words(meta.dims) * 8, vidx_posting_size(meta.dims));
+	appendStringInfo(&buf, ", \"code_bytes\": %d, \"refine_bits\": %u, \"posting_bytes\": %zu",
+	                 vidx_code_words(meta.dims) * 8, meta.refine_bits, VidxMetaPostingSize(&meta));
 
 	path = vidx_sidecar_path(index);
 	if (meta.dims > 0)

@@ -164,6 +164,8 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 		vidx_check_nonzero(v, dims);
 	if (meta.dims != 0)
 		vidx_check_dims(dims, meta.dims, index);
+	else
+		vidx_check_posting_fits(index, dims, meta.refine_bits);
 
 	slot = take_slot(index, dims, &meta);
 	if (slot > UINT32_MAX)
@@ -187,9 +189,9 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 		elog(ERROR, "vidx: index \"%s\" has no leaf", RelationGetRelationName(index));
 	node = vidx_tree_node(cache->tree, leaf);
 
-	psize = vidx_posting_size(dims);
+	psize = vidx_posting_size_refined(dims, meta.refine_bits);
 	p = palloc0(psize);
-	vidx_rabitq_encode(x, vidx_tree_centroid(node), dims, p);
+	vidx_rabitq_encode_refined(x, vidx_tree_centroid(node), dims, meta.refine_bits, p);
 	p->heap_block = ItemPointerGetBlockNumber(heap_tid);
 	p->heap_offset = ItemPointerGetOffsetNumber(heap_tid);
 	p->slot = (uint32) slot;

@@ -66,6 +66,24 @@ vidx_read_meta(Relation index, VidxMetaPageData *meta)
 		         errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 }
 
+/* A posting must fit a page: refinement codes of many dimensions may not. */
+void
+vidx_check_posting_fits(Relation index, int dims, int refine_bits)
+{
+	Size item = MAXALIGN(vidx_posting_size_refined(dims, refine_bits));
+	Size space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)) -
+	             sizeof(ItemIdData);
+
+	if (item > space)
+		ereport(
+		    ERROR,
+		    (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+		     errmsg("index \"%s\": an index entry of %d dimensions with refine_bits = %d "
+		            "takes %zu bytes, more than the %zu that fit a page",
+		            RelationGetRelationName(index), dims, refine_bits, item, space),
+		     errhint("Use a smaller refine_bits (0 allows up to %d dimensions).", VIDX_MAX_DIMS)));
+}
+
 /* ---------- tree cache ---------- */
 
 #define VIDX_TREE_CACHE_SLOTS 8

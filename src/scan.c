@@ -123,6 +123,16 @@ typedef struct VidxScanOpaqueData
 	int64 rescored;
 	int64 returned;
 
+	/*
+	 * With refinement codes: the bound_cap smallest upper bounds of the
+	 * scores seen so far (a max-heap, in cxt). A posting is refined only if
+	 * its lower bound is below the largest of them: anything else would need
+	 * that many better rows to be returned first.
+	 */
+	float *uppers;
+	int nuppers;
+	int uppers_cap;
+
 	/* leaves of the current round (in cxt) */
 	int32 *round;
 	int round_capacity;
@@ -287,6 +297,8 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->returned = 0;
 	so->round = NULL; /* was in cxt */
 	so->round_capacity = 0;
+	so->uppers = NULL; /* was in cxt */
+	so->nuppers = 0;
 
 	vidx_read_meta(scan->indexRelation, &so->meta);
 	if (so->meta.dims == 0)
@@ -454,13 +466,88 @@ typedef struct PageGroup
 
 static PageGroup group;
 
+/* Keeps the uppers_cap smallest upper bounds; returns the largest kept (+inf until full). */
+static float
+note_upper(VidxScanOpaque so, float upper)
+{
+	float *h = so->uppers;
+
+	if (so->nuppers < so->uppers_cap)
+	{
+		int i = so->nuppers++;
+
+		while (i > 0 && h[(i - 1) / 2] < upper)
+		{
+			h[i] = h[(i - 1) / 2];
+			i = (i - 1) / 2;
+		}
+		h[i] = upper;
+	}
+	else if (upper < h[0])
+	{
+		int i = 0, n = so->nuppers;
+
+		for (;;)
+		{
+			int c = 2 * i + 1;
+
+			if (c >= n)
+				break;
+			if (c + 1 < n && h[c + 1] > h[c])
+				c++;
+			if (!(h[c] > upper))
+				break;
+			h[i] = h[c];
+			i = c;
+		}
+		h[i] = upper;
+	}
+	return so->nuppers < so->uppers_cap ? get_float4_infinity() : h[0];
+}
+
+/*
+ * Refines the group's postings that can still matter (lower bound below the
+ * cut), while their pages are locked: the refinement codes live there.
+ */
 static void
-flush_group(VidxScanOpaque so)
+refine_group(VidxScanOpaque so, const void *prep)
+{
+	float cut;
+
+	if (so->uppers == NULL)
+	{
+		so->uppers_cap = Min(vidx_rerank + 16, 100000);
+		so->uppers = MemoryContextAlloc(so->cxt, sizeof(float) * so->uppers_cap);
+		so->nuppers = 0;
+	}
+	cut = so->nuppers < so->uppers_cap ? get_float4_infinity() : so->uppers[0];
+	for (int i = 0; i < group.nptrs; i++)
+	{
+		float est = group.est[i];
+		float lower = group.lower[i];
+
+		if (lower <= cut)
+		{
+			vidx_rabitq_refine(prep, group.ptrs[i], &est, &lower);
+			group.est[i] = est;
+			group.lower[i] = lower;
+		}
+		/* the bounds are about symmetric around the estimate */
+		cut = note_upper(so, 2 * est - lower);
+	}
+}
+
+static void
+flush_group(VidxScanOpaque so, const void *prep)
 {
 	if (group.nptrs > 0 && !so->null_query)
+	{
 		vidx_rabitq_estimate_tasks(group.tasks, group.ntasks,
 		                           group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_threads
 		                                                                     : 1);
+		if (so->meta.refine_bits > 0)
+			refine_group(so, prep);
+	}
 	reserve_candidates(so, group.nptrs);
 	for (int i = 0; i < group.nptrs; i++)
 	{
@@ -534,7 +621,7 @@ scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
 		}
 		blkno = opaque->next;
 		if (group.npages == VIDX_GROUP_PAGES || !BlockNumberIsValid(blkno))
-			flush_group(so);
+			flush_group(so, prep);
 	}
 }
 
@@ -597,8 +684,9 @@ next_round(IndexScanDesc scan)
 		const VidxTreeNode *node = vidx_tree_node(cache->tree, so->round[i]);
 
 		if (!so->null_query)
-			vidx_query_prep(so->prep, (VidxMetric) so->meta.metric, so->qrot,
-			                vidx_tree_centroid(node), so->meta.dims);
+			vidx_query_prep_refined(so->prep, (VidxMetric) so->meta.metric, so->qrot,
+			                        vidx_tree_centroid(node), so->meta.dims,
+			                        (int) so->meta.refine_bits);
 		scan_leaf(scan, node, so->prep);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -38,6 +38,10 @@ _PG_init(void)
 	add_int_reloption(vidx_relopt_kind, "sample_rows",
 	                  "Rows sampled for k-means; 0 chooses max(10000, 64 * lists)", 0, 0, 100000000,
 	                  AccessExclusiveLock);
+	add_int_reloption(vidx_relopt_kind, "refine_bits",
+	                  "Bits per dimension of the refinement codes (0 = none, 4 or 8): tighter "
+	                  "estimates, fewer full vectors read, a bigger index",
+	                  0, 0, 8, AccessExclusiveLock);
 	add_int_reloption(vidx_relopt_kind, "kmeans_iterations", "Lloyd iterations of k-means at build",
 	                  VIDX_DEFAULT_ITERATIONS, 1, 1000, AccessExclusiveLock);
 
@@ -77,6 +81,7 @@ vidx_options(Datum reloptions, bool validate)
 	    {"fanout", RELOPT_TYPE_INT, offsetof(VidxOptions, fanout)},
 	    {"sample_rows", RELOPT_TYPE_INT, offsetof(VidxOptions, sample_rows)},
 	    {"kmeans_iterations", RELOPT_TYPE_INT, offsetof(VidxOptions, kmeans_iterations)},
+	    {"refine_bits", RELOPT_TYPE_INT, offsetof(VidxOptions, refine_bits)},
 	};
 	VidxOptions *opts;
 
@@ -86,13 +91,18 @@ vidx_options(Datum reloptions, bool validate)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 		                errmsg("value 1 out of bounds for option \"fanout\""),
 		                errdetail("Valid values are 0 (default) and between \"2\" and \"4096\".")));
+	if (validate && opts != NULL && !vidx_refine_bits_valid(opts->refine_bits))
+		ereport(ERROR,
+		        (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+		         errmsg("value %d out of bounds for option \"refine_bits\"", opts->refine_bits),
+		         errdetail("Valid values are 0 (none, the default), 4 and 8.")));
 	return (bytea *) opts;
 }
 
 VidxOptions *
 vidx_index_options(Relation index)
 {
-	static VidxOptions defaults = {0, 0, 0, 0, VIDX_DEFAULT_ITERATIONS};
+	static VidxOptions defaults = {0, 0, 0, 0, VIDX_DEFAULT_ITERATIONS, 0};
 
 	if (index->rd_options == NULL)
 		return &defaults;

@@ -63,7 +63,13 @@ typedef struct VidxMetaPageData
 	uint32 levels;
 	uint64 next_slot;    /* next sidecar slot to hand out */
 	uint64 built_tuples; /* postings written by the build */
+	uint32 refine_bits;  /* refinement code bits per dimension (0: none; 0 in pages
+	                      * written before the field existed) */
+	uint32 reserved;
 } VidxMetaPageData;
+
+/* Bytes of one posting of this index. */
+#define VidxMetaPostingSize(meta) vidx_posting_size_refined((meta)->dims, (meta)->refine_bits)
 
 typedef VidxMetaPageData *VidxMetaPage;
 
@@ -82,6 +88,7 @@ typedef struct VidxOptions
 	int fanout;      /* max children of an internal node; 0 = default */
 	int sample_rows; /* k-means sample; 0 = from lists */
 	int kmeans_iterations;
+	int refine_bits; /* 0, 4 or 8: refinement code bits per dimension */
 } VidxOptions;
 
 #define VIDX_DEFAULT_FANOUT 64
@@ -118,6 +125,7 @@ extern VidxOptions *vidx_index_options(Relation index);
 extern Buffer vidx_new_buffer(Relation index);
 extern void vidx_init_page(Page page, uint16 page_type);
 extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
+extern void vidx_check_posting_fits(Relation index, int dims, int refine_bits);
 
 /*
  * Per-backend cache of an index's tree blob and rotation, keyed by the index's

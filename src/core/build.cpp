@@ -582,17 +582,19 @@ vidx_build_rotate(const void *records, int64_t n, size_t record_size, int dims, 
 }
 
 extern "C" int
-vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, VidxMetric metric,
-                  const void *rotation, const float *centroids, const int32_t *group_start,
-                  int ngroups, uint32_t first_slot, float *scratch, void *postings,
-                  int32_t *assignment, int64_t *groups_visited, char *err, size_t errlen)
+vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, int refine_bits,
+                  VidxMetric metric, const void *rotation, const float *centroids,
+                  const int32_t *group_start, int ngroups, uint32_t first_slot, float *scratch,
+                  void *postings, int32_t *assignment, int64_t *groups_visited, char *err,
+                  size_t errlen)
 {
 	try
 	{
 		if (n <= 0)
 			return VIDX_OK;
 		if (records == nullptr || centroids == nullptr || group_start == nullptr || ngroups < 1 ||
-		    dims <= 0 || scratch == nullptr || postings == nullptr || assignment == nullptr)
+		    dims <= 0 || !vidx_refine_bits_valid(refine_bits) || scratch == nullptr ||
+		    postings == nullptr || assignment == nullptr)
 		{
 			vidx::set_err(err, errlen, "invalid build encode arguments (n=%lld, dims=%d)",
 			              (long long) n, dims);
@@ -600,7 +602,7 @@ vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, 
 		}
 		const char *recs = static_cast<const char *>(records);
 		const size_t d = (size_t) dims;
-		const size_t psize = vidx_posting_size(dims);
+		const size_t psize = vidx_posting_size_refined(dims, refine_bits);
 		std::vector<float> gc, grad;
 
 		if (ngroups > 1)
@@ -629,8 +631,9 @@ vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, 
 			    reinterpret_cast<VidxPosting *>(static_cast<char *>(postings) + (size_t) i * psize);
 
 			std::memset(p, 0, psize);
-			vidx_rabitq_encode(scratch + (size_t) i * d, centroids + (size_t) assignment[i] * d,
-			                   dims, p);
+			vidx_rabitq_encode_refined(scratch + (size_t) i * d,
+			                           centroids + (size_t) assignment[i] * d, dims, refine_bits,
+			                           p);
 			p->heap_block = r->heap_block;
 			p->heap_offset = r->heap_offset;
 			p->slot = first_slot + (uint32_t) i;

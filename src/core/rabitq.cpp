@@ -112,38 +112,139 @@ refine_clip_sigmas(int bits)
 	return bits == 4 ? 2.7 : 4.3;
 }
 
-/* sum_i qr[i] * code[i], codes of 4 bits (two per byte, low nibble first) or 8 bits. */
-VIDX_CLONES float
-refine_dot(const float *qr, const uint8_t *code, int dims, int bits)
+/*
+ * sum_i qr[i] * code[i]. 8 bits: one code byte per dimension, qr as is. 4
+ * bits: byte k holds dimension 2k (low nibble) and 2k+1 (high nibble); the
+ * query preparation stores qr de-interleaved (even dimensions, then odd ones,
+ * half = ceil(D/2) each, zero-padded) so both halves are contiguous loads.
+ */
+typedef float (*RefineDotFn)(const float *q, const uint8_t *code, int dims, int bits);
+
+float
+refine_dot_default(const float *q, const uint8_t *code, int dims, int bits)
 {
-	constexpr int L = 16;
-	float acc[L] = {0};
-	int i = 0;
+	float sum = 0;
 
 	if (bits == 8)
 	{
-		for (; i + L <= dims; i += L)
-			for (int j = 0; j < L; j++)
-				acc[j] += qr[i + j] * (float) code[i + j];
-		for (int j = 0; i < dims; i++, j++)
-			acc[j] += qr[i] * (float) code[i];
+		for (int i = 0; i < dims; i++)
+			sum += q[i] * (float) code[i];
+		return sum;
 	}
-	else
-	{
-		for (; i + 2 * L <= dims; i += 2 * L)
-			for (int j = 0; j < L; j++)
-			{
-				uint8_t b = code[i / 2 + j];
+	const int half = (dims + 1) / 2;
+	const float *qe = q, *qo = q + half;
 
-				acc[j] += qr[i + 2 * j] * (float) (b & 15) + qr[i + 2 * j + 1] * (float) (b >> 4);
-			}
-		for (int j = 0; i < dims; i++, j = (j + 1) % L)
-			acc[j] += qr[i] * (float) ((code[i / 2] >> (4 * (i & 1))) & 15);
-	}
-	float sum = 0;
-	for (int j = 0; j < L; j++)
-		sum += acc[j];
+	for (int k = 0; k < half; k++)
+		sum += qe[k] * (float) (code[k] & 15) + qo[k] * (float) (code[k] >> 4);
 	return sum;
+}
+
+#ifdef VIDX_X86
+
+VIDX_TARGET("avx2,fma")
+float
+refine_dot_avx2(const float *q, const uint8_t *code, int dims, int bits)
+{
+	__m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+	const __m256i nib = _mm256_set1_epi32(15);
+	int k = 0;
+	float sum;
+
+	if (bits == 8)
+	{
+		for (; k + 8 <= dims; k += 8)
+		{
+			__m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (code + k)));
+			acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + k), _mm256_cvtepi32_ps(w), acc0);
+		}
+		__m128 r = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+		r = _mm_hadd_ps(r, r);
+		r = _mm_hadd_ps(r, r);
+		sum = _mm_cvtss_f32(r);
+		for (; k < dims; k++)
+			sum += q[k] * (float) code[k];
+		return sum;
+	}
+	const int half = (dims + 1) / 2;
+	const float *qe = q, *qo = q + half;
+
+	for (; k + 8 <= half; k += 8)
+	{
+		__m256i w = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (code + k)));
+		acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qe + k),
+		                       _mm256_cvtepi32_ps(_mm256_and_si256(w, nib)), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(qo + k), _mm256_cvtepi32_ps(_mm256_srli_epi32(w, 4)),
+		                       acc1);
+	}
+	acc0 = _mm256_add_ps(acc0, acc1);
+	__m128 r = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+	r = _mm_hadd_ps(r, r);
+	r = _mm_hadd_ps(r, r);
+	sum = _mm_cvtss_f32(r);
+	for (; k < half; k++)
+		sum += qe[k] * (float) (code[k] & 15) + qo[k] * (float) (code[k] >> 4);
+	return sum;
+}
+
+VIDX_TARGET("avx512f")
+float
+refine_dot_avx512(const float *q, const uint8_t *code, int dims, int bits)
+{
+	__m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+	const __m512i nib = _mm512_set1_epi32(15);
+	int k = 0;
+	float sum;
+
+	if (bits == 8)
+	{
+		for (; k + 16 <= dims; k += 16)
+		{
+			__m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (code + k)));
+			acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + k), _mm512_cvtepi32_ps(w), acc0);
+		}
+		sum = _mm512_reduce_add_ps(acc0);
+		for (; k < dims; k++)
+			sum += q[k] * (float) code[k];
+		return sum;
+	}
+	const int half = (dims + 1) / 2;
+	const float *qe = q, *qo = q + half;
+
+	for (; k + 16 <= half; k += 16)
+	{
+		__m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) (code + k)));
+		acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(qe + k),
+		                       _mm512_cvtepi32_ps(_mm512_and_si512(w, nib)), acc0);
+		acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(qo + k), _mm512_cvtepi32_ps(_mm512_srli_epi32(w, 4)),
+		                       acc1);
+	}
+	sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+	for (; k < half; k++)
+		sum += qe[k] * (float) (code[k] & 15) + qo[k] * (float) (code[k] >> 4);
+	return sum;
+}
+
+#endif /* VIDX_X86 */
+
+RefineDotFn
+pick_refine_dot()
+{
+#ifdef VIDX_X86
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f"))
+		return refine_dot_avx512;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		return refine_dot_avx2;
+#endif
+	return refine_dot_default;
+}
+
+inline float
+refine_dot(const float *q, const uint8_t *code, int dims, int bits)
+{
+	static const RefineDotFn fn = pick_refine_dot();
+
+	return fn(q, code, dims, bits);
 }
 
 struct PopSums
@@ -189,32 +290,36 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 		score = norm * norm + h->qr_norm_sq - 2.0f * norm * est_ip;
 		low = norm * norm + h->qr_norm_sq - 2.0f * norm * ip_high;
 	}
-	if (h->refine_bits > 0)
-	{
-		/* <qr, r> from the refinement code: r = step * (code + 1/2) - R + e. */
-		const RefineHeader *rh = refine_of(p, h->words);
-		const uint8_t *code = reinterpret_cast<const uint8_t *>(rh + 1);
-		float step = rh->step;
-		float half_range = step * (float) (1 << (h->refine_bits - 1));
-		float ip = step * refine_dot(qr_of(h), code, h->dims, h->refine_bits) +
-		           (0.5f * step - half_range) * h->sum_qr;
-		float high = std::min(ip + h->refine_coef * rh->err, h->qr_norm * norm);
-
-		high = std::max(high, ip);
-		if (h->metric == VIDX_METRIC_IP)
-		{
-			score = -(h->qc + p->cdot + ip);
-			low = -(h->qc + p->cdot + high);
-		}
-		else
-		{
-			score = norm * norm + h->qr_norm_sq - 2.0f * ip;
-			low = norm * norm + h->qr_norm_sq - 2.0f * high;
-		}
-	}
 	est[0] = score;
 	if (lower)
 		lower[0] = low;
+}
+
+/* (est, lower) of one posting from its refinement code. */
+void
+refine_one(const PrepHeader *h, const VidxPosting *p, float *est, float *lower)
+{
+	/* <qr, r> from the refinement code: r = step * (code + 1/2) - R + e. */
+	const RefineHeader *rh = refine_of(p, h->words);
+	const uint8_t *code = reinterpret_cast<const uint8_t *>(rh + 1);
+	float norm = p->norm;
+	float step = rh->step;
+	float half_range = step * (float) (1 << (h->refine_bits - 1));
+	float ip = step * refine_dot(qr_of(h), code, h->dims, h->refine_bits) +
+	           (0.5f * step - half_range) * h->sum_qr;
+	float high = std::min(ip + h->refine_coef * rh->err, h->qr_norm * norm);
+
+	high = std::max(high, ip);
+	if (h->metric == VIDX_METRIC_IP)
+	{
+		*est = -(h->qc + p->cdot + ip);
+		*lower = -(h->qc + p->cdot + high);
+	}
+	else
+	{
+		*est = norm * norm + h->qr_norm_sq - 2.0f * ip;
+		*lower = norm * norm + h->qr_norm_sq - 2.0f * high;
+	}
 }
 
 inline PopSums
@@ -569,7 +674,7 @@ extern "C" size_t
 vidx_query_prep_size(int dims)
 {
 	return sizeof(PrepHeader) + 4 * 8 * (size_t) vidx_code_words(dims) +
-	       sizeof(float) * (size_t) std::max(dims, 0);
+	       sizeof(float) * (size_t) (std::max(dims, 0) + 1);
 }
 
 extern "C" void
@@ -618,13 +723,19 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 	if (refine_bits > 0)
 	{
 		float *qr = reinterpret_cast<float *>(planes + 4 * (size_t) words);
+		const int half = (dims + 1) / 2;
 		double sum = 0;
 
 		for (int i = 0; i < dims; i++)
 		{
-			qr[i] = q_rot[i] - c_rot[i];
-			sum += qr[i];
+			float r = q_rot[i] - c_rot[i];
+
+			/* see refine_dot: de-interleaved for 4-bit codes */
+			qr[refine_bits == 4 ? (i & 1) * half + i / 2 : i] = r;
+			sum += r;
 		}
+		if (refine_bits == 4 && (dims & 1))
+			qr[2 * half - 1] = 0.0f;
 		h->refine_bits = refine_bits;
 		h->sum_qr = (float) sum;
 		/* Below 64 dims, Cauchy-Schwarz: |<qr, e>| <= ||qr|| ||e||. */
@@ -660,4 +771,13 @@ vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks, int thread
 	for (int i = 0; i < ntasks; i++)
 		vidx_rabitq_estimate(tasks[i].prep, tasks[i].postings, tasks[i].n, tasks[i].est,
 		                     tasks[i].lower);
+}
+
+extern "C" void
+vidx_rabitq_refine(const void *prep, const VidxPosting *posting, float *est, float *lower)
+{
+	const PrepHeader *h = static_cast<const PrepHeader *>(prep);
+
+	if (h->refine_bits > 0)
+		refine_one(h, posting, est, lower);
 }

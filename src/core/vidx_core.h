@@ -138,6 +138,15 @@ extern "C"
 	void vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n,
 	                          float *est, float *lower);
 
+	/*
+	 * (est, lower) of a posting from its refinement code (prep from
+	 * vidx_query_prep_refined with the index's refine_bits; a no-op without).
+	 * vidx_rabitq_estimate uses the sign code only: refine the candidates
+	 * that can still matter.
+	 */
+	void vidx_rabitq_refine(const void *prep, const VidxPosting *posting, float *est,
+	                        float *lower);
+
 	/* One call of vidx_rabitq_estimate: a run of postings that share a query preparation. */
 	typedef struct VidxEstimateTask
 	{
@@ -204,14 +213,15 @@ extern "C"
 	 * into scratch (n x dims), assigns each to its exact nearest leaf centroid
 	 * (groups from vidx_kmeans_hier, visited nearest first and skipped by their
 	 * radius bound) into assignment, and writes n postings of
-	 * vidx_posting_size(dims) bytes (heap TID and hash from the record).
+	 * vidx_posting_size_refined(dims, refine_bits) bytes (heap TID and hash
+	 * from the record).
 	 * groups_visited (may be NULL) is increased by the groups scanned.
 	 * OpenMP-parallel; the results do not depend on the thread count.
 	 */
 	int vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims,
-	                      VidxMetric metric, const void *rotation, const float *centroids,
-	                      const int32_t *group_start, int ngroups, uint32_t first_slot,
-	                      float *scratch, void *postings, int32_t *assignment,
+	                      int refine_bits, VidxMetric metric, const void *rotation,
+	                      const float *centroids, const int32_t *group_start, int ngroups,
+	                      uint32_t first_slot, float *scratch, void *postings, int32_t *assignment,
 	                      int64_t *groups_visited, char *err, size_t errlen);
 
 	/*

@@ -206,7 +206,7 @@ TEST(BuildEncode, ExactNearestLeafAndSameCodes)
 	char err[256] = "";
 
 	ASSERT_EQ(VIDX_OK,
-	          vidx_build_encode(recs.data(), n, rs, d, VIDX_METRIC_L2, rot.data(), h.cent.data(),
+	          vidx_build_encode(recs.data(), n, rs, d, 0, VIDX_METRIC_L2, rot.data(), h.cent.data(),
 	                            h.gstart.data(), h.ngroups, 1000, scratch.data(), post.data(),
 	                            a.data(), &visited, err, sizeof(err)))
 	    << err;

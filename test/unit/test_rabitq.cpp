@@ -161,6 +161,11 @@ measure(VidxMetric metric, int d, const std::vector<float> &xs, const std::vecto
 		vidx_rotation_apply(rot.data(), q, qr.data());
 		vidx_query_prep_refined(prep.data(), metric, qr.data(), crot.data(), d, refine_bits);
 		vidx_rabitq_estimate(prep.data(), ps.ptrs.data(), n, est.data(), lower.data());
+		for (int i = 0; i < n && refine_bits > 0; i++)
+		{
+			vidx_rabitq_refine(prep.data(), ps.ptrs[i], &est[i], &lower[i]);
+			EXPECT_LE(lower[i], est[i]);
+		}
 		for (int i = 0; i < n; i++)
 		{
 			const float *x = xs.data() + (size_t) i * d;

@@ -49,7 +49,7 @@ int main(int argc, char **argv) {
     std::vector<float> Cr(C); for (int j = 0; j < k; j++) vidx_rotation_apply(rot.data(), &Cr[(size_t) j * d], &Cr[(size_t) j * d]);
     std::vector<float> scr(m * d); std::vector<char> post(psz * m); std::vector<int32_t> a2(m); int64_t vis = 0;
     auto t1 = std::chrono::steady_clock::now();
-    vidx_build_encode(R.data(), m, rs, d, VIDX_METRIC_L2, rot.data(), Cr.data(), gs.data(), ng, 0, scr.data(), post.data(), a2.data(), &vis, err, 256);
+    vidx_build_encode(R.data(), m, rs, d, 0, VIDX_METRIC_L2, rot.data(), Cr.data(), gs.data(), ng, 0, scr.data(), post.data(), a2.data(), &vis, err, 256);
     double te = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     int64_t diff = 0; for (int64_t i = 0; i < m; i++) diff += a2[i] != a[i];
     printf("encode200k %.1fs visited/pt %.2f of %d groups, differs %lld\n", te, (double) vis / m, ng, (long long) diff);
