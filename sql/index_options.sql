@@ -57,6 +57,35 @@ RESET vidx.tree_cache_mb;
 DROP TABLE opt_q, opt_r1;
 DROP INDEX opt_one;
 
+-- Refinement codes: only 0, 4 and 8 bits; exact at full probes; inserts encode them too.
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (refine_bits = 3);
+CREATE INDEX opt_bad ON opt USING vidx (v) WITH (refine_bits = 9);
+CREATE INDEX opt_r4 ON opt USING vidx (v) WITH (lists = 20, refine_bits = 4);
+SELECT s->>'refine_bits' AS refine_bits, (s->>'posting_bytes')::int > (s->>'code_bytes')::int + 32 AS bigger
+FROM vidx_stats('opt_r4') s;
+INSERT INTO opt SELECT i, ARRAY[sin(i), cos(i), sin(i * 0.37)]::real[] FROM generate_series(3001, 3100) i;
+SET vidx.probes = 20;
+SET vidx.rerank = 5000;
+SELECT count(*) AS queries, count(*) FILTER (WHERE (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY v <-> q LIMIT 10) a)
+                                            = (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY (v <-> q) + 0, id LIMIT 10) b)) AS exact
+FROM (SELECT ARRAY[sin(j * 1.3), cos(j * 0.7), sin(j)]::real[] AS q FROM generate_series(1, 20) j) qs;
+SELECT vidx_verify('opt_r4');
+DROP INDEX opt_r4;
+CREATE INDEX opt_r8 ON opt USING vidx (v vidx_ip_ops) WITH (lists = 20, refine_bits = 8);
+SELECT count(*) AS queries, count(*) FILTER (WHERE (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY v <#> q LIMIT 10) a)
+                                            = (SELECT array_agg(id) FROM (SELECT id FROM opt ORDER BY (v <#> q) + 0, id LIMIT 10) b)) AS exact
+FROM (SELECT ARRAY[sin(j * 1.3), cos(j * 0.7), sin(j)]::real[] AS q FROM generate_series(1, 20) j) qs;
+DROP INDEX opt_r8;
+RESET vidx.probes;
+RESET vidx.rerank;
+-- 8-bit refinement codes of 8,000 dimensions do not fit a page: refused; 4-bit ones fit.
+CREATE TABLE opt_wide (v real[]);
+INSERT INTO opt_wide SELECT array_fill(0.5::real, ARRAY[8000]);
+CREATE INDEX opt_wide_idx ON opt_wide USING vidx (v) WITH (refine_bits = 8);
+CREATE INDEX opt_wide_idx ON opt_wide USING vidx (v) WITH (refine_bits = 4);
+SELECT count(*) FROM pg_class WHERE relname = 'opt_wide_idx';
+DROP TABLE opt_wide;
+
 -- Settings are range-checked.
 SET vidx.probes = 0;
 SET vidx.rerank = -1;
