@@ -107,7 +107,12 @@ kmeans_progress(void *arg, int64_t done, int64_t total)
 {
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL, total);
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, done);
-	return InterruptPending ? 1 : 0;
+	/*
+	 * Stop only for a cancel or a termination: other interrupts (a
+	 * ProcSignalBarrier, a catch-up) also set InterruptPending, and are served
+	 * by the CHECK_FOR_INTERRUPTS after the core returns.
+	 */
+	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
 }
 
 /* ---------- page writer: main fork through shared buffers, init fork through smgr ---------- */
