@@ -61,6 +61,8 @@ def main(argv=None):
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--probes-list", default="1,2,4,6,8,10,16,24,32,48,64,96,128")
     ap.add_argument("--keep-index", action="store_true", help="reuse an existing index")
+    ap.add_argument("--no-prewarm", action="store_true",
+                    help="measure a cold session: skip SELECT vidx_prewarm(index) in the query session")
     ap.add_argument("--faiss", action="store_true", help="also FAISS IVFFlat on the same data")
     ap.add_argument("--nprobe", default="1,2,4,8", help="FAISS IVFFlat nprobe values")
     ap.add_argument("--dsn", default="")
@@ -153,6 +155,15 @@ def main(argv=None):
     qconn = bl.connect(a.dsn)
     qpid = bl.backend_pid(qconn)
     sweep = []
+    if not a.no_prewarm:
+        t0 = time.perf_counter()
+        with qconn.cursor() as cur:
+            cur.execute("SELECT * FROM vidx_prewarm(%s)", (index,))
+            pages, sbytes = cur.fetchone()
+        res["prewarm"] = {"seconds": time.perf_counter() - t0, "index_pages": pages,
+                          "sidecar_bytes": sbytes}
+        bl.log(f"  vidx_prewarm in the query session: {pages:,} index pages, "
+               f"{sbytes / 2**30:.2f} GiB of sidecar, {res['prewarm']['seconds']:.1f} s")
 
     def run(settings, label):
         r, _ = bl.run_queries(qconn, table, Q, "l2", 10, settings, base=base, gt_dist=gt_d)
@@ -165,7 +176,10 @@ def main(argv=None):
         save()
         return r
 
-    default = run({}, "default (probes 10, rerank 40)")
+    with qconn.cursor() as cur:
+        cur.execute("SELECT current_setting('vidx.probes', true), current_setting('vidx.rerank', true)")
+        dprobes, drerank = cur.fetchone()
+    default = run({}, f"default (probes {dprobes or 10}, rerank {drerank or 100})")
     if "Index Scan" not in default["plan"]:
         bl.log(f"  WARNING: the plan does not use the index: {default['plan']}")
     res["default"] = default
@@ -292,7 +306,10 @@ def write_md(out, res):
          f"| PGDATA total / pg_wal | {res['disk']['pgdata_gib']} GiB / {res['disk']['pg_wal_gib']} GiB |",
          f"| query backend peak RSS (VmHWM) | {res['query_backend'].get('VmHWM_mib')} MiB "
          f"(anon {res['query_backend'].get('RssAnon_mib')}, file {res['query_backend'].get('RssFile_mib')}, "
-         f"shmem {res['query_backend'].get('RssShmem_mib')}) |", "",
+         f"shmem {res['query_backend'].get('RssShmem_mib')}) |",
+         (f"| vidx_prewarm in the query session before the queries | {res['prewarm']['seconds']:.1f} s "
+          f"({res['prewarm']['index_pages']:,} pages, {res['prewarm']['sidecar_bytes'] / 2**30:.2f} GiB) |"
+          if res.get("prewarm") else "| query session | cold (no vidx_prewarm) |"), "",
          "| setting | recall@1 | recall@10 | p50 ms | p95 ms | p99 ms | QPS | shared hit/query | shared read/query |",
          "|---|---|---|---|---|---|---|---|---|"]
     tgt = res.get("at_target") or {}

@@ -180,8 +180,10 @@ PG_FUNCTION_INFO_V1(vidx_prewarm);
 
 /*
  * Reads every index page into shared buffers, the tree into this backend's
- * cache and the sidecar file into the kernel's page cache, so that the first
- * queries after a restart run at full speed. Returns the pages and bytes read.
+ * cache and the sidecar file into the kernel's page cache, and maps the
+ * sidecar into this backend with its page table filled in, so that the first
+ * queries after a restart (or of a new session) run at full speed. Returns
+ * the pages and bytes read.
  */
 Datum
 vidx_prewarm(PG_FUNCTION_ARGS)
@@ -213,6 +215,8 @@ vidx_prewarm(PG_FUNCTION_ARGS)
 	if (meta.dims > 0)
 		(void) vidx_get_tree(index, &meta);
 	sidecar_bytes = vidx_sidecar_prewarm(index);
+	if (meta.dims > 0)
+		vidx_sidecar_map_now(index, &meta);
 
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);

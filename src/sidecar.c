@@ -569,6 +569,25 @@ vidx_sidecar_prewarm(Relation index)
 }
 
 /*
+ * Maps the sidecar in this backend and fills in its page table, so that the
+ * first queries of this session do not take a page fault per record
+ * (MADV_POPULATE_READ, Linux 5.14; older kernels just skip it).
+ */
+void
+vidx_sidecar_map_now(Relation index, const VidxMetaPageData *meta)
+{
+	const char *why;
+	SidecarMap *m = lookup_map(index, meta, &why);
+
+	if (m->usable && m->base != NULL)
+	{
+#ifdef MADV_POPULATE_READ
+		(void) madvise(m->base, m->length, MADV_POPULATE_READ);
+#endif
+	}
+}
+
+/*
  * Hints the CPU to fetch a record that is about to be read. Only touches an
  * existing mapping (a prefetch never faults), so it needs no guard.
  */
