@@ -116,6 +116,11 @@ extern VidxOptions *vidx_index_options(Relation index);
 extern Buffer vidx_new_buffer(Relation index);
 extern void vidx_init_page(Page page, uint16 page_type);
 extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
+/*
+ * Copies the metapage without raising an error: false (and *meta zeroed) if
+ * the index has no metapage or one of another format version (for the planner).
+ */
+extern bool vidx_try_read_meta(Relation index, VidxMetaPageData *meta);
 
 /*
  * Per-backend cache of an index's tree blob and rotation, keyed by the index's
