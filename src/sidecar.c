@@ -510,8 +510,6 @@ vidx_sidecar_state(Relation index, const VidxMetaPageData *meta, uint64 *records
 	*records = 0;
 	if (m->base != NULL && m->length >= VIDX_SIDECAR_HEADER_SIZE)
 		*records = (m->length - VIDX_SIDECAR_HEADER_SIZE) / vidx_sidecar_record_size(meta->dims);
-	if (why == NULL)
-		return "ok";
 	return why;
 }
 

@@ -163,7 +163,10 @@ extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta,
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);
-/* Describes the sidecar state for vidx_stats: "ok", "missing", ... */
+/*
+ * For vidx_stats: maps the whole sidecar and returns why it cannot be used
+ * (NULL if its header is good); *records is the number of whole records in it.
+ */
 extern const char *vidx_sidecar_state(Relation index, const VidxMetaPageData *meta,
                                       uint64 *records);
 /* Maps (or remaps) the index's sidecar for a scan; warns once if it is unusable. */

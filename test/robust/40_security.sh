@@ -69,8 +69,16 @@ check_eq "alice: vidx_verify on an index she does not own -> 42501" "$(qa alice 
 check_eq "alice: vidx_verify(check_sidecar => false) -> 42501" "$(qa alice "SELECT vidx_verify('t_v', false)")" "SQLSTATE 42501"
 check_eq "alice (SELECT and INSERT on the table): vidx_verify -> 42501" "$(qa alice "SELECT vidx_verify('bt_v')")" "SQLSTATE 42501"
 check_eq "alice: REINDEX of an index she does not own -> 42501" "$(qa alice "REINDEX INDEX t_v")" "SQLSTATE 42501"
-stats=$(qa alice "SELECT vidx_stats('t_v') IS NOT NULL")
-log "alice: vidx_stats on an index she does not own: $stats (read-only statistics; see the report)"
+check_eq "alice: vidx_stats on an index she does not own -> 42501" "$(qa alice "SELECT vidx_stats('t_v')")" "SQLSTATE 42501"
+check_eq "alice (SELECT and INSERT on the table): vidx_stats -> 42501" "$(qa alice "SELECT vidx_stats('bt_v')")" "SQLSTATE 42501"
+check_eq "bob: vidx_stats on his own index" "$(qa bob "SELECT vidx_stats('bt_v')->>'dims'")" 3
+q $PORT "GRANT pg_read_all_stats TO alice"
+check_eq "alice, member of pg_read_all_stats: vidx_stats" "$(qa alice "SELECT vidx_stats('t_v')->>'dims'")" 16
+check_eq "alice, member of pg_read_all_stats: vidx_verify still -> 42501" "$(qa alice "SELECT vidx_verify('t_v')")" "SQLSTATE 42501"
+q $PORT "REVOKE pg_read_all_stats FROM alice; GRANT pg_stat_scan_tables TO alice"
+check_eq "alice, member of pg_stat_scan_tables: vidx_stats" "$(qa alice "SELECT vidx_stats('t_v')->>'dims'")" 16
+q $PORT "REVOKE pg_stat_scan_tables FROM alice"
+check_eq "alice, no longer a member: vidx_stats -> 42501" "$(qa alice "SELECT vidx_stats('t_v')")" "SQLSTATE 42501"
 check_eq "bob: vidx_verify on his own index" "$(qa bob "SELECT vidx_verify('bt_v')")" t
 check_eq "alice: vidx_verify of a table, not a vidx index -> error" "$(qa postgres "SELECT vidx_verify('t')" | cut -c1-14)" "SQLSTATE 42809"
 check_eq "alice: the k-NN query works with SELECT privilege" "$(qa alice "SET enable_seqscan = off; SELECT count(*) FROM (SELECT id FROM t ORDER BY v <-> '{1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16}' LIMIT 5) s")" 5
