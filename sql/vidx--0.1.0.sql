@@ -1,81 +1,97 @@
 -- vidx 0.1.0: distance operators on real[] and the vidx index access method.
 \echo Use "CREATE EXTENSION vidx" to load this file. \quit
 
+-- Every reference below is schema-qualified (@extschema@ for the extension's
+-- own objects, pg_catalog for built-in types and operator families), so that
+-- nothing that a role could create in another schema, or in pg_temp, is picked
+-- up while the script runs. (real, double precision, numeric and boolean are
+-- keywords that always mean the pg_catalog types.)
+
 -- Distance functions. The left operand is the stored vector (real[]); the right
 -- one, the query, may also be double precision[] or numeric[] (what client
 -- libraries send for a list of floats). Every function rejects NULL elements,
 -- NaN and infinity, empty and multi-dimensional arrays, more than 16000
 -- dimensions and mismatched dimensions; cosine distance rejects zero vectors.
-CREATE FUNCTION vidx_l2_distance(real[], real[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_l2_distance(real[], real[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_l2_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_l2_distance(real[], double precision[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_l2_distance(real[], double precision[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_l2_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_l2_distance(real[], numeric[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_l2_distance(real[], numeric[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_l2_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
-CREATE FUNCTION vidx_negative_inner_product(real[], real[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_negative_inner_product(real[], real[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_negative_inner_product' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_negative_inner_product(real[], double precision[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_negative_inner_product(real[], double precision[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_negative_inner_product' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_negative_inner_product(real[], numeric[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_negative_inner_product(real[], numeric[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_negative_inner_product' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
-CREATE FUNCTION vidx_cosine_distance(real[], real[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_cosine_distance(real[], real[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_cosine_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_cosine_distance(real[], double precision[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_cosine_distance(real[], double precision[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_cosine_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_cosine_distance(real[], numeric[]) RETURNS float8
+CREATE FUNCTION @extschema@.vidx_cosine_distance(real[], numeric[]) RETURNS pg_catalog.float8
 	AS 'MODULE_PATHNAME', 'vidx_cosine_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
-CREATE OPERATOR <-> (LEFTARG = real[], RIGHTARG = real[], FUNCTION = vidx_l2_distance, COMMUTATOR = '<->');
-CREATE OPERATOR <-> (LEFTARG = real[], RIGHTARG = double precision[], FUNCTION = vidx_l2_distance);
-CREATE OPERATOR <-> (LEFTARG = real[], RIGHTARG = numeric[], FUNCTION = vidx_l2_distance);
+CREATE OPERATOR @extschema@.<-> (LEFTARG = real[], RIGHTARG = real[],
+	FUNCTION = @extschema@.vidx_l2_distance, COMMUTATOR = OPERATOR(@extschema@.<->));
+CREATE OPERATOR @extschema@.<-> (LEFTARG = real[], RIGHTARG = double precision[],
+	FUNCTION = @extschema@.vidx_l2_distance);
+CREATE OPERATOR @extschema@.<-> (LEFTARG = real[], RIGHTARG = numeric[],
+	FUNCTION = @extschema@.vidx_l2_distance);
 
-CREATE OPERATOR <#> (LEFTARG = real[], RIGHTARG = real[], FUNCTION = vidx_negative_inner_product, COMMUTATOR = '<#>');
-CREATE OPERATOR <#> (LEFTARG = real[], RIGHTARG = double precision[], FUNCTION = vidx_negative_inner_product);
-CREATE OPERATOR <#> (LEFTARG = real[], RIGHTARG = numeric[], FUNCTION = vidx_negative_inner_product);
+CREATE OPERATOR @extschema@.<#> (LEFTARG = real[], RIGHTARG = real[],
+	FUNCTION = @extschema@.vidx_negative_inner_product, COMMUTATOR = OPERATOR(@extschema@.<#>));
+CREATE OPERATOR @extschema@.<#> (LEFTARG = real[], RIGHTARG = double precision[],
+	FUNCTION = @extschema@.vidx_negative_inner_product);
+CREATE OPERATOR @extschema@.<#> (LEFTARG = real[], RIGHTARG = numeric[],
+	FUNCTION = @extschema@.vidx_negative_inner_product);
 
-CREATE OPERATOR <=> (LEFTARG = real[], RIGHTARG = real[], FUNCTION = vidx_cosine_distance, COMMUTATOR = '<=>');
-CREATE OPERATOR <=> (LEFTARG = real[], RIGHTARG = double precision[], FUNCTION = vidx_cosine_distance);
-CREATE OPERATOR <=> (LEFTARG = real[], RIGHTARG = numeric[], FUNCTION = vidx_cosine_distance);
+CREATE OPERATOR @extschema@.<=> (LEFTARG = real[], RIGHTARG = real[],
+	FUNCTION = @extschema@.vidx_cosine_distance, COMMUTATOR = OPERATOR(@extschema@.<=>));
+CREATE OPERATOR @extschema@.<=> (LEFTARG = real[], RIGHTARG = double precision[],
+	FUNCTION = @extschema@.vidx_cosine_distance);
+CREATE OPERATOR @extschema@.<=> (LEFTARG = real[], RIGHTARG = numeric[],
+	FUNCTION = @extschema@.vidx_cosine_distance);
 
 -- The access method.
-CREATE FUNCTION vidx_handler(internal) RETURNS index_am_handler
+CREATE FUNCTION @extschema@.vidx_handler(pg_catalog.internal) RETURNS pg_catalog.index_am_handler
 	AS 'MODULE_PATHNAME' LANGUAGE C;
-CREATE ACCESS METHOD vidx TYPE INDEX HANDLER vidx_handler;
+CREATE ACCESS METHOD vidx TYPE INDEX HANDLER @extschema@.vidx_handler;
 COMMENT ON ACCESS METHOD vidx IS 'vidx: hierarchical k-means tree with RaBitQ codes for approximate nearest-neighbour search';
 
 -- Support function 1 of each operator class tells the index its metric.
-CREATE FUNCTION vidx_l2_support(internal) RETURNS internal
+CREATE FUNCTION @extschema@.vidx_l2_support(pg_catalog.internal) RETURNS pg_catalog.internal
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_ip_support(internal) RETURNS internal
+CREATE FUNCTION @extschema@.vidx_ip_support(pg_catalog.internal) RETURNS pg_catalog.internal
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION vidx_cosine_support(internal) RETURNS internal
+CREATE FUNCTION @extschema@.vidx_cosine_support(pg_catalog.internal) RETURNS pg_catalog.internal
 	AS 'MODULE_PATHNAME' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
-CREATE OPERATOR CLASS vidx_l2_ops DEFAULT FOR TYPE real[] USING vidx AS
-	OPERATOR 1 <-> (real[], real[]) FOR ORDER BY float_ops,
-	OPERATOR 1 <-> (real[], double precision[]) FOR ORDER BY float_ops,
-	OPERATOR 1 <-> (real[], numeric[]) FOR ORDER BY float_ops,
-	FUNCTION 1 vidx_l2_support(internal);
+CREATE OPERATOR CLASS @extschema@.vidx_l2_ops DEFAULT FOR TYPE real[] USING vidx AS
+	OPERATOR 1 @extschema@.<-> (real[], real[]) FOR ORDER BY pg_catalog.float_ops,
+	OPERATOR 1 @extschema@.<-> (real[], double precision[]) FOR ORDER BY pg_catalog.float_ops,
+	OPERATOR 1 @extschema@.<-> (real[], numeric[]) FOR ORDER BY pg_catalog.float_ops,
+	FUNCTION 1 @extschema@.vidx_l2_support(pg_catalog.internal);
 
-CREATE OPERATOR CLASS vidx_ip_ops FOR TYPE real[] USING vidx AS
-	OPERATOR 1 <#> (real[], real[]) FOR ORDER BY float_ops,
-	OPERATOR 1 <#> (real[], double precision[]) FOR ORDER BY float_ops,
-	OPERATOR 1 <#> (real[], numeric[]) FOR ORDER BY float_ops,
-	FUNCTION 1 vidx_ip_support(internal);
+CREATE OPERATOR CLASS @extschema@.vidx_ip_ops FOR TYPE real[] USING vidx AS
+	OPERATOR 1 @extschema@.<#> (real[], real[]) FOR ORDER BY pg_catalog.float_ops,
+	OPERATOR 1 @extschema@.<#> (real[], double precision[]) FOR ORDER BY pg_catalog.float_ops,
+	OPERATOR 1 @extschema@.<#> (real[], numeric[]) FOR ORDER BY pg_catalog.float_ops,
+	FUNCTION 1 @extschema@.vidx_ip_support(pg_catalog.internal);
 
-CREATE OPERATOR CLASS vidx_cosine_ops FOR TYPE real[] USING vidx AS
-	OPERATOR 1 <=> (real[], real[]) FOR ORDER BY float_ops,
-	OPERATOR 1 <=> (real[], double precision[]) FOR ORDER BY float_ops,
-	OPERATOR 1 <=> (real[], numeric[]) FOR ORDER BY float_ops,
-	FUNCTION 1 vidx_cosine_support(internal);
+CREATE OPERATOR CLASS @extschema@.vidx_cosine_ops FOR TYPE real[] USING vidx AS
+	OPERATOR 1 @extschema@.<=> (real[], real[]) FOR ORDER BY pg_catalog.float_ops,
+	OPERATOR 1 @extschema@.<=> (real[], double precision[]) FOR ORDER BY pg_catalog.float_ops,
+	OPERATOR 1 @extschema@.<=> (real[], numeric[]) FOR ORDER BY pg_catalog.float_ops,
+	FUNCTION 1 @extschema@.vidx_cosine_support(pg_catalog.internal);
 
 -- Maintenance and introspection.
-CREATE FUNCTION vidx_stats(index regclass) RETURNS jsonb
+CREATE FUNCTION @extschema@.vidx_stats(index pg_catalog.regclass) RETURNS pg_catalog.jsonb
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
-COMMENT ON FUNCTION vidx_stats(regclass) IS 'tree shape, leaf sizes, code bytes and sidecar state of a vidx index';
+COMMENT ON FUNCTION @extschema@.vidx_stats(pg_catalog.regclass) IS 'tree shape, leaf sizes, code bytes and sidecar state of a vidx index (its owner, pg_read_all_stats or pg_stat_scan_tables)';
 
-CREATE FUNCTION vidx_verify(index regclass, check_sidecar boolean DEFAULT true) RETURNS boolean
+CREATE FUNCTION @extschema@.vidx_verify(index pg_catalog.regclass, check_sidecar boolean DEFAULT true) RETURNS boolean
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
-COMMENT ON FUNCTION vidx_verify(regclass, boolean) IS 'checks a vidx index (and its sidecar); raises an error describing the first inconsistency, else returns true';
+COMMENT ON FUNCTION @extschema@.vidx_verify(pg_catalog.regclass, boolean) IS 'checks a vidx index (and its sidecar); raises an error describing the first inconsistency, else returns true';
+

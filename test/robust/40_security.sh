@@ -59,6 +59,11 @@ got=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -c "SET search_path = evil
 	-c "SELECT vidx_verify('public.t_v'), (public.vidx_stats('public.t_v')->>'dims')" 2>&1)
 check_eq "vidx_verify/vidx_stats with evil first in search_path" "$got" "t|16"
 
+# The script names the schema of everything it creates or refers to
+# (@extschema@, or pg_catalog for built-in types and operator families).
+unqualified=$("$PY" "$ROBUST_DIR/lint_script.py" "$ROOT/sql/vidx--0.1.0.sql" | head -3 | tr '\n' ' ')
+check_eq "the extension script qualifies every object it creates or refers to" "$unqualified" ""
+
 # ---------------------------------------------------------------- ownership
 log "ownership: alice (no privileges), bob (owns a table and its index)"
 q $PORT "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; GRANT CREATE ON SCHEMA public TO bob;
