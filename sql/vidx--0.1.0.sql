@@ -95,3 +95,41 @@ CREATE FUNCTION @extschema@.vidx_verify(index pg_catalog.regclass, check_sidecar
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
 COMMENT ON FUNCTION @extschema@.vidx_verify(pg_catalog.regclass, boolean) IS 'checks a vidx index (and its sidecar); raises an error describing the first inconsistency, else returns true';
 
+-- Sidecar files ($PGDATA/vidx/) that no index uses any more are removed at the
+-- commit of the DROP, REINDEX, TRUNCATE or VACUUM FULL that made them unused,
+-- and otherwise by a sweep: at every vidx build, at the first use of vidx in a
+-- backend, or by this function (files of dropped databases, and of indexes of
+-- this database dropped or rebuilt without vidx loaded or cut short by a crash).
+CREATE FUNCTION @extschema@.vidx_sweep_sidecars() RETURNS integer
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION @extschema@.vidx_sweep_sidecars() FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.vidx_sweep_sidecars() IS 'removes vidx sidecar files that no index uses any more (dropped databases, dropped or rebuilt indexes); returns how many; superuser only';
+
+-- A DROP removes an index's sidecar at commit through a hook of the vidx
+-- library, which a session loads only when it first uses vidx. This event
+-- trigger loads it before every command that can drop a vidx index, so that
+-- the hook sees the drop. If the library cannot be loaded (the package was
+-- removed before DROP EXTENSION, no USAGE on the extension's schema), the
+-- command still runs, and the sweep removes the file later.
+CREATE FUNCTION @extschema@.vidx_load() RETURNS boolean
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION @extschema@.vidx_load() IS 'does nothing but load the vidx library (for the vidx_drop_cleanup event trigger)';
+
+CREATE FUNCTION @extschema@.vidx_drop_cleanup() RETURNS pg_catalog.event_trigger
+	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM @extschema@.vidx_load();
+EXCEPTION WHEN OTHERS THEN -- never let a failure to load vidx stop a DROP (the sweep is the backstop)
+	NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.vidx_drop_cleanup() IS 'event trigger: loads vidx before a command that can drop a vidx index, so that its sidecar is removed at commit';
+
+CREATE EVENT TRIGGER vidx_drop_cleanup ON ddl_command_start
+	WHEN TAG IN ('DROP INDEX', 'DROP TABLE', 'DROP MATERIALIZED VIEW', 'DROP SCHEMA',
+		'DROP OWNED', 'DROP EXTENSION', 'DROP ACCESS METHOD', 'DROP OPERATOR CLASS',
+		'DROP OPERATOR FAMILY', 'DROP OPERATOR', 'DROP FUNCTION', 'DROP TYPE', 'DROP DOMAIN',
+		'ALTER TABLE')
+	EXECUTE FUNCTION @extschema@.vidx_drop_cleanup();
+-- ... also under session_replication_role = replica (logical replication apply, restores).
+ALTER EVENT TRIGGER vidx_drop_cleanup ENABLE ALWAYS;

@@ -1,11 +1,13 @@
 /*
- * functions.c: vidx_stats(regclass) and vidx_verify(regclass, bool).
+ * functions.c: vidx_stats(regclass), vidx_verify(regclass, bool),
+ * vidx_sweep_sidecars() and the event trigger's vidx_load().
  */
 #include "vidx.h"
 
 #include "access/relation.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_authid.h"
+#include "commands/event_trigger.h"
 #include "commands/defrem.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -355,3 +357,31 @@ vidx_verify(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(true);
 }
 
+/*
+ * Removes the sidecar files that no index uses any more: those of databases
+ * that no longer exist, and those of this database whose index is gone or was
+ * rebuilt under another relfilenode. Files of a database or index that another
+ * transaction is creating, rebuilding or dropping right now are left for a
+ * later sweep. Superuser only; returns the number of files removed.
+ */
+PG_FUNCTION_INFO_V1(vidx_sweep_sidecars);
+Datum
+vidx_sweep_sidecars(PG_FUNCTION_ARGS)
+{
+	if (!superuser())
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+		                errmsg("only superusers may run vidx_sweep_sidecars()")));
+	PG_RETURN_INT32(vidx_sidecar_sweep_all());
+}
+
+/*
+ * Called by the extension's event trigger before every command that can drop
+ * a vidx index: calling it loads the library, whose drop hook then sees the
+ * drop and removes the sidecar at commit. It does nothing else.
+ */
+PG_FUNCTION_INFO_V1(vidx_load);
+Datum
+vidx_load(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(true);
+}

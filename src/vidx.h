@@ -170,11 +170,16 @@ extern void vidx_sidecar_warn(Relation index, const char *why);
 extern const char *vidx_sidecar_state(Relation index, const VidxMetaPageData *meta,
                                       uint64 *records);
 /* Maps (or remaps) the index's sidecar for a scan; warns once if it is unusable. */
+extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
 /* Registers the callbacks that remove sidecars of dropped or rebuilt indexes. */
 extern void vidx_sidecar_init(void);
-/* Schedules or removes sidecars that no index uses any more (see sidecar.c). */
+/*
+ * Called by a build: schedules the files of the index's earlier relfilenodes
+ * for removal at commit and removes files no index uses any more (see sidecar.c).
+ */
 extern void vidx_sidecar_sweep(Relation index);
-extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
+/* vidx_sweep_sidecars(): the same sweep on demand; returns the files removed. */
+extern int vidx_sidecar_sweep_all(void);
 
 /* ---------- access-method callbacks ---------- */
 
