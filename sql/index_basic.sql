@@ -84,5 +84,29 @@ INSERT INTO items VALUES (6000, '{0,0,0,0}');
 SELECT id FROM items ORDER BY v <=> '{0,0,0,0}' LIMIT 1;
 SELECT vidx_verify('items_v_ip'), vidx_verify('items_v_cos');
 RESET enable_seqscan;
+
+-- Statistics are for the index's owner and for pg_read_all_stats and
+-- pg_stat_scan_tables; vidx_verify is for the owner; the sweep for superusers.
+CREATE ROLE regress_vidx_reader;
+GRANT SELECT ON items TO regress_vidx_reader;
+SET ROLE regress_vidx_reader;
+SELECT count(*) FROM (SELECT id FROM items ORDER BY v <-> '{1,2,3,4}' LIMIT 5) s;
+SELECT vidx_stats('items_v_ip');
+SELECT vidx_verify('items_v_ip');
+SELECT vidx_sweep_sidecars();
+RESET ROLE;
+GRANT pg_read_all_stats TO regress_vidx_reader;
+SET ROLE regress_vidx_reader;
+SELECT vidx_stats('items_v_ip')->>'metric' AS metric;
+SELECT vidx_verify('items_v_ip');
+RESET ROLE;
+REVOKE pg_read_all_stats FROM regress_vidx_reader;
+GRANT pg_stat_scan_tables TO regress_vidx_reader;
+SET ROLE regress_vidx_reader;
+SELECT vidx_stats('items_v_ip')->>'metric' AS metric;
+RESET ROLE;
+SELECT vidx_sweep_sidecars() >= 0 AS swept;
+
 DROP TABLE items, empty_items;
+DROP ROLE regress_vidx_reader;
 DROP FUNCTION exact_ids(real[], int), index_ids(real[], int);

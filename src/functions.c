@@ -1,10 +1,13 @@
 /*
- * functions.c: vidx_stats(regclass) and vidx_verify(regclass, bool).
+ * functions.c: vidx_stats(regclass), vidx_verify(regclass, bool),
+ * vidx_sweep_sidecars() and the event trigger's vidx_load().
  */
 #include "vidx.h"
 
 #include "access/relation.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_authid.h"
+#include "commands/event_trigger.h"
 #include "commands/defrem.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -52,18 +55,19 @@ typedef struct ChainStats
 {
 	int64 postings;
 	int64 pages;
+	int64 beyond; /* postings whose sidecar slot is past the end of the file */
 } ChainStats;
 
 /*
  * Walks one leaf's chain. With verify, raises an error at the first
  * inconsistency; seen marks visited blocks (to catch cycles and pages shared
- * by two chains).
+ * by two chains). Counts the postings whose slot is not below records.
  */
 static ChainStats
 walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *node,
-           BlockNumber nblocks, bool *seen, bool verify, bool check_sidecar)
+           BlockNumber nblocks, bool *seen, bool verify, bool check_sidecar, uint64 records)
 {
-	ChainStats cs = {0, 0};
+	ChainStats cs = {0, 0, 0};
 	BlockNumber head = node->head_block;
 	BlockNumber blkno = head;
 	BlockNumber last = InvalidBlockNumber;
@@ -141,6 +145,8 @@ walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *nod
 				                       name, hb, ho, slot),
 				                errhint("REINDEX INDEX %s; rebuilds the sidecar.", name)));
 			}
+			if (p->slot >= records)
+				cs.beyond++;
 			cs.postings++;
 		}
 		cs.pages++;
@@ -163,25 +169,53 @@ walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *nod
 	return cs;
 }
 
+/*
+ * vidx_stats reveals sizes and the data directory layout: only the index's
+ * owner and roles with the privileges of pg_read_all_stats or
+ * pg_stat_scan_tables may call it (pgstattuple grants its functions to the
+ * latter).
+ */
+static void
+check_stats_privilege(Oid relid)
+{
+	Oid user = GetUserId();
+
+	if (pg_class_ownercheck(relid, user) || has_privs_of_role(user, ROLE_PG_READ_ALL_STATS) ||
+	    has_privs_of_role(user, ROLE_PG_STAT_SCAN_TABLES))
+		return;
+	ereport(ERROR,
+	        (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+	         errmsg("permission denied for vidx_stats on index \"%s\"", get_rel_name(relid)),
+	         errdetail("Only the owner of the index and roles with the privileges of "
+	                   "pg_read_all_stats or pg_stat_scan_tables may read its statistics.")));
+}
+
 PG_FUNCTION_INFO_V1(vidx_stats);
 Datum
 vidx_stats(PG_FUNCTION_ARGS)
 {
-	Relation index = open_vidx_index(PG_GETARG_OID(0), false);
+	Relation index;
 	VidxMetaPageData meta;
 	StringInfoData buf;
-	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
-	bool *seen = palloc0(sizeof(bool) * nblocks);
+	BlockNumber nblocks;
+	bool *seen;
 	int64 total = 0;
 	int64 min_leaf = -1;
 	int64 max_leaf = 0;
 	int64 posting_pages = 0;
 	int64 empty_leaves = 0;
-	uint64 records;
-	const char *sidecar;
+	int64 beyond = 0;
+	uint64 records = 0;
+	const char *sidecar = NULL;
 	char *path;
 
+	check_stats_privilege(PG_GETARG_OID(0));
+	index = open_vidx_index(PG_GETARG_OID(0), false);
+	nblocks = RelationGetNumberOfBlocks(index);
+	seen = palloc0(sizeof(bool) * Max(nblocks, 1));
 	vidx_read_meta(index, &meta);
+	if (meta.dims > 0)
+		sidecar = vidx_sidecar_state(index, &meta, &records);
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"format_version\": %u, \"metric\": \"%s\", \"dims\": %u",
 	                 meta.version, metric_name(meta.metric), meta.dims);
@@ -200,8 +234,9 @@ vidx_stats(PG_FUNCTION_ARGS)
 
 			if (node->nchildren != 0)
 				continue;
-			cs = walk_chain(index, &meta, node, nblocks, seen, false, false);
+			cs = walk_chain(index, &meta, node, nblocks, seen, false, false, records);
 			total += cs.postings;
+			beyond += cs.beyond;
 			posting_pages += cs.pages;
 			if (cs.postings == 0)
 				empty_leaves++;
@@ -221,21 +256,28 @@ vidx_stats(PG_FUNCTION_ARGS)
 	appendStringInfo(&buf, ", \"code_bytes\": %d, \"refine_bits\": %u, \"posting_bytes\": %zu",
 	                 vidx_code_words(meta.dims) * 8, meta.refine_bits, VidxMetaPostingSize(&meta));
 
+	/*
+	 * The state tells the truth about what scans will find: a file with a good
+	 * header but fewer records than the postings need is not "ok".
+	 */
 	path = vidx_sidecar_path(index);
-	if (meta.dims > 0)
-		sidecar = vidx_sidecar_state(index, &meta, &records);
-	else
-	{
+	if (meta.dims == 0)
 		sidecar = "none yet";
-		records = 0;
-	}
+	else if (sidecar != NULL)
+		beyond = total; /* an unusable file serves no posting */
+	else if (beyond > 0)
+		sidecar = "the sidecar file is shorter than the index";
+	else
+		sidecar = "ok";
 	appendStringInfo(&buf, ", \"sidecar\": {\"state\": ");
 	escape_json(&buf, sidecar);
 	appendStringInfo(&buf, ", \"file\": ");
 	/* Relative to the data directory: no absolute paths in output. */
 	escape_json(&buf, path + strlen(DataDir) + 1);
-	appendStringInfo(&buf, ", \"records\": " UINT64_FORMAT ", \"next_slot\": " UINT64_FORMAT "}}",
-	                 records, meta.next_slot);
+	appendStringInfo(&buf,
+	                 ", \"records\": " UINT64_FORMAT ", \"next_slot\": " UINT64_FORMAT
+	                 ", \"postings_without_record\": " INT64_FORMAT "}}",
+	                 records, meta.next_slot, beyond);
 
 	relation_close(index, AccessShareLock);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
@@ -288,7 +330,7 @@ vidx_verify(PG_FUNCTION_ARGS)
 
 		if (node->nchildren != 0)
 			continue;
-		walk_chain(index, &meta, node, nblocks, seen, true, check_sidecar);
+		walk_chain(index, &meta, node, nblocks, seen, true, check_sidecar, UINT64_MAX);
 		leaves++;
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -312,5 +354,34 @@ vidx_verify(PG_FUNCTION_ARGS)
 	}
 
 	relation_close(index, AccessShareLock);
+	PG_RETURN_BOOL(true);
+}
+
+/*
+ * Removes the sidecar files that no index uses any more: those of databases
+ * that no longer exist, and those of this database whose index is gone or was
+ * rebuilt under another relfilenode. Files of a database or index that another
+ * transaction is creating, rebuilding or dropping right now are left for a
+ * later sweep. Superuser only; returns the number of files removed.
+ */
+PG_FUNCTION_INFO_V1(vidx_sweep_sidecars);
+Datum
+vidx_sweep_sidecars(PG_FUNCTION_ARGS)
+{
+	if (!superuser())
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+		                errmsg("only superusers may run vidx_sweep_sidecars()")));
+	PG_RETURN_INT32(vidx_sidecar_sweep_all());
+}
+
+/*
+ * Called by the extension's event trigger before every command that can drop
+ * a vidx index: calling it loads the library, whose drop hook then sees the
+ * drop and removes the sidecar at commit. It does nothing else.
+ */
+PG_FUNCTION_INFO_V1(vidx_load);
+Datum
+vidx_load(PG_FUNCTION_ARGS)
+{
 	PG_RETURN_BOOL(true);
 }

@@ -42,8 +42,9 @@ vidx_init_page(Page page, uint16 page_type)
 	opaque->page_id = VIDX_PAGE_ID;
 }
 
-void
-vidx_read_meta(Relation index, VidxMetaPageData *meta)
+/* Copies the metapage; false if it is not a vidx metapage of this format version. */
+static bool
+copy_meta(Relation index, VidxMetaPageData *meta)
 {
 	Buffer buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
 	Page page;
@@ -52,18 +53,34 @@ vidx_read_meta(Relation index, VidxMetaPageData *meta)
 	page = BufferGetPage(buf);
 	memcpy(meta, VidxPageGetMeta(page), sizeof(VidxMetaPageData));
 	UnlockReleaseBuffer(buf);
+	return meta->magic == VIDX_MAGIC && meta->version == VIDX_FORMAT_VERSION;
+}
 
+void
+vidx_read_meta(Relation index, VidxMetaPageData *meta)
+{
+	if (copy_meta(index, meta))
+		return;
 	if (meta->magic != VIDX_MAGIC)
 		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 		                errmsg("index \"%s\" is not a valid vidx index (bad metapage magic)",
 		                       RelationGetRelationName(index)),
 		                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
-	if (meta->version != VIDX_FORMAT_VERSION)
-		ereport(ERROR,
-		        (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-		         errmsg("index \"%s\" has vidx format version %u, this build reads version %u",
-		                RelationGetRelationName(index), meta->version, VIDX_FORMAT_VERSION),
-		         errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+	ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+	                errmsg("index \"%s\" has vidx format version %u, this build reads version %u",
+	                       RelationGetRelationName(index), meta->version, VIDX_FORMAT_VERSION),
+	                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+}
+
+bool
+vidx_try_read_meta(Relation index, VidxMetaPageData *meta)
+{
+	if (RelationGetNumberOfBlocks(index) == 0 || !copy_meta(index, meta))
+	{
+		memset(meta, 0, sizeof(VidxMetaPageData));
+		return false;
+	}
+	return true;
 }
 
 /* A posting must fit a page: refinement codes of many dimensions may not. */

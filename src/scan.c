@@ -876,8 +876,14 @@ vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *i
 		return;
 	}
 
+	/*
+	 * Planning must not fail on an index that scans cannot read (another
+	 * format version, a bad metapage): then cost it as reading every page, so
+	 * that another plan wins; a scan of it still raises the error.
+	 */
 	rel = index_open(index->indexoid, NoLock);
-	vidx_read_meta(rel, &meta);
+	if (!vidx_try_read_meta(rel, &meta))
+		meta.nleaves = 1;
 	index_close(rel, NoLock);
 	if (meta.nleaves > 0)
 		nleaves = meta.nleaves;

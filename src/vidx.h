@@ -126,6 +126,11 @@ extern Buffer vidx_new_buffer(Relation index);
 extern void vidx_init_page(Page page, uint16 page_type);
 extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
 extern void vidx_check_posting_fits(Relation index, int dims, int refine_bits);
+/*
+ * Copies the metapage without raising an error: false (and *meta zeroed) if
+ * the index has no metapage or one of another format version (for the planner).
+ */
+extern bool vidx_try_read_meta(Relation index, VidxMetaPageData *meta);
 
 /*
  * Per-backend cache of an index's tree blob and rotation, keyed by the index's
@@ -172,15 +177,23 @@ extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, 
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);
-/* Describes the sidecar state for vidx_stats: "ok", "missing", ... */
+/*
+ * For vidx_stats: maps the whole sidecar and returns why it cannot be used
+ * (NULL if its header is good); *records is the number of whole records in it.
+ */
 extern const char *vidx_sidecar_state(Relation index, const VidxMetaPageData *meta,
                                       uint64 *records);
 /* Maps (or remaps) the index's sidecar for a scan; warns once if it is unusable. */
+extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
 /* Registers the callbacks that remove sidecars of dropped or rebuilt indexes. */
 extern void vidx_sidecar_init(void);
-/* Schedules or removes sidecars that no index uses any more (see sidecar.c). */
+/*
+ * Called by a build: schedules the files of the index's earlier relfilenodes
+ * for removal at commit and removes files no index uses any more (see sidecar.c).
+ */
 extern void vidx_sidecar_sweep(Relation index);
-extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
+/* vidx_sweep_sidecars(): the same sweep on demand; returns the files removed. */
+extern int vidx_sidecar_sweep_all(void);
 
 /* ---------- access-method callbacks ---------- */
 

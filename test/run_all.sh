@@ -10,8 +10,9 @@
 #      make installcheck     (pg_regress: sql/ + expected/)
 #      pg_prove test/t/*.sql (pgTAP)
 # 5. sharding:          test/shard/run.sh (3 shards + coordinator, ports 5460-5463)
-# 6. robustness:        test/run_robust.sh (crash, replica, concurrency, fuzz, security),
-#                       with VIDX_ROBUST=1
+# 6. robustness:        test/run_robust.sh (crash, replica, restore, concurrency,
+#                       bad input, fuzzing, security, format version; own clusters on
+#                       ports 5440-5459; about 10 minutes on 2 cores)
 #
 # Needs root (make install; pg_virtualenv starts the server as postgres) and the
 # packages that .ci/run installs. Exits non-zero if any step fails.
@@ -21,7 +22,7 @@
 #   VIDX_TEST_QUERIES=100   query vectors for test/t/01
 #   VIDX_SKIP_UNIT=1        skip the CMake/ctest step
 #   VIDX_SKIP_SHARD=1       skip the sharding test (test/shard/run.sh)
-#   VIDX_ROBUST=1           also run the robustness suite (test/run_robust.sh, about 20 min)
+#   VIDX_ROBUST=0           skip the robustness suite (test/run_robust.sh), for quick local runs
 #   VIDX_PROVE_TIMEOUT=1200 seconds before pg_prove is stopped
 #   VIDX_TESTS="test/t/01_recall_fmnist.sql ..."  run only these pgTAP files
 set -euo pipefail
@@ -191,12 +192,11 @@ else
 	record "sharding (test/shard)" SKIP 0
 fi
 
-# 6. Robustness: crashes, replicas, concurrency, fuzzing, security --------------------
-# Opt-in until a clean run on a fresh machine has shown it stable (VIDX_ROBUST=1).
-if [ "${VIDX_ROBUST:-0}" = 1 ] && [ -x test/run_robust.sh ]; then
+# 6. Robustness: crashes, replicas, restores, concurrency, bad input, fuzzing, security -----
+if [ "${VIDX_ROBUST:-1}" != 0 ]; then
 	section "6/6 robustness (test/run_robust.sh)"
 	t=$(date +%s)
-	if test/run_robust.sh; then
+	if bash test/run_robust.sh; then
 		record "robustness (test/robust)" PASS $(($(date +%s) - t))
 	else
 		record "robustness (test/robust)" FAIL $(($(date +%s) - t))

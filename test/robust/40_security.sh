@@ -59,6 +59,25 @@ got=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -c "SET search_path = evil
 	-c "SELECT vidx_verify('public.t_v'), (public.vidx_stats('public.t_v')->>'dims')" 2>&1)
 check_eq "vidx_verify/vidx_stats with evil first in search_path" "$got" "t|16"
 
+# The event trigger runs in every session that drops something, as that
+# session's user, with its search_path.
+q $PORT "CREATE FUNCTION evil.vidx_load() RETURNS boolean LANGUAGE plpgsql AS
+  \$\$BEGIN RAISE EXCEPTION 'evil vidx_load called'; END\$\$;
+CREATE FUNCTION evil.vidx_drop_cleanup() RETURNS event_trigger LANGUAGE plpgsql AS
+  \$\$BEGIN RAISE EXCEPTION 'evil vidx_drop_cleanup called'; END\$\$"
+out=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -v ON_ERROR_STOP=1 -c "SET search_path = evil, public" \
+	-c "CREATE TABLE public.et (v real[]); INSERT INTO public.et VALUES ('{1,2}'); CREATE INDEX et_v ON public.et USING vidx (v)" \
+	-c "DROP INDEX public.et_v" -c "DROP TABLE public.et" -c "SELECT 'dropped'" 2>&1)
+check_eq "with evil first in search_path, DROP INDEX/TABLE (the event trigger) call none of evil's functions" "$out" dropped
+check_eq "the event trigger's function pins its search_path" \
+	"$(q $PORT "SELECT proconfig::text FROM pg_proc WHERE oid = 'public.vidx_drop_cleanup()'::regprocedure")" '{"search_path=pg_catalog, pg_temp"}'
+check_eq "the event trigger fires also under session_replication_role = replica (ENABLE ALWAYS)" \
+	"$(q $PORT "SELECT evtenabled FROM pg_event_trigger WHERE evtname = 'vidx_drop_cleanup'")" A
+# The script names the schema of everything it creates or refers to
+# (@extschema@, or pg_catalog for built-in types and operator families).
+unqualified=$("$PY" "$ROBUST_DIR/lint_script.py" "$ROOT/sql/vidx--0.1.0.sql" | head -3 | tr '\n' ' ')
+check_eq "the extension script qualifies every object it creates or refers to" "$unqualified" ""
+
 # ---------------------------------------------------------------- ownership
 log "ownership: alice (no privileges), bob (owns a table and its index)"
 q $PORT "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; GRANT CREATE ON SCHEMA public TO bob;
@@ -69,8 +88,19 @@ check_eq "alice: vidx_verify on an index she does not own -> 42501" "$(qa alice 
 check_eq "alice: vidx_verify(check_sidecar => false) -> 42501" "$(qa alice "SELECT vidx_verify('t_v', false)")" "SQLSTATE 42501"
 check_eq "alice (SELECT and INSERT on the table): vidx_verify -> 42501" "$(qa alice "SELECT vidx_verify('bt_v')")" "SQLSTATE 42501"
 check_eq "alice: REINDEX of an index she does not own -> 42501" "$(qa alice "REINDEX INDEX t_v")" "SQLSTATE 42501"
-stats=$(qa alice "SELECT vidx_stats('t_v') IS NOT NULL")
-log "alice: vidx_stats on an index she does not own: $stats (read-only statistics; see the report)"
+check_eq "alice: vidx_stats on an index she does not own -> 42501" "$(qa alice "SELECT vidx_stats('t_v')")" "SQLSTATE 42501"
+check_eq "alice (SELECT and INSERT on the table): vidx_stats -> 42501" "$(qa alice "SELECT vidx_stats('bt_v')")" "SQLSTATE 42501"
+check_eq "bob: vidx_stats on his own index" "$(qa bob "SELECT vidx_stats('bt_v')->>'dims'")" 3
+q $PORT "GRANT pg_read_all_stats TO alice"
+check_eq "alice, member of pg_read_all_stats: vidx_stats" "$(qa alice "SELECT vidx_stats('t_v')->>'dims'")" 16
+check_eq "alice, member of pg_read_all_stats: vidx_verify still -> 42501" "$(qa alice "SELECT vidx_verify('t_v')")" "SQLSTATE 42501"
+q $PORT "REVOKE pg_read_all_stats FROM alice; GRANT pg_stat_scan_tables TO alice"
+check_eq "alice, member of pg_stat_scan_tables: vidx_stats" "$(qa alice "SELECT vidx_stats('t_v')->>'dims'")" 16
+q $PORT "REVOKE pg_stat_scan_tables FROM alice"
+check_eq "alice, no longer a member: vidx_stats -> 42501" "$(qa alice "SELECT vidx_stats('t_v')")" "SQLSTATE 42501"
+check_eq "alice: vidx_sweep_sidecars() -> 42501" "$(qa alice "SELECT vidx_sweep_sidecars()")" "SQLSTATE 42501"
+check_eq "bob (owns an index): vidx_sweep_sidecars() -> 42501" "$(qa bob "SELECT vidx_sweep_sidecars()")" "SQLSTATE 42501"
+check_eq "postgres: vidx_sweep_sidecars() runs (nothing to remove)" "$(qa postgres "SELECT vidx_sweep_sidecars()")" 0
 check_eq "bob: vidx_verify on his own index" "$(qa bob "SELECT vidx_verify('bt_v')")" t
 check_eq "alice: vidx_verify of a table, not a vidx index -> error" "$(qa postgres "SELECT vidx_verify('t')" | cut -c1-14)" "SQLSTATE 42809"
 check_eq "alice: the k-NN query works with SELECT privilege" "$(qa alice "SET enable_seqscan = off; SELECT count(*) FROM (SELECT id FROM t ORDER BY v <-> '{1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16}' LIMIT 5) s")" 5
