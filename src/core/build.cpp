@@ -52,70 +52,6 @@ constexpr double BALANCE_CAP = VIDX_BALANCE_CAP;
 /* 2-means iterations when a cluster is split. */
 constexpr int SPLIT_ITERATIONS = 8;
 
-int
-max_threads()
-{
-#ifdef _OPENMP
-	return std::max(1, omp_get_max_threads());
-#else
-	return 1;
-#endif
-}
-
-int
-thread_num()
-{
-#ifdef _OPENMP
-	return omp_get_thread_num();
-#else
-	return 0;
-#endif
-}
-
-/* Means of the members of each cluster (double sums in point order); empty clusters keep theirs. */
-void
-update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,
-             float *centroids)
-{
-	const size_t d = (size_t) dims;
-	std::vector<int64_t> count((size_t) k, 0), start((size_t) k + 1, 0), order((size_t) n);
-
-	for (int64_t i = 0; i < n; i++)
-		count[assign[i]]++;
-	for (int j = 0; j < k; j++)
-		start[j + 1] = start[j] + count[j];
-	{
-		std::vector<int64_t> pos(start.begin(), start.end() - 1);
-
-		for (int64_t i = 0; i < n; i++)
-			order[pos[assign[i]]++] = i;
-	}
-	const int nthreads = max_threads();
-	std::vector<double> acc((size_t) nthreads * d);
-
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
-	for (int j = 0; j < k; j++)
-	{
-		if (count[j] == 0)
-			continue;
-		double *s = acc.data() + (size_t) thread_num() * d;
-
-		std::fill(s, s + d, 0.0);
-		for (int64_t t = start[j]; t < start[j + 1]; t++)
-		{
-			const float *x = points + (size_t) order[t] * d;
-
-			for (size_t u = 0; u < d; u++)
-				s[u] += x[u];
-		}
-		double inv = 1.0 / (double) count[j];
-		float *cj = centroids + (size_t) j * d;
-
-		for (size_t u = 0; u < d; u++)
-			cj[u] = (float) (s[u] * inv);
-	}
-}
-
 /*
  * Bounds cluster sizes: while the largest cluster has more than cap points,
  * split it in two with 2-means on its members and give the second half the
@@ -219,7 +155,7 @@ balance(const float *points, int64_t n, int dims, int k, float *centroids, int32
 	if (changed)
 	{
 		vidx::assign_points(points, n, dims, centroids, k, assign, nullptr);
-		update_means(points, n, dims, k, assign, centroids);
+		vidx::update_means(points, n, dims, k, assign, centroids);
 	}
 }
 
@@ -442,7 +378,7 @@ assign_hier(const float *points, int64_t n, int dims, const float *centroids,
             int32_t *assignment)
 {
 	const size_t d = (size_t) dims;
-	const int nthreads = max_threads();
+	const int nthreads = vidx::max_threads();
 	const int gpad = (ngroups + 3) & ~3;
 	std::vector<float> dgbuf((size_t) nthreads * gpad);
 	std::vector<int32_t> ordbuf((size_t) nthreads * gpad);
@@ -450,8 +386,8 @@ assign_hier(const float *points, int64_t n, int dims, const float *centroids,
 
 #pragma omp parallel num_threads(nthreads) reduction(+ : visited)
 	{
-		float *dg = dgbuf.data() + (size_t) thread_num() * gpad;
-		int32_t *ord = ordbuf.data() + (size_t) thread_num() * gpad;
+		float *dg = dgbuf.data() + (size_t) vidx::thread_num() * gpad;
+		int32_t *ord = ordbuf.data() + (size_t) vidx::thread_num() * gpad;
 
 #pragma omp for schedule(dynamic, 32)
 		for (int64_t i = 0; i < n; i++)

@@ -96,6 +96,22 @@ void assign_points(const float *points, int64_t n, int dims, const float *centro
  * The k-means driver behind vidx_kmeans; throws std::bad_alloc on OOM.
  * Returns a VIDX status; msg gets a message on error.
  */
+int max_threads();
+int thread_num(); /* inside a parallel region */
+/*
+ * Centroid of each cluster: the mean of its members, summed in double in point
+ * order (so the result does not depend on the thread count); clusters without
+ * members keep their centroid. means_from_order takes the points grouped by
+ * cluster (a counting sort: start[j]..start[j+1] in order).
+ */
+/* Counting sort of points by cluster, in point order: count[k], start[k+1], order[n]. */
+void group_by_cluster(const int32_t *assign, int64_t n, int k, int64_t *count, int64_t *start,
+                      int64_t *order);
+void means_from_order(const float *points, int dims, int k, const int64_t *count,
+                      const int64_t *start, const int64_t *order, float *centroids);
+void update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,
+                  float *centroids);
+
 int kmeans_run(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
                float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
                size_t errlen);

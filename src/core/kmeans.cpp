@@ -35,8 +35,16 @@ block_points(int dims)
 	return (int) std::min<size_t>(MAX_BLOCK, std::max<size_t>(8, pb));
 }
 
+bool
+report(VidxProgressFn progress, void *arg, int64_t done, int64_t total)
+{
+	return progress != nullptr && progress(arg, done, total) != 0;
+}
+
+} // namespace
+
 int
-thread_count()
+vidx::max_threads()
 {
 #ifdef _OPENMP
 	return std::max(1, omp_get_max_threads());
@@ -46,7 +54,7 @@ thread_count()
 }
 
 int
-thread_num()
+vidx::thread_num()
 {
 #ifdef _OPENMP
 	return omp_get_thread_num();
@@ -55,13 +63,62 @@ thread_num()
 #endif
 }
 
-bool
-report(VidxProgressFn progress, void *arg, int64_t done, int64_t total)
+void
+vidx::means_from_order(const float *points, int dims, int k, const int64_t *count,
+                       const int64_t *start, const int64_t *order, float *centroids)
 {
-	return progress != nullptr && progress(arg, done, total) != 0;
+	const size_t d = (size_t) dims;
+	const int nthreads = max_threads();
+	std::vector<double> acc((size_t) nthreads * d);
+
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
+	for (int j = 0; j < k; j++)
+	{
+		if (count[j] == 0)
+			continue;
+		double *s = acc.data() + (size_t) thread_num() * d;
+
+		std::fill(s, s + d, 0.0);
+		for (int64_t t = start[j]; t < start[j + 1]; t++)
+		{
+			const float *x = points + (size_t) order[t] * d;
+
+			for (size_t u = 0; u < d; u++)
+				s[u] += x[u];
+		}
+		double inv = 1.0 / (double) count[j];
+		float *cj = centroids + (size_t) j * d;
+
+		for (size_t u = 0; u < d; u++)
+			cj[u] = (float) (s[u] * inv);
+	}
 }
 
-} // namespace
+void
+vidx::group_by_cluster(const int32_t *assign, int64_t n, int k, int64_t *count, int64_t *start,
+                       int64_t *order)
+{
+	std::fill(count, count + k, 0);
+	for (int64_t i = 0; i < n; i++)
+		count[assign[i]]++;
+	start[0] = 0;
+	for (int j = 0; j < k; j++)
+		start[j + 1] = start[j] + count[j];
+	std::vector<int64_t> pos(start, start + k);
+
+	for (int64_t i = 0; i < n; i++)
+		order[pos[assign[i]]++] = i;
+}
+
+void
+vidx::update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,
+                   float *centroids)
+{
+	std::vector<int64_t> count((size_t) k), start((size_t) k + 1), order((size_t) n);
+
+	group_by_cluster(assign, n, k, count.data(), start.data(), order.data());
+	means_from_order(points, dims, k, count.data(), start.data(), order.data(), centroids);
+}
 
 void
 vidx::assign_points(const float *points, int64_t n, int dims, const float *centroids, int k,
@@ -278,9 +335,6 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	std::vector<int32_t> assign(n, -1), prev(n, -1);
 	std::vector<float> dist(n);
 	std::vector<int64_t> count(k), start(k + 1), order(n);
-	const int nthreads = thread_count();
-	std::vector<double> acc((size_t) nthreads * d);
-
 	for (int it = 0; it < iterations; it++)
 	{
 		assign_points(points, n, dims, centroids, k, assign.data(), dist.data());
@@ -292,42 +346,8 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 		std::swap(assign, prev); /* prev = current assignment */
 		const int32_t *cur = prev.data();
 
-		/* Counting sort of points by cluster, in point order. */
-		std::fill(count.begin(), count.end(), 0);
-		for (int64_t i = 0; i < n; i++)
-			count[cur[i]]++;
-		start[0] = 0;
-		for (int j = 0; j < k; j++)
-			start[j + 1] = start[j] + count[j];
-		{
-			std::vector<int64_t> pos(start.begin(), start.end() - 1);
-
-			for (int64_t i = 0; i < n; i++)
-				order[pos[cur[i]]++] = i;
-		}
-
-		/* New centroids: mean of members, summed in point order (double). */
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
-		for (int j = 0; j < k; j++)
-		{
-			if (count[j] == 0)
-				continue;
-			double *s = acc.data() + (size_t) thread_num() * d;
-
-			std::fill(s, s + d, 0.0);
-			for (int64_t t = start[j]; t < start[j + 1]; t++)
-			{
-				const float *x = points + (size_t) order[t] * d;
-
-				for (size_t u = 0; u < d; u++)
-					s[u] += x[u];
-			}
-			double inv = 1.0 / (double) count[j];
-			float *cj = centroids + (size_t) j * d;
-
-			for (size_t u = 0; u < d; u++)
-				cj[u] = (float) (s[u] * inv);
-		}
+		group_by_cluster(cur, n, k, count.data(), start.data(), order.data());
+		means_from_order(points, dims, k, count.data(), start.data(), order.data(), centroids);
 
 		/*
 		 * Empty clusters: split the largest cluster by moving its farthest
