@@ -321,17 +321,6 @@ kmeans_hier_run(const float *points, int64_t n, int dims, int k, int iterations,
 	return VIDX_OK;
 }
 
-/* Smallest float >= x (x >= 0). */
-float
-round_up(double x)
-{
-	float f = (float) x;
-
-	if ((double) f < x)
-		f = std::nextafter(f, std::numeric_limits<float>::infinity());
-	return f;
-}
-
 /* Group centres (means of their leaf centroids) and radii (max distance to a leaf centroid). */
 void
 group_bounds(const float *centroids, int dims, const int32_t *group_start, int ngroups, float *gc,
@@ -363,7 +352,7 @@ group_bounds(const float *centroids, int dims, const int32_t *group_start, int n
 			}
 			r = std::max(r, std::sqrt(dd));
 		}
-		grad[g] = round_up(r);
+		grad[g] = vidx::round_up_float(r);
 	}
 }
 

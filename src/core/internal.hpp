@@ -8,7 +8,9 @@
 #include <cstdarg>
 #include <cstddef>
 #include <cstdint>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "vidx_core.h"
 
@@ -96,6 +98,17 @@ void assign_points(const float *points, int64_t n, int dims, const float *centro
  * The k-means driver behind vidx_kmeans; throws std::bad_alloc on OOM.
  * Returns a VIDX status; msg gets a message on error.
  */
+/* Smallest float >= x (x >= 0): a radius rounded so that it still bounds. */
+inline float
+round_up_float(double x)
+{
+	float f = (float) x;
+
+	if ((double) f < x)
+		f = std::nextafter(f, std::numeric_limits<float>::infinity());
+	return f;
+}
+
 int max_threads();
 int thread_num(); /* inside a parallel region */
 /*

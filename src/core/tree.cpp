@@ -49,17 +49,6 @@ struct BNode
 	uint32_t id = 0;               /* final node index */
 };
 
-/* Smallest float >= x (x >= 0). */
-float
-round_up(double x)
-{
-	float f = (float) x;
-
-	if ((double) f < x)
-		f = std::nextafter(f, std::numeric_limits<float>::infinity());
-	return f;
-}
-
 BNode
 make_parent(const std::vector<BNode> &below, std::vector<int32_t> children, int dims)
 {
@@ -104,7 +93,7 @@ make_parent(const std::vector<BNode> &below, std::vector<int32_t> children, int 
 		}
 		r = std::max(r, std::sqrt(dd) + (double) below[ch].radius);
 	}
-	p.radius = round_up(r);
+	p.radius = vidx::round_up_float(r);
 	p.count = (uint32_t) std::min<int64_t>(p.nleaf, UINT32_MAX);
 	return p;
 }
