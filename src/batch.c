@@ -214,9 +214,7 @@ vidx_prewarm(PG_FUNCTION_ARGS)
 	vidx_read_meta(index, &meta);
 	if (meta.dims > 0)
 		(void) vidx_get_tree(index, &meta);
-	sidecar_bytes = vidx_sidecar_prewarm(index);
-	if (meta.dims > 0)
-		vidx_sidecar_map_now(index, &meta);
+	sidecar_bytes = meta.dims > 0 ? vidx_sidecar_prewarm(index, &meta) : 0;
 
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);

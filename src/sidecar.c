@@ -546,23 +546,33 @@ vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer 
 }
 
 /*
- * Reads the whole sidecar file once (sequentially, 1 MB at a time) so that
- * it is in the kernel's page cache. Returns the bytes read; 0 if there is no
- * file.
+ * Brings the sidecar into the kernel's page cache and, in one pass, maps it
+ * into this backend with its page table filled in, so that the first queries
+ * of this session take no page fault per record (MADV_POPULATE_READ, Linux
+ * 5.14). Where that is unavailable, reads the file sequentially instead.
+ * Returns the bytes brought in; 0 if the sidecar is missing or unusable.
  */
 int64
-vidx_sidecar_prewarm(Relation index)
+vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta)
 {
-	char *path = vidx_sidecar_path(index);
+	const char *why;
+	SidecarMap *m = lookup_map(index, meta, &why);
+	char *path;
 	char *chunk;
 	int64 total = 0;
-	int fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	int fd;
 
-	if (fd < 0)
-	{
-		pfree(path);
+	if (!m->usable || m->base == NULL)
 		return 0;
-	}
+#ifdef MADV_POPULATE_READ
+	if (madvise(m->base, m->length, MADV_POPULATE_READ) == 0)
+		return (int64) m->length;
+#endif
+	path = vidx_sidecar_path(index);
+	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	pfree(path);
+	if (fd < 0)
+		return 0;
 	chunk = palloc(1024 * 1024);
 	for (;;)
 	{
@@ -577,27 +587,7 @@ vidx_sidecar_prewarm(Relation index)
 	}
 	CloseTransientFile(fd);
 	pfree(chunk);
-	pfree(path);
 	return total;
-}
-
-/*
- * Maps the sidecar in this backend and fills in its page table, so that the
- * first queries of this session do not take a page fault per record
- * (MADV_POPULATE_READ, Linux 5.14; older kernels just skip it).
- */
-void
-vidx_sidecar_map_now(Relation index, const VidxMetaPageData *meta)
-{
-	const char *why;
-	SidecarMap *m = lookup_map(index, meta, &why);
-
-	if (m->usable && m->base != NULL)
-	{
-#ifdef MADV_POPULATE_READ
-		(void) madvise(m->base, m->length, MADV_POPULATE_READ);
-#endif
-	}
 }
 
 /*

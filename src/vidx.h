@@ -171,8 +171,7 @@ extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, ui
 extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid,
                                   uint32 slot, uint32 vhash, const float *query, double *distance);
 /* Whether the posting has a valid sidecar record. */
-extern int64 vidx_sidecar_prewarm(Relation index);
-extern void vidx_sidecar_map_now(Relation index, const VidxMetaPageData *meta);
+extern int64 vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta);
 extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot);
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
