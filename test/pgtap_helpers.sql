@@ -1,5 +1,5 @@
--- Helpers shared by the pgTAP files in test/t (included with \ir after each
--- file has set its own search_path, so they land in that file's schema).
+-- Helpers shared by the pgTAP files in test/t (included by pgtap_setup.sql after
+-- it has set the file's search_path, so they land in that file's schema).
 
 -- The EXPLAIN (COSTS OFF) text of a query, for matches().
 CREATE FUNCTION plan_of(sql text) RETURNS text LANGUAGE plpgsql AS $$

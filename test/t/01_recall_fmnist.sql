@@ -6,16 +6,8 @@
 --   /usr/bin/python3 bench/fmnist.py export --rows 20000 --queries 100 --out build/testdata
 -- in $VIDX_TESTDATA (default: build/testdata, relative to the directory pg_prove
 -- runs in, the repo root).
-\set ON_ERROR_STOP 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS vidx;
-DROP SCHEMA IF EXISTS vidx_t01 CASCADE;
-CREATE SCHEMA vidx_t01;
-SET search_path = vidx_t01, public;
+\set schema vidx_t01
+\ir ../pgtap_setup.sql
 
 SELECT * FROM no_plan();
 
@@ -87,7 +79,6 @@ BEGIN
 	RETURN r;
 END $$;
 
-\ir ../pgtap_helpers.sql
 
 -- ---------------------------------------------------------------- the index
 SELECT lives_ok($$ CREATE INDEX fmnist_train_vidx ON vidx_t01.fmnist_train USING vidx (embedding) $$,

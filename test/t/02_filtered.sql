@@ -8,16 +8,8 @@
 --   ~10%:   label = c
 --   ~1%:    label = c AND id % 10 = c
 --   10 rows exactly: id % (rows / 10) = c
-\set ON_ERROR_STOP 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS vidx;
-DROP SCHEMA IF EXISTS vidx_t02 CASCADE;
-CREATE SCHEMA vidx_t02;
-SET search_path = vidx_t02, public;
+\set schema vidx_t02
+\ir ../pgtap_setup.sql
 
 SELECT * FROM no_plan();
 
@@ -56,7 +48,6 @@ BEGIN
 	$q$, replace(filter, '%c', 'c'));
 END $$;
 
-\ir ../pgtap_helpers.sql
 
 SET enable_seqscan = off;
 SELECT matches(plan_of($$ SELECT t.id FROM items t WHERE t.label = 3

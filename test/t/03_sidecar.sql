@@ -9,17 +9,9 @@
 --
 -- Needs a superuser (COPY ... PROGRAM) and peer authentication for the local
 -- socket, as in pg_virtualenv clusters.
-\set ON_ERROR_STOP 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = warning;
+\set schema vidx_t03
+\ir ../pgtap_setup.sql
 SET check_function_bodies = off;
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS vidx;
-DROP SCHEMA IF EXISTS vidx_t03 CASCADE;
-CREATE SCHEMA vidx_t03;
-SET search_path = vidx_t03, public;
 
 SELECT * FROM no_plan();
 

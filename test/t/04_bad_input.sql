@@ -6,16 +6,8 @@
 -- cosine), 22003 numeric_value_out_of_range (beyond real), 54000
 -- program_limit_exceeded (> 16000 dims), 22023 invalid_parameter_value (index
 -- options and settings).
-\set ON_ERROR_STOP 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS vidx;
-DROP SCHEMA IF EXISTS vidx_t04 CASCADE;
-CREATE SCHEMA vidx_t04;
-SET search_path = vidx_t04, public;
+\set schema vidx_t04
+\ir ../pgtap_setup.sql
 
 SELECT * FROM no_plan();
 

@@ -2,16 +2,8 @@
 -- gives the recall of exact search by its own operator, on a Fashion-MNIST
 -- subset (10000 rows, 50 queries), at the default settings and with every
 -- leaf probed.
-\set ON_ERROR_STOP 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS vidx;
-DROP SCHEMA IF EXISTS vidx_t05 CASCADE;
-CREATE SCHEMA vidx_t05;
-SET search_path = vidx_t05, public;
+\set schema vidx_t05
+\ir ../pgtap_setup.sql
 
 SELECT * FROM no_plan();
 
@@ -57,7 +49,6 @@ BEGIN
 	RETURN r;
 END $$;
 
-\ir ../pgtap_helpers.sql
 
 SELECT fill_exact(op) FROM unnest(ARRAY['<->', '<#>', '<=>']) op;
 SELECT is((SELECT count(*) FROM exact), 150::bigint, 'exact top-10 for 3 operators x 50 queries');

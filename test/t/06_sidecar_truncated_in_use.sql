@@ -1,16 +1,9 @@
 -- 06: the sidecar truncated while a scan is reading it (SIGBUS on the mapping)
 -- costs speed, not the backend: the scan goes on from the table, returns the
 -- same rows as an exact search, and says so once in a WARNING.
-\set ON_ERROR_STOP 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
+\set schema vidx_t06
+\ir ../pgtap_setup.sql
 SET client_min_messages = error;
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS vidx;
-DROP SCHEMA IF EXISTS vidx_t06 CASCADE;
-CREATE SCHEMA vidx_t06;
-SET search_path = vidx_t06, public;
 
 SELECT plan(5);
 

@@ -2,16 +2,8 @@
 -- returns exactly the rows of an exact search, in order, for each metric, on
 -- clustered data of 128 dimensions with large norms (where a too-tight error
 -- bound on the codes once let true neighbours slip).
-\set ON_ERROR_STOP 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS pgtap;
-CREATE EXTENSION IF NOT EXISTS vidx;
-DROP SCHEMA IF EXISTS vidx_t07 CASCADE;
-CREATE SCHEMA vidx_t07;
-SET search_path = vidx_t07, public;
+\set schema vidx_t07
+\ir ../pgtap_setup.sql
 
 SELECT plan(6);
 
