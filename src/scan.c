@@ -2,17 +2,22 @@
  * scan.c: index scans (ORDER BY col <op> query LIMIT k) and planner costs.
  *
  * A scan walks the tree best-first, so leaves come in order of their
- * centroid's distance to the query. A round reads vidx.probes leaves and
- * estimates every posting's score, with a lower bound, from its binary code.
- * Candidates are then re-scored exactly (full vector from the sidecar, or from
- * the table when the sidecar cannot vouch for it) best estimate first, and a
- * row is returned as soon as its exact score is below the lower bound of every
- * candidate not re-scored yet: rows come out in exact order, and only the
- * candidates that could still win are re-scored. vidx.rerank caps the work: once
- * rerank + (rows returned) candidates were re-scored, the best re-scored row
- * is returned without waiting for the bound. When the executor asks for more
- * rows than the round holds (a WHERE clause rejected rows), the next
- * vidx.probes leaves follow, until every leaf was read.
+ * centroid's distance to the query. The first round reads vidx.probes leaves
+ * and estimates every posting's score, with a lower bound, from its binary
+ * code; the candidates of every round read so far form one pool. Candidates
+ * are re-scored exactly (full vector from the sidecar, or from the table when
+ * the sidecar cannot vouch for it) best estimate first, and a row is returned
+ * as soon as its exact score is below the lower bound of every candidate of
+ * the pool not re-scored yet, or once the re-scoring budget (vidx.rerank) is
+ * spent. When the executor has taken half as many rows as the pool holds (a
+ * WHERE clause rejects rows, or a large LIMIT), the next vidx.probes leaves
+ * join the pool before the next row is returned.
+ *
+ * Order is an invariant, not an accident of the bounds: a row is never
+ * returned after a row with a larger distance. A re-scored row that is closer
+ * than one already returned (it came from a later round, or the budget
+ * returned rows before the bounds had settled, or a probabilistic bound
+ * failed) is dropped: approximation may miss a row, never reorder rows.
  */
 #include "vidx.h"
 
@@ -28,6 +33,7 @@
 #include "optimizer/optimizer.h"
 #include "pgstat.h"
 #include "utils/float.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/selfuncs.h"
@@ -63,6 +69,10 @@ typedef struct ScanScratch
 } ScanScratch;
 
 static ScanScratch scratch;
+double vidx_dev_bound_scale = 1.0;
+int vidx_dev_order = 0;
+double vidx_dev_share = 0.5;
+int vidx_dev_grow = 0;
 
 /* Above this many candidates a scan gives its arrays back when it ends. */
 #define VIDX_SCRATCH_KEEP (1024 * 1024)
@@ -91,7 +101,9 @@ typedef struct VidxScanOpaqueData
 	bool started;
 	bool empty;      /* the index has no dimensions yet */
 	bool null_query; /* no query vector: every row, unordered */
+	bool exact_mode; /* the query is beyond what codes represent: score every row exactly */
 	bool leaves_done;
+	int32 next_leaf; /* exact and null-query modes read leaves in node order from here */
 	VidxMetaPageData meta;
 	float *query; /* as given (for exact distances) */
 	float *qrot;  /* in index space */
@@ -122,6 +134,12 @@ typedef struct VidxScanOpaqueData
 
 	int64 rescored;
 	int64 returned;
+	int64 round_rescored; /* rescored and returned when this round began: */
+	int64 round_returned; /* every round has a budget of its own */
+	int64 pool;           /* candidates read so far, all rounds */
+	int64 dropped;        /* re-scored rows closer than a row already returned */
+	int rounds;           /* rounds of leaves read */
+	double last_distance; /* distance of the last row returned; rows never go back */
 
 	/*
 	 * With refinement codes: the bound_cap smallest upper bounds of the
@@ -187,13 +205,13 @@ id_pop(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
 	return top;
 }
 
-/* Lowest lower bound of the candidates not re-scored yet, or +inf. */
-static float
-min_lower_left(VidxScanOpaque so)
+/* The top of a heap of candidate ids after shedding re-scored ones, or -1. */
+static int64
+heap_top(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
 {
-	while (so->nby_lower > 0 && so->cands[so->by_lower[0]].rescored)
-		(void) id_pop(so, so->by_lower, &so->nby_lower, true);
-	return so->nby_lower > 0 ? so->cands[so->by_lower[0]].lower : get_float4_infinity();
+	while (*n > 0 && so->cands[h[0]].rescored)
+		(void) id_pop(so, h, n, by_lower);
+	return *n > 0 ? h[0] : -1;
 }
 
 static void
@@ -275,6 +293,20 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 	return scan;
 }
 
+/*
+ * Whether the codes' float arithmetic can handle the query. A query beyond
+ * the range of indexable vectors (their squares would overflow) is answered
+ * by scoring every row exactly, in double precision.
+ */
+static bool
+query_fits_codes(const float *v, int dims)
+{
+	for (int i = 0; i < dims; i++)
+		if (fabsf(v[i]) > 1e15f)
+			return false;
+	return true;
+}
+
 void
 vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int norderbys)
 {
@@ -295,6 +327,13 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->nresults = 0;
 	so->rescored = 0;
 	so->returned = 0;
+	so->pool = 0;
+	so->round_rescored = so->round_returned = 0;
+	so->dropped = 0;
+	so->rounds = 0;
+	so->last_distance = -get_float8_infinity();
+	so->exact_mode = false;
+	so->next_leaf = 0;
 	so->round = NULL; /* was in cxt */
 	so->round_capacity = 0;
 	so->uppers = NULL; /* was in cxt */
@@ -318,10 +357,14 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	vidx_check_dims(dims, so->meta.dims, scan->indexRelation);
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);
+	so->exact_mode = !query_fits_codes(so->query, dims);
 	MemoryContextSwitchTo(old);
 }
 
-/* Vector of a heap tuple, for rows the sidecar cannot vouch for. NULL if the tuple is gone. */
+/*
+ * Vector of a heap tuple, for rows the sidecar cannot vouch for. NULL if the
+ * scan's snapshot sees no version of the row.
+ */
 static float *
 table_vector(IndexScanDesc scan, ItemPointer tid)
 {
@@ -346,8 +389,13 @@ table_vector(IndexScanDesc scan, ItemPointer tid)
 		MemoryContextSwitchTo(old);
 	}
 
-	/* Any version will do: the TID names one tuple version, whose vector never changes. */
-	if (!table_index_fetch_tuple(so->fetch, tid, SnapshotAny, so->slot, &call_again, &all_dead))
+	/*
+	 * The version the scan's snapshot sees, as the executor will fetch it: a
+	 * row it cannot see is not returned anyway, and a dead version may have
+	 * lost its TOASTed vector to VACUUM already.
+	 */
+	if (!table_index_fetch_tuple(so->fetch, tid, scan->xs_snapshot, so->slot, &call_again,
+	                             &all_dead))
 		return NULL;
 	FormIndexDatum(so->indexInfo, so->slot, so->estate, values, isnull);
 	if (isnull[0])
@@ -435,6 +483,10 @@ scratch_xact_callback(XactEvent event, void *arg)
 void
 vidx_scan_init(void)
 {
+	DefineCustomIntVariable("vidx.dev_order", "dev", NULL, &vidx_dev_order, 0, 0, 1, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("vidx.dev_share", "dev", NULL, &vidx_dev_share, 0.5, 0.0, 10.0, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("vidx.dev_grow", "dev", NULL, &vidx_dev_grow, 0, 0, 1, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable("vidx.dev_bound_scale", "dev", NULL, &vidx_dev_bound_scale, 1.0, 0.0, 10.0, PGC_USERSET, 0, NULL, NULL, NULL);
 	RegisterXactCallback(scratch_xact_callback, NULL);
 }
 
@@ -540,7 +592,9 @@ refine_group(VidxScanOpaque so, const void *prep)
 static void
 flush_group(VidxScanOpaque so, const void *prep)
 {
-	if (group.nptrs > 0 && !so->null_query)
+	bool estimated = !so->null_query && !so->exact_mode;
+
+	if (group.nptrs > 0 && estimated)
 	{
 		vidx_rabitq_estimate_tasks(group.tasks, group.ntasks,
 		                           group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_threads
@@ -554,8 +608,9 @@ flush_group(VidxScanOpaque so, const void *prep)
 		Candidate *c = &so->cands[so->ncands++];
 		const VidxPosting *p = group.ptrs[i];
 
-		c->lower = so->null_query ? 0 : group.lower[i];
-		c->est = so->null_query ? 0 : group.est[i];
+		/* Unestimated candidates: no bound, so none is returned before all are scored. */
+		c->lower = estimated ? group.est[i] - vidx_dev_bound_scale * (group.est[i] - group.lower[i]) : -get_float4_infinity();
+		c->est = estimated ? group.est[i] : 0;
 		c->heap_block = p->heap_block;
 		c->heap_offset = p->heap_offset;
 		c->rescored = false;
@@ -625,28 +680,80 @@ scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
 	}
 }
 
-/* Reads the next vidx.probes leaves (every leaf for a NULL query) into the candidates. */
+/* The next leaf node in node order (exact and null-query modes), or -1. */
+static int32
+next_leaf_in_order(VidxScanOpaque so, const void *tree)
+{
+	const VidxTreeHeader *h = (const VidxTreeHeader *) tree;
+
+	while ((uint32) so->next_leaf < h->nnodes)
+	{
+		int32 i = so->next_leaf++;
+
+		if (vidx_tree_node(tree, i)->nchildren == 0)
+			return i;
+	}
+	return -1;
+}
+
+/* The heap's entries not re-scored yet, then the candidates from first on; returns the count. */
+static int64
+compact_heap(VidxScanOpaque so, int64 *h, int64 n, int64 first)
+{
+	int64 m = 0;
+
+	for (int64 j = 0; j < n; j++)
+		if (!so->cands[h[j]].rescored)
+			h[m++] = h[j];
+	for (int64 i = first; i < so->ncands; i++)
+		h[m++] = i;
+	return m;
+}
+
+/*
+ * Adds the candidates from first on to the two heaps; the heap by lower bound
+ * also sheds its re-scored entries. Floyd's construction: linear in the pool.
+ */
+static void
+add_to_heaps(VidxScanOpaque so, int64 first)
+{
+	so->nby_est = compact_heap(so, so->by_est, so->nby_est, first);
+	so->nby_lower = compact_heap(so, so->by_lower, so->nby_lower, first);
+	for (int64 i = so->nby_est / 2 - 1; i >= 0; i--)
+		id_sift_down(so, so->by_est, so->nby_est, i, false);
+	for (int64 i = so->nby_lower / 2 - 1; i >= 0; i--)
+		id_sift_down(so, so->by_lower, so->nby_lower, i, true);
+}
+
+/*
+ * Reads the next vidx.probes leaves (every leaf for a NULL query or in exact
+ * mode) into the pool of candidates.
+ */
 static void
 next_round(IndexScanDesc scan)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	VidxTreeCache *cache = vidx_get_tree(scan->indexRelation, &so->meta);
-	int probes = so->null_query ? INT_MAX : vidx_probes;
+	bool in_node_order = so->null_query || so->exact_mode;
+	bool estimated = !in_node_order;
+	int probes = in_node_order ? INT_MAX : (vidx_dev_grow && so->rounds > 0 ? (int) Min((int64) vidx_probes << Min(so->rounds, 20), INT_MAX / 2) : vidx_probes);
 	Size prep_size = vidx_query_prep_size(so->meta.dims);
+	int64 first = so->ncands;
 	int nleaves = 0;
 
 	if (!so->started)
 	{
 		MemoryContext old = MemoryContextSwitchTo(so->cxt);
 
-		so->search = palloc(vidx_tree_search_size(cache->tree));
-		so->qrot = palloc0(sizeof(float) * so->meta.dims);
-		if (!so->null_query)
+		if (estimated)
 		{
+			so->search = palloc(vidx_tree_search_size(cache->tree));
+			so->qrot = palloc0(sizeof(float) * so->meta.dims);
 			vidx_to_index_space(cache, so->query, so->qrot);
 			so->prep = palloc(prep_size);
+			vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric,
+			                       so->qrot);
 		}
-		vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric, so->qrot);
 		vidx_sidecar_refresh(scan->indexRelation, &so->meta);
 		MemoryContextSwitchTo(old);
 		so->started = true;
@@ -656,14 +763,14 @@ next_round(IndexScanDesc scan)
 	/* The round's leaves, nearest first; their head pages are prefetched (a no-op when cached). */
 	if (so->round_capacity == 0)
 	{
-		so->round_capacity = so->null_query ? 64 : Min(probes, 1024);
+		so->round_capacity = in_node_order ? 64 : Min(probes, 1024);
 		so->round = MemoryContextAlloc(so->cxt, sizeof(int32) * so->round_capacity);
 	}
-	Assert(so->ncands == 0);
 	while (nleaves < probes)
 	{
 		float key;
-		int32 leaf = vidx_tree_search_next(so->search, cache->tree, &key);
+		int32 leaf = in_node_order ? next_leaf_in_order(so, cache->tree)
+		                           : vidx_tree_search_next(so->search, cache->tree, &key);
 
 		if (leaf < 0)
 		{
@@ -683,25 +790,19 @@ next_round(IndexScanDesc scan)
 	{
 		const VidxTreeNode *node = vidx_tree_node(cache->tree, so->round[i]);
 
-		if (!so->null_query)
+		if (estimated)
 			vidx_query_prep_refined(so->prep, (VidxMetric) so->meta.metric, so->qrot,
 			                        vidx_tree_centroid(node), so->meta.dims,
 			                        (int) so->meta.refine_bits);
 		scan_leaf(scan, node, so->prep);
 		CHECK_FOR_INTERRUPTS();
 	}
+	so->pool = so->ncands;
+	so->rounds++;
+	so->round_rescored = so->rescored;
+	so->round_returned = so->returned;
 	if (!so->null_query)
-	{
-		for (int64 i = 0; i < so->ncands; i++)
-			so->by_est[i] = so->by_lower[i] = i;
-		so->nby_est = so->nby_lower = so->ncands;
-		so->nahead = so->ahead_pos = 0;
-		for (int64 i = so->ncands / 2 - 1; i >= 0; i--)
-		{
-			id_sift_down(so, so->by_est, so->ncands, i, false);
-			id_sift_down(so, so->by_lower, so->ncands, i, true);
-		}
-	}
+		add_to_heaps(so, first);
 }
 
 /* An exact distance (operator value) in the estimator's score space. */
@@ -738,10 +839,11 @@ rescore(IndexScanDesc scan, Candidate *c)
 
 		MemoryContextSwitchTo(old);
 		/*
-		 * The row is gone: nobody can see it. It does not count against the
-		 * budget, so that the rows returned do not depend on whether a dead
-		 * row's vector came from the sidecar (and was returned, then filtered
-		 * out by the executor) or could not be read from the table.
+		 * The scan cannot see the row, so the executor would not return it.
+		 * It does not count against the budget, so that the rows returned do
+		 * not depend on whether an invisible row's vector came from the
+		 * sidecar (and was returned, then skipped by the executor) or from the
+		 * table.
 		 */
 		if (v == NULL)
 			return;
@@ -751,14 +853,43 @@ rescore(IndexScanDesc scan, Candidate *c)
 	result_push(so, distance_to_score(metric, distance), distance, &tid);
 }
 
-/* Candidates not re-scored yet, in estimate order? */
+/* Lowest lower bound of the candidates not re-scored yet, or +inf. */
+static float
+min_lower_left(VidxScanOpaque so)
+{
+	int64 top = heap_top(so, so->by_lower, &so->nby_lower, true);
+	float m = top >= 0 ? so->cands[top].lower : get_float4_infinity();
+
+	for (int i = so->ahead_pos; i < so->nahead; i++)
+		m = Min(m, so->cands[so->ahead[i]].lower);
+	return m;
+}
+
+/* Lowest estimate of the candidates not re-scored yet, or +inf. */
+static float
+next_estimate(VidxScanOpaque so)
+{
+	int64 top = heap_top(so, so->by_est, &so->nby_est, false);
+	float m = top >= 0 ? so->cands[top].est : get_float4_infinity();
+
+	for (int i = so->ahead_pos; i < so->nahead; i++)
+		m = Min(m, so->cands[so->ahead[i]].est);
+	return m;
+}
+
+/* Candidates are re-scored in this heap's order. */
+#define ORDER_BY_LOWER (vidx_dev_order == 1)
+
+/* Candidates not re-scored yet? */
 static inline bool
 more_to_rescore(VidxScanOpaque so)
 {
-	return so->ahead_pos < so->nahead || so->nby_est > 0;
+	return so->ahead_pos < so->nahead ||
+	       (ORDER_BY_LOWER ? heap_top(so, so->by_lower, &so->nby_lower, true)
+	                       : heap_top(so, so->by_est, &so->nby_est, false)) >= 0;
 }
 
-/* The next candidate by estimate; refills the look-ahead and prefetches its records. */
+/* The next candidate to re-score; refills the look-ahead and prefetches its records. */
 static Candidate *
 next_to_rescore(IndexScanDesc scan)
 {
@@ -766,16 +897,51 @@ next_to_rescore(IndexScanDesc scan)
 
 	if (so->ahead_pos == so->nahead)
 	{
+		int64 *h = ORDER_BY_LOWER ? so->by_lower : so->by_est;
+		int64 *n = ORDER_BY_LOWER ? &so->nby_lower : &so->nby_est;
+
 		so->nahead = so->ahead_pos = 0;
-		while (so->nahead < VIDX_LOOKAHEAD && so->nby_est > 0)
+		while (so->nahead < VIDX_LOOKAHEAD && heap_top(so, h, n, ORDER_BY_LOWER) >= 0)
 		{
-			Candidate *c = &so->cands[id_pop(so, so->by_est, &so->nby_est, false)];
+			Candidate *c = &so->cands[id_pop(so, h, n, ORDER_BY_LOWER)];
 
 			so->ahead[so->nahead++] = c - so->cands;
 			vidx_sidecar_prefetch(scan->indexRelation, &so->meta, c->slot);
 		}
 	}
 	return &so->cands[so->ahead[so->ahead_pos++]];
+}
+
+/*
+ * The next round joins the pool before another row is returned once the
+ * executor has taken this share of the pool's candidates (a WHERE clause
+ * rejects rows, or a large LIMIT): the rows of the next leaves begin at about
+ * the distances the scan has reached by then, and a row of theirs closer than
+ * a row already returned would be lost (dropped, to keep the order).
+ */
+#define VIDX_POOL_SHARE vidx_dev_share
+
+static inline bool
+want_next_round(VidxScanOpaque so)
+{
+	return !so->leaves_done && (double) so->returned >= VIDX_POOL_SHARE * (double) so->pool;
+}
+
+/*
+ * Whether the best re-scored row can be returned now: when no candidate left
+ * can beat it by its lower bound; or, once the round's re-scoring budget is
+ * spent, when no candidate left is expected to beat it (by its estimate).
+ */
+static bool
+best_row_settled(VidxScanOpaque so)
+{
+	double best = so->results[0].score;
+
+	if (!more_to_rescore(so) || best <= min_lower_left(so))
+		return true;
+	return !so->exact_mode &&
+	       so->rescored - so->round_rescored >= so->returned - so->round_returned + vidx_rerank &&
+	       best <= next_estimate(so);
 }
 
 bool
@@ -787,22 +953,39 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 		elog(ERROR, "vidx only supports forward scans");
 	if (so->empty)
 		return false;
+	if (!so->started)
+		next_round(scan);
+
+	if (so->null_query)
+	{
+		Candidate *c;
+
+		if (so->ncands == 0)
+			return false;
+		c = &so->cands[--so->ncands];
+		ItemPointerSet(&scan->xs_heaptid, c->heap_block, c->heap_offset);
+		if (scan->numberOfOrderBys > 0)
+			scan->xs_orderbynulls[0] = true;
+		scan->xs_recheck = false;
+		scan->xs_recheckorderby = false;
+		so->returned++;
+		return true;
+	}
 
 	for (;;)
 	{
-		bool budget_left = so->rescored < so->returned + vidx_rerank;
-
-		if (so->null_query && so->ncands > 0)
+		/* A row closer than one already returned would break the order: it is missed. */
+		while (so->nresults > 0 && so->results[0].distance < so->last_distance)
 		{
-			Candidate *c = &so->cands[--so->ncands];
-
-			ItemPointerSet(&scan->xs_heaptid, c->heap_block, c->heap_offset);
-			if (scan->numberOfOrderBys > 0)
-				scan->xs_orderbynulls[0] = true;
-			break;
+			(void) result_pop(so);
+			so->dropped++;
 		}
-		if (so->nresults > 0 &&
-		    (!more_to_rescore(so) || !budget_left || so->results[0].score <= min_lower_left(so)))
+		if (want_next_round(so))
+		{
+			next_round(scan);
+			continue;
+		}
+		if (so->nresults > 0 && best_row_settled(so))
 		{
 			ScanResult r = result_pop(so);
 
@@ -810,16 +993,18 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 			/* Exact: the executor need not recheck, vidx_search reports it. */
 			scan->xs_orderbyvals[0] = Float8GetDatum(r.distance);
 			scan->xs_orderbynulls[0] = false;
+			so->last_distance = r.distance;
 			break;
 		}
 		if (more_to_rescore(so))
 		{
+			if (so->rescored % 50 == 0 && so->nresults > 0)
+				elog(DEBUG3, "resc %ld ret %ld top %g minlow %g nextest %g", (long) so->rescored, (long) so->returned, so->results[0].score, min_lower_left(so), next_estimate(so));
 			rescore(scan, next_to_rescore(scan));
 			continue;
 		}
-		if (so->started && so->leaves_done)
+		if (so->leaves_done)
 			return false;
-		so->ncands = 0;
 		next_round(scan);
 	}
 
@@ -840,9 +1025,11 @@ vidx_endscan(IndexScanDesc scan)
 		ExecDropSingleTupleTableSlot(so->slot);
 		FreeExecutorState(so->estate);
 	}
-	elog(DEBUG2, "vidx scan of \"%s\": %ld candidates, %ld re-scored, %ld returned",
-	     RelationGetRelationName(scan->indexRelation), (long) so->ncands, (long) so->rescored,
-	     (long) so->returned);
+	elog(DEBUG2,
+	     "vidx scan of \"%s\": %d rounds, %ld candidates, %ld re-scored, %ld returned, "
+	     "%ld dropped out of order",
+	     RelationGetRelationName(scan->indexRelation), so->rounds, (long) so->pool,
+	     (long) so->rescored, (long) so->returned, (long) so->dropped);
 	MemoryContextDelete(so->cxt);
 	scratch_release(so);
 	if (so->results)
