@@ -33,7 +33,6 @@
 #include "optimizer/optimizer.h"
 #include "pgstat.h"
 #include "utils/float.h"
-#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/selfuncs.h"
@@ -69,10 +68,6 @@ typedef struct ScanScratch
 } ScanScratch;
 
 static ScanScratch scratch;
-double vidx_dev_bound_scale = 1.0;
-int vidx_dev_order = 0;
-double vidx_dev_share = 0.5;
-int vidx_dev_grow = 0;
 
 /* Above this many candidates a scan gives its arrays back when it ends. */
 #define VIDX_SCRATCH_KEEP (1024 * 1024)
@@ -80,7 +75,7 @@ int vidx_dev_grow = 0;
 /*
  * Re-scoring reads each candidate's full vector from a different place of the
  * sidecar: a cache and TLB miss per record. The next few candidates (in
- * estimate order) are taken from the heap together and their records
+ * lower-bound order) are taken from the heap together and their records
  * prefetched, so the misses overlap instead of coming one after another.
  */
 #define VIDX_LOOKAHEAD 8
@@ -111,31 +106,35 @@ typedef struct VidxScanOpaqueData
 	void *prep;   /* per-leaf query preparation */
 
 	/*
-	 * Candidates of the current round (kept across rescans), and two min-heaps
-	 * of their indexes: by estimate (the order they are re-scored in) and by
-	 * lower bound (what any candidate not yet re-scored could still score).
+	 * The pool: candidates of every round read so far (the array is kept
+	 * across rescans), and min-heaps of the indexes of those not re-scored
+	 * yet (re-scored ones are shed lazily): by lower bound, the order they
+	 * are re-scored in and what any of them could still score; by estimate,
+	 * only under a re-scoring budget (vidx.rerank > 0), for what they are
+	 * expected to score.
 	 */
 	Candidate *cands;
 	int64 ncands;
 	int64 cands_capacity;
+	int64 *by_lower;
+	int64 nby_lower;
 	int64 *by_est;
 	int64 nby_est;
-	/* the next candidates by estimate, popped early so their vectors can be prefetched */
+	/* the next candidates by lower bound, popped early so their vectors can be prefetched */
 	int64 ahead[VIDX_LOOKAHEAD];
 	int nahead;
 	int ahead_pos;
-	int64 *by_lower;
-	int64 nby_lower;
 
 	/* min-heap of re-scored rows by exact score (kept across rescans) */
 	ScanResult *results;
 	int64 nresults;
 	int64 results_capacity;
 
+	int rerank;           /* vidx.rerank when the scan began: 0 = no budget */
 	int64 rescored;
 	int64 returned;
-	int64 round_rescored; /* rescored and returned when this round began: */
-	int64 round_returned; /* every round has a budget of its own */
+	int64 round_rescored; /* re-scored and returned when this round began: */
+	int64 round_returned; /* under a budget, every round has one of its own */
 	int64 pool;           /* candidates read so far, all rounds */
 	int64 dropped;        /* re-scored rows closer than a row already returned */
 	int rounds;           /* rounds of leaves read */
@@ -327,6 +326,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->nresults = 0;
 	so->rescored = 0;
 	so->returned = 0;
+	so->rerank = vidx_rerank;
 	so->pool = 0;
 	so->round_rescored = so->round_returned = 0;
 	so->dropped = 0;
@@ -483,10 +483,6 @@ scratch_xact_callback(XactEvent event, void *arg)
 void
 vidx_scan_init(void)
 {
-	DefineCustomIntVariable("vidx.dev_order", "dev", NULL, &vidx_dev_order, 0, 0, 1, PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomRealVariable("vidx.dev_share", "dev", NULL, &vidx_dev_share, 0.5, 0.0, 10.0, PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("vidx.dev_grow", "dev", NULL, &vidx_dev_grow, 0, 0, 1, PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomRealVariable("vidx.dev_bound_scale", "dev", NULL, &vidx_dev_bound_scale, 1.0, 0.0, 10.0, PGC_USERSET, 0, NULL, NULL, NULL);
 	RegisterXactCallback(scratch_xact_callback, NULL);
 }
 
@@ -517,6 +513,18 @@ typedef struct PageGroup
 } PageGroup;
 
 static PageGroup group;
+
+/*
+ * Rows a scan is expected to re-score, for the refinement cut and the
+ * planner: the budget if there is one; else a typical ORDER BY ... LIMIT.
+ */
+#define VIDX_TYPICAL_RESCORED 100
+
+static int
+expected_rescored(VidxScanOpaque so)
+{
+	return so->rerank > 0 ? so->rerank : VIDX_TYPICAL_RESCORED;
+}
 
 /* Keeps the uppers_cap smallest upper bounds; returns the largest kept (+inf until full). */
 static float
@@ -568,7 +576,7 @@ refine_group(VidxScanOpaque so, const void *prep)
 
 	if (so->uppers == NULL)
 	{
-		so->uppers_cap = Min(vidx_rerank + 16, 100000);
+		so->uppers_cap = Min(expected_rescored(so) + 16, 100000);
 		so->uppers = MemoryContextAlloc(so->cxt, sizeof(float) * so->uppers_cap);
 		so->nuppers = 0;
 	}
@@ -609,7 +617,7 @@ flush_group(VidxScanOpaque so, const void *prep)
 		const VidxPosting *p = group.ptrs[i];
 
 		/* Unestimated candidates: no bound, so none is returned before all are scored. */
-		c->lower = estimated ? group.est[i] - vidx_dev_bound_scale * (group.est[i] - group.lower[i]) : -get_float4_infinity();
+		c->lower = estimated ? group.lower[i] : -get_float4_infinity();
 		c->est = estimated ? group.est[i] : 0;
 		c->heap_block = p->heap_block;
 		c->heap_offset = p->heap_offset;
@@ -717,12 +725,15 @@ compact_heap(VidxScanOpaque so, int64 *h, int64 n, int64 first)
 static void
 add_to_heaps(VidxScanOpaque so, int64 first)
 {
-	so->nby_est = compact_heap(so, so->by_est, so->nby_est, first);
 	so->nby_lower = compact_heap(so, so->by_lower, so->nby_lower, first);
-	for (int64 i = so->nby_est / 2 - 1; i >= 0; i--)
-		id_sift_down(so, so->by_est, so->nby_est, i, false);
 	for (int64 i = so->nby_lower / 2 - 1; i >= 0; i--)
 		id_sift_down(so, so->by_lower, so->nby_lower, i, true);
+	if (so->rerank > 0)
+	{
+		so->nby_est = compact_heap(so, so->by_est, so->nby_est, first);
+		for (int64 i = so->nby_est / 2 - 1; i >= 0; i--)
+			id_sift_down(so, so->by_est, so->nby_est, i, false);
+	}
 }
 
 /*
@@ -736,7 +747,9 @@ next_round(IndexScanDesc scan)
 	VidxTreeCache *cache = vidx_get_tree(scan->indexRelation, &so->meta);
 	bool in_node_order = so->null_query || so->exact_mode;
 	bool estimated = !in_node_order;
-	int probes = in_node_order ? INT_MAX : (vidx_dev_grow && so->rounds > 0 ? (int) Min((int64) vidx_probes << Min(so->rounds, 20), INT_MAX / 2) : vidx_probes);
+	/* Round r reads vidx.probes * 2^r leaves: a deep scan reads ahead of the rows it returns. */
+	int probes = in_node_order ? INT_MAX
+	                           : (int) Min((int64) vidx_probes << Min(so->rounds, 20), INT_MAX);
 	Size prep_size = vidx_query_prep_size(so->meta.dims);
 	int64 first = so->ncands;
 	int nleaves = 0;
@@ -865,9 +878,9 @@ min_lower_left(VidxScanOpaque so)
 	return m;
 }
 
-/* Lowest estimate of the candidates not re-scored yet, or +inf. */
+/* Lowest estimate of the candidates not re-scored yet (under a budget only), or +inf. */
 static float
-next_estimate(VidxScanOpaque so)
+min_estimate_left(VidxScanOpaque so)
 {
 	int64 top = heap_top(so, so->by_est, &so->nby_est, false);
 	float m = top >= 0 ? so->cands[top].est : get_float4_infinity();
@@ -877,19 +890,19 @@ next_estimate(VidxScanOpaque so)
 	return m;
 }
 
-/* Candidates are re-scored in this heap's order. */
-#define ORDER_BY_LOWER (vidx_dev_order == 1)
-
 /* Candidates not re-scored yet? */
 static inline bool
 more_to_rescore(VidxScanOpaque so)
 {
-	return so->ahead_pos < so->nahead ||
-	       (ORDER_BY_LOWER ? heap_top(so, so->by_lower, &so->nby_lower, true)
-	                       : heap_top(so, so->by_est, &so->nby_est, false)) >= 0;
+	return so->ahead_pos < so->nahead || heap_top(so, so->by_lower, &so->nby_lower, true) >= 0;
 }
 
-/* The next candidate to re-score; refills the look-ahead and prefetches its records. */
+/*
+ * The next candidate to re-score: the lowest lower bound first, which settles
+ * each row with the fewest exact distances (every candidate whose bound is
+ * below a row must be re-scored before it anyway). Refills the look-ahead and
+ * prefetches its records.
+ */
 static Candidate *
 next_to_rescore(IndexScanDesc scan)
 {
@@ -897,13 +910,10 @@ next_to_rescore(IndexScanDesc scan)
 
 	if (so->ahead_pos == so->nahead)
 	{
-		int64 *h = ORDER_BY_LOWER ? so->by_lower : so->by_est;
-		int64 *n = ORDER_BY_LOWER ? &so->nby_lower : &so->nby_est;
-
 		so->nahead = so->ahead_pos = 0;
-		while (so->nahead < VIDX_LOOKAHEAD && heap_top(so, h, n, ORDER_BY_LOWER) >= 0)
+		while (so->nahead < VIDX_LOOKAHEAD && heap_top(so, so->by_lower, &so->nby_lower, true) >= 0)
 		{
-			Candidate *c = &so->cands[id_pop(so, h, n, ORDER_BY_LOWER)];
+			Candidate *c = &so->cands[id_pop(so, so->by_lower, &so->nby_lower, true)];
 
 			so->ahead[so->nahead++] = c - so->cands;
 			vidx_sidecar_prefetch(scan->indexRelation, &so->meta, c->slot);
@@ -917,9 +927,12 @@ next_to_rescore(IndexScanDesc scan)
  * executor has taken this share of the pool's candidates (a WHERE clause
  * rejects rows, or a large LIMIT): the rows of the next leaves begin at about
  * the distances the scan has reached by then, and a row of theirs closer than
- * a row already returned would be lost (dropped, to keep the order).
+ * a row already returned would be lost (dropped, to keep the order). Measured
+ * on 20,000 clustered rows of 64 and 768 dimensions: with 0.25 and rounds
+ * that double, LIMIT 1,000 / 5,000 and filters down to 0.1% keep recall
+ * >= 0.98; with 0.5 and rounds of vidx.probes leaves, 0.93-0.95.
  */
-#define VIDX_POOL_SHARE vidx_dev_share
+#define VIDX_POOL_SHARE 0.25
 
 static inline bool
 want_next_round(VidxScanOpaque so)
@@ -929,8 +942,9 @@ want_next_round(VidxScanOpaque so)
 
 /*
  * Whether the best re-scored row can be returned now: when no candidate left
- * can beat it by its lower bound; or, once the round's re-scoring budget is
- * spent, when no candidate left is expected to beat it (by its estimate).
+ * can beat it by its lower bound; or, once the round's re-scoring budget
+ * (vidx.rerank > 0) is spent, when no candidate left is expected to beat it
+ * by its estimate.
  */
 static bool
 best_row_settled(VidxScanOpaque so)
@@ -939,9 +953,9 @@ best_row_settled(VidxScanOpaque so)
 
 	if (!more_to_rescore(so) || best <= min_lower_left(so))
 		return true;
-	return !so->exact_mode &&
-	       so->rescored - so->round_rescored >= so->returned - so->round_returned + vidx_rerank &&
-	       best <= next_estimate(so);
+	return so->rerank > 0 &&
+	       so->rescored - so->round_rescored >= so->returned - so->round_returned + so->rerank &&
+	       best <= min_estimate_left(so);
 }
 
 bool
@@ -998,9 +1012,7 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 		}
 		if (more_to_rescore(so))
 		{
-			if (so->rescored % 50 == 0 && so->nresults > 0)
-				elog(DEBUG3, "resc %ld ret %ld top %g minlow %g nextest %g", (long) so->rescored, (long) so->returned, so->results[0].score, min_lower_left(so), next_estimate(so));
-			rescore(scan, next_to_rescore(scan));
+rescore(scan, next_to_rescore(scan));
 			continue;
 		}
 		if (so->leaves_done)
@@ -1083,7 +1095,9 @@ vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *i
 	/* Every probed page is read before the first row comes out. */
 	costs.numIndexPages = Max(1.0, index->pages * ratio);
 	/* Exact re-scoring: at most the budget, and never more rows than there are. */
-	*indexStartupCost = costs.indexTotalCost + Min((double) vidx_rerank, costs.numIndexTuples) *
+	*indexStartupCost = costs.indexTotalCost +
+	                    Min((double) (vidx_rerank > 0 ? vidx_rerank : VIDX_TYPICAL_RESCORED),
+	                        costs.numIndexTuples) *
 	                                               cpu_operator_cost * Max(1, meta.dims / 16);
 	*indexTotalCost = *indexStartupCost;
 	*indexSelectivity = costs.indexSelectivity;

@@ -17,7 +17,7 @@
 PG_MODULE_MAGIC;
 
 int vidx_probes = 10;
-int vidx_rerank = 100;
+int vidx_rerank = 0;
 int vidx_scan_threads = 1;
 int vidx_tree_cache_mb = 0;
 
@@ -50,11 +50,12 @@ _PG_init(void)
 	                        "More probes: higher recall, slower queries.", &vidx_probes, 10, 1,
 	                        1000000, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable(
-	    "vidx.rerank", "Re-scoring budget of a vidx scan, beyond the rows it returned",
-	    "Candidates are re-scored with their full vectors best estimate first; a row is "
-	    "returned once no candidate left can beat it, or once this many more candidates "
-	    "than rows returned were re-scored.",
-	    &vidx_rerank, 100, 1, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	    "vidx.rerank", "Re-scoring budget of a vidx scan, beyond the rows it returned (0 = none)",
+	    "Candidates are re-scored with their full vectors, lowest lower bound first; a row "
+	    "is returned once no candidate left can beat it by its error bound. With a budget, "
+	    "once this many more candidates than rows returned were re-scored, a row is "
+	    "returned once no candidate left is expected to beat it by its estimate.",
+	    &vidx_rerank, 0, 0, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable(
 	    "vidx.scan_threads", "Threads a vidx scan may use to estimate a large group of postings",
 	    "Each backend starts its own threads: with many concurrent queries, keep the product "
