@@ -17,7 +17,8 @@
  * returned after a row with a larger distance. A re-scored row that is closer
  * than one already returned (it came from a later round, or the budget
  * returned rows before the bounds had settled, or a probabilistic bound
- * failed) is dropped: approximation may miss a row, never reorder rows.
+ * failed) is skipped: approximation may miss a row, never reorder rows. Only
+ * vidx.iterative_scan = relaxed_order, an opt-in, returns such rows anyway.
  */
 #include "vidx.h"
 
@@ -131,12 +132,14 @@ typedef struct VidxScanOpaqueData
 	int64 results_capacity;
 
 	int rerank;           /* vidx.rerank when the scan began: 0 = no budget */
+	bool strict;          /* vidx.iterative_scan = strict_order when the scan began */
 	int64 rescored;
 	int64 returned;
 	int64 round_rescored; /* re-scored and returned when this round began: */
 	int64 round_returned; /* under a budget, every round has one of its own */
 	int64 pool;           /* candidates read so far, all rounds */
-	int64 dropped;        /* re-scored rows closer than a row already returned */
+	int64 out_of_order;   /* re-scored rows closer than a row already returned: skipped
+	                       * (strict_order) or returned anyway (relaxed_order) */
 	int rounds;           /* rounds of leaves read */
 	double last_distance; /* distance of the last row returned; rows never go back */
 
@@ -327,9 +330,10 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->rescored = 0;
 	so->returned = 0;
 	so->rerank = vidx_rerank;
+	so->strict = (vidx_iterative_scan == VIDX_ITERATIVE_STRICT);
 	so->pool = 0;
 	so->round_rescored = so->round_returned = 0;
-	so->dropped = 0;
+	so->out_of_order = 0;
 	so->rounds = 0;
 	so->last_distance = -get_float8_infinity();
 	so->exact_mode = false;
@@ -989,10 +993,10 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 	for (;;)
 	{
 		/* A row closer than one already returned would break the order: it is missed. */
-		while (so->nresults > 0 && so->results[0].distance < so->last_distance)
+		while (so->strict && so->nresults > 0 && so->results[0].distance < so->last_distance)
 		{
 			(void) result_pop(so);
-			so->dropped++;
+			so->out_of_order++;
 		}
 		if (want_next_round(so))
 		{
@@ -1007,7 +1011,10 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 			/* Exact: the executor need not recheck, vidx_search reports it. */
 			scan->xs_orderbyvals[0] = Float8GetDatum(r.distance);
 			scan->xs_orderbynulls[0] = false;
-			so->last_distance = r.distance;
+			if (r.distance < so->last_distance)
+				so->out_of_order++; /* relaxed_order */
+			else
+				so->last_distance = r.distance;
 			break;
 		}
 		if (more_to_rescore(so))
@@ -1039,9 +1046,10 @@ vidx_endscan(IndexScanDesc scan)
 	}
 	elog(DEBUG2,
 	     "vidx scan of \"%s\": %d rounds, %ld candidates, %ld re-scored, %ld returned, "
-	     "%ld dropped out of order",
+	     "%ld out of order (%s)",
 	     RelationGetRelationName(scan->indexRelation), so->rounds, (long) so->pool,
-	     (long) so->rescored, (long) so->returned, (long) so->dropped);
+	     (long) so->rescored, (long) so->returned, (long) so->out_of_order,
+	     so->strict ? "skipped" : "returned");
 	MemoryContextDelete(so->cxt);
 	scratch_release(so);
 	if (so->results)

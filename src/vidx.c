@@ -20,6 +20,13 @@ int vidx_probes = 10;
 int vidx_rerank = 0;
 int vidx_scan_threads = 1;
 int vidx_tree_cache_mb = 0;
+int vidx_iterative_scan = VIDX_ITERATIVE_STRICT;
+
+static const struct config_enum_entry iterative_scan_options[] = {
+    {"strict_order", VIDX_ITERATIVE_STRICT, false},
+    {"relaxed_order", VIDX_ITERATIVE_RELAXED, false},
+    {NULL, 0, false},
+};
 
 static relopt_kind vidx_relopt_kind;
 
@@ -56,6 +63,13 @@ _PG_init(void)
 	    "once this many more candidates than rows returned were re-scored, a row is "
 	    "returned once no candidate left is expected to beat it by its estimate.",
 	    &vidx_rerank, 0, 0, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable(
+	    "vidx.iterative_scan", "Order of the rows a vidx scan returns past its first leaves",
+	    "strict_order (the default): rows always come in order of distance; a row found "
+	    "later that is closer than one already returned is skipped. relaxed_order: no row "
+	    "found is skipped, but such rows come out of order (re-sort them in the query).",
+	    &vidx_iterative_scan, VIDX_ITERATIVE_STRICT, iterative_scan_options, PGC_USERSET, 0, NULL,
+	    NULL, NULL);
 	DefineCustomIntVariable(
 	    "vidx.scan_threads", "Threads a vidx scan may use to estimate a large group of postings",
 	    "Each backend starts its own threads: with many concurrent queries, keep the product "

@@ -99,6 +99,11 @@ extern int vidx_probes;
 extern int vidx_rerank;
 extern int vidx_scan_threads;
 extern int vidx_tree_cache_mb;
+extern int vidx_iterative_scan;
+
+/* vidx.iterative_scan */
+#define VIDX_ITERATIVE_STRICT 0
+#define VIDX_ITERATIVE_RELAXED 1
 
 /* ---------- vectors (vector.c) ---------- */
 

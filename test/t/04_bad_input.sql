@@ -161,7 +161,7 @@ SELECT is((SELECT count(*) FROM pg_indexes WHERE schemaname = 'vidx_t04' AND tab
 SELECT throws_ok($$ SET vidx.probes = 0 $$, '22023', NULL, 'setting: vidx.probes = 0');
 SELECT throws_ok($$ SET vidx.probes = -1 $$, '22023', NULL, 'setting: vidx.probes = -1');
 SELECT throws_ok($$ SET vidx.probes = 'x' $$, '22023', NULL, 'setting: vidx.probes = ''x''');
-SELECT throws_ok($$ SET vidx.rerank = 0 $$, '22023', NULL, 'setting: vidx.rerank = 0');
+SELECT throws_ok($$ SET vidx.rerank = -1 $$, '22023', NULL, 'setting: vidx.rerank = -1');
 SELECT throws_ok($$ SET vidx.no_such_setting = 1 $$, '42602', NULL,
 	'setting: unknown vidx.* setting (prefix reserved)');
 SELECT is(current_setting('vidx.probes'), '10', 'vidx.probes still has its default');
