@@ -6,12 +6,14 @@
  * and estimates every posting's score, with a lower bound, from its binary
  * code; the candidates of every round read so far form one pool. Candidates
  * are re-scored exactly (full vector from the sidecar, or from the table when
- * the sidecar cannot vouch for it) best estimate first, and a row is returned
- * as soon as its exact score is below the lower bound of every candidate of
- * the pool not re-scored yet, or once the re-scoring budget (vidx.rerank) is
- * spent. When the executor has taken half as many rows as the pool holds (a
- * WHERE clause rejects rows, or a large LIMIT), the next vidx.probes leaves
- * join the pool before the next row is returned.
+ * the sidecar cannot vouch for it) lowest lower bound first, and a row is
+ * returned as soon as its exact score is at or below the lower bound of every
+ * candidate of the pool not re-scored yet (or, under a re-scoring budget,
+ * vidx.rerank > 0, once the budget is spent and it is at or below their
+ * estimates). When the executor has taken a quarter as many rows as the
+ * candidates read (a WHERE clause rejects rows, or a large LIMIT), the next
+ * round, twice as many leaves as the last, joins the pool before the next row
+ * is returned.
  *
  * Order is an invariant, not an accident of the bounds: a row is never
  * returned after a row with a larger distance. A re-scored row that is closer
@@ -708,33 +710,40 @@ next_leaf_in_order(VidxScanOpaque so, const void *tree)
 	return -1;
 }
 
-/* The heap's entries not re-scored yet, then the candidates from first on; returns the count. */
-static int64
-compact_heap(VidxScanOpaque so, int64 *h, int64 n, int64 first)
+/*
+ * Drops the re-scored candidates from the pool (their rows are in the results
+ * heap or were returned), so that a deep scan holds only what it has not
+ * scored yet. build_heaps follows; the look-ahead goes back into the heaps.
+ */
+static void
+compact_pool(VidxScanOpaque so)
 {
 	int64 m = 0;
 
-	for (int64 j = 0; j < n; j++)
-		if (!so->cands[h[j]].rescored)
-			h[m++] = h[j];
-	for (int64 i = first; i < so->ncands; i++)
-		h[m++] = i;
-	return m;
+	for (int64 i = 0; i < so->ncands; i++)
+		if (!so->cands[i].rescored)
+			so->cands[m++] = so->cands[i];
+	so->ncands = m;
+	so->nby_lower = so->nby_est = 0;
+	so->nahead = so->ahead_pos = 0;
 }
 
 /*
- * Adds the candidates from first on to the two heaps; the heap by lower bound
- * also sheds its re-scored entries. Floyd's construction: linear in the pool.
+ * Builds the heaps over the whole pool (every candidate in it is not
+ * re-scored yet): Floyd's construction, linear in the pool.
  */
 static void
-add_to_heaps(VidxScanOpaque so, int64 first)
+build_heaps(VidxScanOpaque so)
 {
-	so->nby_lower = compact_heap(so, so->by_lower, so->nby_lower, first);
+	for (int64 i = 0; i < so->ncands; i++)
+		so->by_lower[i] = i;
+	so->nby_lower = so->ncands;
 	for (int64 i = so->nby_lower / 2 - 1; i >= 0; i--)
 		id_sift_down(so, so->by_lower, so->nby_lower, i, true);
 	if (so->rerank > 0)
 	{
-		so->nby_est = compact_heap(so, so->by_est, so->nby_est, first);
+		memcpy(so->by_est, so->by_lower, sizeof(int64) * so->ncands);
+		so->nby_est = so->ncands;
 		for (int64 i = so->nby_est / 2 - 1; i >= 0; i--)
 			id_sift_down(so, so->by_est, so->nby_est, i, false);
 	}
@@ -755,8 +764,12 @@ next_round(IndexScanDesc scan)
 	int probes = in_node_order ? INT_MAX
 	                           : (int) Min((int64) vidx_probes << Min(so->rounds, 20), INT_MAX);
 	Size prep_size = vidx_query_prep_size(so->meta.dims);
-	int64 first = so->ncands;
+	int64 first;
 	int nleaves = 0;
+
+	if (!so->null_query && so->started)
+		compact_pool(so);
+	first = so->ncands;
 
 	if (!so->started)
 	{
@@ -814,12 +827,12 @@ next_round(IndexScanDesc scan)
 		scan_leaf(scan, node, so->prep);
 		CHECK_FOR_INTERRUPTS();
 	}
-	so->pool = so->ncands;
+	so->pool += so->ncands - first;
 	so->rounds++;
 	so->round_rescored = so->rescored;
 	so->round_returned = so->returned;
 	if (!so->null_query)
-		add_to_heaps(so, first);
+		build_heaps(so);
 }
 
 /* An exact distance (operator value) in the estimator's score space. */
