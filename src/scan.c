@@ -133,8 +133,8 @@ typedef struct VidxScanOpaqueData
 	int64 nresults;
 	int64 results_capacity;
 
-	int rerank;           /* vidx.rerank when the scan began: 0 = no budget */
-	bool strict;          /* vidx.iterative_scan = strict_order when the scan began */
+	int rerank;  /* vidx.rerank when the scan began: 0 = no budget */
+	bool strict; /* vidx.iterative_scan = strict_order when the scan began */
 	int64 rescored;
 	int64 returned;
 	int64 round_rescored; /* re-scored and returned when this round began: */
@@ -761,8 +761,8 @@ next_round(IndexScanDesc scan)
 	bool in_node_order = so->null_query || so->exact_mode;
 	bool estimated = !in_node_order;
 	/* Round r reads vidx.probes * 2^r leaves: a deep scan reads ahead of the rows it returns. */
-	int probes = in_node_order ? INT_MAX
-	                           : (int) Min((int64) vidx_probes << Min(so->rounds, 20), INT_MAX);
+	int probes =
+	    in_node_order ? INT_MAX : (int) Min((int64) vidx_probes << Min(so->rounds, 20), INT_MAX);
 	Size prep_size = vidx_query_prep_size(so->meta.dims);
 	int64 first;
 	int nleaves = 0;
@@ -781,8 +781,7 @@ next_round(IndexScanDesc scan)
 			so->qrot = palloc0(sizeof(float) * so->meta.dims);
 			vidx_to_index_space(cache, so->query, so->qrot);
 			so->prep = palloc(prep_size);
-			vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric,
-			                       so->qrot);
+			vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric, so->qrot);
 		}
 		vidx_sidecar_refresh(scan->indexRelation, &so->meta);
 		MemoryContextSwitchTo(old);
@@ -1032,7 +1031,7 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 		}
 		if (more_to_rescore(so))
 		{
-rescore(scan, next_to_rescore(scan));
+			rescore(scan, next_to_rescore(scan));
 			continue;
 		}
 		if (so->leaves_done)
@@ -1116,10 +1115,10 @@ vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *i
 	/* Every probed page is read before the first row comes out. */
 	costs.numIndexPages = Max(1.0, index->pages * ratio);
 	/* Exact re-scoring: at most the budget, and never more rows than there are. */
-	*indexStartupCost = costs.indexTotalCost +
-	                    Min((double) (vidx_rerank > 0 ? vidx_rerank : VIDX_TYPICAL_RESCORED),
-	                        costs.numIndexTuples) *
-	                                               cpu_operator_cost * Max(1, meta.dims / 16);
+	*indexStartupCost =
+	    costs.indexTotalCost + Min((double) (vidx_rerank > 0 ? vidx_rerank : VIDX_TYPICAL_RESCORED),
+	                               costs.numIndexTuples) *
+	                               cpu_operator_cost * Max(1, meta.dims / 16);
 	*indexTotalCost = *indexStartupCost;
 	*indexSelectivity = costs.indexSelectivity;
 	*indexCorrelation = 0;
