@@ -71,7 +71,8 @@ typedef struct WalkState
 	bool check_sidecar;
 	BlockNumber nblocks; /* relation size as last read: inserts extend it */
 	uint32 *owner;       /* per block below nblocks: 0 unseen, OWNER_TREE, or leaf_id + 1 */
-	uint64 records;      /* vidx_stats: sidecar records as last counted */
+	bool count_beyond;   /* vidx_stats, usable sidecar: count postings past its end */
+	uint64 records;      /* ... against its records as last counted */
 	uint64 slots_used;   /* 1 + the highest slot of a posting seen (0: none) */
 	bool slot_none_seen; /* a posting without a sidecar slot was seen */
 } WalkState;
@@ -109,6 +110,24 @@ check_link(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno)
 		                       RelationGetRelationName(ws->index), node->leaf_id, blkno)));
 }
 
+/* Whether the page has a special space of vidx's size (so that its opaque data can be read). */
+static bool
+has_vidx_special(Page page)
+{
+	return !PageIsNew(page) &&
+	       ((PageHeader) page)->pd_special == BLCKSZ - MAXALIGN(sizeof(VidxPageOpaqueData));
+}
+
+static void
+check_special(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno, Page page)
+{
+	if (!has_vidx_special(page))
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": block %u in the chain of leaf %u is not a "
+		                       "posting page of that chain",
+		                       RelationGetRelationName(ws->index), blkno, node->leaf_id)));
+}
+
 /* Checks and counts the postings of one share-locked chain page. */
 static void
 walk_page(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno, Page page, ChainStats *cs)
@@ -118,9 +137,8 @@ walk_page(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno, Page page,
 	VidxPageOpaque opaque = VidxPageGetOpaque(page);
 	OffsetNumber maxoff;
 
-	if (ws->verify && (PageIsNew(page) || opaque->page_id != VIDX_PAGE_ID ||
-	                   opaque->page_type != VIDX_PAGE_POSTING || opaque->head != node->head_block ||
-	                   opaque->leaf_id != node->leaf_id))
+	if (ws->verify && (opaque->page_id != VIDX_PAGE_ID || opaque->page_type != VIDX_PAGE_POSTING ||
+	                   opaque->head != node->head_block || opaque->leaf_id != node->leaf_id))
 		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 		                errmsg("index \"%s\": block %u in the chain of leaf %u is not a "
 		                       "posting page of that chain",
@@ -152,7 +170,7 @@ walk_page(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno, Page page,
 			                       "tuple (%u,%u) in slot %u",
 			                       name, p->heap_block, p->heap_offset, p->slot),
 			                errhint("REINDEX INDEX %s; rebuilds the sidecar.", name)));
-		if (!ws->verify && p->slot >= ws->records)
+		if (ws->count_beyond && p->slot >= ws->records)
 		{
 			/*
 			 * A record is written before its posting is inserted: the posting
@@ -192,6 +210,7 @@ walk_chain(WalkState *ws, const VidxTreeNode *node, BlockNumber resume_from, Cha
 	check_link(ws, node, head);
 	hbuf = ReadBuffer(ws->index, head);
 	LockBuffer(hbuf, BUFFER_LOCK_SHARE);
+	check_special(ws, node, head, BufferGetPage(hbuf));
 	last = VidxPageGetOpaque(BufferGetPage(hbuf))->last;
 	hint = VidxPageGetOpaque(BufferGetPage(hbuf))->insert_hint;
 
@@ -216,6 +235,7 @@ walk_chain(WalkState *ws, const VidxTreeNode *node, BlockNumber resume_from, Cha
 			LockBuffer(buf, BUFFER_LOCK_SHARE);
 		}
 		page = BufferGetPage(buf);
+		check_special(ws, node, blkno, page);
 		if (!again) /* (the block a resumed walk starts at was walked before) */
 		{
 			walk_page(ws, node, blkno, page, cs);
@@ -302,6 +322,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 		const VidxTreeHeader *h = (const VidxTreeHeader *) cache->tree;
 
 		sidecar = vidx_sidecar_state(index, &meta, &ws.records);
+		ws.count_beyond = (sidecar == NULL); /* an unusable file serves no posting */
 		nnodes = h->nnodes;
 		for (uint32 i = 0; i < h->nnodes; i++)
 		{
@@ -390,8 +411,10 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
 	page = BufferGetPage(buf);
 	is_new = PageIsNew(page);
-	if (!is_new)
+	if (has_vidx_special(page))
 		opaque = *VidxPageGetOpaque(page);
+	else
+		memset(&opaque, 0, sizeof(opaque));
 	UnlockReleaseBuffer(buf);
 	if (is_new)
 		return; /* a crash between extending the relation and linking the page */

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 85_slots: an index whose sidecar slots run out (2^32 - 1 records) goes on
 # taking inserts and updates. The metapage's next slot is set on disk, in a
-# stopped cluster with data checksums, to one below the last (patch_meta.py
+# stopped cluster with data checksums, to one below the last (patch_index.py
 # recomputes the page checksum); then: the next insert takes the last slot
 # (with its record); later inserts and updates succeed with one WARNING per
 # session that names the index and says REINDEX compacts the sidecar; their
@@ -41,7 +41,7 @@ q $PORT "CREATE INDEX s_v ON s USING vidx (v) WITH (lists = 4)"
 file=$(pgdata $NAME)/$(q $PORT "SELECT pg_relation_filepath('s_v')")
 q $PORT "CHECKPOINT"
 cluster_stop $NAME
-check_eq "patch_meta.py: next slot before" "$("$PY" "$ROBUST_DIR/patch_meta.py" "$file" $LAST --checksums)" 1000
+check_eq "patch_index.py: next slot before" "$("$PY" "$ROBUST_DIR/patch_index.py" next-slot "$file" $LAST --checksums)" 1000
 check "the server starts with the patched metapage" cluster_start $NAME
 check_eq "vidx_stats reads the patched next slot (no checksum failure)" "$(stat next_slot 2>&1)" $LAST
 
