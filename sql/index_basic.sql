@@ -12,8 +12,15 @@ ANALYZE items;
 EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY v <-> '{0.1,0.2,0.3,0.4}' LIMIT 5;
 EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY v <-> ARRAY[0.1, 0.2, 0.3, 0.4] LIMIT 5;
 EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY v <-> ARRAY[0.1, 0.2, 0.3, 0.4]::float8[] LIMIT 5;
--- ... and not where it cannot serve the query.
-EXPLAIN (COSTS OFF) SELECT id FROM items WHERE v = '{1,2,3,4}';
+-- ... and not where it cannot serve the query: without ORDER BY (even with
+-- sequential scans off, and a partial index whose predicate the query
+-- implies, which makes the planner consider it), or ORDER BY an operator of
+-- another operator class.
+CREATE INDEX items_v_even ON items USING vidx (v) WITH (lists = 4) WHERE id % 2 = 0;
+SET enable_seqscan = off;
+EXPLAIN (COSTS OFF) SELECT id, v FROM items WHERE id % 2 = 0;
+RESET enable_seqscan;
+DROP INDEX items_v_even;
 EXPLAIN (COSTS OFF) SELECT id FROM items ORDER BY v <#> '{0.1,0.2,0.3,0.4}' LIMIT 5;
 
 -- With every leaf probed and enough reranking, the index returns the exact answer.

@@ -282,6 +282,29 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	pfree(heads);
 }
 
+/*
+ * Moves a tree blob that the core built (malloc'd) into the current memory
+ * context. The blob is freed on every path out, also when the allocation of
+ * the copy raises an ERROR: it would stay for the backend's life otherwise.
+ */
+static void *
+tree_to_context(void *blob, size_t size)
+{
+	void *volatile copy = NULL;
+
+	PG_TRY();
+	{
+		copy = MemoryContextAllocHuge(CurrentMemoryContext, size);
+		memcpy(copy, blob, size);
+	}
+	PG_FINALLY();
+	{
+		vidx_tree_free(blob);
+	}
+	PG_END_TRY();
+	return copy;
+}
+
 /* The tree of an index with no vector yet: a root and one leaf, no dims. */
 static void *
 empty_tree(size_t *size)
@@ -290,14 +313,10 @@ empty_tree(size_t *size)
 	float dummy = 0;
 	void *blob = vidx_tree_build(&dummy, NULL, 1, 0, VIDX_DEFAULT_FANOUT, VIDX_KMEANS_SEED, size,
 	                             err, sizeof(err));
-	void *copy;
 
 	if (blob == NULL)
 		vidx_core_check(VIDX_E_INTERNAL, "tree build", err);
-	copy = palloc(*size);
-	memcpy(copy, blob, *size);
-	vidx_tree_free(blob);
-	return copy;
+	return tree_to_context(blob, *size);
 }
 
 static uint64
@@ -496,9 +515,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 
 			if (blob == NULL)
 				vidx_core_check(VIDX_E_NOMEM, "tree build", err);
-			tree = MemoryContextAllocHuge(CurrentMemoryContext, tree_size);
-			memcpy(tree, blob, tree_size);
-			vidx_tree_free(blob);
+			tree = tree_to_context(blob, tree_size);
 		}
 		CHECK_FOR_INTERRUPTS();
 

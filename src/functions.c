@@ -55,118 +55,221 @@ typedef struct ChainStats
 {
 	int64 postings;
 	int64 pages;
-	int64 beyond; /* postings whose sidecar slot is past the end of the file */
+	int64 beyond;  /* postings whose sidecar slot is past the end of the file */
+	int64 no_slot; /* postings stored without a sidecar slot (VIDX_SLOT_NONE) */
 } ChainStats;
 
 /*
- * Walks one leaf's chain. With verify, raises an error at the first
- * inconsistency; seen marks visited blocks (to catch cycles and pages shared
- * by two chains). Counts the postings whose slot is not below records.
+ * A walk over the chains, which inserts, VACUUM and scans change meanwhile
+ * (src/README.md, "Checks under concurrent writes").
  */
-static ChainStats
-walk_chain(Relation index, const VidxMetaPageData *meta, const VidxTreeNode *node,
-           BlockNumber nblocks, bool *seen, bool verify, bool check_sidecar, uint64 records)
+typedef struct WalkState
 {
-	ChainStats cs = {0, 0, 0};
-	BlockNumber head = node->head_block;
-	BlockNumber blkno = head;
-	BlockNumber last = InvalidBlockNumber;
-	BlockNumber hint = InvalidBlockNumber;
-	bool hint_found = false;
-	Size psize = VidxMetaPostingSize(meta);
-	const char *name = RelationGetRelationName(index);
+	Relation index;
+	const VidxMetaPageData *meta;
+	bool verify;
+	bool check_sidecar;
+	BlockNumber nblocks; /* relation size as last read: inserts extend it */
+	uint32 *owner;       /* per block below nblocks: 0 unseen, OWNER_TREE, or leaf_id + 1 */
+	bool count_beyond;   /* vidx_stats, usable sidecar: count postings past its end */
+	uint64 records;      /* ... against its records as last counted */
+	uint64 slots_used;   /* 1 + the highest slot of a posting seen (0: none) */
+	bool slot_none_seen; /* a posting without a sidecar slot was seen */
+} WalkState;
 
-	while (BlockNumberIsValid(blkno))
+#define OWNER_TREE PG_UINT32_MAX
+
+/* Reads the relation's size again and grows ws->owner to it. */
+static void
+reread_nblocks(WalkState *ws)
+{
+	BlockNumber n = RelationGetNumberOfBlocks(ws->index);
+
+	if (n > ws->nblocks)
 	{
-		Buffer buf;
-		Page page;
-		VidxPageOpaque opaque;
-		OffsetNumber maxoff;
-		BlockNumber next;
-
-		if (blkno >= nblocks || blkno == VIDX_METAPAGE_BLKNO)
-			ereport(ERROR,
-			        (errcode(ERRCODE_INDEX_CORRUPTED),
-			         errmsg("index \"%s\": chain of leaf %u points at block %u, out of range", name,
-			                node->leaf_id, blkno)));
-		if (seen[blkno])
-			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-			                errmsg("index \"%s\": block %u is reached twice (cycle or shared "
-			                       "page), in the chain of leaf %u",
-			                       name, blkno, node->leaf_id)));
-		seen[blkno] = true;
-
-		buf = ReadBuffer(index, blkno);
-		LockBuffer(buf, BUFFER_LOCK_SHARE);
-		page = BufferGetPage(buf);
-		opaque = VidxPageGetOpaque(page);
-		if (verify && (PageIsNew(page) || opaque->page_id != VIDX_PAGE_ID ||
-		               opaque->page_type != VIDX_PAGE_POSTING || opaque->head != head ||
-		               opaque->leaf_id != node->leaf_id))
-		{
-			UnlockReleaseBuffer(buf);
-			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-			                errmsg("index \"%s\": block %u in the chain of leaf %u is not a "
-			                       "posting page of that chain",
-			                       name, blkno, node->leaf_id)));
-		}
-		if (blkno == head)
-		{
-			last = opaque->last;
-			hint = opaque->insert_hint;
-		}
-		if (blkno == hint)
-			hint_found = true;
-
-		maxoff = PageGetMaxOffsetNumber(page);
-		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
-		{
-			ItemId iid = PageGetItemId(page, off);
-			const VidxPosting *p;
-
-			if (verify && (!ItemIdIsNormal(iid) || ItemIdGetLength(iid) != psize))
-			{
-				UnlockReleaseBuffer(buf);
-				ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-				                errmsg("index \"%s\": posting (%u,%u) has length %u, expected %zu",
-				                       name, blkno, off, ItemIdGetLength(iid), psize)));
-			}
-			p = (const VidxPosting *) PageGetItem(page, iid);
-			if (verify && check_sidecar && !vidx_sidecar_check(index, meta, p))
-			{
-				uint32 hb = p->heap_block;
-				uint32 ho = p->heap_offset;
-				uint32 slot = p->slot;
-
-				UnlockReleaseBuffer(buf);
-				ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-				                errmsg("index \"%s\": the sidecar has no valid record for heap "
-				                       "tuple (%u,%u) in slot %u",
-				                       name, hb, ho, slot),
-				                errhint("REINDEX INDEX %s; rebuilds the sidecar.", name)));
-			}
-			if (p->slot >= records)
-				cs.beyond++;
-			cs.postings++;
-		}
-		cs.pages++;
-		next = opaque->next;
-		if (!BlockNumberIsValid(next) && verify && blkno != last)
-		{
-			UnlockReleaseBuffer(buf);
-			ereport(ERROR,
-			        (errcode(ERRCODE_INDEX_CORRUPTED),
-			         errmsg("index \"%s\": chain of leaf %u ends at block %u, but its head says %u",
-			                name, node->leaf_id, blkno, last)));
-		}
-		UnlockReleaseBuffer(buf);
-		blkno = next;
+		ws->owner = repalloc(ws->owner, sizeof(uint32) * n);
+		memset(ws->owner + ws->nblocks, 0, sizeof(uint32) * (n - ws->nblocks));
+		ws->nblocks = n;
 	}
-	if (verify && BlockNumberIsValid(hint) && !hint_found)
+}
+
+/*
+ * Raises an error unless blkno can be a chain page: not the metapage, and
+ * below the relation's end. A block at or past the end known so far makes the
+ * size be read again: an insert extends the relation before it links the new
+ * page, so a link the walk finds points below the size read after it.
+ */
+static void
+check_link(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno)
+{
+	if (blkno >= ws->nblocks)
+		reread_nblocks(ws);
+	if (blkno == VIDX_METAPAGE_BLKNO || blkno >= ws->nblocks)
 		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-		                errmsg("index \"%s\": insert hint %u of leaf %u is not in its chain", name,
-		                       hint, node->leaf_id)));
-	return cs;
+		                errmsg("index \"%s\": chain of leaf %u points at block %u, out of range",
+		                       RelationGetRelationName(ws->index), node->leaf_id, blkno)));
+}
+
+/* Whether the page has a special space of vidx's size (so that its opaque data can be read). */
+static bool
+has_vidx_special(Page page)
+{
+	return !PageIsNew(page) &&
+	       ((PageHeader) page)->pd_special == BLCKSZ - MAXALIGN(sizeof(VidxPageOpaqueData));
+}
+
+static void
+check_special(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno, Page page)
+{
+	if (!has_vidx_special(page))
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": block %u in the chain of leaf %u is not a "
+		                       "posting page of that chain",
+		                       RelationGetRelationName(ws->index), blkno, node->leaf_id)));
+}
+
+/* Checks and counts the postings of one share-locked chain page. */
+static void
+walk_page(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno, Page page, ChainStats *cs)
+{
+	Size psize = VidxMetaPostingSize(ws->meta);
+	const char *name = RelationGetRelationName(ws->index);
+	VidxPageOpaque opaque = VidxPageGetOpaque(page);
+	OffsetNumber maxoff;
+
+	if (ws->verify && (opaque->page_id != VIDX_PAGE_ID || opaque->page_type != VIDX_PAGE_POSTING ||
+	                   opaque->head != node->head_block || opaque->leaf_id != node->leaf_id))
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": block %u in the chain of leaf %u is not a "
+		                       "posting page of that chain",
+		                       name, blkno, node->leaf_id)));
+
+	maxoff = PageGetMaxOffsetNumber(page);
+	for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
+	{
+		ItemId iid = PageGetItemId(page, off);
+		const VidxPosting *p;
+
+		if (ws->verify && (!ItemIdIsNormal(iid) || ItemIdGetLength(iid) != psize))
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": posting (%u,%u) has length %u, expected %zu",
+			                       name, blkno, off, ItemIdGetLength(iid), psize)));
+		p = (const VidxPosting *) PageGetItem(page, iid);
+		cs->postings++;
+		if (p->slot == VIDX_SLOT_NONE)
+		{
+			/* Inserted after the slots ran out: scans read its vector from the table. */
+			ws->slot_none_seen = true;
+			cs->no_slot++;
+			continue;
+		}
+		ws->slots_used = Max(ws->slots_used, (uint64) p->slot + 1);
+		if (ws->verify && ws->check_sidecar && !vidx_sidecar_check(ws->index, ws->meta, p))
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": the sidecar has no valid record for heap "
+			                       "tuple (%u,%u) in slot %u",
+			                       name, p->heap_block, p->heap_offset, p->slot),
+			                errhint("REINDEX INDEX %s; rebuilds the sidecar.", name)));
+		if (ws->count_beyond && p->slot >= ws->records)
+		{
+			/*
+			 * A record is written before its posting is inserted: the posting
+			 * of an insert made since the file was measured has its record now.
+			 */
+			(void) vidx_sidecar_state(ws->index, ws->meta, &ws->records);
+			if (p->slot >= ws->records)
+				cs->beyond++;
+		}
+	}
+}
+
+/*
+ * Walks one leaf's chain and returns its last block. With resume_from valid,
+ * the chain was walked before up to that block, and only the pages linked
+ * after it since are walked: chains grow only at their end, and no page ever
+ * leaves its chain. (Leaf splits would move pages between chains: then a
+ * second walk must start at the head again, and a page may change owner.)
+ *
+ * The head page stays share-locked throughout. An insert locks the head first,
+ * so the chain cannot grow, nor its "last" and "insert_hint" move, under the
+ * walk; VACUUM may still remove postings from its pages, which changes no link.
+ * With verify, raises an error at the first inconsistency. ws->owner catches
+ * cycles and pages shared by two chains.
+ */
+static BlockNumber
+walk_chain(WalkState *ws, const VidxTreeNode *node, BlockNumber resume_from, ChainStats *cs)
+{
+	BlockNumber head = node->head_block;
+	uint32 me = node->leaf_id + 1;
+	BlockNumber blkno = BlockNumberIsValid(resume_from) ? resume_from : head;
+	BlockNumber end = InvalidBlockNumber;
+	BlockNumber last;
+	BlockNumber hint;
+	Buffer hbuf;
+
+	check_link(ws, node, head);
+	hbuf = ReadBuffer(ws->index, head);
+	LockBuffer(hbuf, BUFFER_LOCK_SHARE);
+	check_special(ws, node, head, BufferGetPage(hbuf));
+	last = VidxPageGetOpaque(BufferGetPage(hbuf))->last;
+	hint = VidxPageGetOpaque(BufferGetPage(hbuf))->insert_hint;
+
+	for (bool again = BlockNumberIsValid(resume_from); BlockNumberIsValid(blkno); again = false)
+	{
+		Buffer buf = hbuf;
+		Page page;
+
+		check_link(ws, node, blkno);
+		if (!again)
+		{
+			if (ws->owner[blkno] != 0)
+				ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+				                errmsg("index \"%s\": block %u is reached twice (cycle or shared "
+				                       "page), in the chain of leaf %u",
+				                       RelationGetRelationName(ws->index), blkno, node->leaf_id)));
+			ws->owner[blkno] = me;
+		}
+		if (blkno != head)
+		{
+			buf = ReadBuffer(ws->index, blkno);
+			LockBuffer(buf, BUFFER_LOCK_SHARE);
+		}
+		page = BufferGetPage(buf);
+		check_special(ws, node, blkno, page);
+		if (!again) /* (the block a resumed walk starts at was walked before) */
+		{
+			walk_page(ws, node, blkno, page, cs);
+			cs->pages++;
+		}
+		end = blkno;
+		blkno = VidxPageGetOpaque(page)->next;
+		if (buf != hbuf)
+			UnlockReleaseBuffer(buf);
+	}
+	if (ws->verify && end != last)
+		ereport(ERROR,
+		        (errcode(ERRCODE_INDEX_CORRUPTED),
+		         errmsg("index \"%s\": chain of leaf %u ends at block %u, but its head says %u",
+		                RelationGetRelationName(ws->index), node->leaf_id, end, last)));
+	if (ws->verify && BlockNumberIsValid(hint) && (hint >= ws->nblocks || ws->owner[hint] != me))
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": insert hint %u of leaf %u is not in its chain",
+		                       RelationGetRelationName(ws->index), hint, node->leaf_id)));
+	UnlockReleaseBuffer(hbuf);
+	return end;
+}
+
+static void
+walk_init(WalkState *ws, Relation index, const VidxMetaPageData *meta, bool verify,
+          bool check_sidecar)
+{
+	memset(ws, 0, sizeof(WalkState));
+	ws->index = index;
+	ws->meta = meta;
+	ws->verify = verify;
+	ws->check_sidecar = check_sidecar;
+	ws->nblocks = RelationGetNumberOfBlocks(index);
+	ws->owner = palloc0(sizeof(uint32) * Max(ws->nblocks, 1));
 }
 
 /*
@@ -197,55 +300,60 @@ vidx_stats(PG_FUNCTION_ARGS)
 	Relation index;
 	VidxMetaPageData meta;
 	StringInfoData buf;
-	BlockNumber nblocks;
-	bool *seen;
+	WalkState ws;
 	int64 total = 0;
 	int64 min_leaf = -1;
 	int64 max_leaf = 0;
 	int64 posting_pages = 0;
 	int64 empty_leaves = 0;
 	int64 beyond = 0;
-	uint64 records = 0;
+	int64 no_slot = 0;
+	uint32 nnodes = 0;
 	const char *sidecar = NULL;
 	char *path;
 
 	check_stats_privilege(PG_GETARG_OID(0));
 	index = open_vidx_index(PG_GETARG_OID(0), false);
-	nblocks = RelationGetNumberOfBlocks(index);
-	seen = palloc0(sizeof(bool) * Max(nblocks, 1));
 	vidx_read_meta(index, &meta);
-	if (meta.dims > 0)
-		sidecar = vidx_sidecar_state(index, &meta, &records);
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"format_version\": %u, \"metric\": \"%s\", \"dims\": %u",
-	                 meta.version, metric_name(meta.metric), meta.dims);
-	appendStringInfo(&buf, ", \"levels\": %u, \"leaves\": %u, \"pages\": %u, \"tree_pages\": %u",
-	                 meta.levels, meta.nleaves, nblocks, meta.tree_pages);
-
+	walk_init(&ws, index, &meta, false, false);
 	if (meta.dims > 0)
 	{
 		VidxTreeCache *cache = vidx_get_tree(index, &meta);
 		const VidxTreeHeader *h = (const VidxTreeHeader *) cache->tree;
 
+		sidecar = vidx_sidecar_state(index, &meta, &ws.records);
+		ws.count_beyond = (sidecar == NULL); /* an unusable file serves no posting */
+		nnodes = h->nnodes;
 		for (uint32 i = 0; i < h->nnodes; i++)
 		{
 			const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
-			ChainStats cs;
+			ChainStats cs = {0, 0, 0, 0};
 
 			if (node->nchildren != 0)
 				continue;
-			cs = walk_chain(index, &meta, node, nblocks, seen, false, false, records);
+			walk_chain(&ws, node, InvalidBlockNumber, &cs);
 			total += cs.postings;
 			beyond += cs.beyond;
+			no_slot += cs.no_slot;
 			posting_pages += cs.pages;
 			if (cs.postings == 0)
 				empty_leaves++;
 			if (min_leaf < 0 || cs.postings < min_leaf)
 				min_leaf = cs.postings;
 			max_leaf = Max(max_leaf, cs.postings);
+			CHECK_FOR_INTERRUPTS();
 		}
-		appendStringInfo(&buf, ", \"tree_nodes\": %u", h->nnodes);
 	}
+	/* Read after the walk, like the chains: inserts go on meanwhile. */
+	ws.nblocks = RelationGetNumberOfBlocks(index);
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"format_version\": %u, \"metric\": \"%s\", \"dims\": %u",
+	                 meta.version, metric_name(meta.metric), meta.dims);
+	appendStringInfo(&buf, ", \"levels\": %u, \"leaves\": %u, \"pages\": %u, \"tree_pages\": %u",
+	                 meta.levels, meta.nleaves, ws.nblocks, meta.tree_pages);
+	if (meta.dims > 0)
+		appendStringInfo(&buf, ", \"tree_nodes\": %u", nnodes);
 	appendStringInfo(&buf, ", \"postings\": " INT64_FORMAT ", \"posting_pages\": " INT64_FORMAT,
 	                 total, posting_pages);
 	appendStringInfo(&buf,
@@ -258,13 +366,14 @@ vidx_stats(PG_FUNCTION_ARGS)
 
 	/*
 	 * The state tells the truth about what scans will find: a file with a good
-	 * header but fewer records than the postings need is not "ok".
+	 * header but fewer records than the postings need is not "ok". Postings
+	 * stored without a slot (the slots ran out) have no record by design.
 	 */
 	path = vidx_sidecar_path(index);
 	if (meta.dims == 0)
 		sidecar = "none yet";
 	else if (sidecar != NULL)
-		beyond = total; /* an unusable file serves no posting */
+		beyond = total - no_slot; /* an unusable file serves no posting */
 	else if (beyond > 0)
 		sidecar = "the sidecar file is shorter than the index";
 	else
@@ -276,11 +385,52 @@ vidx_stats(PG_FUNCTION_ARGS)
 	escape_json(&buf, path + strlen(DataDir) + 1);
 	appendStringInfo(&buf,
 	                 ", \"records\": " UINT64_FORMAT ", \"next_slot\": " UINT64_FORMAT
-	                 ", \"postings_without_record\": " INT64_FORMAT "}}",
-	                 records, meta.next_slot, beyond);
+	                 ", \"postings_without_record\": " INT64_FORMAT
+	                 ", \"postings_without_slot\": " INT64_FORMAT "}}",
+	                 ws.records, meta.next_slot, beyond + no_slot, no_slot);
 
 	relation_close(index, AccessShareLock);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/*
+ * A page outside every chain walked so far that is not new: an insert may
+ * have linked it to its chain after that chain was walked, which only grows
+ * at its end. Walks the rest of the chain its page header names, from where
+ * the first walk ended; the page must be in it then.
+ */
+static void
+check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves, BlockNumber *ends)
+{
+	const char *name = RelationGetRelationName(ws->index);
+	Buffer buf = ReadBuffer(ws->index, blkno);
+	Page page;
+	bool is_new;
+	VidxPageOpaqueData opaque;
+
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	is_new = PageIsNew(page);
+	if (has_vidx_special(page))
+		opaque = *VidxPageGetOpaque(page);
+	else
+		memset(&opaque, 0, sizeof(opaque));
+	UnlockReleaseBuffer(buf);
+	if (is_new)
+		return; /* a crash between extending the relation and linking the page */
+
+	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING &&
+	    opaque.leaf_id < ws->meta->nleaves && leaves[opaque.leaf_id] != NULL &&
+	    leaves[opaque.leaf_id]->head_block == opaque.head)
+	{
+		ChainStats cs = {0, 0, 0, 0};
+
+		ends[opaque.leaf_id] = walk_chain(ws, leaves[opaque.leaf_id], ends[opaque.leaf_id], &cs);
+	}
+	if (ws->owner[blkno] == 0)
+		ereport(ERROR,
+		        (errcode(ERRCODE_INDEX_CORRUPTED),
+		         errmsg("index \"%s\": block %u is in use but belongs to no chain", name, blkno)));
 }
 
 PG_FUNCTION_INFO_V1(vidx_verify);
@@ -290,24 +440,27 @@ vidx_verify(PG_FUNCTION_ARGS)
 	Relation index = open_vidx_index(PG_GETARG_OID(0), true);
 	bool check_sidecar = PG_GETARG_BOOL(1);
 	VidxMetaPageData meta;
-	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
-	bool *seen = palloc0(sizeof(bool) * Max(nblocks, 1));
+	VidxMetaPageData meta_after;
+	WalkState ws;
 	const char *name = RelationGetRelationName(index);
 	VidxTreeCache *cache;
 	const VidxTreeHeader *h;
-	uint32 leaves = 0;
+	const VidxTreeNode **leaves;
+	BlockNumber *ends;
+	BlockNumber nblocks;
 
 	vidx_read_meta(index, &meta);
+	walk_init(&ws, index, &meta, true, check_sidecar);
 	if (meta.metric != (uint32) vidx_index_metric(index))
 		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 		                errmsg("index \"%s\": metapage metric %s differs from its operator class",
 		                       name, metric_name(meta.metric))));
-	if (meta.tree_start != 1 || meta.tree_start + meta.tree_pages > nblocks)
+	if (meta.tree_start != 1 || meta.tree_start + meta.tree_pages > ws.nblocks)
 		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 		                errmsg("index \"%s\": tree pages %u..%u out of range", name,
 		                       meta.tree_start, meta.tree_start + meta.tree_pages)));
 	for (uint32 i = 0; i < meta.tree_pages; i++)
-		seen[meta.tree_start + i] = true;
+		ws.owner[meta.tree_start + i] = OWNER_TREE;
 
 	if (meta.dims == 0)
 	{
@@ -324,34 +477,48 @@ vidx_verify(PG_FUNCTION_ARGS)
 
 	if (check_sidecar)
 		vidx_sidecar_refresh(index, &meta);
+	leaves = palloc0(sizeof(VidxTreeNode *) * meta.nleaves);
+	ends = palloc(sizeof(BlockNumber) * meta.nleaves);
 	for (uint32 i = 0; i < h->nnodes; i++)
 	{
 		const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
+		ChainStats cs = {0, 0, 0, 0};
 
 		if (node->nchildren != 0)
 			continue;
-		walk_chain(index, &meta, node, nblocks, seen, true, check_sidecar, UINT64_MAX);
-		leaves++;
+		leaves[node->leaf_id] = node; /* leaf ids are unique and below nleaves (tree check) */
+		ends[node->leaf_id] = walk_chain(&ws, node, InvalidBlockNumber, &cs);
 		CHECK_FOR_INTERRUPTS();
 	}
 
-	/* Every other page must be unused (a crash can leave a new, empty page). */
+	/*
+	 * Every other page must be unused (a crash can leave a new, empty page),
+	 * up to the end of the relation now; later pages are younger than the check.
+	 */
+	nblocks = RelationGetNumberOfBlocks(index);
+	reread_nblocks(&ws);
 	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 	{
-		Buffer buf;
-		bool is_new;
-
-		if (seen[blkno])
-			continue;
-		buf = ReadBuffer(index, blkno);
-		LockBuffer(buf, BUFFER_LOCK_SHARE);
-		is_new = PageIsNew(BufferGetPage(buf));
-		UnlockReleaseBuffer(buf);
-		if (!is_new)
-			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-			                errmsg("index \"%s\": block %u is in use but belongs to no chain", name,
-			                       blkno)));
+		if (ws.owner[blkno] == 0)
+			check_unowned_page(&ws, blkno, leaves, ends);
+		CHECK_FOR_INTERRUPTS();
 	}
+
+	/*
+	 * Slots: a posting's slot was taken from the metapage (WAL-logged) before
+	 * the posting was inserted, and a posting has no slot only once they ran out.
+	 */
+	vidx_read_meta(index, &meta_after);
+	if (ws.slots_used > meta_after.next_slot)
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": a posting has sidecar slot " UINT64_FORMAT
+		                       ", but the metapage has handed out only " UINT64_FORMAT,
+		                       name, ws.slots_used - 1, meta_after.next_slot)));
+	if (ws.slot_none_seen && meta_after.next_slot < VIDX_SLOT_NONE)
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": a posting has no sidecar slot, but the metapage "
+		                       "has slots left (next " UINT64_FORMAT ")",
+		                       name, meta_after.next_slot)));
 
 	relation_close(index, AccessShareLock);
 	PG_RETURN_BOOL(true);

@@ -17,8 +17,9 @@
 #include "utils/rel.h"
 
 /*
- * Takes a sidecar slot; on an index that has no dimensions yet, the first
- * vector fixes them. Returns the metapage as updated.
+ * Takes a sidecar slot, or VIDX_SLOT_NONE once all are used (until REINDEX);
+ * on an index that has no dimensions yet, the first vector fixes them.
+ * Returns the metapage as updated.
  */
 static uint64
 take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
@@ -26,7 +27,9 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 	Buffer buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
 	GenericXLogState *state;
 	VidxMetaPage meta;
-	uint64 slot;
+	uint64 slot = VIDX_SLOT_NONE;
+	bool changed = false;
+	const char *why = NULL;
 
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 	state = GenericXLogStart(index);
@@ -35,6 +38,7 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 	{
 		meta->dims = dims;
 		meta->tree_version++;
+		changed = true;
 	}
 	else if (meta->dims != (uint32) dims)
 	{
@@ -44,10 +48,28 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 		UnlockReleaseBuffer(buf);
 		vidx_check_dims(dims, have, index);
 	}
-	slot = meta->next_slot++;
+	if (meta->next_slot < VIDX_SLOT_NONE)
+	{
+		slot = meta->next_slot++;
+		changed = true;
+	}
 	memcpy(meta_out, meta, sizeof(VidxMetaPageData));
-	GenericXLogFinish(state);
+	if (changed)
+		GenericXLogFinish(state);
+	else
+		GenericXLogAbort(state);
+
+	/*
+	 * Slot 0 goes to the first insert into an index that has no record: built
+	 * on an empty table, or an unlogged index reset by crash recovery, whose
+	 * file (if any) is of an earlier build. Start a new one before any later
+	 * slot is handed out.
+	 */
+	if (slot == 0)
+		why = vidx_sidecar_start(index, meta_out);
 	UnlockReleaseBuffer(buf);
+	if (why != NULL)
+		vidx_sidecar_warn(index, why);
 	return slot;
 }
 
@@ -168,14 +190,12 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 		vidx_check_posting_fits(index, dims, meta.refine_bits);
 
 	slot = take_slot(index, dims, &meta);
-	if (slot > UINT32_MAX)
-		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-		                errmsg("index \"%s\" has used all its sidecar slots",
-		                       RelationGetRelationName(index)),
-		                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 
 	/* The record is in the sidecar before any posting points at it. */
-	vidx_sidecar_append(index, &meta, slot, heap_tid, v);
+	if (slot != VIDX_SLOT_NONE)
+		vidx_sidecar_append(index, &meta, slot, heap_tid, v);
+	else
+		vidx_sidecar_warn_full(index);
 
 	cache = vidx_get_tree(index, &meta);
 	x = palloc(sizeof(float) * dims);

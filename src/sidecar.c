@@ -7,8 +7,9 @@
  * bad makes the scan take the vector from the table instead. It lives in
  * $PGDATA/vidx/, named only from OIDs: <tablespace>_<database>_<relfilenode>.vsc,
  * so REINDEX, TRUNCATE and VACUUM FULL (new relfilenode) get a new file and an
- * aborted rebuild leaves the old one intact. It is not WAL-logged and not
- * fsync'd: a standby, a restored backup or an OS crash simply lack it.
+ * aborted rebuild leaves the old one intact. It is not WAL-logged: a standby
+ * or a restored backup lack it. A build syncs the file it wrote once, at its
+ * end; appends by inserts are not synced, so an OS crash can lose records.
  */
 #include "vidx.h"
 
@@ -62,6 +63,23 @@ ensure_sidecar_dir(void)
 		ereport(ERROR,
 		        (errcode_for_file_access(), errmsg("could not create directory \"%s\": %m", dir)));
 	pfree(dir);
+}
+
+/*
+ * Syncs $PGDATA/vidx, which holds the entries of new or renamed files, and the
+ * data directory, which holds vidx/ itself once it is made. Returns 0, or -1
+ * after reporting the failure at elevel.
+ */
+static int
+sync_sidecar_dir(int elevel)
+{
+	char *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
+	int rc = fsync_fname_ext(dir, true, false, elevel);
+
+	if (rc == 0)
+		rc = fsync_fname_ext(DataDir, true, false, elevel);
+	pfree(dir);
+	return rc;
 }
 
 static void
@@ -188,16 +206,77 @@ vidx_sidecar_build_read(uint64 slot, int64 n, char *buf)
 	}
 }
 
+/*
+ * Writes out the rest of the file and syncs it and its directory entry once,
+ * so that the index and the records it needs survive an OS crash together (a
+ * failure aborts the build, whose file then goes).
+ */
 void
 vidx_sidecar_build_end(void)
 {
 	build_flush();
+	if (pg_fsync(build_writer.fd) != 0)
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not fsync vidx sidecar \"%s\": %m", build_writer.path)));
 	if (CloseTransientFile(build_writer.fd) != 0)
 		ereport(ERROR, (errcode_for_file_access(),
 		                errmsg("could not close vidx sidecar \"%s\": %m", build_writer.path)));
 	build_writer.fd = -1;
+	(void) sync_sidecar_dir(ERROR);
 	pfree(build_writer.buffer);
 	build_writer.buffer = NULL;
+}
+
+/*
+ * Starts a new, empty sidecar file for an index that has no record yet: the
+ * insert that takes slot 0 calls it, holding the metapage lock. That index was
+ * built on an empty table, or it is an unlogged index that crash recovery
+ * reset to its init fork (another build_id): a file already there is of an
+ * earlier build and would refuse every append until REINDEX. No posting points
+ * at a record of it, and no insert of a later slot can write meanwhile (the
+ * lock). The header goes to a temporary file that then replaces the old one
+ * (rename): a crash leaves the one or the other, and scans that have the old
+ * file mapped read it until they see the new inode. Returns why the file could
+ * not be made, or NULL; the caller warns after releasing the lock.
+ */
+const char *
+vidx_sidecar_start(Relation index, const VidxMetaPageData *meta)
+{
+	char *path = vidx_sidecar_path(index);
+	char *tmp = psprintf("%s.tmp", path);
+	char *dir = psprintf("%s/%s", DataDir, VIDX_SIDECAR_DIR);
+	char header[VIDX_SIDECAR_HEADER_SIZE];
+	const char *why = NULL;
+	int fd;
+
+	if (MakePGDirectory(dir) < 0 && errno != EEXIST)
+		why = "the sidecar directory cannot be created";
+	else
+	{
+		(void) unlink(tmp); /* left by a crash */
+		fd = OpenTransientFilePerm(tmp, O_CREAT | O_EXCL | O_WRONLY | PG_BINARY, S_IRUSR | S_IWUSR);
+		if (fd < 0)
+			why = "a new sidecar file cannot be created";
+		else
+		{
+			fill_header(index, meta->dims, meta->build_id, header);
+			if (pg_pwrite(fd, header, VIDX_SIDECAR_HEADER_SIZE, 0) != VIDX_SIDECAR_HEADER_SIZE ||
+			    pg_fsync(fd) != 0)
+				why = "a new sidecar file cannot be written";
+			if (CloseTransientFile(fd) != 0 && why == NULL)
+				why = "a new sidecar file cannot be written";
+			if (why == NULL && rename(tmp, path) != 0)
+				why = "the sidecar file cannot be replaced";
+			if (why != NULL)
+				(void) unlink(tmp);
+			else
+				(void) sync_sidecar_dir(LOG); /* in place; only durability is at stake */
+		}
+	}
+	pfree(dir);
+	pfree(tmp);
+	pfree(path);
+	return why;
 }
 
 /* ---------- appends by inserts ---------- */
@@ -285,33 +364,65 @@ typedef struct WarnedIndex
 {
 	Oid index_oid;
 	RelFileNode node;
+	bool full; /* the warning that the slots ran out (else: the sidecar is unusable) */
 } WarnedIndex;
 
 static WarnedIndex warned[64];
 static int nwarned = 0;
 
-void
-vidx_sidecar_warn(Relation index, const char *why)
+/* Whether this backend has given the warning for the index; notes that it has. */
+static bool
+warned_before(Relation index, bool full)
 {
 	for (int i = 0; i < nwarned; i++)
 		if (warned[i].index_oid == RelationGetRelid(index) &&
-		    RelFileNodeEquals(warned[i].node, index->rd_node))
-			return;
+		    RelFileNodeEquals(warned[i].node, index->rd_node) && warned[i].full == full)
+			return true;
 	if (nwarned < lengthof(warned))
 	{
 		warned[nwarned].index_oid = RelationGetRelid(index);
 		warned[nwarned].node = index->rd_node;
+		warned[nwarned].full = full;
 		nwarned++;
 	}
+	return false;
+}
+
+static char *
+qualified_name(Relation index)
+{
+	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(index)),
+	                                  RelationGetRelationName(index));
+}
+
+void
+vidx_sidecar_warn(Relation index, const char *why)
+{
+	if (warned_before(index, false))
+		return;
 	ereport(WARNING,
 	        (errcode(ERRCODE_WARNING),
 	         errmsg("vidx index \"%s\" cannot use its sidecar: %s", RelationGetRelationName(index),
 	                why),
 	         errdetail("Query results are unaffected: full vectors are read from the table "
 	                   "instead, which is slower."),
-	         errhint("Rebuild the sidecar with: REINDEX INDEX %s;",
-	                 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(index)),
-	                                            RelationGetRelationName(index)))));
+	         errhint("Rebuild the sidecar with: REINDEX INDEX %s;", qualified_name(index))));
+}
+
+void
+vidx_sidecar_warn_full(Relation index)
+{
+	if (warned_before(index, true))
+		return;
+	ereport(WARNING,
+	        (errcode(ERRCODE_WARNING),
+	         errmsg("vidx index \"%s\" has used all %u sidecar slots: new entries get no "
+	                "sidecar record",
+	                RelationGetRelationName(index), VIDX_SLOT_NONE),
+	         errdetail("Query results are unaffected: their full vectors are read from the "
+	                   "table instead, which is slower. Every inserted or non-HOT-updated row "
+	                   "takes a slot; slots of deleted rows are not reused."),
+	         errhint("REINDEX INDEX %s; compacts the sidecar.", qualified_name(index))));
 }
 
 static void
@@ -368,7 +479,7 @@ refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m, bool gr
 	struct stat st;
 	int fd;
 	char err[256];
-	const char *why = NULL;
+	VidxSidecarHeader header;
 
 	m->checked = true;
 	if (stat(path, &st) != 0)
@@ -390,36 +501,36 @@ refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m, bool gr
 	}
 
 	unmap(m);
-	m->dev = st.st_dev;
-	m->ino = st.st_ino;
-	if ((size_t) st.st_size < VIDX_SIDECAR_HEADER_SIZE)
+	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	pfree(path);
+	if (fd < 0)
+		return "the sidecar file cannot be opened";
+	/*
+	 * The size, identity and header of the file opened (it may have been
+	 * replaced since the stat). The header is read with pread, not from the
+	 * mapping: the file may shrink at any moment, and a read of the mapping
+	 * outside a guarded section would die of SIGBUS.
+	 */
+	if (fstat(fd, &st) != 0 || (size_t) st.st_size < VIDX_SIDECAR_HEADER_SIZE ||
+	    pg_pread(fd, &header, sizeof(header), 0) != sizeof(header))
 	{
-		pfree(path);
+		CloseTransientFile(fd);
 		return "the sidecar file is truncated";
 	}
-
-	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
-	if (fd < 0)
-	{
-		pfree(path);
-		return "the sidecar file cannot be opened";
-	}
+	m->dev = st.st_dev;
+	m->ino = st.st_ino;
 	m->base = mmap(NULL, st.st_size, PROT_READ, MAP_SHARED, fd, 0);
 	CloseTransientFile(fd);
-	pfree(path);
 	if (m->base == MAP_FAILED)
 	{
 		m->base = NULL;
 		return "the sidecar file cannot be mapped";
 	}
 	m->length = st.st_size;
-	if (vidx_sidecar_header_check((const VidxSidecarHeader *) m->base, meta->dims,
-	                              index->rd_node.dbNode, RelationGetRelid(index),
-	                              index->rd_node.relNode, meta->build_id, err,
-	                              sizeof(err)) != VIDX_OK)
-		why = "the sidecar file has a bad header";
-	m->usable = (why == NULL);
-	return why;
+	m->usable = vidx_sidecar_header_check(&header, meta->dims, index->rd_node.dbNode,
+	                                      RelationGetRelid(index), index->rd_node.relNode,
+	                                      meta->build_id, err, sizeof(err)) == VIDX_OK;
+	return m->usable ? NULL : "the sidecar file has a bad header";
 }
 
 /* The mapping for an index, (re)mapped if it was not mapped yet. */
@@ -500,11 +611,14 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, ui
                uint32 vhash, const float *query, double *distance)
 {
 	const char *why;
-	SidecarMap *m = lookup_map(index, meta, &why);
+	SidecarMap *m;
 	size_t record_size;
 	size_t offset;
 	const float *v;
 
+	if (slot == VIDX_SLOT_NONE)
+		return false; /* stored without a record (the slots ran out): no warning */
+	m = lookup_map(index, meta, &why);
 	if (!m->usable)
 		return false;
 	record_size = vidx_sidecar_record_size(meta->dims);
@@ -598,10 +712,13 @@ void
 vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot)
 {
 	const char *why;
-	SidecarMap *m = lookup_map(index, meta, &why);
+	SidecarMap *m;
 	size_t record_size = vidx_sidecar_record_size(meta->dims);
 	size_t offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) slot * record_size;
 
+	if (slot == VIDX_SLOT_NONE)
+		return;
+	m = lookup_map(index, meta, &why);
 	if (!m->usable || offset + record_size > m->length)
 		return;
 	for (size_t o = 0; o < record_size; o += 64)
@@ -727,11 +844,16 @@ parse_name(const char *name, SidecarName *n)
 {
 	unsigned int spc, db, rel;
 	int backend;
-	char tail[16];
+	char tail[32];
 	char rest[8];
+	size_t len;
 
-	if (sscanf(name, "%u_%u_%u%15s", &spc, &db, &rel, tail) != 4)
+	if (sscanf(name, "%u_%u_%u%31s", &spc, &db, &rel, tail) != 4)
 		return false;
+	/* A ".tmp" file (vidx_sidecar_start) is swept like the file it would replace. */
+	len = strlen(tail);
+	if (len > 4 && strcmp(tail + len - 4, ".tmp") == 0)
+		tail[len - 4] = '\0';
 	n->spc = spc;
 	n->db = db;
 	n->rel = rel;

@@ -61,12 +61,18 @@ typedef struct VidxMetaPageData
 	uint32 tree_version; /* bumped when the tree changes (first-insert dims) */
 	uint32 nleaves;
 	uint32 levels;
-	uint64 next_slot;    /* next sidecar slot to hand out */
+	uint64 next_slot;    /* next sidecar slot to hand out (VIDX_SLOT_NONE: none left) */
 	uint64 built_tuples; /* postings written by the build */
 	uint32 refine_bits;  /* refinement code bits per dimension (0: none; 0 in pages
 	                      * written before the field existed) */
 	uint32 reserved;
 } VidxMetaPageData;
+
+/*
+ * The slot of a posting stored without a sidecar record, because the index has
+ * handed out all other slots (until REINDEX): scans read its vector from the table.
+ */
+#define VIDX_SLOT_NONE PG_UINT32_MAX
 
 /* Bytes of one posting of this index. */
 #define VidxMetaPostingSize(meta) vidx_posting_size_refined((meta)->dims, (meta)->refine_bits)
@@ -170,6 +176,12 @@ extern void vidx_sidecar_build_end(void);
 extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
                                 ItemPointer tid, const float *v);
 /*
+ * Replaces the sidecar by a new, empty file for an index that has no record
+ * yet (the insert of slot 0, under the metapage lock); returns why it could
+ * not, or NULL.
+ */
+extern const char *vidx_sidecar_start(Relation index, const VidxMetaPageData *meta);
+/*
  * Exact distance of the query to the posting's vector, from its sidecar
  * record; false if the record is missing, short, stale or bad.
  */
@@ -181,6 +193,8 @@ extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, 
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);
+/* Says once per backend and index that the sidecar slots ran out (VIDX_SLOT_NONE). */
+extern void vidx_sidecar_warn_full(Relation index);
 /*
  * For vidx_stats: maps the whole sidecar and returns why it cannot be used
  * (NULL if its header is good); *records is the number of whole records in it.

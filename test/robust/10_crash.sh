@@ -198,5 +198,7 @@ checkall E
 check "E: REINDEX works" q $PORT "REINDEX INDEX t_v"
 checkall E-reindexed
 echo "# journal: $(grep -c '^C I' "$JOURNAL") inserts, $(grep -c '^C U' "$JOURNAL") updates, $(grep -c '^C D' "$JOURNAL") deletes committed; $(grep -c '^P' "$JOURNAL") sent"
-check "no backend died of a signal other than the kills (log)" bash -c "! grep -E 'PANIC|TRAP:' $(pglog $NAME)"
+# The kills take the postmaster first (cluster_crash), so they leave no
+# "terminated by signal" line: any such line is a backend that crashed.
+check "no backend died of a signal, no PANIC (log)" log_clean $NAME
 finish

@@ -117,12 +117,13 @@ mktempdir() { # a temporary directory readable by postgres, removed at exit
 
 # cluster_create NAME PORT [guc=value ...]: creates and starts a cluster; the
 # settings are written verbatim (quote strings yourself) to conf.d/robust.conf.
+# INITDB_OPTS (e.g. --data-checksums) go to initdb.
 cluster_create() {
 	local name=$1 port=$2 conf
 	shift 2
 	cluster_remove "$name" # leftover of an interrupted run
 	CLUSTERS+=("$name")
-	pg_createcluster "$PGVER" "$name" -p "$port" --start-conf=manual -- -A trust >/dev/null || return 1
+	pg_createcluster "$PGVER" "$name" -p "$port" --start-conf=manual -- -A trust ${INITDB_OPTS:-} >/dev/null || return 1
 	conf="/etc/postgresql/$PGVER/$name/conf.d/robust.conf"
 	{
 		echo "listen_addresses = '127.0.0.1'"

@@ -11,6 +11,10 @@ Subcommands:
            row of the table exactly once; every committed row of the journal is
            there (and every committed delete is not); sampled rows find
            themselves first; vidx_verify is true.
+  verify-loop  calls vidx_verify(index, true) and vidx_stats(index) in turn for
+           a while (as writers run): counts errors, stats that do not say the
+           sidecar is "ok" with every posting's record, and calls during which
+           the sidecar grew (an insert ran meanwhile).
   sync     waits until a standby has replayed the primary's current WAL position.
   compare  runs the same k-NN queries on two servers and compares the rows.
 
@@ -256,6 +260,49 @@ def cmd_check(a):
     return 1 if failures else 0
 
 
+# ----------------------------------------------------------------- verify-loop
+
+def cmd_verify_loop(a):
+    conn = connect(a.port, a.db)
+    cur = conn.cursor()
+    cur.execute("SET client_min_messages = error")
+    cur.execute("SELECT current_setting('data_directory') || '/' || (vidx_stats(%s::regclass)->'sidecar'->>'file')",
+                (a.index,))
+    path = cur.fetchone()[0]
+    r = {"verify_calls": 0, "verify_errors": 0, "verify_during_inserts": 0,
+         "stats_calls": 0, "stats_errors": 0, "stats_not_ok": 0, "stats_during_inserts": 0,
+         "errors": []}
+
+    def size():
+        return os.stat(path).st_size
+
+    deadline = time.time() + a.seconds
+    while time.time() < deadline:
+        for fn in ("verify", "stats"):
+            before = size()
+            try:
+                if fn == "verify":
+                    cur.execute("SELECT vidx_verify(%s::regclass, true)", (a.index,))
+                    if cur.fetchone()[0] is not True:
+                        raise RuntimeError("vidx_verify returned false")
+                else:
+                    cur.execute("SELECT vidx_stats(%s::regclass)->'sidecar'", (a.index,))
+                    sc = cur.fetchone()[0]
+                    if sc["state"] != "ok" or sc["postings_without_record"] != 0:
+                        r["stats_not_ok"] += 1
+                        if len(r["errors"]) < 5:
+                            r["errors"].append(f"stats: {json.dumps(sc)}")
+            except (psycopg.Error, RuntimeError) as e:
+                r[fn + "_errors"] += 1
+                if len(r["errors"]) < 5:
+                    r["errors"].append(f"{fn}: {str(e).strip()}")
+            r[fn + "_calls"] += 1
+            if size() > before:
+                r[fn + "_during_inserts"] += 1
+    print(json.dumps(r))
+    return 1 if r["verify_errors"] or r["stats_errors"] or r["stats_not_ok"] else 0
+
+
 # ----------------------------------------------------------------- replicas
 
 def current_lsn(port, db):
@@ -337,6 +384,11 @@ def main():
     c.add_argument("--queries", type=int, default=3)
     c.add_argument("--sample", type=int, default=200)
     c.add_argument("--no-sidecar", action="store_true", help="vidx_verify without the sidecar check")
+    v = sub.add_parser("verify-loop")
+    v.add_argument("--port", type=int, required=True)
+    v.add_argument("--db", default="postgres")
+    v.add_argument("--index", required=True)
+    v.add_argument("--seconds", type=float, default=60)
     s = sub.add_parser("sync")
     s.add_argument("--primary", type=int, required=True)
     s.add_argument("--standby", type=int, required=True)
@@ -354,8 +406,8 @@ def main():
     m.add_argument("--exact", action="store_true")
     m.add_argument("--rerank", type=int, default=0)
     a = p.parse_args()
-    return {"writer": cmd_writer, "check": cmd_check, "sync": cmd_sync,
-            "compare": cmd_compare}[a.cmd](a)
+    return {"writer": cmd_writer, "check": cmd_check, "verify-loop": cmd_verify_loop,
+            "sync": cmd_sync, "compare": cmd_compare}[a.cmd](a)
 
 
 if __name__ == "__main__":
