@@ -51,10 +51,10 @@ struct PrepHeader
 	double lo;           /* quantization offset */
 	double delta;        /* quantization step */
 	double const_term;   /* lo*D + delta*sum(qq) */
+	double qr_norm_sq;   /* ||qr||^2 */
+	double qc;           /* <q_rot, c_rot> (IP) */
 	float inv_sqrt_d;    /* 1/sqrt(D) */
-	float qr_norm_sq;    /* ||qr||^2 (exact, in double then rounded) */
 	float qr_norm;       /* ||qr|| */
-	float qc;            /* <q_rot, c_rot> (IP) */
 	float err_coef;      /* ||qr|| * eps0 / sqrt(max(D-1, 1)) */
 	float quant_err;     /* eps0 * ||qr - dequant(qq)|| / sqrt(D) */
 	int32_t refine_bits; /* 0, 4 or 8: postings carry refinement codes */
@@ -277,22 +277,28 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 	float ip_high = h->dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND ? h->qr_norm
 	                                                           : std::min(est_ip + err, h->qr_norm);
 	ip_high = std::max(ip_high, est_ip);
-	float score;
-	float low;
+	/*
+	 * Products of two norms in double: in float they underflow for norms
+	 * below 1e-19 (tiny vectors), and the terms nearly cancel near the query.
+	 */
+	double score;
+	double low;
 
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		score = -(h->qc + p->cdot + norm * est_ip);
-		low = -(h->qc + p->cdot + norm * ip_high);
+		score = -(h->qc + p->cdot + (double) norm * est_ip);
+		low = -(h->qc + p->cdot + (double) norm * ip_high);
 	}
 	else
 	{
-		score = norm * norm + h->qr_norm_sq - 2.0f * norm * est_ip;
-		low = norm * norm + h->qr_norm_sq - 2.0f * norm * ip_high;
+		double base = (double) norm * norm + h->qr_norm_sq;
+
+		score = base - 2.0 * norm * est_ip;
+		low = base - 2.0 * norm * ip_high;
 	}
-	est[0] = score;
+	est[0] = (float) score;
 	if (lower)
-		lower[0] = low;
+		lower[0] = (float) low;
 }
 
 /* (est, lower) of one posting from its refinement code. */
@@ -302,23 +308,24 @@ refine_one(const PrepHeader *h, const VidxPosting *p, float *est, float *lower)
 	/* <qr, r> from the refinement code: r = step * (code + 1/2) - R + e. */
 	const RefineHeader *rh = refine_of(p, h->words);
 	const uint8_t *code = reinterpret_cast<const uint8_t *>(rh + 1);
-	float norm = p->norm;
-	float step = rh->step;
-	float half_range = step * (float) (1 << (h->refine_bits - 1));
-	float ip = step * refine_dot(qr_of(h), code, h->dims, h->refine_bits) +
-	           (0.5f * step - half_range) * h->sum_qr;
-	float high = std::min(ip + h->refine_coef * rh->err, h->qr_norm * norm);
+	/* Products of a query and a posting quantity in double (see finish). */
+	double norm = p->norm;
+	double step = rh->step;
+	double half_range = step * (double) (1 << (h->refine_bits - 1));
+	double ip = step * refine_dot(qr_of(h), code, h->dims, h->refine_bits) +
+	            (0.5 * step - half_range) * h->sum_qr;
+	double high = std::min(ip + (double) h->refine_coef * rh->err, (double) h->qr_norm * norm);
 
 	high = std::max(high, ip);
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		*est = -(h->qc + p->cdot + ip);
-		*lower = -(h->qc + p->cdot + high);
+		*est = (float) -(h->qc + p->cdot + ip);
+		*lower = (float) -(h->qc + p->cdot + high);
 	}
 	else
 	{
-		*est = norm * norm + h->qr_norm_sq - 2.0f * ip;
-		*lower = norm * norm + h->qr_norm_sq - 2.0f * high;
+		*est = (float) (norm * norm + h->qr_norm_sq - 2.0 * ip);
+		*lower = (float) (norm * norm + h->qr_norm_sq - 2.0 * high);
 	}
 }
 
@@ -441,40 +448,46 @@ struct PrepStats
 
 /*
  * The query residual's range, norm and <q, c>, then its 4-bit quantization
- * (round to nearest) into bit planes. Float math in 16 independent lanes so
- * the compiler vectorizes it; no allocation.
+ * (round to nearest) into bit planes. The range in float, the sums of
+ * products and the quantization in double: in float, squares of residuals
+ * below 1e-19 underflow and 1/delta overflows for a range below 1e-38 (tiny
+ * vectors). 16 independent lanes so the compiler vectorizes it; no
+ * allocation.
  */
 VIDX_CLONES PrepStats
 prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
 {
 	constexpr int L = 16;
-	float mn[L], mx[L], sq[L], qc[L];
+	float mn[L], mx[L];
+	double sq[L], qc[L];
 	int i = 0;
 
 	for (int j = 0; j < L; j++)
 	{
 		mn[j] = std::numeric_limits<float>::infinity();
 		mx[j] = -std::numeric_limits<float>::infinity();
-		sq[j] = qc[j] = 0.0f;
+		sq[j] = qc[j] = 0.0;
 	}
 	for (; i + L <= dims; i += L)
 		for (int j = 0; j < L; j++)
 		{
 			float r = q[i + j] - c[i + j];
+			double rd = (double) q[i + j] - (double) c[i + j];
 
 			mn[j] = r < mn[j] ? r : mn[j];
 			mx[j] = r > mx[j] ? r : mx[j];
-			sq[j] += r * r;
-			qc[j] += q[i + j] * c[i + j];
+			sq[j] += rd * rd;
+			qc[j] += (double) q[i + j] * (double) c[i + j];
 		}
 	for (int j = 0; i < dims; i++, j++)
 	{
 		float r = q[i] - c[i];
+		double rd = (double) q[i] - (double) c[i];
 
 		mn[j] = r < mn[j] ? r : mn[j];
 		mx[j] = r > mx[j] ? r : mx[j];
-		sq[j] += r * r;
-		qc[j] += q[i] * c[i];
+		sq[j] += rd * rd;
+		qc[j] += (double) q[i] * (double) c[i];
 	}
 	PrepStats st{};
 	float lo = mn[0], hi = mx[0];
@@ -490,13 +503,13 @@ prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
 
 	if (!(delta > 0) || !std::isfinite(delta))
 		delta = 0;
-	const float fdelta = (float) delta;
-	const float inv = delta > 0 ? (float) (1.0 / delta) : 0.0f;
+	const double dlo = lo;
+	const double inv = delta > 0 ? 1.0 / delta : 0.0;
 	int64_t sum_qq = 0;
-	float e2[64];
+	double e2[64];
 
 	for (int j = 0; j < 64; j++)
-		e2[j] = 0.0f;
+		e2[j] = 0.0;
 	for (int w = 0; w < words; w++)
 	{
 		uint8_t qq[64];
@@ -505,13 +518,13 @@ prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
 
 		for (int j = 0; j < cnt; j++)
 		{
-			float r = q[base + j] - c[base + j];
-			float t = (r - lo) * inv + 0.5f;
+			double r = (double) q[base + j] - (double) c[base + j];
+			double t = (r - dlo) * inv + 0.5;
 
-			t = t > 0.0f ? t : 0.0f; /* also maps NaN to 0 */
-			t = t < 15.5f ? t : 15.5f;
+			t = t > 0.0 ? t : 0.0; /* also maps NaN to 0 */
+			t = t < 15.5 ? t : 15.5;
 			int v = (int) t;
-			float e = r - (lo + fdelta * (float) v);
+			double e = r - (dlo + delta * v);
 
 			qq[j] = (uint8_t) v;
 			e2[j] += e * e;
@@ -606,8 +619,13 @@ vidx_rabitq_encode_refined(const float *x_rot, const float *c_rot, int dims, int
 	for (int i = 0; i < dims; i++)
 		maxabs = std::max(maxabs, std::fabs((double) x_rot[i] - c_rot[i]));
 	double sigma = (double) p->norm / std::sqrt((double) dims);
-	double half_range = std::min(refine_clip_sigmas(refine_bits) * sigma, maxabs);
-	double step = half_range > 0 ? 2.0 * half_range / levels : 0.0;
+	/*
+	 * The decoder has the step as a float (maybe a denormal, for tiny
+	 * vectors): quantize with exactly that step, so that err is its error.
+	 */
+	double step =
+	    (float) (2.0 * std::min(refine_clip_sigmas(refine_bits) * sigma, maxabs) / levels);
+	double half_range = step * (levels / 2);
 	double err_sq = 0;
 
 	std::memset(code, 0, refine_code_bytes(dims, refine_bits));
@@ -707,9 +725,9 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 	h->delta = delta;
 	h->const_term = (double) lo * dims + delta * sum_qq;
 	h->inv_sqrt_d = (float) (1.0 / std::sqrt((double) dims));
-	h->qr_norm_sq = (float) qr_sq;
-	h->qr_norm = (float) std::sqrt(qr_sq);
-	h->qc = (float) qc;
+	h->qr_norm_sq = qr_sq;
+	h->qr_norm = vidx::round_up_float(std::sqrt(qr_sq)); /* caps <u, qr>: never below */
+	h->qc = qc;
 	h->err_coef = (float) (std::sqrt(qr_sq) * EPS0 / std::sqrt((double) std::max(dims - 1, 1)));
 	/*
 	 * Quantization allowance: the estimator is off by <xbar, e>/dot, e the

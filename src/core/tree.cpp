@@ -260,8 +260,9 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 
 struct HeapEntry
 {
-	float key;
+	double key; /* double: inner products of tiny vectors are below float's range */
 	int32_t node;
+	int32_t pad;
 };
 
 struct SearchHeader
@@ -271,8 +272,7 @@ struct SearchHeader
 	int32_t dims;
 	uint32_t capacity;
 	uint32_t size;
-	float qnorm;
-	uint32_t pad[2];
+	double qnorm;
 	/* followed by the query (dims floats, padded to 8), then the heap */
 };
 
@@ -349,45 +349,51 @@ heap_pop(SearchHeader *s)
 /*
  * Key of a node. Leaves: the exact key. Internal nodes: a lower bound of the
  * keys of all leaves below, loosened by a small relative slack so float
- * rounding in the kernels cannot make it exceed a leaf's computed key.
+ * rounding in the kernels cannot make it exceed a leaf's computed key. The
+ * kernels' sums are recomputed in double where they underflowed (tiny
+ * vectors), and keys are doubles, so that leaves come out in order at every
+ * scale.
  */
-float
+double
 node_key(const SearchHeader *s, const VidxTreeNode *n)
 {
 	const float *q = reinterpret_cast<const float *>(s + 1);
 	const float *c = vidx_tree_centroid(n);
 	bool leaf = n->nchildren == 0;
-	float key;
+	double key;
 
 	if (s->metric == VIDX_METRIC_IP)
 	{
-		float dot = vidx_dot(q, c, s->dims);
+		float fdot = vidx_dot(q, c, s->dims);
+		double dot = vidx::float_sum_ok(fdot) ? (double) fdot : vidx::dot_double(q, c, s->dims);
 
 		if (leaf)
 			key = -dot;
 		else
 		{
-			float cn = std::sqrt(vidx_norm_sq(c, s->dims));
-			float r = n->radius;
+			double cn = std::sqrt((double) vidx_norm_sq(c, s->dims));
+			double r = n->radius;
 
-			key = -dot - s->qnorm * r - 1e-4f * s->qnorm * (cn + r) - 1e-30f;
+			key = -dot - s->qnorm * r - 1e-4 * s->qnorm * (cn + r) - 1e-30;
 		}
 	}
 	else
 	{
-		float d = std::sqrt(vidx_l2sq(q, c, s->dims));
+		float l2 = vidx_l2sq(q, c, s->dims);
+		double d =
+		    std::sqrt(vidx::float_sum_ok(l2) ? (double) l2 : vidx::l2sq_double(q, c, s->dims));
 
 		if (leaf)
 			key = d;
 		else
 		{
-			float r = n->radius;
+			double r = n->radius;
 
-			key = std::max(0.0f, d - r - 1e-4f * (d + r));
+			key = std::max(0.0, d - r - 1e-4 * (d + r));
 		}
 	}
 	if (std::isnan(key))
-		key = std::numeric_limits<float>::infinity();
+		key = std::numeric_limits<double>::infinity();
 	return key;
 }
 
@@ -601,10 +607,14 @@ vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric, const f
 	s->size = 0;
 	if (h->dims > 0)
 		std::memcpy(state_query(s), q_rot, 4 * (size_t) h->dims);
-	s->qnorm = std::sqrt(vidx_norm_sq(state_query(s), s->dims));
+	float qsq = vidx_norm_sq(state_query(s), s->dims);
+
+	s->qnorm = std::sqrt(vidx::float_sum_ok(qsq)
+	                         ? (double) qsq
+	                         : vidx::dot_double(state_query(s), state_query(s), s->dims));
 	if (h->nnodes == 0)
 		return;
-	heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, 0)), 0});
+	heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, 0)), 0, 0});
 }
 
 extern "C" int32_t
@@ -621,7 +631,7 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 		if (n->nchildren <= 0)
 		{
 			if (key)
-				*key = e.key;
+				*key = (float) e.key;
 			return e.node;
 		}
 		int64_t first = n->first_child;
@@ -630,7 +640,8 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 		if (first <= e.node || end > (int64_t) h->nnodes)
 			continue; /* corrupted: skip rather than crash */
 		for (int64_t ch = first; ch < end; ch++)
-			heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, (uint32_t) ch)), (int32_t) ch});
+			heap_push(s,
+			          HeapEntry{node_key(s, vidx_tree_node(tree, (uint32_t) ch)), (int32_t) ch, 0});
 	}
 	return -1;
 }
