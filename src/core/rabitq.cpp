@@ -10,6 +10,13 @@
  *   sum_{b_i=1} qq_i = sum_j 2^j popcount(code & plane_j)
  *   <xbar, qr> = (2*(lo*popcount(code) + delta*that) - (lo*D + delta*sum(qq))) / sqrt(D).
  * Padding bits beyond D are zero in codes and planes.
+ *
+ * Inner product: <q, x> = <q, c> + <c, r> + <qr, r> with the estimate of
+ * <u, qr>, or = <q, c> + <q, r> with the same estimator applied to q itself
+ * (u = r/||r||); the error is proportional to the norm of the vector used, so
+ * the preparation takes the shorter of qr and q. (A query much shorter than
+ * the centroids, e.g. a tiny vector, would otherwise get the tiny <q, x> as
+ * the difference of large terms, lost to rounding.)
  */
 #include <algorithm>
 #include <cmath>
@@ -60,11 +67,11 @@ struct PrepHeader
 	int32_t refine_bits; /* 0, 4 or 8: postings carry refinement codes */
 	float sum_qr;        /* sum of qr's coordinates (refinement) */
 	float refine_coef;   /* bound of <qr, e> per unit of ||e||, e a refinement error */
-	float pad_;
-	/*
-	 * followed by 4 * words uint64_t bit planes, plane j at j*words, then
-	 * qr itself (dims floats) for the refinement codes
-	 */
+	float cw;            /* 1: qr = q - c; 0 (inner product only): qr stands for q itself */
+	                     /*
+	                      * followed by 4 * words uint64_t bit planes, plane j at j*words, then
+	                      * qr itself (dims floats) for the refinement codes
+	                      */
 };
 static_assert(sizeof(PrepHeader) % 8 == 0, "planes must be 8-byte aligned");
 
@@ -286,8 +293,10 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		score = -(h->qc + p->cdot + (double) norm * est_ip);
-		low = -(h->qc + p->cdot + (double) norm * ip_high);
+		double base = h->qc + h->cw * p->cdot;
+
+		score = -(base + (double) norm * est_ip);
+		low = -(base + (double) norm * ip_high);
 	}
 	else
 	{
@@ -319,8 +328,8 @@ refine_one(const PrepHeader *h, const VidxPosting *p, float *est, float *lower)
 	high = std::max(high, ip);
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		*est = (float) -(h->qc + p->cdot + ip);
-		*lower = (float) -(h->qc + p->cdot + high);
+		*est = (float) -(h->qc + h->cw * p->cdot + ip);
+		*lower = (float) -(h->qc + h->cw * p->cdot + high);
 	}
 	else
 	{
@@ -440,54 +449,90 @@ estimate_vpopcnt(const PrepHeader *h, const VidxPosting *const *postings, int n,
 
 #endif /* VIDX_X86 */
 
-struct PrepStats
+struct PrepSums
 {
-	float lo;
-	double delta, qr_sq, qc, sum_qq, qerr_sq;
+	double qr_sq, q_sq, qc; /* ||q - c||^2, ||q||^2, <q, c> */
 };
 
 /*
- * The query residual's range, norm and <q, c>, then its 4-bit quantization
- * (round to nearest) into bit planes. The range in float, the sums of
- * products and the quantization in double: in float, squares of residuals
- * below 1e-19 underflow and 1/delta overflows for a range below 1e-38 (tiny
- * vectors). 16 independent lanes so the compiler vectorizes it; no
- * allocation.
+ * The query's norms and <q, c> in double (in float, squares below 1e-19
+ * underflow: tiny vectors). 16 independent lanes so the compiler vectorizes it.
+ */
+VIDX_CLONES PrepSums
+prep_sums(const float *q, const float *c, int dims)
+{
+	constexpr int L = 16;
+	double rr[L], qq[L], qc[L];
+	int i = 0;
+
+	for (int j = 0; j < L; j++)
+		rr[j] = qq[j] = qc[j] = 0.0;
+	for (; i + L <= dims; i += L)
+		for (int j = 0; j < L; j++)
+		{
+			double qd = q[i + j], cd = c[i + j];
+
+			rr[j] += (qd - cd) * (qd - cd);
+			qq[j] += qd * qd;
+			qc[j] += qd * cd;
+		}
+	for (int j = 0; i < dims; i++, j++)
+	{
+		double qd = q[i], cd = c[i];
+
+		rr[j] += (qd - cd) * (qd - cd);
+		qq[j] += qd * qd;
+		qc[j] += qd * cd;
+	}
+	PrepSums ps{};
+
+	for (int j = 0; j < L; j++)
+	{
+		ps.qr_sq += rr[j];
+		ps.q_sq += qq[j];
+		ps.qc += qc[j];
+	}
+	return ps;
+}
+
+struct PrepStats
+{
+	float lo;
+	double delta, sum_qq, qerr_sq;
+};
+
+/*
+ * The range of qr = q - cw * c (cw 1 or 0), then its 4-bit quantization
+ * (round to nearest) into bit planes, in double: in float 1/delta overflows
+ * for a range below 1e-38 and the error's squares underflow (tiny vectors).
+ * No allocation.
  */
 VIDX_CLONES PrepStats
-prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
+prep_quantize(const float *q, const float *c, float cw, int dims, uint64_t *planes, int words)
 {
 	constexpr int L = 16;
 	float mn[L], mx[L];
-	double sq[L], qc[L];
 	int i = 0;
 
 	for (int j = 0; j < L; j++)
 	{
 		mn[j] = std::numeric_limits<float>::infinity();
 		mx[j] = -std::numeric_limits<float>::infinity();
-		sq[j] = qc[j] = 0.0;
 	}
 	for (; i + L <= dims; i += L)
 		for (int j = 0; j < L; j++)
 		{
-			float r = q[i + j] - c[i + j];
-			double rd = (double) q[i + j] - (double) c[i + j];
+			float r = q[i + j] - cw * c[i + j];
 
 			mn[j] = r < mn[j] ? r : mn[j];
 			mx[j] = r > mx[j] ? r : mx[j];
-			sq[j] += rd * rd;
-			qc[j] += (double) q[i + j] * (double) c[i + j];
 		}
 	for (int j = 0; i < dims; i++, j++)
 	{
-		float r = q[i] - c[i];
-		double rd = (double) q[i] - (double) c[i];
+		float r = q[i] - cw * c[i];
 
 		mn[j] = r < mn[j] ? r : mn[j];
 		mx[j] = r > mx[j] ? r : mx[j];
-		sq[j] += rd * rd;
-		qc[j] += (double) q[i] * (double) c[i];
 	}
 	PrepStats st{};
 	float lo = mn[0], hi = mx[0];
@@ -496,14 +541,12 @@ prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
 	{
 		lo = mn[j] < lo ? mn[j] : lo;
 		hi = mx[j] > hi ? mx[j] : hi;
-		st.qr_sq += sq[j];
-		st.qc += qc[j];
 	}
 	double delta = ((double) hi - (double) lo) / 15.0;
 
 	if (!(delta > 0) || !std::isfinite(delta))
 		delta = 0;
-	const double dlo = lo;
+	const double dlo = lo, dcw = cw;
 	const double inv = delta > 0 ? 1.0 / delta : 0.0;
 	int64_t sum_qq = 0;
 	double e2[64];
@@ -518,7 +561,7 @@ prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
 
 		for (int j = 0; j < cnt; j++)
 		{
-			double r = (double) q[base + j] - (double) c[base + j];
+			double r = (double) q[base + j] - dcw * c[base + j];
 			double t = (r - dlo) * inv + 0.5;
 
 			t = t > 0.0 ? t : 0.0; /* also maps NaN to 0 */
@@ -717,9 +760,15 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 	if (dims <= 0)
 		return;
 
-	PrepStats st = prep_fill(q_rot, c_rot, dims, planes, words);
-	double qr_sq = st.qr_sq, qc = st.qc, delta = st.delta, sum_qq = st.sum_qq, qerr_sq = st.qerr_sq;
+	PrepSums ps = prep_sums(q_rot, c_rot, dims);
+	/* inner product: the shorter of q - c and q (see the top of the file) */
+	const float cw = metric == VIDX_METRIC_IP && ps.q_sq < ps.qr_sq ? 0.0f : 1.0f;
+	PrepStats st = prep_quantize(q_rot, c_rot, cw, dims, planes, words);
+	double qr_sq = cw != 0.0f ? ps.qr_sq : ps.q_sq, qc = ps.qc;
+	double delta = st.delta, sum_qq = st.sum_qq, qerr_sq = st.qerr_sq;
 	float lo = st.lo;
+
+	h->cw = cw;
 
 	h->lo = lo;
 	h->delta = delta;
@@ -746,7 +795,7 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 
 		for (int i = 0; i < dims; i++)
 		{
-			float r = q_rot[i] - c_rot[i];
+			float r = q_rot[i] - cw * c_rot[i];
 
 			/* see refine_dot: de-interleaved for 4-bit codes */
 			qr[refine_bits == 4 ? (i & 1) * half + i / 2 : i] = r;

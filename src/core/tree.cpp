@@ -272,9 +272,18 @@ struct SearchHeader
 	int32_t dims;
 	uint32_t capacity;
 	uint32_t size;
+	int32_t far; /* L2 keys as ||c||^2 - 2 <q, c> (see node_key) */
 	double qnorm;
-	/* followed by the query (dims floats, padded to 8), then the heap */
+	double qsq; /* ||q||^2 */
+	            /* followed by the query (dims floats, padded to 8), then the heap */
 };
+
+/*
+ * A query this many times farther from the origin than every centroid is
+ * "far": its squared distances to the centroids, about ||q||^2, differ by
+ * less than float's resolution of them.
+ */
+constexpr double FAR_FACTOR = 16.0;
 
 size_t
 query_bytes(int dims)
@@ -353,6 +362,13 @@ heap_pop(SearchHeader *s)
  * kernels' sums are recomputed in double where they underflowed (tiny
  * vectors), and keys are doubles, so that leaves come out in order at every
  * scale.
+ *
+ * L2 for a far query (much longer than every centroid: a vector near the
+ * limit in an index of small ones): d^2 = ||q||^2 + g with g = ||c||^2 -
+ * 2 <q, c>, and the key is g, whose float error is relative to ||q|| ||c||
+ * rather than to ||q||^2; otherwise that error would hide the differences
+ * between the leaves, and an insert would go to an arbitrary leaf instead of
+ * the one an inner-product search for that vector reads first.
  */
 double
 node_key(const SearchHeader *s, const VidxTreeNode *n)
@@ -375,6 +391,24 @@ node_key(const SearchHeader *s, const VidxTreeNode *n)
 			double r = n->radius;
 
 			key = -dot - s->qnorm * r - 1e-4 * s->qnorm * (cn + r) - 1e-30;
+		}
+	}
+	else if (s->far)
+	{
+		double csq = vidx_norm_sq(c, s->dims);
+		double cn = std::sqrt(csq);
+		double g = csq - 2.0 * (double) vidx_dot(q, c, s->dims);
+
+		if (leaf)
+			key = g;
+		else
+		{
+			/* leaves below are within r: d >= d_c - r > 0, so g >= g_c - 2 r d_c + r^2 */
+			double r = n->radius;
+			double dc = std::sqrt(std::max(0.0, s->qsq + g));
+			double reach = cn + r; /* bounds the norms of the centroids below */
+
+			key = g - 2.0 * r * dc + r * r - 2e-4 * (reach * reach + 2.0 * s->qnorm * reach);
 		}
 	}
 	else
@@ -609,12 +643,21 @@ vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric, const f
 		std::memcpy(state_query(s), q_rot, 4 * (size_t) h->dims);
 	float qsq = vidx_norm_sq(state_query(s), s->dims);
 
-	s->qnorm = std::sqrt(vidx::float_sum_ok(qsq)
-	                         ? (double) qsq
-	                         : vidx::dot_double(state_query(s), state_query(s), s->dims));
+	s->qsq = vidx::float_sum_ok(qsq) ? (double) qsq
+	                                 : vidx::dot_double(state_query(s), state_query(s), s->dims);
+	s->qnorm = std::sqrt(s->qsq);
 	if (h->nnodes == 0)
 		return;
-	heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, 0)), 0, 0});
+
+	const VidxTreeNode *root = vidx_tree_node(tree, 0);
+
+	/* every centroid is within the root's radius of the root's centroid */
+	if (metric != VIDX_METRIC_IP &&
+	    s->qnorm >
+	        FAR_FACTOR * (std::sqrt((double) vidx_norm_sq(vidx_tree_centroid(root), s->dims)) +
+	                      root->radius))
+		s->far = 1;
+	heap_push(s, HeapEntry{node_key(s, root), 0, 0});
 }
 
 extern "C" int32_t
@@ -630,8 +673,8 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 
 		if (n->nchildren <= 0)
 		{
-			if (key)
-				*key = (float) e.key;
+			if (key) /* the distance, for L2 */
+				*key = (float) (s->far ? std::sqrt(std::max(0.0, s->qsq + e.key)) : e.key);
 			return e.node;
 		}
 		int64_t first = n->first_child;

@@ -424,6 +424,65 @@ TEST(Numeric, EstimatesMixedMagnitudes)
 }
 
 /*
+ * Inner product with a query much shorter than the centroid (a tiny vector,
+ * or just a short one): <q, x> is small against <q - c, r> and <c, r>, so the
+ * estimate must not be their difference; it is as accurate, relative to
+ * ||q|| ||x||, as for a query of the centroid's length.
+ */
+TEST(Numeric, EstimatesForShortInnerProductQueries)
+{
+	for (int d : {3, 64, 784})
+		for (float qs : {1e-3f, 1e-20f, 1e-40f})
+			for (int bits : {0, 4})
+			{
+				const int n = 200;
+				auto g = vt::gaussian((size_t) n * d, 600 + d);
+				std::vector<float> c(d, 0.0f), xs((size_t) n * d);
+				auto cdir = vt::gaussian(d, 601 + d);
+				for (int u = 0; u < d; u++)
+					c[u] = 3.0f * cdir[u];
+				for (int i = 0; i < n; i++)
+					for (int u = 0; u < d; u++)
+						xs[(size_t) i * d + u] = c[u] + g[(size_t) i * d + u];
+				auto q = scaled(d, 602 + d, qs);
+				EstimateCheck r = check_estimates(VIDX_METRIC_IP, d, bits, xs, c, q);
+				std::string what = "d=" + std::to_string(d) + " query scale " + std::to_string(qs) +
+				                   " bits=" + std::to_string(bits);
+				if (d < 64)
+				{
+					EXPECT_EQ(r.covered, r.total) << what;
+				}
+				else
+				{
+					EXPECT_GE((double) r.covered / (double) r.total, 0.99) << what;
+				}
+				/* the mean error, relative to ||q|| ||x||, where <q, x> is a normal float */
+				Postings ps(d, n, bits);
+				std::vector<char> prep(vidx_query_prep_size(d));
+				std::vector<float> est(n), lower(n);
+				for (int i = 0; i < n; i++)
+					vidx_rabitq_encode_refined(&xs[(size_t) i * d], c.data(), d, bits, ps.at(i));
+				vidx_query_prep_refined(prep.data(), VIDX_METRIC_IP, q.data(), c.data(), d, bits);
+				vidx_rabitq_estimate(prep.data(), ps.ptrs.data(), n, est.data(), lower.data());
+				double rel = 0;
+				for (int i = 0; i < n; i++)
+				{
+					if (bits)
+						vidx_rabitq_refine(prep.data(), ps.ptrs[i], &est[i], &lower[i]);
+					const float *x = &xs[(size_t) i * d];
+					long double truth = -vt::dot_ref(q.data(), x, d);
+					long double scale = std::sqrt((long double) vt::dot_ref(q.data(), q.data(), d) *
+					                              vt::dot_ref(x, x, d));
+					rel += (double) (std::fabs(est[i] - truth) / scale);
+				}
+				if (qs >= 1e-20f)
+				{
+					EXPECT_LT(rel / n, d < 64 ? 0.3 : 0.05) << what;
+				}
+			}
+}
+
+/*
  * The largest terms vectors below the limit can produce, at 16,000
  * dimensions: residual and query residual of the largest norm (2 sqrt(D) x
  * limit), the residual along one axis (the smallest RaBitQ dot, 1/sqrt(D))
@@ -623,6 +682,68 @@ TEST(Numeric, TreeOrderAtEveryScale)
 			}
 			vidx_tree_free(tree);
 		}
+}
+
+/*
+ * A query far from every centroid (a vector near the limit in an index of
+ * small ones): its squared distances differ by less than float's resolution,
+ * yet leaves come out in exact order, so an insert goes to its nearest leaf.
+ */
+TEST(Numeric, TreeOrderForFarQueries)
+{
+	for (int d : {3, 64, 1000})
+	{
+		const int nleaves = 60;
+		auto leaves = vt::gaussian((size_t) nleaves * d, 400 + d);
+		char err[256] = "";
+		size_t size = 0;
+		void *tree =
+		    vidx_tree_build(leaves.data(), nullptr, nleaves, d, 3, 1, &size, err, sizeof(err));
+		ASSERT_NE(nullptr, tree) << err;
+		std::vector<char> state(vidx_tree_search_size(tree));
+		for (int qi = 0; qi < 6; qi++)
+		{
+			auto q = scaled(d, 500 + qi, qi < 3 ? kLimit : 1e8f);
+			long double qn = 0;
+			for (int u = 0; u < d; u++)
+				qn += (long double) q[u] * q[u];
+			qn = std::sqrt(qn);
+			/* g = ||c||^2 - 2 <q, c> = d^2 - ||q||^2, exactly enough in long double */
+			auto g_of = [&](const float *c)
+			{
+				long double g = 0;
+				for (int u = 0; u < d; u++)
+					g += (long double) c[u] * c[u] - 2 * (long double) q[u] * c[u];
+				return g;
+			};
+			long double best = INFINITY;
+			for (int i = 0; i < nleaves; i++)
+				best = std::min(best, g_of(&leaves[(size_t) i * d]));
+			vidx_tree_search_begin(state.data(), tree, VIDX_METRIC_L2, q.data());
+			long double prev = -INFINITY;
+			int32_t node;
+			int count = 0;
+			float key;
+			while ((node = vidx_tree_search_next(state.data(), tree, &key)) >= 0)
+			{
+				const float *c = vidx_tree_centroid(vidx_tree_node(tree, (uint32_t) node));
+				long double g = g_of(c), cn = 0;
+				for (int u = 0; u < d; u++)
+					cn += (long double) c[u] * c[u];
+				long double tol = 1e-5L * (cn + 2 * qn * std::sqrt(cn));
+				if (count == 0)
+				{
+					EXPECT_LE(g, best + tol) << "d=" << d << " query " << qi << ": not the nearest";
+				}
+				EXPECT_GE(g, prev - tol) << "d=" << d << " query " << qi << " leaf " << count;
+				EXPECT_NEAR(key, (double) std::sqrt(qn * qn + g), 1e-6 * (double) qn);
+				prev = g;
+				count++;
+			}
+			EXPECT_EQ(count, nleaves);
+		}
+		vidx_tree_free(tree);
+	}
 }
 
 /* Vectors beyond float's squares (refused by the glue) would make a tree the check rejects. */
