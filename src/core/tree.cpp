@@ -261,6 +261,7 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 struct HeapEntry
 {
 	double key; /* double: inner products of tiny vectors are below float's range */
+	double tie; /* orders equal keys (see node_key), then the node index */
 	int32_t node;
 	int32_t pad;
 };
@@ -272,18 +273,14 @@ struct SearchHeader
 	int32_t dims;
 	uint32_t capacity;
 	uint32_t size;
-	int32_t far; /* L2 keys as ||c||^2 - 2 <q, c> (see node_key) */
+	uint32_t pad;
 	double qnorm;
 	double qsq; /* ||q||^2 */
 	            /* followed by the query (dims floats, padded to 8), then the heap */
 };
 
-/*
- * A query this many times farther from the origin than every centroid is
- * "far": its squared distances to the centroids, about ||q||^2, differ by
- * less than float's resolution of them.
- */
-constexpr double FAR_FACTOR = 16.0;
+/* L2 leaves whose squared distance is within this fraction of ||q||^2 (see node_key). */
+constexpr double ORIGIN_BAND = 0x1p-20;
 
 size_t
 query_bytes(int dims)
@@ -306,7 +303,8 @@ state_heap(SearchHeader *s)
 inline bool
 before(const HeapEntry &a, const HeapEntry &b)
 {
-	return a.key < b.key || (a.key == b.key && a.node < b.node);
+	return a.key < b.key ||
+	       (a.key == b.key && (a.tie < b.tie || (a.tie == b.tie && a.node < b.node)));
 }
 
 void
@@ -363,20 +361,22 @@ heap_pop(SearchHeader *s)
  * vectors), and keys are doubles, so that leaves come out in order at every
  * scale.
  *
- * L2 for a far query (much longer than every centroid: a vector near the
- * limit in an index of small ones): d^2 = ||q||^2 + g with g = ||c||^2 -
- * 2 <q, c>, and the key is g, whose float error is relative to ||q|| ||c||
- * rather than to ||q||^2; otherwise that error would hide the differences
- * between the leaves, and an insert would go to an arbitrary leaf instead of
- * the one an inner-product search for that vector reads first.
+ * L2 leaves about as far from the query as the origin is (within
+ * ORIGIN_BAND): a long query among short centroids, e.g. a vector near the
+ * limit in an index of small ones. Float cannot tell their distances apart,
+ * so they share the key ||q|| and are ordered by g = d^2 - ||q||^2 =
+ * ||c||^2 - 2 <q, c>, whose error is relative to ||q|| ||c||, not to
+ * ||q||^2. (Otherwise an insert would go to an arbitrary one of them, not
+ * to the leaf an inner-product search for that vector reads first.) The
+ * internal nodes' slack, 1e-4, is far wider than the band.
  */
-double
-node_key(const SearchHeader *s, const VidxTreeNode *n)
+HeapEntry
+node_key(const SearchHeader *s, const VidxTreeNode *n, int32_t id)
 {
 	const float *q = reinterpret_cast<const float *>(s + 1);
 	const float *c = vidx_tree_centroid(n);
 	bool leaf = n->nchildren == 0;
-	double key;
+	HeapEntry e{0.0, 0.0, id, 0};
 
 	if (s->metric == VIDX_METRIC_IP)
 	{
@@ -384,51 +384,41 @@ node_key(const SearchHeader *s, const VidxTreeNode *n)
 		double dot = vidx::float_sum_ok(fdot) ? (double) fdot : vidx::dot_double(q, c, s->dims);
 
 		if (leaf)
-			key = -dot;
+			e.key = -dot;
 		else
 		{
 			double cn = std::sqrt((double) vidx_norm_sq(c, s->dims));
 			double r = n->radius;
 
-			key = -dot - s->qnorm * r - 1e-4 * s->qnorm * (cn + r) - 1e-30;
-		}
-	}
-	else if (s->far)
-	{
-		double csq = vidx_norm_sq(c, s->dims);
-		double cn = std::sqrt(csq);
-		double g = csq - 2.0 * (double) vidx_dot(q, c, s->dims);
-
-		if (leaf)
-			key = g;
-		else
-		{
-			/* leaves below are within r: d >= d_c - r > 0, so g >= g_c - 2 r d_c + r^2 */
-			double r = n->radius;
-			double dc = std::sqrt(std::max(0.0, s->qsq + g));
-			double reach = cn + r; /* bounds the norms of the centroids below */
-
-			key = g - 2.0 * r * dc + r * r - 2e-4 * (reach * reach + 2.0 * s->qnorm * reach);
+			e.key = -dot - s->qnorm * r - 1e-4 * s->qnorm * (cn + r) - 1e-30;
 		}
 	}
 	else
 	{
 		float l2 = vidx_l2sq(q, c, s->dims);
-		double d =
-		    std::sqrt(vidx::float_sum_ok(l2) ? (double) l2 : vidx::l2sq_double(q, c, s->dims));
+		double d2 = vidx::float_sum_ok(l2) ? (double) l2 : vidx::l2sq_double(q, c, s->dims);
+		double d = std::sqrt(d2);
 
-		if (leaf)
-			key = d;
-		else
+		if (!leaf)
 		{
 			double r = n->radius;
 
-			key = std::max(0.0, d - r - 1e-4 * (d + r));
+			e.key = std::max(0.0, d - r - 1e-4 * (d + r));
 		}
+		else if (std::fabs(d2 - s->qsq) <= ORIGIN_BAND * s->qsq && s->qsq > 0)
+		{
+			float cc = vidx_norm_sq(c, s->dims), qc = vidx_dot(q, c, s->dims);
+
+			e.key = s->qnorm;
+			e.tie = (vidx::float_sum_ok(cc) ? (double) cc : vidx::dot_double(c, c, s->dims)) -
+			        2.0 * (vidx::float_sum_ok(qc) ? (double) qc : vidx::dot_double(q, c, s->dims));
+		}
+		else
+			e.key = d;
 	}
-	if (std::isnan(key))
-		key = std::numeric_limits<double>::infinity();
-	return key;
+	if (std::isnan(e.key))
+		e.key = std::numeric_limits<double>::infinity();
+	return e;
 }
 
 } // namespace
@@ -649,15 +639,7 @@ vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric, const f
 	if (h->nnodes == 0)
 		return;
 
-	const VidxTreeNode *root = vidx_tree_node(tree, 0);
-
-	/* every centroid is within the root's radius of the root's centroid */
-	if (metric != VIDX_METRIC_IP &&
-	    s->qnorm >
-	        FAR_FACTOR * (std::sqrt((double) vidx_norm_sq(vidx_tree_centroid(root), s->dims)) +
-	                      root->radius))
-		s->far = 1;
-	heap_push(s, HeapEntry{node_key(s, root), 0, 0});
+	heap_push(s, node_key(s, vidx_tree_node(tree, 0), 0));
 }
 
 extern "C" int32_t
@@ -673,8 +655,8 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 
 		if (n->nchildren <= 0)
 		{
-			if (key) /* the distance, for L2 */
-				*key = (float) (s->far ? std::sqrt(std::max(0.0, s->qsq + e.key)) : e.key);
+			if (key)
+				*key = (float) e.key;
 			return e.node;
 		}
 		int64_t first = n->first_child;
@@ -683,8 +665,7 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 		if (first <= e.node || end > (int64_t) h->nnodes)
 			continue; /* corrupted: skip rather than crash */
 		for (int64_t ch = first; ch < end; ch++)
-			heap_push(s,
-			          HeapEntry{node_key(s, vidx_tree_node(tree, (uint32_t) ch)), (int32_t) ch, 0});
+			heap_push(s, node_key(s, vidx_tree_node(tree, (uint32_t) ch), (int32_t) ch));
 	}
 	return -1;
 }
