@@ -68,10 +68,13 @@ struct PrepHeader
 	float sum_qr;        /* sum of qr's coordinates (refinement) */
 	float refine_coef;   /* bound of <qr, e> per unit of ||e||, e a refinement error */
 	float cw;            /* 1: qr = q - c; 0 (inner product only): qr stands for q itself */
-	                     /*
-	                      * followed by 4 * words uint64_t bit planes, plane j at j*words, then
-	                      * qr itself (dims floats) for the refinement codes
-	                      */
+	float qr_norm_sq_f;  /* qr_norm_sq and qc as floats, for the 1-bit estimator */
+	float qc_f;
+	float pad_;
+	/*
+	 * followed by 4 * words uint64_t bit planes, plane j at j*words, then
+	 * qr itself (dims floats) for the refinement codes
+	 */
 };
 static_assert(sizeof(PrepHeader) % 8 == 0, "planes must be 8-byte aligned");
 
@@ -285,29 +288,29 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 	                                                           : std::min(est_ip + err, h->qr_norm);
 	ip_high = std::max(ip_high, est_ip);
 	/*
-	 * Products of two norms in double: in float they underflow for norms
-	 * below 1e-19 (tiny vectors), and the terms nearly cancel near the query.
+	 * In float (double costs 10% of the scan): for norms below 1e-19 the
+	 * products underflow, but so would the float result.
 	 */
-	double score;
-	double low;
+	float score;
+	float low;
 
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		double base = h->qc + h->cw * p->cdot;
+		float base = h->qc_f + h->cw * p->cdot;
 
-		score = -(base + (double) norm * est_ip);
-		low = -(base + (double) norm * ip_high);
+		score = -(base + norm * est_ip);
+		low = -(base + norm * ip_high);
 	}
 	else
 	{
-		double base = (double) norm * norm + h->qr_norm_sq;
+		float base = norm * norm + h->qr_norm_sq_f;
 
-		score = base - 2.0 * norm * est_ip;
-		low = base - 2.0 * norm * ip_high;
+		score = base - 2.0f * norm * est_ip;
+		low = base - 2.0f * norm * ip_high;
 	}
-	est[0] = (float) score;
+	est[0] = score;
 	if (lower)
-		lower[0] = (float) low;
+		lower[0] = low;
 }
 
 /* (est, lower) of one posting from its refinement code. */
@@ -452,63 +455,69 @@ estimate_vpopcnt(const PrepHeader *h, const VidxPosting *const *postings, int n,
 struct PrepSums
 {
 	double qr_sq, q_sq, qc; /* ||q - c||^2, ||q||^2, <q, c> */
+	float lo, hi;           /* range of q - c */
 };
 
 /*
  * The query's norms and <q, c> in double (in float, squares below 1e-19
- * underflow: tiny vectors). 16 independent lanes so the compiler vectorizes it.
+ * underflow: tiny vectors), and the range of q - c. 16 independent lanes so
+ * the compiler vectorizes it.
  */
 VIDX_CLONES PrepSums
 prep_sums(const float *q, const float *c, int dims)
 {
 	constexpr int L = 16;
 	double rr[L], qq[L], qc[L];
+	float mn[L], mx[L];
 	int i = 0;
 
 	for (int j = 0; j < L; j++)
+	{
 		rr[j] = qq[j] = qc[j] = 0.0;
+		mn[j] = std::numeric_limits<float>::infinity();
+		mx[j] = -std::numeric_limits<float>::infinity();
+	}
 	for (; i + L <= dims; i += L)
 		for (int j = 0; j < L; j++)
 		{
+			float r = q[i + j] - c[i + j];
 			double qd = q[i + j], cd = c[i + j];
 
+			mn[j] = r < mn[j] ? r : mn[j];
+			mx[j] = r > mx[j] ? r : mx[j];
 			rr[j] += (qd - cd) * (qd - cd);
 			qq[j] += qd * qd;
 			qc[j] += qd * cd;
 		}
 	for (int j = 0; i < dims; i++, j++)
 	{
+		float r = q[i] - c[i];
 		double qd = q[i], cd = c[i];
 
+		mn[j] = r < mn[j] ? r : mn[j];
+		mx[j] = r > mx[j] ? r : mx[j];
 		rr[j] += (qd - cd) * (qd - cd);
 		qq[j] += qd * qd;
 		qc[j] += qd * cd;
 	}
 	PrepSums ps{};
 
+	ps.lo = mn[0];
+	ps.hi = mx[0];
 	for (int j = 0; j < L; j++)
 	{
 		ps.qr_sq += rr[j];
 		ps.q_sq += qq[j];
 		ps.qc += qc[j];
+		ps.lo = mn[j] < ps.lo ? mn[j] : ps.lo;
+		ps.hi = mx[j] > ps.hi ? mx[j] : ps.hi;
 	}
 	return ps;
 }
 
-struct PrepStats
-{
-	float lo;
-	double delta, sum_qq, qerr_sq;
-};
-
-/*
- * The range of qr = q - cw * c (cw 1 or 0), then its 4-bit quantization
- * (round to nearest) into bit planes, in double: in float 1/delta overflows
- * for a range below 1e-38 and the error's squares underflow (tiny vectors).
- * No allocation.
- */
-VIDX_CLONES PrepStats
-prep_quantize(const float *q, const float *c, float cw, int dims, uint64_t *planes, int words)
+/* The range of q itself (inner product, when q is the shorter). */
+VIDX_CLONES void
+range_of(const float *q, int dims, float *lo_out, float *hi_out)
 {
 	constexpr int L = 16;
 	float mn[L], mx[L];
@@ -522,19 +531,14 @@ prep_quantize(const float *q, const float *c, float cw, int dims, uint64_t *plan
 	for (; i + L <= dims; i += L)
 		for (int j = 0; j < L; j++)
 		{
-			float r = q[i + j] - cw * c[i + j];
-
-			mn[j] = r < mn[j] ? r : mn[j];
-			mx[j] = r > mx[j] ? r : mx[j];
+			mn[j] = q[i + j] < mn[j] ? q[i + j] : mn[j];
+			mx[j] = q[i + j] > mx[j] ? q[i + j] : mx[j];
 		}
 	for (int j = 0; i < dims; i++, j++)
 	{
-		float r = q[i] - cw * c[i];
-
-		mn[j] = r < mn[j] ? r : mn[j];
-		mx[j] = r > mx[j] ? r : mx[j];
+		mn[j] = q[i] < mn[j] ? q[i] : mn[j];
+		mx[j] = q[i] > mx[j] ? q[i] : mx[j];
 	}
-	PrepStats st{};
 	float lo = mn[0], hi = mx[0];
 
 	for (int j = 0; j < L; j++)
@@ -542,36 +546,79 @@ prep_quantize(const float *q, const float *c, float cw, int dims, uint64_t *plan
 		lo = mn[j] < lo ? mn[j] : lo;
 		hi = mx[j] > hi ? mx[j] : hi;
 	}
-	double delta = ((double) hi - (double) lo) / 15.0;
+	*lo_out = lo;
+	*hi_out = hi;
+}
+
+struct PrepStats
+{
+	float lo;
+	double delta, sum_qq, qerr_sq;
+};
+
+/*
+ * The 4-bit quantization (round to nearest) of qr = q - cw * c (cw 1 or 0)
+ * over its range [lo, hi] into bit planes. In float, unless the step is extreme:
+ * then in double (in float 1/delta overflows for a range below 1e-38 and the
+ * error's squares underflow, tiny vectors). No allocation.
+ */
+VIDX_CLONES PrepStats
+prep_quantize(const float *q, const float *c, float cw, float lo, float hi, int dims,
+              uint64_t *planes, int words)
+{
+	PrepStats st{};
+	/* the step as a float: the float path and the estimator use the same one */
+	double delta = (float) (((double) hi - (double) lo) / 15.0);
 
 	if (!(delta > 0) || !std::isfinite(delta))
 		delta = 0;
+	const bool fast = delta == 0 || (delta >= 0x1p-60 && delta <= 0x1p50);
+	const float fdelta = (float) delta, finv = delta > 0 ? (float) (1.0 / delta) : 0.0f;
 	const double dlo = lo, dcw = cw;
 	const double inv = delta > 0 ? 1.0 / delta : 0.0;
 	int64_t sum_qq = 0;
+	float e2f[64];
 	double e2[64];
 
 	for (int j = 0; j < 64; j++)
+	{
+		e2f[j] = 0.0f;
 		e2[j] = 0.0;
+	}
 	for (int w = 0; w < words; w++)
 	{
 		uint8_t qq[64];
 		int base = w * 64;
 		int cnt = dims - base < 64 ? dims - base : 64;
 
-		for (int j = 0; j < cnt; j++)
-		{
-			double r = (double) q[base + j] - dcw * c[base + j];
-			double t = (r - dlo) * inv + 0.5;
+		if (fast)
+			for (int j = 0; j < cnt; j++)
+			{
+				float r = q[base + j] - cw * c[base + j];
+				float t = (r - lo) * finv + 0.5f;
 
-			t = t > 0.0 ? t : 0.0; /* also maps NaN to 0 */
-			t = t < 15.5 ? t : 15.5;
-			int v = (int) t;
-			double e = r - (dlo + delta * v);
+				t = t > 0.0f ? t : 0.0f; /* also maps NaN to 0 */
+				t = t < 15.5f ? t : 15.5f;
+				int v = (int) t;
+				float e = r - (lo + fdelta * (float) v);
 
-			qq[j] = (uint8_t) v;
-			e2[j] += e * e;
-		}
+				qq[j] = (uint8_t) v;
+				e2f[j] += e * e;
+			}
+		else
+			for (int j = 0; j < cnt; j++)
+			{
+				double r = (double) q[base + j] - dcw * c[base + j];
+				double t = (r - dlo) * inv + 0.5;
+
+				t = t > 0.0 ? t : 0.0;
+				t = t < 15.5 ? t : 15.5;
+				int v = (int) t;
+				double e = r - (dlo + delta * v);
+
+				qq[j] = (uint8_t) v;
+				e2[j] += e * e;
+			}
 		for (int j = cnt; j < 64; j++)
 			qq[j] = 0; /* padding bits stay zero */
 		uint64_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
@@ -592,7 +639,7 @@ prep_quantize(const float *q, const float *c, float cw, int dims, uint64_t *plan
 		planes[3 * words + w] = b3;
 	}
 	for (int j = 0; j < 64; j++)
-		st.qerr_sq += e2[j];
+		st.qerr_sq += (double) e2f[j] + e2[j];
 	st.lo = lo;
 	st.delta = delta;
 	st.sum_qq = (double) sum_qq;
@@ -763,7 +810,11 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 	PrepSums ps = prep_sums(q_rot, c_rot, dims);
 	/* inner product: the shorter of q - c and q (see the top of the file) */
 	const float cw = metric == VIDX_METRIC_IP && ps.q_sq < ps.qr_sq ? 0.0f : 1.0f;
-	PrepStats st = prep_quantize(q_rot, c_rot, cw, dims, planes, words);
+	float lo_r = ps.lo, hi_r = ps.hi;
+
+	if (cw == 0.0f)
+		range_of(q_rot, dims, &lo_r, &hi_r);
+	PrepStats st = prep_quantize(q_rot, c_rot, cw, lo_r, hi_r, dims, planes, words);
 	double qr_sq = cw != 0.0f ? ps.qr_sq : ps.q_sq, qc = ps.qc;
 	double delta = st.delta, sum_qq = st.sum_qq, qerr_sq = st.qerr_sq;
 	float lo = st.lo;
@@ -775,8 +826,10 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 	h->const_term = (double) lo * dims + delta * sum_qq;
 	h->inv_sqrt_d = (float) (1.0 / std::sqrt((double) dims));
 	h->qr_norm_sq = qr_sq;
+	h->qr_norm_sq_f = (float) qr_sq;
 	h->qr_norm = vidx::round_up_float(std::sqrt(qr_sq)); /* caps <u, qr>: never below */
 	h->qc = qc;
+	h->qc_f = (float) qc;
 	h->err_coef = (float) (std::sqrt(qr_sq) * EPS0 / std::sqrt((double) std::max(dims - 1, 1)));
 	/*
 	 * Quantization allowance: the estimator is off by <xbar, e>/dot, e the
