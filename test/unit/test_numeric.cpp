@@ -544,8 +544,8 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 	for (int d : {3, 100, 16000})
 		for (VidxMetric m : {VIDX_METRIC_L2, VIDX_METRIC_IP, VIDX_METRIC_COSINE})
 		{
-			const int64_t n = d == 16000 ? 200 : 1200;
-			const int k = d == 16000 ? 4 : 24;
+			const int64_t n = d == 16000 ? 60 : 600;
+			const int k = d == 16000 ? 4 : 16;
 			auto g = vt::clustered(n, d, 6, 80 + d, 0.3f, 2.0f);
 			for (int64_t i = 0; i < n; i++)
 			{
@@ -601,7 +601,7 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 
 			/* each row as a query: its leaf is found, and its own estimate bound holds */
 			std::vector<char> state(vidx_tree_search_size(tree)), prep(vidx_query_prep_size(d));
-			for (int64_t i = 0; i < n; i += d == 16000 ? 7 : 3)
+			for (int64_t i = 0; i < n; i += d == 16000 ? 3 : 2)
 			{
 				const float *q = &r[(size_t) i * d];
 				VidxMetric tm = m == VIDX_METRIC_IP ? VIDX_METRIC_L2 : m; /* inserts route by L2 */
