@@ -70,7 +70,6 @@ struct PrepHeader
 	float cw;            /* 1: qr = q - c; 0 (inner product only): qr stands for q itself */
 	float qr_norm_sq_f;  /* qr_norm_sq and qc as floats, for the 1-bit estimator */
 	float qc_f;
-	float pad_;
 	/*
 	 * followed by 4 * words uint64_t bit planes, plane j at j*words, then
 	 * qr itself (dims floats) for the refinement codes
