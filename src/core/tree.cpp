@@ -276,7 +276,8 @@ struct SearchHeader
 	uint32_t pad;
 	double qnorm;
 	double qsq; /* ||q||^2 */
-	            /* followed by the query (dims floats, padded to 8), then the heap */
+
+	/* followed by the query (dims floats, padded to 8), then the heap */
 };
 
 /* L2 leaves whose squared distance is within this fraction of ||q||^2 (see node_key). */
