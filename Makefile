@@ -14,7 +14,7 @@ CORE_OBJS = src/core/distance.o src/core/rotation.o src/core/rabitq.o \
 	src/core/build.o
 OBJS = $(GLUE_OBJS) $(CORE_OBJS)
 
-REGRESS = vector_ops index_basic index_options index_vacuum index_batch index_costs
+REGRESS = vector_ops index_basic index_options index_vacuum index_batch index_costs index_numeric
 REGRESS_OPTS = --load-extension=vidx
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -66,6 +66,7 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, boo
 {
 	VidxBuildState *bs = (VidxBuildState *) state;
 	MemoryContext old;
+	ArrayType *array;
 	float *v;
 	int dims;
 
@@ -73,7 +74,9 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, boo
 		return;
 
 	old = MemoryContextSwitchTo(bs->tmpcxt);
-	v = vidx_array_to_vector(DatumGetArrayTypeP(values[0]), &dims, "vector");
+	array = DatumGetArrayTypeP(values[0]);
+	v = vidx_array_to_vector(array, &dims, "vector");
+	vidx_check_indexable(v, dims, ARR_LBOUND(array)[0], index);
 	if (bs->dims == 0)
 	{
 		MemoryContextSwitchTo(old);

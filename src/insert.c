@@ -162,6 +162,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	MemoryContext old;
 	VidxMetaPageData meta;
 	VidxTreeCache *cache;
+	ArrayType *array;
 	float *v;
 	float *x;
 	int dims;
@@ -180,7 +181,9 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx insert", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 
-	v = vidx_array_to_vector(DatumGetArrayTypeP(values[0]), &dims, "vector");
+	array = DatumGetArrayTypeP(values[0]);
+	v = vidx_array_to_vector(array, &dims, "vector");
+	vidx_check_indexable(v, dims, ARR_LBOUND(array)[0], index);
 	vidx_read_meta(index, &meta);
 	if (meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(v, dims);

@@ -298,17 +298,24 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 }
 
 /*
- * Whether the codes' float arithmetic can handle the query. A query beyond
- * the range of indexable vectors (their squares would overflow) is answered
- * by scoring every row exactly, in double precision.
+ * Queries the codes' float arithmetic cannot score are answered by scoring
+ * every row exactly (in double precision where float overflows): an element
+ * beyond what an index holds (its square would overflow), or, under inner
+ * product, a query so short that its products with the rows underflow (the
+ * scores are then below float's resolution, and so would the bounds be).
  */
+#define VIDX_MIN_IP_QUERY_ELEMENT 1e-15f
+
 static bool
-query_fits_codes(const float *v, int dims)
+query_needs_exact_mode(const float *q, int dims, VidxMetric metric)
 {
+	float largest = 0;
+
+	if (vidx_vector_check_indexable(q, dims, NULL) != VIDX_OK)
+		return true;
 	for (int i = 0; i < dims; i++)
-		if (fabsf(v[i]) > 1e15f)
-			return false;
-	return true;
+		largest = Max(largest, fabsf(q[i]));
+	return metric == VIDX_METRIC_IP && largest < VIDX_MIN_IP_QUERY_ELEMENT;
 }
 
 void
@@ -363,7 +370,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	vidx_check_dims(dims, so->meta.dims, scan->indexRelation);
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);
-	so->exact_mode = !query_fits_codes(so->query, dims);
+	so->exact_mode = query_needs_exact_mode(so->query, dims, (VidxMetric) so->meta.metric);
 	MemoryContextSwitchTo(old);
 }
 

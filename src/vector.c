@@ -14,9 +14,11 @@
 #include <string.h>
 
 #include "catalog/pg_type.h"
+#include "common/shortest_dec.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
+#include "utils/rel.h"
 
 PG_FUNCTION_INFO_V1(vidx_l2_distance);
 PG_FUNCTION_INFO_V1(vidx_negative_inner_product);
@@ -232,6 +234,26 @@ vidx_check_nonzero(const float *v, int dims)
 			return;
 	ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
 	                errmsg("cosine distance is undefined for a zero vector")));
+}
+
+void
+vidx_check_indexable(const float *v, int dims, int lbound, Relation index)
+{
+	int bad = 0;
+	char value[32];
+	char limit[32];
+
+	if (likely(vidx_vector_check_indexable(v, dims, &bad) == VIDX_OK))
+		return;
+	float_to_shortest_decimal_buf(v[bad], value);
+	float_to_shortest_decimal_buf(VIDX_MAX_ELEMENT, limit);
+	ereport(ERROR,
+	        (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+	         errmsg("vector contains a value out of range for index \"%s\"",
+	                RelationGetRelationName(index)),
+	         errdetail("The element at subscript %d is %s; vidx indexes vectors whose elements "
+	                   "are at most %s in absolute value.",
+	                   lbound + bad, value, limit)));
 }
 
 /*

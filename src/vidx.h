@@ -128,6 +128,13 @@ extern void vidx_check_dims(int dims, int expected, Relation index);
 /* Raises an error if v is a zero vector (cosine distance is undefined). */
 extern void vidx_check_nonzero(const float *v, int dims);
 
+/*
+ * Raises an error (numeric_value_out_of_range) if an element of v is beyond
+ * VIDX_MAX_ELEMENT in absolute value: such a vector cannot be indexed.
+ * lbound is the array's lower bound, for the subscript in the message.
+ */
+extern void vidx_check_indexable(const float *v, int dims, int lbound, Relation index);
+
 /* ---------- relation helpers (vidx.c, pages.c) ---------- */
 
 extern VidxMetric vidx_index_metric(Relation index);

@@ -523,85 +523,105 @@ vidx_norm_sq(const float *a, int dims)
 	return kernels().norm_sq(a, dims);
 }
 
-/* Double-precision fallback for vectors whose float sums overflow (elements beyond ~1e19). */
-static double
-distance_double(VidxMetric metric, const float *a, const float *b, int dims)
+double
+vidx::l2sq_double(const float *a, const float *b, int dims)
 {
-	double ab = 0, aa = 0, bb = 0, l2 = 0;
+	double s = 0;
 
 	for (int i = 0; i < dims; i++)
 	{
-		double x = a[i], y = b[i];
+		double d = (double) a[i] - (double) b[i];
 
-		ab += x * y;
-		aa += x * x;
-		bb += y * y;
-		l2 += (x - y) * (x - y);
+		s += d * d;
 	}
+	return s;
+}
+
+double
+vidx::dot_double(const float *a, const float *b, int dims)
+{
+	double s = 0;
+
+	for (int i = 0; i < dims; i++)
+		s += (double) a[i] * (double) b[i];
+	return s;
+}
+
+/* cos -> 1 - cos, cos clamped to [-1, 1]; NaN stays NaN (a zero vector). */
+static double
+cosine_distance(double ab, double aa, double bb)
+{
+	double c = ab / (std::sqrt(aa) * std::sqrt(bb));
+
+	return std::isnan(c) ? c : 1.0 - std::min(1.0, std::max(-1.0, c));
+}
+
+/*
+ * The float kernels first (the re-scoring's common case), in double where
+ * their sums overflowed or underflowed (see vidx::float_sum_ok). Products of
+ * floats are exact in double and sums of up to 16,000 of them cannot
+ * overflow it, so the result is finite for every finite input.
+ */
+extern "C" double
+vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
+{
 	switch (metric)
 	{
 	case VIDX_METRIC_L2:
-		return std::sqrt(l2);
+	{
+		float s = vidx_l2sq(a, b, dims);
+
+		return std::sqrt(vidx::float_sum_ok(s) ? (double) s : vidx::l2sq_double(a, b, dims));
+	}
 	case VIDX_METRIC_IP:
-		return -ab;
+	{
+		float s = vidx_dot(a, b, dims);
+
+		/* a small dot of large vectors is only rounding: recomputed too */
+		return -(vidx::float_sum_ok(s) ? (double) s : vidx::dot_double(a, b, dims));
+	}
 	case VIDX_METRIC_COSINE:
 	{
-		double c = ab / (std::sqrt(aa) * std::sqrt(bb));
+		/* ab's underflow errors are negligible against ||a|| ||b|| when the norms are fine */
+		float ab = vidx_dot(a, b, dims), aa = vidx_norm_sq(a, dims), bb = vidx_norm_sq(b, dims);
 
-		if (std::isnan(c))
-			return c;
-		return 1.0 - std::min(1.0, std::max(-1.0, c));
+		if (vidx::float_sum_ok(aa) && vidx::float_sum_ok(bb) && std::isfinite(ab))
+			return cosine_distance(ab, aa, bb);
+		return cosine_distance(vidx::dot_double(a, b, dims), vidx::dot_double(a, a, dims),
+		                       vidx::dot_double(b, b, dims));
 	}
 	}
 	return std::nan("");
 }
 
-extern "C" double
-vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
-{
-	double d;
-
-	switch (metric)
-	{
-	case VIDX_METRIC_L2:
-		d = std::sqrt((double) vidx_l2sq(a, b, dims));
-		break;
-	case VIDX_METRIC_IP:
-		d = -(double) vidx_dot(a, b, dims);
-		break;
-	case VIDX_METRIC_COSINE:
-	{
-		double ab = vidx_dot(a, b, dims);
-		double aa = vidx_norm_sq(a, dims);
-		double bb = vidx_norm_sq(b, dims);
-		double c = ab / std::sqrt(aa * bb);
-
-		d = std::isnan(c) ? c : 1.0 - std::min(1.0, std::max(-1.0, c));
-		break;
-	}
-	default:
-		return std::nan("");
-	}
-	if (!std::isfinite(d))
-		d = distance_double(metric, a, b, dims);
-	return d;
-}
-
 extern "C" void
 vidx_normalize(const float *v, float *out, int dims)
 {
-	double norm = std::sqrt((double) vidx_norm_sq(v, dims));
+	float nsq = vidx_norm_sq(v, dims);
+	double norm = std::sqrt(vidx::float_sum_ok(nsq) ? (double) nsq : vidx::dot_double(v, v, dims));
 
-	if (!std::isfinite(norm) || norm == 0)
-	{
-		double s = 0;
-
-		for (int i = 0; i < dims; i++)
-			s += (double) v[i] * v[i];
-		norm = std::sqrt(s);
-	}
 	for (int i = 0; i < dims; i++)
 		out[i] = (float) (v[i] / norm);
+}
+
+extern "C" int
+vidx_vector_check_indexable(const float *v, int dims, int *bad_index)
+{
+	bool ok = true;
+
+	/* One pass the compiler vectorizes; the culprit is looked for only on failure. */
+	for (int i = 0; i < dims; i++)
+		ok &= std::fabs(v[i]) <= VIDX_MAX_ELEMENT; /* false for NaN */
+	if (ok)
+		return VIDX_OK;
+	for (int i = 0; i < dims; i++)
+		if (!(std::fabs(v[i]) <= VIDX_MAX_ELEMENT))
+		{
+			if (bad_index)
+				*bad_index = i;
+			break;
+		}
+	return VIDX_E_INVALID;
 }
 
 bool

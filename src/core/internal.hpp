@@ -75,6 +75,26 @@ void l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2, 
              int dims, float out[4]);
 
 /*
+ * A float kernel's sum of squares or products is accurate unless it
+ * overflowed or is so small that its terms below FLT_MIN (kept to an
+ * absolute 2^-150 only) matter: below FLOAT_SUM_MIN = 2^-100 (8e-31; 16,000
+ * such errors are 1e-41) recompute it in double, as after an overflow.
+ */
+constexpr float FLOAT_SUM_MIN = 0x1p-100f;
+
+inline bool
+float_sum_ok(float s)
+{
+	float a = std::fabs(s);
+
+	return a >= FLOAT_SUM_MIN && a <= std::numeric_limits<float>::max(); /* false for NaN */
+}
+
+/* The kernels' sums in double, for where float_sum_ok fails. */
+double l2sq_double(const float *a, const float *b, int dims);
+double dot_double(const float *a, const float *b, int dims);
+
+/*
  * The dot-product (GEMM-like) nearest-centroid kernel, AVX-512 only: for cnt
  * <= 64 points, the nearest of k centroids whose squared norms (self_dot_fast)
  * are in cnorm, by |x|^2 + |c|^2 - 2 x.c. Use only if nearest_block_fast_available().

@@ -10,6 +10,13 @@
  *   sum_{b_i=1} qq_i = sum_j 2^j popcount(code & plane_j)
  *   <xbar, qr> = (2*(lo*popcount(code) + delta*that) - (lo*D + delta*sum(qq))) / sqrt(D).
  * Padding bits beyond D are zero in codes and planes.
+ *
+ * Inner product: <q, x> = <q, c> + <c, r> + <qr, r> with the estimate of
+ * <u, qr>, or = <q, c> + <q, r> with the same estimator applied to q itself
+ * (u = r/||r||); the error is proportional to the norm of the vector used, so
+ * the preparation takes the shorter of qr and q. (A query much shorter than
+ * the centroids, e.g. a tiny vector, would otherwise get the tiny <q, x> as
+ * the difference of large terms, lost to rounding.)
  */
 #include <algorithm>
 #include <cmath>
@@ -51,16 +58,18 @@ struct PrepHeader
 	double lo;           /* quantization offset */
 	double delta;        /* quantization step */
 	double const_term;   /* lo*D + delta*sum(qq) */
+	double qr_norm_sq;   /* ||qr||^2 */
+	double qc;           /* <q_rot, c_rot> (IP) */
 	float inv_sqrt_d;    /* 1/sqrt(D) */
-	float qr_norm_sq;    /* ||qr||^2 (exact, in double then rounded) */
 	float qr_norm;       /* ||qr|| */
-	float qc;            /* <q_rot, c_rot> (IP) */
 	float err_coef;      /* ||qr|| * eps0 / sqrt(max(D-1, 1)) */
 	float quant_err;     /* eps0 * ||qr - dequant(qq)|| / sqrt(D) */
 	int32_t refine_bits; /* 0, 4 or 8: postings carry refinement codes */
 	float sum_qr;        /* sum of qr's coordinates (refinement) */
 	float refine_coef;   /* bound of <qr, e> per unit of ||e||, e a refinement error */
-	float pad_;
+	float cw;            /* 1: qr = q - c; 0 (inner product only): qr stands for q itself */
+	float qr_norm_sq_f;  /* qr_norm_sq and qc as floats, for the 1-bit estimator */
+	float qc_f;
 	/*
 	 * followed by 4 * words uint64_t bit planes, plane j at j*words, then
 	 * qr itself (dims floats) for the refinement codes
@@ -277,18 +286,26 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 	float ip_high = h->dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND ? h->qr_norm
 	                                                           : std::min(est_ip + err, h->qr_norm);
 	ip_high = std::max(ip_high, est_ip);
+	/*
+	 * In float (double costs 10% of the scan): for norms below 1e-19 the
+	 * products underflow, but so would the float result.
+	 */
 	float score;
 	float low;
 
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		score = -(h->qc + p->cdot + norm * est_ip);
-		low = -(h->qc + p->cdot + norm * ip_high);
+		float base = h->qc_f + h->cw * p->cdot;
+
+		score = -(base + norm * est_ip);
+		low = -(base + norm * ip_high);
 	}
 	else
 	{
-		score = norm * norm + h->qr_norm_sq - 2.0f * norm * est_ip;
-		low = norm * norm + h->qr_norm_sq - 2.0f * norm * ip_high;
+		float base = norm * norm + h->qr_norm_sq_f;
+
+		score = base - 2.0f * norm * est_ip;
+		low = base - 2.0f * norm * ip_high;
 	}
 	est[0] = score;
 	if (lower)
@@ -302,23 +319,24 @@ refine_one(const PrepHeader *h, const VidxPosting *p, float *est, float *lower)
 	/* <qr, r> from the refinement code: r = step * (code + 1/2) - R + e. */
 	const RefineHeader *rh = refine_of(p, h->words);
 	const uint8_t *code = reinterpret_cast<const uint8_t *>(rh + 1);
-	float norm = p->norm;
-	float step = rh->step;
-	float half_range = step * (float) (1 << (h->refine_bits - 1));
-	float ip = step * refine_dot(qr_of(h), code, h->dims, h->refine_bits) +
-	           (0.5f * step - half_range) * h->sum_qr;
-	float high = std::min(ip + h->refine_coef * rh->err, h->qr_norm * norm);
+	/* Products of a query and a posting quantity in double (see finish). */
+	double norm = p->norm;
+	double step = rh->step;
+	double half_range = step * (double) (1 << (h->refine_bits - 1));
+	double ip = step * refine_dot(qr_of(h), code, h->dims, h->refine_bits) +
+	            (0.5 * step - half_range) * h->sum_qr;
+	double high = std::min(ip + (double) h->refine_coef * rh->err, (double) h->qr_norm * norm);
 
 	high = std::max(high, ip);
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		*est = -(h->qc + p->cdot + ip);
-		*lower = -(h->qc + p->cdot + high);
+		*est = (float) -(h->qc + h->cw * p->cdot + ip);
+		*lower = (float) -(h->qc + h->cw * p->cdot + high);
 	}
 	else
 	{
-		*est = norm * norm + h->qr_norm_sq - 2.0f * ip;
-		*lower = norm * norm + h->qr_norm_sq - 2.0f * high;
+		*est = (float) (norm * norm + h->qr_norm_sq - 2.0 * ip);
+		*lower = (float) (norm * norm + h->qr_norm_sq - 2.0 * high);
 	}
 }
 
@@ -433,89 +451,173 @@ estimate_vpopcnt(const PrepHeader *h, const VidxPosting *const *postings, int n,
 
 #endif /* VIDX_X86 */
 
-struct PrepStats
+struct PrepSums
 {
-	float lo;
-	double delta, qr_sq, qc, sum_qq, qerr_sq;
+	double qr_sq, q_sq, qc; /* ||q - c||^2, ||q||^2, <q, c> */
+	float lo, hi;           /* range of q - c */
 };
 
 /*
- * The query residual's range, norm and <q, c>, then its 4-bit quantization
- * (round to nearest) into bit planes. Float math in 16 independent lanes so
- * the compiler vectorizes it; no allocation.
+ * The query's norms and <q, c> in double (in float, squares below 1e-19
+ * underflow: tiny vectors), and the range of q - c. 16 independent lanes so
+ * the compiler vectorizes it.
  */
-VIDX_CLONES PrepStats
-prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
+VIDX_CLONES PrepSums
+prep_sums(const float *q, const float *c, int dims)
 {
 	constexpr int L = 16;
-	float mn[L], mx[L], sq[L], qc[L];
+	double rr[L], qq[L], qc[L];
+	float mn[L], mx[L];
+	int i = 0;
+
+	for (int j = 0; j < L; j++)
+	{
+		rr[j] = qq[j] = qc[j] = 0.0;
+		mn[j] = std::numeric_limits<float>::infinity();
+		mx[j] = -std::numeric_limits<float>::infinity();
+	}
+	for (; i + L <= dims; i += L)
+		for (int j = 0; j < L; j++)
+		{
+			float r = q[i + j] - c[i + j];
+			double qd = q[i + j], cd = c[i + j];
+
+			mn[j] = r < mn[j] ? r : mn[j];
+			mx[j] = r > mx[j] ? r : mx[j];
+			rr[j] += (qd - cd) * (qd - cd);
+			qq[j] += qd * qd;
+			qc[j] += qd * cd;
+		}
+	for (int j = 0; i < dims; i++, j++)
+	{
+		float r = q[i] - c[i];
+		double qd = q[i], cd = c[i];
+
+		mn[j] = r < mn[j] ? r : mn[j];
+		mx[j] = r > mx[j] ? r : mx[j];
+		rr[j] += (qd - cd) * (qd - cd);
+		qq[j] += qd * qd;
+		qc[j] += qd * cd;
+	}
+	PrepSums ps{};
+
+	ps.lo = mn[0];
+	ps.hi = mx[0];
+	for (int j = 0; j < L; j++)
+	{
+		ps.qr_sq += rr[j];
+		ps.q_sq += qq[j];
+		ps.qc += qc[j];
+		ps.lo = mn[j] < ps.lo ? mn[j] : ps.lo;
+		ps.hi = mx[j] > ps.hi ? mx[j] : ps.hi;
+	}
+	return ps;
+}
+
+/* The range of q itself (inner product, when q is the shorter). */
+VIDX_CLONES void
+range_of(const float *q, int dims, float *lo_out, float *hi_out)
+{
+	constexpr int L = 16;
+	float mn[L], mx[L];
 	int i = 0;
 
 	for (int j = 0; j < L; j++)
 	{
 		mn[j] = std::numeric_limits<float>::infinity();
 		mx[j] = -std::numeric_limits<float>::infinity();
-		sq[j] = qc[j] = 0.0f;
 	}
 	for (; i + L <= dims; i += L)
 		for (int j = 0; j < L; j++)
 		{
-			float r = q[i + j] - c[i + j];
-
-			mn[j] = r < mn[j] ? r : mn[j];
-			mx[j] = r > mx[j] ? r : mx[j];
-			sq[j] += r * r;
-			qc[j] += q[i + j] * c[i + j];
+			mn[j] = q[i + j] < mn[j] ? q[i + j] : mn[j];
+			mx[j] = q[i + j] > mx[j] ? q[i + j] : mx[j];
 		}
 	for (int j = 0; i < dims; i++, j++)
 	{
-		float r = q[i] - c[i];
-
-		mn[j] = r < mn[j] ? r : mn[j];
-		mx[j] = r > mx[j] ? r : mx[j];
-		sq[j] += r * r;
-		qc[j] += q[i] * c[i];
+		mn[j] = q[i] < mn[j] ? q[i] : mn[j];
+		mx[j] = q[i] > mx[j] ? q[i] : mx[j];
 	}
-	PrepStats st{};
 	float lo = mn[0], hi = mx[0];
 
 	for (int j = 0; j < L; j++)
 	{
 		lo = mn[j] < lo ? mn[j] : lo;
 		hi = mx[j] > hi ? mx[j] : hi;
-		st.qr_sq += sq[j];
-		st.qc += qc[j];
 	}
-	double delta = ((double) hi - (double) lo) / 15.0;
+	*lo_out = lo;
+	*hi_out = hi;
+}
+
+struct PrepStats
+{
+	float lo;
+	double delta, sum_qq, qerr_sq;
+};
+
+/*
+ * The 4-bit quantization (round to nearest) of qr = q - cw * c (cw 1 or 0)
+ * over its range [lo, hi] into bit planes. In float, unless the step is extreme:
+ * then in double (in float 1/delta overflows for a range below 1e-38 and the
+ * error's squares underflow, tiny vectors). No allocation.
+ */
+VIDX_CLONES PrepStats
+prep_quantize(const float *q, const float *c, float cw, float lo, float hi, int dims,
+              uint64_t *planes, int words)
+{
+	PrepStats st{};
+	/* the step as a float: the float path and the estimator use the same one */
+	double delta = (float) (((double) hi - (double) lo) / 15.0);
 
 	if (!(delta > 0) || !std::isfinite(delta))
 		delta = 0;
-	const float fdelta = (float) delta;
-	const float inv = delta > 0 ? (float) (1.0 / delta) : 0.0f;
+	const bool fast = delta == 0 || (delta >= 0x1p-60 && delta <= 0x1p50);
+	const float fdelta = (float) delta, finv = delta > 0 ? (float) (1.0 / delta) : 0.0f;
+	const double dlo = lo, dcw = cw;
+	const double inv = delta > 0 ? 1.0 / delta : 0.0;
 	int64_t sum_qq = 0;
-	float e2[64];
+	float e2f[64];
+	double e2[64];
 
 	for (int j = 0; j < 64; j++)
-		e2[j] = 0.0f;
+	{
+		e2f[j] = 0.0f;
+		e2[j] = 0.0;
+	}
 	for (int w = 0; w < words; w++)
 	{
 		uint8_t qq[64];
 		int base = w * 64;
 		int cnt = dims - base < 64 ? dims - base : 64;
 
-		for (int j = 0; j < cnt; j++)
-		{
-			float r = q[base + j] - c[base + j];
-			float t = (r - lo) * inv + 0.5f;
+		if (fast)
+			for (int j = 0; j < cnt; j++)
+			{
+				float r = q[base + j] - cw * c[base + j];
+				float t = (r - lo) * finv + 0.5f;
 
-			t = t > 0.0f ? t : 0.0f; /* also maps NaN to 0 */
-			t = t < 15.5f ? t : 15.5f;
-			int v = (int) t;
-			float e = r - (lo + fdelta * (float) v);
+				t = t > 0.0f ? t : 0.0f; /* also maps NaN to 0 */
+				t = t < 15.5f ? t : 15.5f;
+				int v = (int) t;
+				float e = r - (lo + fdelta * (float) v);
 
-			qq[j] = (uint8_t) v;
-			e2[j] += e * e;
-		}
+				qq[j] = (uint8_t) v;
+				e2f[j] += e * e;
+			}
+		else
+			for (int j = 0; j < cnt; j++)
+			{
+				double r = (double) q[base + j] - dcw * c[base + j];
+				double t = (r - dlo) * inv + 0.5;
+
+				t = t > 0.0 ? t : 0.0;
+				t = t < 15.5 ? t : 15.5;
+				int v = (int) t;
+				double e = r - (dlo + delta * v);
+
+				qq[j] = (uint8_t) v;
+				e2[j] += e * e;
+			}
 		for (int j = cnt; j < 64; j++)
 			qq[j] = 0; /* padding bits stay zero */
 		uint64_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
@@ -536,7 +638,7 @@ prep_fill(const float *q, const float *c, int dims, uint64_t *planes, int words)
 		planes[3 * words + w] = b3;
 	}
 	for (int j = 0; j < 64; j++)
-		st.qerr_sq += e2[j];
+		st.qerr_sq += (double) e2f[j] + e2[j];
 	st.lo = lo;
 	st.delta = delta;
 	st.sum_qq = (double) sum_qq;
@@ -606,8 +708,13 @@ vidx_rabitq_encode_refined(const float *x_rot, const float *c_rot, int dims, int
 	for (int i = 0; i < dims; i++)
 		maxabs = std::max(maxabs, std::fabs((double) x_rot[i] - c_rot[i]));
 	double sigma = (double) p->norm / std::sqrt((double) dims);
-	double half_range = std::min(refine_clip_sigmas(refine_bits) * sigma, maxabs);
-	double step = half_range > 0 ? 2.0 * half_range / levels : 0.0;
+	/*
+	 * The decoder has the step as a float (maybe a denormal, for tiny
+	 * vectors): quantize with exactly that step, so that err is its error.
+	 */
+	double step =
+	    (float) (2.0 * std::min(refine_clip_sigmas(refine_bits) * sigma, maxabs) / levels);
+	double half_range = step * (levels / 2);
 	double err_sq = 0;
 
 	std::memset(code, 0, refine_code_bytes(dims, refine_bits));
@@ -699,17 +806,29 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 	if (dims <= 0)
 		return;
 
-	PrepStats st = prep_fill(q_rot, c_rot, dims, planes, words);
-	double qr_sq = st.qr_sq, qc = st.qc, delta = st.delta, sum_qq = st.sum_qq, qerr_sq = st.qerr_sq;
+	PrepSums ps = prep_sums(q_rot, c_rot, dims);
+	/* inner product: the shorter of q - c and q (see the top of the file) */
+	const float cw = metric == VIDX_METRIC_IP && ps.q_sq < ps.qr_sq ? 0.0f : 1.0f;
+	float lo_r = ps.lo, hi_r = ps.hi;
+
+	if (cw == 0.0f)
+		range_of(q_rot, dims, &lo_r, &hi_r);
+	PrepStats st = prep_quantize(q_rot, c_rot, cw, lo_r, hi_r, dims, planes, words);
+	double qr_sq = cw != 0.0f ? ps.qr_sq : ps.q_sq, qc = ps.qc;
+	double delta = st.delta, sum_qq = st.sum_qq, qerr_sq = st.qerr_sq;
 	float lo = st.lo;
+
+	h->cw = cw;
 
 	h->lo = lo;
 	h->delta = delta;
 	h->const_term = (double) lo * dims + delta * sum_qq;
 	h->inv_sqrt_d = (float) (1.0 / std::sqrt((double) dims));
-	h->qr_norm_sq = (float) qr_sq;
-	h->qr_norm = (float) std::sqrt(qr_sq);
-	h->qc = (float) qc;
+	h->qr_norm_sq = qr_sq;
+	h->qr_norm_sq_f = (float) qr_sq;
+	h->qr_norm = vidx::round_up_float(std::sqrt(qr_sq)); /* caps <u, qr>: never below */
+	h->qc = qc;
+	h->qc_f = (float) qc;
 	h->err_coef = (float) (std::sqrt(qr_sq) * EPS0 / std::sqrt((double) std::max(dims - 1, 1)));
 	/*
 	 * Quantization allowance: the estimator is off by <xbar, e>/dot, e the
@@ -728,7 +847,7 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 
 		for (int i = 0; i < dims; i++)
 		{
-			float r = q_rot[i] - c_rot[i];
+			float r = q_rot[i] - cw * c_rot[i];
 
 			/* see refine_dot: de-interleaved for 4-bit codes */
 			qr[refine_bits == 4 ? (i & 1) * half + i / 2 : i] = r;

@@ -260,8 +260,10 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 
 struct HeapEntry
 {
-	float key;
+	double key; /* double: inner products of tiny vectors are below float's range */
+	double tie; /* orders equal keys (see node_key), then the node index */
 	int32_t node;
+	int32_t pad;
 };
 
 struct SearchHeader
@@ -271,10 +273,15 @@ struct SearchHeader
 	int32_t dims;
 	uint32_t capacity;
 	uint32_t size;
-	float qnorm;
-	uint32_t pad[2];
+	uint32_t pad;
+	double qnorm;
+	double qsq; /* ||q||^2 */
+
 	/* followed by the query (dims floats, padded to 8), then the heap */
 };
+
+/* L2 leaves whose squared distance is within this fraction of ||q||^2 (see node_key). */
+constexpr double ORIGIN_BAND = 0x1p-20;
 
 size_t
 query_bytes(int dims)
@@ -297,7 +304,8 @@ state_heap(SearchHeader *s)
 inline bool
 before(const HeapEntry &a, const HeapEntry &b)
 {
-	return a.key < b.key || (a.key == b.key && a.node < b.node);
+	return a.key < b.key ||
+	       (a.key == b.key && (a.tie < b.tie || (a.tie == b.tie && a.node < b.node)));
 }
 
 void
@@ -349,46 +357,69 @@ heap_pop(SearchHeader *s)
 /*
  * Key of a node. Leaves: the exact key. Internal nodes: a lower bound of the
  * keys of all leaves below, loosened by a small relative slack so float
- * rounding in the kernels cannot make it exceed a leaf's computed key.
+ * rounding in the kernels cannot make it exceed a leaf's computed key. The
+ * kernels' sums are recomputed in double where they underflowed (tiny
+ * vectors), and keys are doubles, so that leaves come out in order at every
+ * scale.
+ *
+ * L2 leaves about as far from the query as the origin is (within
+ * ORIGIN_BAND): a long query among short centroids, e.g. a vector near the
+ * limit in an index of small ones. Float cannot tell their distances apart,
+ * so they share the key ||q|| and are ordered by g = d^2 - ||q||^2 =
+ * ||c||^2 - 2 <q, c>, whose error is relative to ||q|| ||c||, not to
+ * ||q||^2. (Otherwise an insert would go to an arbitrary one of them, not
+ * to the leaf an inner-product search for that vector reads first.) The
+ * internal nodes' slack, 1e-4, is far wider than the band.
  */
-float
-node_key(const SearchHeader *s, const VidxTreeNode *n)
+HeapEntry
+node_key(const SearchHeader *s, const VidxTreeNode *n, int32_t id)
 {
 	const float *q = reinterpret_cast<const float *>(s + 1);
 	const float *c = vidx_tree_centroid(n);
 	bool leaf = n->nchildren == 0;
-	float key;
+	HeapEntry e{0.0, 0.0, id, 0};
 
 	if (s->metric == VIDX_METRIC_IP)
 	{
-		float dot = vidx_dot(q, c, s->dims);
+		float fdot = vidx_dot(q, c, s->dims);
+		double dot = vidx::float_sum_ok(fdot) ? (double) fdot : vidx::dot_double(q, c, s->dims);
 
 		if (leaf)
-			key = -dot;
+			e.key = -dot;
 		else
 		{
-			float cn = std::sqrt(vidx_norm_sq(c, s->dims));
-			float r = n->radius;
+			double cn = std::sqrt((double) vidx_norm_sq(c, s->dims));
+			double r = n->radius;
 
-			key = -dot - s->qnorm * r - 1e-4f * s->qnorm * (cn + r) - 1e-30f;
+			e.key = -dot - s->qnorm * r - 1e-4 * s->qnorm * (cn + r) - 1e-30;
 		}
 	}
 	else
 	{
-		float d = std::sqrt(vidx_l2sq(q, c, s->dims));
+		float l2 = vidx_l2sq(q, c, s->dims);
+		double d2 = vidx::float_sum_ok(l2) ? (double) l2 : vidx::l2sq_double(q, c, s->dims);
+		double d = std::sqrt(d2);
 
-		if (leaf)
-			key = d;
-		else
+		if (!leaf)
 		{
-			float r = n->radius;
+			double r = n->radius;
 
-			key = std::max(0.0f, d - r - 1e-4f * (d + r));
+			e.key = std::max(0.0, d - r - 1e-4 * (d + r));
 		}
+		else if (std::fabs(d2 - s->qsq) <= ORIGIN_BAND * s->qsq && s->qsq > 0)
+		{
+			float cc = vidx_norm_sq(c, s->dims), qc = vidx_dot(q, c, s->dims);
+
+			e.key = s->qnorm;
+			e.tie = (vidx::float_sum_ok(cc) ? (double) cc : vidx::dot_double(c, c, s->dims)) -
+			        2.0 * (vidx::float_sum_ok(qc) ? (double) qc : vidx::dot_double(q, c, s->dims));
+		}
+		else
+			e.key = d;
 	}
-	if (std::isnan(key))
-		key = std::numeric_limits<float>::infinity();
-	return key;
+	if (std::isnan(e.key))
+		e.key = std::numeric_limits<double>::infinity();
+	return e;
 }
 
 } // namespace
@@ -601,10 +632,15 @@ vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric, const f
 	s->size = 0;
 	if (h->dims > 0)
 		std::memcpy(state_query(s), q_rot, 4 * (size_t) h->dims);
-	s->qnorm = std::sqrt(vidx_norm_sq(state_query(s), s->dims));
+	float qsq = vidx_norm_sq(state_query(s), s->dims);
+
+	s->qsq = vidx::float_sum_ok(qsq) ? (double) qsq
+	                                 : vidx::dot_double(state_query(s), state_query(s), s->dims);
+	s->qnorm = std::sqrt(s->qsq);
 	if (h->nnodes == 0)
 		return;
-	heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, 0)), 0});
+
+	heap_push(s, node_key(s, vidx_tree_node(tree, 0), 0));
 }
 
 extern "C" int32_t
@@ -621,7 +657,7 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 		if (n->nchildren <= 0)
 		{
 			if (key)
-				*key = e.key;
+				*key = (float) e.key;
 			return e.node;
 		}
 		int64_t first = n->first_child;
@@ -630,7 +666,7 @@ vidx_tree_search_next(void *state, const void *tree, float *key)
 		if (first <= e.node || end > (int64_t) h->nnodes)
 			continue; /* corrupted: skip rather than crash */
 		for (int64_t ch = first; ch < end; ch++)
-			heap_push(s, HeapEntry{node_key(s, vidx_tree_node(tree, (uint32_t) ch)), (int32_t) ch});
+			heap_push(s, node_key(s, vidx_tree_node(tree, (uint32_t) ch), (int32_t) ch));
 	}
 	return -1;
 }

@@ -36,6 +36,22 @@ extern "C"
 
 #define VIDX_MAX_DIMS 16000
 
+/*
+ * The largest absolute value of an element of a vector the index accepts.
+ * The index works in float32 (rotated vectors, centroids, posting factors,
+ * estimates), so every quantity it squares must stay far from FLT_MAX
+ * (3.4e38). With |x_i| <= L and D <= 16,000: every vector and centroid (a
+ * mean of vectors) has a norm of at most sqrt(D) L = 1.3e17, in the rotated
+ * space too, and the partial sums of the rotation at most D L; residuals and
+ * query residuals at most 2 sqrt(D) L, so squared distances, norms and the
+ * factors <c, r> at most 4 D L^2 = 6.4e34; the largest estimator term,
+ * 2 ||r|| ||qr|| / dot with dot >= 1/sqrt(D), is 8 D^1.5 L^2 = 1.6e37. So
+ * 1e15 leaves a margin of 20 under FLT_MAX, and 1e16 would not.
+ * Under cosine the index holds normalized vectors, but the limit is the same
+ * for every metric (one rule; the exact distances work for any finite input).
+ */
+#define VIDX_MAX_ELEMENT 1e15f
+
 /* Status codes. */
 #define VIDX_OK 0
 #define VIDX_E_NOMEM (-1)
@@ -60,11 +76,22 @@ extern "C"
 	 * The value the SQL operator returns for the metric on the original vectors:
 	 * L2 -> sqrt(l2sq), IP -> -dot, COSINE -> 1 - cos (cos clamped to [-1, 1]).
 	 * For COSINE a zero vector gives NaN; callers reject zero vectors first.
+	 * Finite and accurate for every finite input: the float kernels' sums are
+	 * recomputed in double where they overflow or are small enough for
+	 * underflowed terms to matter (below 2^-100).
 	 */
 	double vidx_distance(VidxMetric metric, const float *a, const float *b, int dims);
 
 	/* out = v / ||v|| (norm in double if float overflows or underflows); v must be nonzero. */
 	void vidx_normalize(const float *v, float *out, int dims);
+
+	/*
+	 * VIDX_OK if every element of v is at most VIDX_MAX_ELEMENT in absolute
+	 * value (so finite), else VIDX_E_INVALID with *bad_index (if not NULL) the
+	 * 0-based position of the first element that is not. The glue calls it
+	 * wherever a vector enters the index.
+	 */
+	int vidx_vector_check_indexable(const float *v, int dims, int *bad_index);
 
 	/* ---------- rotation: fixed, seeded, orthogonal, O(D log D) ---------- */
 

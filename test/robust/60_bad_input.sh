@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # 60_bad_input: seeded random values (real[]/float8[]/numeric[]/text with NULLs,
-# NaN, infinities, huge values, empty, nested, wrong and 16001+ dimensions)
-# through INSERT, UPDATE, the operators and index scans of L2, inner-product and
-# cosine indexes, plus random index options and settings (badinput.py). Checked:
-# every error has an expected SQLSTATE, no backend crashes (same postmaster, no
-# "terminated by signal"), the tables hold only valid vectors, no index or
-# sidecar file is left by failed CREATE INDEX, every index verifies and still
-# returns every row.
+# NaN, infinities, huge values (also beyond the 1e15 an index accepts), empty,
+# nested, wrong and 16001+ dimensions) through INSERT, UPDATE, the operators
+# and index scans of L2, inner-product and cosine indexes, plus random index
+# options and settings (badinput.py). Checked: every error has an expected
+# SQLSTATE, no backend crashes (same postmaster, no "terminated by signal"),
+# the tables hold only valid vectors (none beyond 1e15), no index or sidecar
+# file is left by failed CREATE INDEX, every index verifies and still returns
+# every row.
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 NAME=rbst_bad
 PORT=5447
@@ -38,6 +39,8 @@ for t in l2 ip cos; do
 	op=$(case $t in l2) echo '<->' ;; ip) echo '<#>' ;; cos) echo '<=>' ;; esac)
 	check_eq "t_$t: only valid vectors are stored (8 finite non-NULL elements)" \
 		"$(q $PORT "SELECT count(*) FROM t_$t WHERE v IS NOT NULL AND (array_ndims(v) <> 1 OR array_length(v, 1) <> 8 OR array_position(v, NULL) IS NOT NULL OR 'NaN' = ANY (v) OR 'Infinity' = ANY (v) OR '-Infinity' = ANY (v))")" 0
+	check_eq "t_$t: no stored element beyond the index's limit of 1e15" \
+		"$(q $PORT "SELECT count(*) FROM t_$t, unnest(v) x WHERE abs(x) > 1e15::real")" 0
 	check_eq "t_$t: vidx_verify" "$(q $PORT "SELECT vidx_verify('t_${t}_v')")" t
 	check_eq "t_$t: an index scan over all leaves returns every non-NULL row" \
 		"$(q $PORT "SET enable_seqscan = off; SET vidx.probes = 1000000; SET vidx.rerank = 1000000; SELECT count(*) FROM (SELECT id FROM t_$t ORDER BY v $op '{1,1,1,1,1,1,1,1}'::real[] LIMIT 100000000) s")" \

@@ -2,7 +2,8 @@
 """Seeded random bad (and good) input through vidx's SQL surface.
 
 Sends random values -- real[], float8[], numeric[] and text literals with NULLs,
-NaN, infinities, huge values, empty and nested arrays, wrong and excessive
+NaN, infinities, huge values (beyond real, and beyond the 1e15 an index
+accepts: 22003), denormals, empty and nested arrays, wrong and excessive
 dimensions -- through INSERT/UPDATE into indexed tables (L2, inner product,
 cosine), through the distance operators and through index scans, plus random
 index options and settings. Every statement either succeeds or fails with an
@@ -32,6 +33,9 @@ def elem():
         return rnd.choice(["NaN", "Infinity", "-Infinity", "1e39", "-1e39", "1e300", "1e-50", "-0"])
     if r < 0.10:
         return rnd.choice(["3.4e38", "-3.4e38", "1.5e-45", "0"])
+    if r < 0.12:  # around the index's element limit, 1e15 (accepted), and tiny values
+        return rnd.choice(["1e15", "-1e15", "1.0000001e15", "1e16", "-2e15", "1e19", "-3e38",
+                           "1e-40", "-1e-30"])
     return repr(round(rnd.uniform(-5, 5), 3))
 
 
