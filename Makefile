@@ -10,7 +10,7 @@ DATA = sql/vidx--0.1.0.sql
 GLUE_OBJS = src/vidx.o src/vector.o src/pages.o src/sidecar.o src/build.o \
 	src/insert.o src/scan.o src/vacuum.o src/functions.o src/batch.o
 CORE_OBJS = src/core/distance.o src/core/rotation.o src/core/rabitq.o \
-	src/core/kmeans.o src/core/tree.o src/core/sidecar_format.o src/core/topk.o \
+	src/core/kmeans.o src/core/tree.o src/core/tree_edit.o src/core/sidecar_format.o src/core/topk.o \
 	src/core/build.o
 OBJS = $(GLUE_OBJS) $(CORE_OBJS)
 

@@ -513,7 +513,7 @@ vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
 
 		std::vector<uint32_t> depth(nnodes, 0);
 		std::vector<uint8_t> has_parent(nnodes, 0);
-		std::vector<uint8_t> seen(h->nleaves, 0);
+		std::vector<uint32_t> leaf_ids;
 		uint32_t leaves = 0, max_depth = 0;
 
 		for (uint32_t i = 0; i < nnodes; i++)
@@ -551,13 +551,7 @@ vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
 					              n->first_child);
 					return VIDX_E_INVALID;
 				}
-				if (n->leaf_id >= h->nleaves || seen[n->leaf_id])
-				{
-					vidx::set_err(err, errlen, "tree leaf %u has bad or duplicate leaf_id %u", i,
-					              n->leaf_id);
-					return VIDX_E_INVALID;
-				}
-				seen[n->leaf_id] = 1;
+				leaf_ids.push_back(n->leaf_id);
 				leaves++;
 				max_depth = std::max(max_depth, depth[i]);
 			}
@@ -583,6 +577,13 @@ vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
 					depth[ch] = depth[i] + 1;
 				}
 			}
+		}
+		std::sort(leaf_ids.begin(), leaf_ids.end());
+		if (std::adjacent_find(leaf_ids.begin(), leaf_ids.end()) != leaf_ids.end())
+		{
+			vidx::set_err(err, errlen, "tree has two leaves with leaf_id %u",
+			              *std::adjacent_find(leaf_ids.begin(), leaf_ids.end()));
+			return VIDX_E_INVALID;
 		}
 		if (leaves != h->nleaves)
 		{

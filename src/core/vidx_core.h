@@ -306,7 +306,36 @@ extern "C"
 	                      size_t errlen);
 	void vidx_tree_free(void *blob);
 	size_t vidx_tree_blob_size(int dims, int nnodes);
-	/* Validates a blob read back from pages (magic, sizes, child ranges, leaf ids). */
+	/*
+	 * A leaf for vidx_tree_replace_leaf. Leaf ids are labels, unique within a
+	 * tree (an index never gives the same id to two chains), not positions.
+	 */
+	typedef struct VidxNewLeaf
+	{
+		const float *centroid; /* dims floats, in the tree's (rotated) space */
+		uint32_t count;        /* its postings */
+		uint32_t head_block;   /* first page of its chain */
+		uint32_t leaf_id;
+	} VidxNewLeaf;
+
+	/* Bytes a tree edited by vidx_tree_replace_leaf may need (tree must be checked). */
+	size_t vidx_tree_replace_bound(const void *tree);
+
+	/*
+	 * Writes into out (at least vidx_tree_replace_bound bytes) the tree with
+	 * leaf node `leaf` replaced by the n (0, 1 or 2) given leaves: a merge, a
+	 * re-centring, a split. A parent left with more than fanout children is
+	 * split in two by 2-means over its children's centroids, up to the root
+	 * (which then gets a new root: the tree gains a level); a parent left with
+	 * none is removed; the root hands over to a single internal child. The
+	 * centroids and radii of the changed nodes' ancestors are computed again,
+	 * so searches stay exact. The last leaf cannot be removed. Deterministic.
+	 */
+	int vidx_tree_replace_leaf(const void *tree, size_t tree_size, int32_t leaf,
+	                           const VidxNewLeaf *leaves, int n, int fanout, void *out,
+	                           size_t out_size, size_t *written, char *err, size_t errlen);
+
+	/* Validates a blob read back from pages (magic, sizes, child ranges, unique leaf ids). */
 	int vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen);
 
 	/*

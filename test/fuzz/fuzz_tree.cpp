@@ -31,7 +31,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		q[i] = std::sin(static_cast<float>(i));
 	std::vector<uint64_t> state(vidx_tree_search_size(buf.data()) / 8 + 1);
 	vidx_tree_search_begin(state.data(), buf.data(), metric, q.data());
-	std::vector<uint8_t> seen(h->nleaves + 1, 0);
+	std::vector<uint8_t> seen(h->nnodes, 0); /* by node: leaf ids are labels */
 	for (uint32_t i = 0; i <= h->nnodes; i++)
 	{
 		float key;
@@ -41,7 +41,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (static_cast<uint32_t>(leaf) >= h->nnodes)
 			abort(); // not a node
 		const VidxTreeNode *n = vidx_tree_node(buf.data(), static_cast<uint32_t>(leaf));
-		if (n->nchildren != 0 || n->leaf_id >= h->nleaves || seen[n->leaf_id]++)
+		if (n->nchildren != 0 || seen[leaf]++)
 			abort(); // not a leaf, or a leaf twice
 	}
 	abort(); // more leaves than nodes: the search does not terminate

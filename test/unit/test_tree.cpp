@@ -218,8 +218,6 @@ TEST(Tree, CheckRejectsCorruption)
 	expect_bad(
 	    "negative children", [&](char *b) { node(b, inner)->nchildren = -3; }, t.size);
 	expect_bad(
-	    "leaf id", [&](char *b) { node(b, leaf)->leaf_id = (uint32_t) n; }, t.size);
-	expect_bad(
 	    "dup leaf id",
 	    [&](char *b)
 	    {
