@@ -98,6 +98,8 @@ typedef struct VidxOptions
 extern int vidx_probes;
 extern int vidx_rerank;
 extern int vidx_scan_threads;
+extern int vidx_max_scan_threads;
+extern int vidx_build_threads;
 extern int vidx_tree_cache_mb;
 
 /* ---------- vectors (vector.c) ---------- */
@@ -225,6 +227,13 @@ extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, R
 #define VIDX_PHASE_KMEANS 3
 #define VIDX_PHASE_ASSIGN 4
 #define VIDX_PHASE_WRITE 5
+
+/* ---------- thread counts for the core (vidx.c) ---------- */
+
+/* A build's: vidx.build_threads, else max_parallel_maintenance_workers + 1; at most the CPUs. */
+extern int vidx_build_thread_count(void);
+/* A scan's (for a large group of postings): min(vidx.scan_threads, vidx.max_scan_threads). */
+extern int vidx_scan_thread_count(void);
 
 /* ---------- core error reporting ---------- */
 

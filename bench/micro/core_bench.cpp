@@ -10,13 +10,25 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "vidx_core.h"
 
 namespace
 {
+
+/* Threads for k-means and assignment: $VIDX_THREADS, else every core. */
+int
+bench_threads()
+{
+	const char *env = std::getenv("VIDX_THREADS");
+	int n = env ? std::atoi(env) : (int) std::thread::hardware_concurrency();
+
+	return n > 0 ? n : 1;
+}
 
 std::vector<float>
 gaussian(size_t n, uint64_t seed)
@@ -208,7 +220,8 @@ BM_kmeans(benchmark::State &st)
 	std::vector<float> cent((size_t) k * d);
 
 	for (auto _ : st)
-		vidx_kmeans(pts.data(), n, d, k, 5, 1, cent.data(), nullptr, nullptr, nullptr, 0);
+		vidx_kmeans(pts.data(), n, d, k, 5, 1, cent.data(), bench_threads(), nullptr, nullptr,
+		            nullptr, 0);
 	st.SetItemsProcessed((int64_t) st.iterations() * n * k * 5); /* distance evals (approx) */
 }
 BENCHMARK(BM_kmeans)
@@ -226,7 +239,7 @@ BM_assign(benchmark::State &st)
 	std::vector<int32_t> a(n);
 
 	for (auto _ : st)
-		vidx_assign(pts.data(), n, d, cent.data(), k, a.data());
+		vidx_assign(pts.data(), n, d, cent.data(), k, a.data(), bench_threads());
 	st.SetItemsProcessed((int64_t) st.iterations() * n * k);
 }
 BENCHMARK(BM_assign)

@@ -500,7 +500,7 @@ vidx::l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2,
 }
 
 extern "C" float
-vidx_l2sq(const float *a, const float *b, int dims)
+vidx_l2sq(const float *a, const float *b, int dims) noexcept
 {
 	if (dims <= 0)
 		return 0.0f;
@@ -508,7 +508,7 @@ vidx_l2sq(const float *a, const float *b, int dims)
 }
 
 extern "C" float
-vidx_dot(const float *a, const float *b, int dims)
+vidx_dot(const float *a, const float *b, int dims) noexcept
 {
 	if (dims <= 0)
 		return 0.0f;
@@ -516,7 +516,7 @@ vidx_dot(const float *a, const float *b, int dims)
 }
 
 extern "C" float
-vidx_norm_sq(const float *a, int dims)
+vidx_norm_sq(const float *a, int dims) noexcept
 {
 	if (dims <= 0)
 		return 0.0f;
@@ -557,7 +557,7 @@ distance_double(VidxMetric metric, const float *a, const float *b, int dims)
 }
 
 extern "C" double
-vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
+vidx_distance(VidxMetric metric, const float *a, const float *b, int dims) noexcept
 {
 	double d;
 
@@ -588,7 +588,7 @@ vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
 }
 
 extern "C" void
-vidx_normalize(const float *v, float *out, int dims)
+vidx_normalize(const float *v, float *out, int dims) noexcept
 {
 	double norm = std::sqrt((double) vidx_norm_sq(v, dims));
 
