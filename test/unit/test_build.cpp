@@ -126,6 +126,55 @@ TEST(BuildKMeans, LeafSizesAreBounded)
 	EXPECT_GT((double) *std::max_element(fs.begin(), fs.end()), 3.5 * (double) n / k);
 }
 
+int
+count_calls(void *arg, int64_t, int64_t)
+{
+	++*static_cast<int *>(arg);
+	return 0;
+}
+
+struct CancelAt
+{
+	int calls = 0, at = 0;
+};
+
+int
+cancel_at(void *arg, int64_t, int64_t)
+{
+	CancelAt *c = static_cast<CancelAt *>(arg);
+
+	return ++c->calls >= c->at;
+}
+
+TEST(BuildKMeans, BalancingReportsProgressAndCancels)
+{
+	/* Plain k-means leaves big leaves here (LeafSizesAreBounded): balancing has work to do. */
+	const int d = 16, k = 150;
+	const int64_t n = 30000;
+	auto pts = one_big_blob(n, d, 5);
+	std::vector<float> cent((size_t) k * d);
+	std::vector<int32_t> gs(k + 1);
+	int ng = 0, kmeans_calls = 0, all_calls = 0;
+	char err[128];
+
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS,
+	                               count_calls, &kmeans_calls, err, sizeof(err)));
+	ASSERT_EQ(VIDX_OK,
+	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), gs.data(), &ng,
+	                               vt::THREADS, count_calls, &all_calls, err, sizeof(err)));
+	/* The same k-means, then balancing, which reports between its steps. */
+	EXPECT_GT(all_calls, kmeans_calls + 1);
+
+	/* A cancel during balancing stops it there. */
+	CancelAt c;
+
+	c.at = kmeans_calls + 1;
+	EXPECT_EQ(VIDX_E_CANCELLED,
+	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), gs.data(), &ng,
+	                               vt::THREADS, cancel_at, &c, err, sizeof(err)));
+	EXPECT_EQ(c.at, c.calls);
+}
+
 TEST(BuildKMeans, SmallKIsFlatAndBalanced)
 {
 	const int d = 8, k = 20;
