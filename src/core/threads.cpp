@@ -8,7 +8,7 @@
  * sizes its teams from the machine. Here:
  *
  *  - workers are started with every signal blocked (the caller's mask is
- *    blocked around pthread_create, then restored), so signals only ever
+ *    blocked around thread creation, then restored), so signals only ever
  *    reach the caller's own thread;
  *  - a worker that cannot be started (std::system_error: EAGAIN, or
  *    std::bad_alloc) means one thread fewer, down to the caller alone;
@@ -16,7 +16,11 @@
  *  - the caller gives the thread count; workers persist (a scan's parallel
  *    estimate pays no thread start) and sleep on their own condition
  *    variable after a short spin, so back-to-back loops (k-means) do not pay
- *    a wake-up each.
+ *    a wake-up each;
+ *  - the caller works on the loop too, and once every chunk is taken it
+ *    closes the loop and waits only for the workers inside it: a worker that
+ *    has not woken up by then (a busy machine) is not waited for, and skips
+ *    the loop when it wakes.
  *
  * One parallel loop runs at a time; a loop started while another runs (from
  * another thread, or inside a loop body) runs on its caller alone.
@@ -54,7 +58,7 @@ struct Worker
 {
 	std::mutex mu;
 	std::condition_variable cv;
-	/* Bumped by the caller to hand this worker the current loop. */
+	/* The loop this worker is asked to join (bumped by the caller). */
 	std::atomic<uint64_t> epoch{0};
 };
 
@@ -66,6 +70,7 @@ class Pool
   private:
 	int start_workers(int want) noexcept;
 	void work(int tid) noexcept;
+	void join(uint64_t e, int tid) noexcept;
 	static void worker_main(Pool *pool, Worker *w, int tid) noexcept;
 
 	std::mutex call_mu; /* held for the whole of a parallel loop */
@@ -73,12 +78,13 @@ class Pool
 	int nworkers = 0; /* workers[i] runs as tid i + 1 */
 	uint64_t epoch = 0;
 
-	/* The current loop. */
+	/* The current loop: its fields are written before open is set to its epoch. */
 	vidx::LoopBody body = nullptr;
 	void *ctx = nullptr;
 	int64_t n = 0, chunk = 1;
 	std::atomic<int64_t> next{0};
-	std::atomic<int> remaining{0}; /* workers still in the loop */
+	std::atomic<uint64_t> open{0}; /* epoch of the loop workers may join; 0: none */
+	std::atomic<int> inside{0};    /* workers in join() */
 	std::mutex done_mu;
 	std::condition_variable done_cv;
 };
@@ -108,7 +114,6 @@ Pool::worker_main(Pool *pool, Worker *w, int tid) noexcept
 	uint64_t seen = 0;
 
 	in_loop = true;
-
 	for (;;)
 	{
 		uint64_t e = w->epoch.load(std::memory_order_acquire);
@@ -130,13 +135,26 @@ Pool::worker_main(Pool *pool, Worker *w, int tid) noexcept
 			           });
 		}
 		seen = e;
-		pool->work(tid);
-		if (pool->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1)
-		{
-			std::lock_guard<std::mutex> lk(pool->done_mu);
+		pool->join(e, tid);
+	}
+}
 
-			pool->done_cv.notify_one();
-		}
+/*
+ * Works on loop e if it is still open. inside and open are sequentially
+ * consistent: either this worker sees the loop closed, or the caller sees it
+ * inside and waits for it.
+ */
+void
+Pool::join(uint64_t e, int tid) noexcept
+{
+	inside.fetch_add(1);
+	if (open.load() == e)
+		work(tid);
+	if (inside.fetch_sub(1) == 1 && open.load() != e)
+	{
+		std::lock_guard<std::mutex> lk(done_mu);
+
+		done_cv.notify_one();
 	}
 }
 
@@ -203,8 +221,7 @@ Pool::run(int threads, int64_t n_, int64_t chunk_, vidx::LoopBody body_, void *c
 	n = n_;
 	chunk = chunk_;
 	next.store(0, std::memory_order_relaxed);
-	remaining.store(helpers, std::memory_order_relaxed);
-	epoch++;
+	open.store(++epoch);
 	for (int i = 0; i < helpers; i++)
 	{
 		Worker *w = workers[i];
@@ -218,13 +235,15 @@ Pool::run(int threads, int64_t n_, int64_t chunk_, vidx::LoopBody body_, void *c
 	}
 	work(0);
 
-	for (int s = 0; remaining.load(std::memory_order_acquire) != 0 && s < SPIN; s++)
+	/* Every chunk is taken: close the loop, wait for the workers still in it. */
+	open.store(0);
+	for (int s = 0; inside.load() != 0 && s < SPIN; s++)
 		cpu_relax();
-	if (remaining.load(std::memory_order_acquire) != 0)
+	if (inside.load() != 0)
 	{
 		std::unique_lock<std::mutex> lk(done_mu);
 
-		done_cv.wait(lk, [&] { return remaining.load(std::memory_order_acquire) == 0; });
+		done_cv.wait(lk, [&] { return inside.load() == 0; });
 	}
 	in_loop = false;
 }

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "internal.hpp"
 #include "test_util.hpp"
 
 namespace
@@ -164,6 +165,54 @@ TEST(Threads, SameResultsForAnyThreadCount)
 		EXPECT_TRUE(one == run_all(threads)) << threads << " threads";
 	/* 8 threads were asked for, and the work had the chunks to use them. */
 	EXPECT_GE(pool_workers(), 7);
+}
+
+/*
+ * The pool itself: every item once, every tid below parallel_threads, with
+ * loops from several threads at once (one runs on the pool, the others on
+ * their callers) and loops inside loop bodies; many short loops, so that
+ * workers join late, skip closed loops and sleep between them.
+ */
+TEST(Threads, EveryItemOnceFromConcurrentAndNestedLoops)
+{
+	std::vector<std::thread> callers;
+	std::atomic<int> failures{0};
+
+	for (int c = 0; c < 3; c++)
+		callers.emplace_back(
+		    [&, c]
+		    {
+			    for (int round = 0; round < 2000; round++)
+			    {
+				    const int threads = 1 + (round + c) % 5;
+				    const int64_t n = 1 + (round * 37 + c * 11) % 400, chunk = 1 + round % 7;
+				    const int nt = vidx::parallel_threads(threads, n, chunk);
+				    std::vector<std::atomic<int>> hits((size_t) n);
+				    std::atomic<int64_t> inner{0};
+
+				    vidx::parallel_for(threads, n, chunk,
+				                       [&](int64_t i, int tid) noexcept
+				                       {
+					                       if (tid < 0 || tid >= nt)
+						                       failures++;
+					                       hits[i]++;
+					                       if (i % 50 == 0)
+						                       vidx::parallel_for(4, 20, 1,
+						                                          [&](int64_t, int t) noexcept
+						                                          {
+							                                          if (t < 0 || t >= 4)
+								                                          failures++;
+							                                          inner++;
+						                                          });
+				                       });
+				    for (auto &h : hits)
+					    failures += h.load() != 1;
+				    failures += inner.load() != 20 * ((n + 49) / 50);
+			    }
+		    });
+	for (auto &t : callers)
+		t.join();
+	EXPECT_EQ(0, failures.load());
 }
 
 /* SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGTERM, SIGCHLD: PostgreSQL's handlers. */
