@@ -41,7 +41,7 @@ namespace
 {
 
 constexpr int MAX_THREADS = VIDX_MAX_THREADS;
-/* Polls of an atomic before a worker (or the caller) sleeps: some tens of microseconds. */
+/* Polls of an atomic before a worker (or the caller) sleeps: 10-200 µs (about 80 on Zen 5). */
 constexpr int SPIN = 4000;
 
 inline void
