@@ -21,10 +21,10 @@ PG_MODULE_MAGIC;
 int vidx_probes = 10;
 int vidx_rerank = 100;
 int vidx_scan_threads = 1;
-int vidx_max_scan_threads = 4;
-int vidx_build_threads = 0;
 int vidx_tree_cache_mb = 0;
 
+static int vidx_max_scan_threads = 4;
+static int vidx_build_threads = 0;
 static relopt_kind vidx_relopt_kind;
 
 void _PG_init(void);

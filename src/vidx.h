@@ -98,8 +98,6 @@ typedef struct VidxOptions
 extern int vidx_probes;
 extern int vidx_rerank;
 extern int vidx_scan_threads;
-extern int vidx_max_scan_threads;
-extern int vidx_build_threads;
 extern int vidx_tree_cache_mb;
 
 /* ---------- vectors (vector.c) ---------- */
