@@ -10,8 +10,8 @@ DATA = sql/vidx--0.1.0.sql
 GLUE_OBJS = src/vidx.o src/vector.o src/pages.o src/sidecar.o src/build.o \
 	src/insert.o src/scan.o src/vacuum.o src/functions.o src/batch.o
 CORE_OBJS = src/core/distance.o src/core/rotation.o src/core/rabitq.o \
-	src/core/kmeans.o src/core/tree.o src/core/tree_edit.o src/core/sidecar_format.o src/core/topk.o \
-	src/core/build.o
+	src/core/kmeans.o src/core/tree.o src/core/tree_edit.o src/core/sidecar_format.o \
+	src/core/topk.o src/core/build.o src/core/threads.o
 OBJS = $(GLUE_OBJS) $(CORE_OBJS)
 
 REGRESS = vector_ops index_basic index_options index_vacuum index_batch index_costs index_numeric
@@ -19,10 +19,10 @@ REGRESS_OPTS = --load-extension=vidx
 
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wno-declaration-after-statement
-PG_CXXFLAGS = -std=c++17 -fopenmp -Wall -Wextra
-SHLIB_LINK = -lstdc++ -fopenmp
+PG_CXXFLAGS = -std=c++17 -pthread -Wall -Wextra
+SHLIB_LINK = -lstdc++ -pthread
 
-# No LLVM bitcode: the core is C++ with OpenMP, and JIT inlining of the glue buys nothing.
+# No LLVM bitcode: the core is C++, and JIT inlining of the glue buys nothing.
 override with_llvm = no
 
 PG_CONFIG ?= pg_config

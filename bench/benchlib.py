@@ -455,6 +455,8 @@ def create_index(dsn, table, index, metric="l2", options=None, verbose=True, pol
     conn = connect(dsn)
     with conn.cursor() as cur:
         cur.execute(f"DROP INDEX IF EXISTS {index}")
+        # every core, as the FAISS builds use (the default follows max_parallel_maintenance_workers)
+        cur.execute(f"SET vidx.build_threads = {os.cpu_count()}")
     pid = backend_pid(conn)
     w = ""
     if options:

@@ -25,7 +25,7 @@ section() {
 }
 
 PACKAGES=(
-	build-essential postgresql-15 postgresql-server-dev-15 libomp-dev
+	build-essential postgresql-15 postgresql-server-dev-15
 	dataset-fashion-mnist python3-numpy python3-psycopg
 )
 missing=()

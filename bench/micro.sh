@@ -45,7 +45,7 @@ echo "== running core_bench (3 repetitions; a few minutes)"
 	--benchmark_context=commit="$REV" \
 	--benchmark_context=cpu_model="$(lscpu | sed -n 's/^Model name: *//p')" \
 	--benchmark_context=ram="$(free -g | awk '/Mem:/{print $2}') GiB" \
-	--benchmark_context=omp_threads="${OMP_NUM_THREADS:-$(nproc)}" "$@"
+	--benchmark_context=threads="${VIDX_THREADS:-$(nproc)}" "$@"
 fi
 /usr/bin/python3 - "$OUT" <<'PY'
 import json, sys, os
@@ -60,7 +60,7 @@ L = ["# vidx core micro-benchmarks (Google Benchmark, medians of 3)", "",
      f"RAM {ctx.get('ram')}; caches: " + ", ".join(f"L{c['level']} {c['type'][0]} {c['size'] // 1024} KiB"
                                                 for c in ctx.get("caches", [])) +
      f"; load average {', '.join(f'{x:.1f}' for x in ctx.get('load_avg', []))}; commit {ctx.get('commit')}; "
-     f"{ctx.get('date')}; OpenMP threads {ctx.get('omp_threads')}.",
+     f"{ctx.get('date')}; threads {ctx.get('threads', ctx.get('omp_threads'))}.",
      "Command: `bench/micro.sh`.", "",
      "| benchmark | wall time | items/s (wall) | bytes/s (wall) | vs memread |", "|---|---|---|---|---|"]
 def fmt(x, unit=""):
@@ -71,7 +71,7 @@ def fmt(x, unit=""):
 for b in med:
     t = f"{b['real_time']:.3g} {b['time_unit']}"
     # Google Benchmark's rates are per CPU second of the main thread: wrong for
-    # the OpenMP k-means/assignment. Rates here are per wall-clock second.
+    # the multi-threaded k-means/assignment. Rates here are per wall-clock second.
     scale = b["cpu_time"] / b["real_time"] if b.get("real_time") else 1.0
     ips = b.get("items_per_second")
     bps = b.get("bytes_per_second")

@@ -91,6 +91,9 @@ SET vidx.probes = 0;
 SET vidx.rerank = -1;
 SET vidx.scan_threads = 0;
 SET vidx.scan_threads = 65;
+SET vidx.build_threads = -1;
+SET vidx.build_threads = 257;
+SET vidx.max_scan_threads = 2;  -- server-wide: postgresql.conf and reload only
 SET vidx.tree_cache_mb = -1;
 RESET vidx.probes;
 RESET vidx.rerank;

@@ -8,9 +8,9 @@
  * holding them all in memory: a seeded sample, rotated, for the balanced
  * two-level k-means that gives the leaf centroids; then every vector, in
  * batches, rotated, assigned to its nearest leaf down the two levels and
- * encoded (core/build.cpp, OpenMP threads on plain memory). The core groups
- * the leaf centroids into the tree, and the pages are written in one pass in
- * block order:
+ * encoded (core/build.cpp, on vidx_build_thread_count() threads of the core's
+ * pool, on plain memory). The core groups the leaf centroids into the tree,
+ * and the pages are written in one pass in block order:
  *
  *   block 0          metapage
  *   blocks 1..T      tree pages (the tree blob, verbatim)
@@ -314,7 +314,7 @@ empty_tree(size_t *size)
 {
 	char err[256];
 	float dummy = 0;
-	void *blob = vidx_tree_build(&dummy, NULL, 1, 0, VIDX_DEFAULT_FANOUT, VIDX_KMEANS_SEED, size,
+	void *blob = vidx_tree_build(&dummy, NULL, 1, 0, VIDX_DEFAULT_FANOUT, VIDX_KMEANS_SEED, size, 1,
 	                             err, sizeof(err));
 
 	if (blob == NULL)
@@ -342,7 +342,7 @@ cmp_int64(const void *a, const void *b)
  * them back from the sidecar in slot order and rotates them into a new array.
  */
 static float *
-sample_vectors(const VidxBuildState *bs, const void *rotation, int64 nsample)
+sample_vectors(const VidxBuildState *bs, const void *rotation, int64 nsample, int threads)
 {
 	Size rsize = vidx_sidecar_record_size(bs->dims);
 	float *sample;
@@ -384,7 +384,7 @@ sample_vectors(const VidxBuildState *bs, const void *rotation, int64 nsample)
 			n += run;
 		}
 		vidx_build_rotate(buf, n, rsize, bs->dims, bs->metric, rotation,
-		                  sample + (Size) i * bs->dims);
+		                  sample + (Size) i * bs->dims, threads);
 		i += n;
 		CHECK_FOR_INTERRUPTS();
 	}
@@ -459,6 +459,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		float *scratch;
 		int64 *offsets;
 		int64 visited = 0;
+		int threads = vidx_build_thread_count();
 
 		nleaves = opts->lists > 0 ? opts->lists : default_lists(bs.ntuples);
 		nleaves = (int) Min((int64) nleaves, bs.ntuples);
@@ -469,13 +470,13 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		vidx_rotation_init(rotation, bs.dims, VIDX_ROTATION_SEED);
 
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_KMEANS);
-		sample = sample_vectors(&bs, rotation, nsample);
+		sample = sample_vectors(&bs, rotation, nsample, threads);
 		centroids = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * bs.dims * nleaves);
 		group_start = palloc(sizeof(int32) * (nleaves + 1));
 		vidx_core_check(vidx_kmeans_balanced(sample, nsample, bs.dims, nleaves,
 		                                     opts->kmeans_iterations, VIDX_KMEANS_SEED, centroids,
-		                                     group_start, &ngroups, kmeans_progress, NULL, err,
-		                                     sizeof(err)),
+		                                     group_start, &ngroups, threads, kmeans_progress, NULL,
+		                                     err, sizeof(err)),
 		                "k-means", err);
 		pfree(sample);
 		CHECK_FOR_INTERRUPTS();
@@ -497,7 +498,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			vidx_core_check(vidx_build_encode(records, n, rsize, bs.dims, opts->refine_bits,
 			                                  bs.metric, rotation, centroids, group_start, ngroups,
 			                                  (uint32) i, scratch, postings + psize * i,
-			                                  assignment + i, &visited, err, sizeof(err)),
+			                                  assignment + i, &visited, threads, err, sizeof(err)),
 			                "encoding", err);
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i + n);
 			CHECK_FOR_INTERRUPTS();
@@ -505,8 +506,9 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		vidx_sidecar_build_end();
 		pfree(records);
 		pfree(scratch);
-		elog(DEBUG1, "vidx build: %d leaves in %d groups, %.2f groups scanned per vector", nleaves,
-		     ngroups, (double) visited / bs.ntuples);
+		elog(DEBUG1,
+		     "vidx build: %d leaves in %d groups, %.2f groups scanned per vector, %d threads",
+		     nleaves, ngroups, (double) visited / bs.ntuples, threads);
 
 		counts = palloc0(sizeof(uint32) * nleaves);
 		for (int64 i = 0; i < bs.ntuples; i++)
@@ -514,7 +516,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 
 		{
 			void *blob = vidx_tree_build(centroids, counts, nleaves, bs.dims, fanout,
-			                             VIDX_KMEANS_SEED, &tree_size, err, sizeof(err));
+			                             VIDX_KMEANS_SEED, &tree_size, threads, err, sizeof(err));
 
 			if (blob == NULL)
 				vidx_core_check(VIDX_E_NOMEM, "tree build", err);

@@ -617,9 +617,9 @@ flush_group(VidxScanOpaque so, const void *prep)
 
 	if (group.nptrs > 0 && estimated)
 	{
-		vidx_rabitq_estimate_tasks(group.tasks, group.ntasks,
-		                           group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_threads
-		                                                                     : 1);
+		vidx_rabitq_estimate_tasks(
+		    group.tasks, group.ntasks,
+		    group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_thread_count() : 1);
 		if (so->meta.refine_bits > 0)
 			refine_group(so, prep);
 	}

@@ -4,6 +4,8 @@
  */
 #include "vidx.h"
 
+#include <unistd.h>
+
 #include "access/relscan.h"
 #include "catalog/pg_type.h"
 #include "commands/progress.h"
@@ -28,6 +30,8 @@ static const struct config_enum_entry iterative_scan_options[] = {
     {NULL, 0, false},
 };
 
+static int vidx_max_scan_threads = 4;
+static int vidx_build_threads = 0;
 static relopt_kind vidx_relopt_kind;
 
 void _PG_init(void);
@@ -75,6 +79,15 @@ _PG_init(void)
 	    "Each backend starts its own threads: with many concurrent queries, keep the product "
 	    "of clients and threads at or below the number of cores.",
 	    &vidx_scan_threads, 1, 1, 64, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("vidx.max_scan_threads",
+	                        "Most threads any vidx scan uses, whatever vidx.scan_threads says",
+	                        "A scan uses min(vidx.scan_threads, vidx.max_scan_threads) threads.",
+	                        &vidx_max_scan_threads, 4, 1, 64, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "vidx.build_threads", "Threads a vidx index build uses",
+	    "0 takes max_parallel_maintenance_workers + 1, PostgreSQL's own bound on a maintenance "
+	    "command's parallelism. Never more than the online CPUs.",
+	    &vidx_build_threads, 0, 0, VIDX_MAX_THREADS, PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable(
 	    "vidx.tree_cache_mb", "Memory for the vidx trees (centroids) a backend keeps cached",
 	    "0 derives it from the machine: a quarter of the RAM divided by max_connections, "
@@ -182,6 +195,26 @@ vidx_buildphasename(int64 phasenum)
 	default:
 		return NULL;
 	}
+}
+
+/* ---------- thread counts for the core ---------- */
+
+int
+vidx_build_thread_count(void)
+{
+	int threads =
+	    vidx_build_threads > 0 ? vidx_build_threads : max_parallel_maintenance_workers + 1;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (cpus > 0 && threads > cpus)
+		threads = (int) cpus;
+	return threads;
+}
+
+int
+vidx_scan_thread_count(void)
+{
+	return Min(vidx_scan_threads, vidx_max_scan_threads);
 }
 
 /* ---------- core error bridge ---------- */

@@ -252,6 +252,13 @@ extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, R
 #define VIDX_PHASE_ASSIGN 4
 #define VIDX_PHASE_WRITE 5
 
+/* ---------- thread counts for the core (vidx.c) ---------- */
+
+/* A build's: vidx.build_threads, else max_parallel_maintenance_workers + 1; at most the CPUs. */
+extern int vidx_build_thread_count(void);
+/* A scan's (for a large group of postings): min(vidx.scan_threads, vidx.max_scan_threads). */
+extern int vidx_scan_thread_count(void);
+
 /* ---------- core error reporting ---------- */
 
 /* Turns a core status code into ereport(ERROR) with the core's message. */

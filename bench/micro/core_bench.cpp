@@ -10,13 +10,25 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "vidx_core.h"
 
 namespace
 {
+
+/* Threads for k-means and assignment: $VIDX_THREADS, else every core. */
+int
+bench_threads()
+{
+	const char *env = std::getenv("VIDX_THREADS");
+	int n = env ? std::atoi(env) : (int) std::thread::hardware_concurrency();
+
+	return n > 0 ? n : 1;
+}
 
 std::vector<float>
 gaussian(size_t n, uint64_t seed)
@@ -123,6 +135,50 @@ BENCHMARK(BM_estimate)
     ->Args({1024, 1 << 20})
     ->Unit(benchmark::kMicrosecond);
 
+/* The scan's parallel estimate: `tasks` leaves of n postings each (one query
+ * preparation per leaf), spread over `threads` threads. Args: dims, n, tasks,
+ * threads. Measures what a scan pays to hand a group to the threads. */
+void
+BM_estimate_tasks(benchmark::State &st)
+{
+	int d = (int) st.range(0), n = (int) st.range(1), ntasks = (int) st.range(2);
+	int threads = (int) st.range(3);
+	size_t ps = vidx_posting_size(d);
+	int total = n * ntasks;
+	std::vector<uint64_t> buf(ps * (size_t) total / 8 + 1);
+	std::vector<const VidxPosting *> ptrs(total);
+	auto xs = gaussian((size_t) total * d, 3), c = gaussian(d, 4), q = gaussian(d, 5);
+
+	for (int i = 0; i < total; i++)
+	{
+		VidxPosting *p = (VidxPosting *) ((char *) buf.data() + ps * (size_t) i);
+
+		vidx_rabitq_encode(xs.data() + (size_t) i * d, c.data(), d, p);
+		ptrs[i] = p;
+	}
+	std::vector<char> prep(vidx_query_prep_size(d));
+	std::vector<float> est(total), lower(total);
+	std::vector<VidxEstimateTask> tasks(ntasks);
+
+	vidx_query_prep(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d);
+	for (int t = 0; t < ntasks; t++)
+		tasks[t] = VidxEstimateTask{prep.data(), ptrs.data() + (size_t) t * n, n,
+		                            est.data() + (size_t) t * n, lower.data() + (size_t) t * n};
+	for (auto _ : st)
+	{
+		vidx_rabitq_estimate_tasks(tasks.data(), ntasks, threads);
+		benchmark::DoNotOptimize(est.data());
+	}
+	st.SetItemsProcessed((int64_t) st.iterations() * total); /* codes/s */
+}
+BENCHMARK(BM_estimate_tasks)
+    ->Args({784, 256, 8, 1})
+    ->Args({784, 256, 8, 2})
+    ->Args({1024, 512, 16, 1})
+    ->Args({1024, 512, 16, 2})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
 void
 BM_query_prep(benchmark::State &st)
 {
@@ -164,7 +220,8 @@ BM_kmeans(benchmark::State &st)
 	std::vector<float> cent((size_t) k * d);
 
 	for (auto _ : st)
-		vidx_kmeans(pts.data(), n, d, k, 5, 1, cent.data(), nullptr, nullptr, nullptr, 0);
+		vidx_kmeans(pts.data(), n, d, k, 5, 1, cent.data(), bench_threads(), nullptr, nullptr,
+		            nullptr, 0);
 	st.SetItemsProcessed((int64_t) st.iterations() * n * k * 5); /* distance evals (approx) */
 }
 BENCHMARK(BM_kmeans)
@@ -182,7 +239,7 @@ BM_assign(benchmark::State &st)
 	std::vector<int32_t> a(n);
 
 	for (auto _ : st)
-		vidx_assign(pts.data(), n, d, cent.data(), k, a.data());
+		vidx_assign(pts.data(), n, d, cent.data(), k, a.data(), bench_threads());
 	st.SetItemsProcessed((int64_t) st.iterations() * n * k);
 }
 BENCHMARK(BM_assign)

@@ -30,10 +30,6 @@
 #include <new>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "internal.hpp"
 
 namespace
@@ -57,17 +53,22 @@ constexpr int SPLIT_ITERATIONS = 8;
  * split it in two with 2-means on its members and give the second half the
  * slot of the smallest cluster, whose members go to their nearest centroid.
  * Then every point is reassigned to its nearest centroid and the centroids
- * become the means of their members. k is unchanged.
+ * become the means of their members. k is unchanged. Before each step it
+ * reports (done, total) to progress, and returns VIDX_E_CANCELLED if that
+ * asks to stop.
  */
-void
+int
 balance(const float *points, int64_t n, int dims, int k, float *centroids, int32_t *assign,
-        double cap, uint64_t seed)
+        double cap, uint64_t seed, int threads, VidxProgressFn progress, void *progress_arg,
+        int64_t done, int64_t total)
 {
 	const size_t d = (size_t) dims;
+	auto cancelled = [&]
+	{ return progress != nullptr && progress(progress_arg, done, total) != 0; };
 
 	if (k < 2 || n <= k)
-		return;
-	vidx::assign_points(points, n, dims, centroids, k, assign, nullptr);
+		return VIDX_OK;
+	vidx::assign_points(points, n, dims, centroids, k, assign, nullptr, threads);
 
 	std::vector<int64_t> size((size_t) k, 0);
 
@@ -82,6 +83,9 @@ balance(const float *points, int64_t n, int dims, int k, float *centroids, int32
 	for (int round = 0; round < 2 * k; round++)
 	{
 		int big = 0, small = -1;
+
+		if (cancelled())
+			return VIDX_E_CANCELLED;
 
 		for (int j = 1; j < k; j++)
 			if (size[j] > size[big])
@@ -112,7 +116,7 @@ balance(const float *points, int64_t n, int dims, int k, float *centroids, int32
 			            d * sizeof(float));
 		if (vidx::kmeans_run(sub.data(), m, dims, 2, SPLIT_ITERATIONS,
 		                     seed + 0x9E3779B97F4A7C15ULL * (uint64_t) (round + 1), two.data(),
-		                     nullptr, nullptr, nullptr, 0) != VIDX_OK)
+		                     threads, nullptr, nullptr, nullptr, 0) != VIDX_OK)
 			break;
 		std::memcpy(centroids + (size_t) big * d, two.data(), d * sizeof(float));
 		std::memcpy(centroids + (size_t) small * d, two.data() + d, d * sizeof(float));
@@ -128,7 +132,8 @@ balance(const float *points, int64_t n, int dims, int k, float *centroids, int32
 				std::memcpy(sp.data() + (size_t) t * d, points + (size_t) small_members[t] * d,
 				            d * sizeof(float));
 			sub_assign.resize((size_t) ms);
-			vidx::assign_points(sp.data(), ms, dims, centroids, k, sub_assign.data(), nullptr);
+			vidx::assign_points(sp.data(), ms, dims, centroids, k, sub_assign.data(), nullptr,
+			                    threads);
 			for (int64_t t = 0; t < ms; t++)
 			{
 				size[small]--;
@@ -154,9 +159,12 @@ balance(const float *points, int64_t n, int dims, int k, float *centroids, int32
 	}
 	if (changed)
 	{
-		vidx::assign_points(points, n, dims, centroids, k, assign, nullptr);
-		vidx::update_means(points, n, dims, k, assign, centroids);
+		if (cancelled())
+			return VIDX_E_CANCELLED;
+		vidx::assign_points(points, n, dims, centroids, k, assign, nullptr, threads);
+		vidx::update_means(points, n, dims, k, assign, centroids, threads);
 	}
+	return VIDX_OK;
 }
 
 /* Leaves per group: proportional to its points (largest remainder), >= 1 and <= its points. */
@@ -221,8 +229,8 @@ share_leaves(const std::vector<int64_t> &npts, int k)
 
 int
 kmeans_hier_run(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
-                float *centroids, int32_t *group_start, int *ngroups_out, VidxProgressFn progress,
-                void *progress_arg, char *err, size_t errlen)
+                float *centroids, int32_t *group_start, int *ngroups_out, int threads,
+                VidxProgressFn progress, void *progress_arg, char *err, size_t errlen)
 {
 	const size_t d = (size_t) dims;
 
@@ -237,14 +245,18 @@ kmeans_hier_run(const float *points, int64_t n, int dims, int k, int iterations,
 
 	if (k <= HIER_MIN_LEAVES || n <= k)
 	{
-		int rc = vidx::kmeans_run(points, n, dims, k, iterations, seed, centroids, progress,
-		                          progress_arg, err, errlen);
+		int rc = vidx::kmeans_run(points, n, dims, k, iterations, seed, centroids, threads,
+		                          progress, progress_arg, err, errlen);
 
 		if (rc != VIDX_OK)
 			return rc;
 		std::vector<int32_t> assign((size_t) n);
 
-		balance(points, n, dims, k, centroids, assign.data(), cap, seed ^ 0x62616c616e6365ULL);
+		/* k-means is done: its last progress report stands while balancing. */
+		rc = balance(points, n, dims, k, centroids, assign.data(), cap, seed ^ 0x62616c616e6365ULL,
+		             threads, progress, progress_arg, iterations, iterations);
+		if (rc != VIDX_OK)
+			return rc;
 		group_start[0] = 0;
 		group_start[1] = k;
 		*ngroups_out = 1;
@@ -255,7 +267,7 @@ kmeans_hier_run(const float *points, int64_t n, int dims, int k, int iterations,
 	int g = (int) std::lround(std::sqrt((double) k));
 	std::vector<float> top((size_t) g * d);
 	int rc = vidx::kmeans_run(points, n, dims, g, iterations, seed ^ 0x746f70ULL, top.data(),
-	                          nullptr, nullptr, err, errlen);
+	                          threads, nullptr, nullptr, err, errlen);
 
 	if (rc != VIDX_OK)
 		return rc;
@@ -263,7 +275,7 @@ kmeans_hier_run(const float *points, int64_t n, int dims, int k, int iterations,
 		return VIDX_E_CANCELLED;
 	std::vector<int32_t> gassign((size_t) n);
 
-	vidx::assign_points(points, n, dims, top.data(), g, gassign.data(), nullptr);
+	vidx::assign_points(points, n, dims, top.data(), g, gassign.data(), nullptr, threads);
 	std::vector<int64_t> npts((size_t) g, 0);
 
 	for (int64_t i = 0; i < n; i++)
@@ -298,13 +310,16 @@ kmeans_hier_run(const float *points, int64_t n, int dims, int k, int iterations,
 		float *cj = centroids + (size_t) next * d;
 
 		rc = vidx::kmeans_run(sub.data(), m, dims, share[j], iterations,
-		                      seed + 0x9E3779B97F4A7C15ULL * (uint64_t) (j + 1), cj, nullptr,
-		                      nullptr, err, errlen);
+		                      seed + 0x9E3779B97F4A7C15ULL * (uint64_t) (j + 1), cj, threads,
+		                      nullptr, nullptr, err, errlen);
 		if (rc != VIDX_OK)
 			return rc;
 		sub_assign.resize((size_t) m);
-		balance(sub.data(), m, dims, share[j], cj, sub_assign.data(), cap,
-		        seed ^ (0x62616c616e6365ULL + (uint64_t) j));
+		rc = balance(sub.data(), m, dims, share[j], cj, sub_assign.data(), cap,
+		             seed ^ (0x62616c616e6365ULL + (uint64_t) j), threads, progress, progress_arg,
+		             j, g);
+		if (rc != VIDX_OK)
+			return rc;
 		group_start[ng++] = next;
 		next += share[j];
 		if (progress && progress(progress_arg, j + 1, g) != 0)
@@ -364,23 +379,21 @@ group_bounds(const float *centroids, int dims, const int32_t *group_start, int n
 int64_t
 assign_hier(const float *points, int64_t n, int dims, const float *centroids,
             const int32_t *group_start, int ngroups, const float *gc, const float *grad,
-            int32_t *assignment)
+            int32_t *assignment, int threads)
 {
 	const size_t d = (size_t) dims;
-	const int nthreads = vidx::max_threads();
+	constexpr int64_t CHUNK = 32;
+	const int nt = vidx::parallel_threads(threads, n, CHUNK);
 	const int gpad = (ngroups + 3) & ~3;
-	std::vector<float> dgbuf((size_t) nthreads * gpad);
-	std::vector<int32_t> ordbuf((size_t) nthreads * gpad);
-	int64_t visited = 0;
+	std::vector<float> dgbuf((size_t) nt * gpad);
+	std::vector<int32_t> ordbuf((size_t) nt * gpad);
+	std::vector<int64_t> visited((size_t) nt * 8, 0); /* a cache line per thread */
 
-#pragma omp parallel num_threads(nthreads) reduction(+ : visited)
 	{
-		float *dg = dgbuf.data() + (size_t) vidx::thread_num() * gpad;
-		int32_t *ord = ordbuf.data() + (size_t) vidx::thread_num() * gpad;
-
-#pragma omp for schedule(dynamic, 32)
-		for (int64_t i = 0; i < n; i++)
+		auto nearest = [&](int64_t i, int tid) noexcept
 		{
+			float *dg = dgbuf.data() + (size_t) tid * gpad;
+			int32_t *ord = ordbuf.data() + (size_t) tid * gpad;
 			const float *x = points + (size_t) i * d;
 			float best = std::numeric_limits<float>::infinity();
 			int32_t bestj = group_start[0];
@@ -419,7 +432,7 @@ assign_hier(const float *points, int64_t n, int dims, const float *centroids,
 					if (lb > 0 && lb * lb > best)
 						break;
 				}
-				visited++;
+				visited[(size_t) tid * 8]++;
 				const int j0 = group_start[g], j1 = group_start[g + 1];
 
 				for (int j = j0; j < j1; j += 4)
@@ -440,9 +453,15 @@ assign_hier(const float *points, int64_t n, int dims, const float *centroids,
 				}
 			}
 			assignment[i] = bestj;
-		}
+		};
+
+		vidx::parallel_for(nt, n, CHUNK, nearest);
 	}
-	return visited;
+	int64_t total = 0;
+
+	for (int64_t v : visited)
+		total += v;
+	return total;
 }
 
 inline const float *
@@ -454,10 +473,9 @@ record_vector(const char *records, size_t record_size, int64_t i)
 
 void
 rotate_records(const char *records, int64_t n, size_t record_size, int dims, VidxMetric metric,
-               const void *rotation, float *out)
+               const void *rotation, float *out, int threads)
 {
-#pragma omp parallel for schedule(static)
-	for (int64_t i = 0; i < n; i++)
+	auto rotate = [&](int64_t i, int) noexcept
 	{
 		const float *v = record_vector(records, record_size, i);
 		float *o = out + (size_t) i * dims;
@@ -469,20 +487,22 @@ rotate_records(const char *records, int64_t n, size_t record_size, int dims, Vid
 		}
 		else
 			vidx_rotation_apply(rotation, v, o);
-	}
+	};
+
+	vidx::parallel_for(threads, n, 16, rotate);
 }
 
 } // namespace
 
 extern "C" int
 vidx_kmeans_balanced(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
-                     float *centroids, int32_t *group_start, int *ngroups, VidxProgressFn progress,
-                     void *progress_arg, char *err, size_t errlen)
+                     float *centroids, int32_t *group_start, int *ngroups, int threads,
+                     VidxProgressFn progress, void *progress_arg, char *err, size_t errlen) noexcept
 {
 	try
 	{
 		return kmeans_hier_run(points, n, dims, k, iterations, seed, centroids, group_start,
-		                       ngroups, progress, progress_arg, err, errlen);
+		                       ngroups, threads, progress, progress_arg, err, errlen);
 	}
 	catch (const std::bad_alloc &)
 	{
@@ -499,19 +519,20 @@ vidx_kmeans_balanced(const float *points, int64_t n, int dims, int k, int iterat
 
 extern "C" void
 vidx_build_rotate(const void *records, int64_t n, size_t record_size, int dims, VidxMetric metric,
-                  const void *rotation, float *out)
+                  const void *rotation, float *out, int threads) noexcept
 {
 	if (n <= 0 || dims <= 0)
 		return;
-	rotate_records(static_cast<const char *>(records), n, record_size, dims, metric, rotation, out);
+	rotate_records(static_cast<const char *>(records), n, record_size, dims, metric, rotation, out,
+	               threads);
 }
 
 extern "C" int
 vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, int refine_bits,
                   VidxMetric metric, const void *rotation, const float *centroids,
                   const int32_t *group_start, int ngroups, uint32_t first_slot, float *scratch,
-                  void *postings, int32_t *assignment, int64_t *groups_visited, char *err,
-                  size_t errlen)
+                  void *postings, int32_t *assignment, int64_t *groups_visited, int threads,
+                  char *err, size_t errlen) noexcept
 {
 	try
 	{
@@ -536,19 +557,19 @@ vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, 
 			grad.resize((size_t) ngroups);
 			group_bounds(centroids, dims, group_start, ngroups, gc.data(), grad.data());
 		}
-		rotate_records(recs, n, record_size, dims, metric, rotation, scratch);
+		rotate_records(recs, n, record_size, dims, metric, rotation, scratch, threads);
 		int64_t visited = n;
 
 		if (ngroups == 1)
-			vidx::assign_points(scratch, n, dims, centroids, group_start[1], assignment, nullptr);
+			vidx::assign_points(scratch, n, dims, centroids, group_start[1], assignment, nullptr,
+			                    threads);
 		else
 			visited = assign_hier(scratch, n, dims, centroids, group_start, ngroups, gc.data(),
-			                      grad.data(), assignment);
+			                      grad.data(), assignment, threads);
 
 		if (groups_visited)
 			*groups_visited += visited;
-#pragma omp parallel for schedule(static)
-		for (int64_t i = 0; i < n; i++)
+		auto encode = [&](int64_t i, int) noexcept
 		{
 			const VidxSidecarRecord *r =
 			    reinterpret_cast<const VidxSidecarRecord *>(recs + (size_t) i * record_size);
@@ -563,7 +584,9 @@ vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, 
 			p->heap_offset = r->heap_offset;
 			p->slot = first_slot + (uint32_t) i;
 			p->vhash = r->vhash;
-		}
+		};
+
+		vidx::parallel_for(threads, n, 64, encode);
 		return VIDX_OK;
 	}
 	catch (const std::bad_alloc &)

@@ -500,7 +500,7 @@ vidx::l2sq_x4(const float *x, const float *c0, const float *c1, const float *c2,
 }
 
 extern "C" float
-vidx_l2sq(const float *a, const float *b, int dims)
+vidx_l2sq(const float *a, const float *b, int dims) noexcept
 {
 	if (dims <= 0)
 		return 0.0f;
@@ -508,7 +508,7 @@ vidx_l2sq(const float *a, const float *b, int dims)
 }
 
 extern "C" float
-vidx_dot(const float *a, const float *b, int dims)
+vidx_dot(const float *a, const float *b, int dims) noexcept
 {
 	if (dims <= 0)
 		return 0.0f;
@@ -516,7 +516,7 @@ vidx_dot(const float *a, const float *b, int dims)
 }
 
 extern "C" float
-vidx_norm_sq(const float *a, int dims)
+vidx_norm_sq(const float *a, int dims) noexcept
 {
 	if (dims <= 0)
 		return 0.0f;
@@ -563,7 +563,7 @@ cosine_distance(double ab, double aa, double bb)
  * overflow it, so the result is finite for every finite input.
  */
 extern "C" double
-vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
+vidx_distance(VidxMetric metric, const float *a, const float *b, int dims) noexcept
 {
 	switch (metric)
 	{
@@ -595,7 +595,7 @@ vidx_distance(VidxMetric metric, const float *a, const float *b, int dims)
 }
 
 extern "C" void
-vidx_normalize(const float *v, float *out, int dims)
+vidx_normalize(const float *v, float *out, int dims) noexcept
 {
 	float nsq = vidx_norm_sq(v, dims);
 	double norm = std::sqrt(vidx::float_sum_ok(nsq) ? (double) nsq : vidx::dot_double(v, v, dims));
@@ -605,7 +605,7 @@ vidx_normalize(const float *v, float *out, int dims)
 }
 
 extern "C" int
-vidx_vector_check_indexable(const float *v, int dims, int *bad_index)
+vidx_vector_check_indexable(const float *v, int dims, int *bad_index) noexcept
 {
 	bool ok = true;
 

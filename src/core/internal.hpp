@@ -105,19 +105,46 @@ void nearest_block_fast(const float *pts, int cnt, int dims, const float *cent, 
                         int k, float *best, int32_t *besti);
 
 /*
- * Nearest centroid (L2) of each point, OpenMP-parallel, deterministic.
- * dist (may be null) receives the squared distance to that centroid.
- * Uses the dot-product kernel where AVX-512 is available (k floats of
- * temporary memory; without them, or without AVX-512, the l2sq_x4 kernel).
- * Never throws.
+ * Parallel loops on the core's own thread pool (threads.cpp; its workers have
+ * every signal blocked). parallel_run runs body(ctx, begin, end, tid) over
+ * the items [0, n) in chunks of `chunk` items handed out dynamically, on the
+ * calling thread (tid 0) and at most parallel_threads(threads, n, chunk) - 1
+ * workers (fewer if they cannot be started), and returns when every item is
+ * done. A body must not throw, and its results must not depend on which
+ * thread runs which chunk. Never throws.
  */
-void assign_points(const float *points, int64_t n, int dims, const float *centroids, int k,
-                   int32_t *assignment, float *dist);
+using LoopBody = void (*)(void *ctx, int64_t begin, int64_t end, int tid) noexcept;
+
+/* Threads a loop can use (>= 1, <= threads and the chunks): every tid is below it. */
+int parallel_threads(int threads, int64_t n, int64_t chunk) noexcept;
+void parallel_run(int threads, int64_t n, int64_t chunk, LoopBody body, void *ctx) noexcept;
+
+/* parallel_run calling f(i, tid) for every item i. */
+template <class F>
+inline void
+parallel_for(int threads, int64_t n, int64_t chunk, const F &f) noexcept
+{
+	LoopBody body = [](void *c, int64_t b, int64_t e, int tid) noexcept
+	{
+		const F &fn = *static_cast<const F *>(c);
+
+		for (int64_t i = b; i < e; i++)
+			fn(i, tid);
+	};
+
+	parallel_run(threads, n, chunk, body, const_cast<F *>(&f));
+}
 
 /*
- * The k-means driver behind vidx_kmeans; throws std::bad_alloc on OOM.
- * Returns a VIDX status; msg gets a message on error.
+ * Nearest centroid (L2) of each point on up to `threads` threads,
+ * deterministic. dist (may be null) receives the squared distance to that
+ * centroid. Uses the dot-product kernel where AVX-512 is available (k floats
+ * of temporary memory; without them, or without AVX-512, the l2sq_x4
+ * kernel). Never throws.
  */
+void assign_points(const float *points, int64_t n, int dims, const float *centroids, int k,
+                   int32_t *assignment, float *dist, int threads);
+
 /* Smallest float >= x (x >= 0): a radius rounded so that it still bounds. */
 inline float
 round_up_float(double x)
@@ -129,8 +156,6 @@ round_up_float(double x)
 	return f;
 }
 
-int max_threads();
-int thread_num(); /* inside a parallel region */
 /*
  * Centroid of each cluster: the mean of its members, summed in double in point
  * order (so the result does not depend on the thread count); clusters without
@@ -141,13 +166,17 @@ int thread_num(); /* inside a parallel region */
 void group_by_cluster(const int32_t *assign, int64_t n, int k, int64_t *count, int64_t *start,
                       int64_t *order);
 void means_from_order(const float *points, int dims, int k, const int64_t *count,
-                      const int64_t *start, const int64_t *order, float *centroids);
+                      const int64_t *start, const int64_t *order, float *centroids, int threads);
 void update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,
-                  float *centroids);
+                  float *centroids, int threads);
 
+/*
+ * The k-means driver behind vidx_kmeans, on up to `threads` threads; throws
+ * std::bad_alloc on OOM. Returns a VIDX status; err gets a message on error.
+ */
 int kmeans_run(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
-               float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
-               size_t errlen);
+               float *centroids, int threads, VidxProgressFn progress, void *progress_arg,
+               char *err, size_t errlen);
 
 } // namespace vidx
 

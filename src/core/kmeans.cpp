@@ -1,6 +1,6 @@
 /*
  * kmeans.cpp: seeded k-means++ initialization, Lloyd iterations (L2) and the
- * nearest-centroid assignment, OpenMP-parallel.
+ * nearest-centroid assignment, on the core's threads (threads.cpp).
  *
  * Determinism whatever the thread count: every parallel step computes a
  * per-point (or per-cluster) result that does not depend on how the work is
@@ -14,10 +14,6 @@
 #include <new>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "internal.hpp"
 
 namespace
@@ -25,6 +21,8 @@ namespace
 
 /* Points per assignment block: keeps a block of points around 256 kB. */
 constexpr int MAX_BLOCK = 64;
+/* Points per chunk of a k-means++ distance update (one distance each). */
+constexpr int64_t SEED_CHUNK = 512;
 
 int
 block_points(int dims)
@@ -43,40 +41,18 @@ report(VidxProgressFn progress, void *arg, int64_t done, int64_t total)
 
 } // namespace
 
-int
-vidx::max_threads()
-{
-#ifdef _OPENMP
-	return std::max(1, omp_get_max_threads());
-#else
-	return 1;
-#endif
-}
-
-int
-vidx::thread_num()
-{
-#ifdef _OPENMP
-	return omp_get_thread_num();
-#else
-	return 0;
-#endif
-}
-
 void
 vidx::means_from_order(const float *points, int dims, int k, const int64_t *count,
-                       const int64_t *start, const int64_t *order, float *centroids)
+                       const int64_t *start, const int64_t *order, float *centroids, int threads)
 {
 	const size_t d = (size_t) dims;
-	const int nthreads = max_threads();
-	std::vector<double> acc((size_t) nthreads * d);
-
-#pragma omp parallel for schedule(dynamic, 4) num_threads(nthreads)
-	for (int j = 0; j < k; j++)
+	const int nt = parallel_threads(threads, k, 4);
+	std::vector<double> acc((size_t) nt * d);
+	auto mean = [&](int64_t j, int tid) noexcept
 	{
 		if (count[j] == 0)
-			continue;
-		double *s = acc.data() + (size_t) thread_num() * d;
+			return;
+		double *s = acc.data() + (size_t) tid * d;
 
 		std::fill(s, s + d, 0.0);
 		for (int64_t t = start[j]; t < start[j + 1]; t++)
@@ -91,7 +67,9 @@ vidx::means_from_order(const float *points, int dims, int k, const int64_t *coun
 
 		for (size_t u = 0; u < d; u++)
 			cj[u] = (float) (s[u] * inv);
-	}
+	};
+
+	parallel_for(nt, k, 4, mean);
 }
 
 void
@@ -112,17 +90,17 @@ vidx::group_by_cluster(const int32_t *assign, int64_t n, int k, int64_t *count, 
 
 void
 vidx::update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,
-                   float *centroids)
+                   float *centroids, int threads)
 {
 	std::vector<int64_t> count((size_t) k), start((size_t) k + 1), order((size_t) n);
 
 	group_by_cluster(assign, n, k, count.data(), start.data(), order.data());
-	means_from_order(points, dims, k, count.data(), start.data(), order.data(), centroids);
+	means_from_order(points, dims, k, count.data(), start.data(), order.data(), centroids, threads);
 }
 
 void
 vidx::assign_points(const float *points, int64_t n, int dims, const float *centroids, int k,
-                    int32_t *assignment, float *dist)
+                    int32_t *assignment, float *dist, int threads)
 {
 	if (n <= 0 || k <= 0)
 		return;
@@ -144,8 +122,7 @@ vidx::assign_points(const float *points, int64_t n, int dims, const float *centr
 		}
 		for (int j = 0; j < k; j++)
 			cnorm[j] = vidx::self_dot_fast(centroids + (size_t) j * dims, dims);
-#pragma omp parallel for schedule(dynamic, 1)
-		for (int64_t b = 0; b < nblocks; b++)
+		auto fast_block = [&](int64_t b, int) noexcept
 		{
 			int64_t i0 = b * pb;
 			int cnt = (int) std::min<int64_t>(pb, n - i0);
@@ -160,13 +137,14 @@ vidx::assign_points(const float *points, int64_t n, int dims, const float *centr
 				if (dist)
 					dist[i0 + t] = best[t];
 			}
-		}
+		};
+
+		vidx::parallel_for(threads, nblocks, 1, fast_block);
 		return;
 	}
 
 slow:
-#pragma omp parallel for schedule(dynamic, 1)
-	for (int64_t b = 0; b < nblocks; b++)
+	auto slow_block = [&](int64_t b, int) noexcept
 	{
 		int64_t i0 = b * pb;
 		int cnt = (int) std::min<int64_t>(pb, n - i0);
@@ -207,13 +185,15 @@ slow:
 			if (dist)
 				dist[i0 + t] = best[t];
 		}
-	}
+	};
+
+	vidx::parallel_for(threads, nblocks, 1, slow_block);
 }
 
 int
 vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
-                 float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
-                 size_t errlen)
+                 float *centroids, int threads, VidxProgressFn progress, void *progress_arg,
+                 char *err, size_t errlen)
 {
 	const size_t d = (size_t) dims;
 
@@ -267,12 +247,21 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	std::vector<float> mind(m);
 	std::vector<char> chosen(m, 0);
 	int64_t first = (int64_t) rng.below((uint64_t) m);
+	float *cent = centroids; /* the latest centroid */
+	/* mind: each sample point's squared distance to its nearest centroid so far */
+	auto first_dist = [&](int64_t i, int) noexcept
+	{ mind[i] = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims); };
+	auto nearer = [&](int64_t i, int) noexcept
+	{
+		float dd = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims);
 
-	std::memcpy(centroids, points + (size_t) sample[first] * d, d * sizeof(float));
+		if (dd < mind[i])
+			mind[i] = dd;
+	};
+
+	std::memcpy(cent, points + (size_t) sample[first] * d, d * sizeof(float));
 	chosen[first] = 1;
-#pragma omp parallel for schedule(static)
-	for (int64_t i = 0; i < m; i++)
-		mind[i] = vidx_l2sq(points + (size_t) sample[i] * d, centroids, dims);
+	parallel_for(threads, m, SEED_CHUNK, first_dist);
 
 	for (int c = 1; c < k; c++)
 	{
@@ -315,17 +304,9 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 				pick = start;
 		}
 		chosen[pick] = 1;
-		float *cent = centroids + (size_t) c * d;
-
+		cent = centroids + (size_t) c * d;
 		std::memcpy(cent, points + (size_t) sample[pick] * d, d * sizeof(float));
-#pragma omp parallel for schedule(static)
-		for (int64_t i = 0; i < m; i++)
-		{
-			float dd = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims);
-
-			if (dd < mind[i])
-				mind[i] = dd;
-		}
+		parallel_for(threads, m, SEED_CHUNK, nearer);
 	}
 	std::vector<float>().swap(mind);
 	std::vector<char>().swap(chosen);
@@ -337,7 +318,7 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	std::vector<int64_t> count(k), start(k + 1), order(n);
 	for (int it = 0; it < iterations; it++)
 	{
-		assign_points(points, n, dims, centroids, k, assign.data(), dist.data());
+		assign_points(points, n, dims, centroids, k, assign.data(), dist.data(), threads);
 
 		int64_t changed = 0;
 
@@ -347,7 +328,8 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 		const int32_t *cur = prev.data();
 
 		group_by_cluster(cur, n, k, count.data(), start.data(), order.data());
-		means_from_order(points, dims, k, count.data(), start.data(), order.data(), centroids);
+		means_from_order(points, dims, k, count.data(), start.data(), order.data(), centroids,
+		                 threads);
 
 		/*
 		 * Empty clusters: split the largest cluster by moving its farthest
@@ -395,11 +377,12 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 
 extern "C" int
 vidx_kmeans(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
-            float *centroids, VidxProgressFn progress, void *progress_arg, char *err, size_t errlen)
+            float *centroids, int threads, VidxProgressFn progress, void *progress_arg, char *err,
+            size_t errlen) noexcept
 {
 	try
 	{
-		return vidx::kmeans_run(points, n, dims, k, iterations, seed, centroids, progress,
+		return vidx::kmeans_run(points, n, dims, k, iterations, seed, centroids, threads, progress,
 		                        progress_arg, err, errlen);
 	}
 	catch (const std::bad_alloc &)
@@ -417,9 +400,9 @@ vidx_kmeans(const float *points, int64_t n, int dims, int k, int iterations, uin
 
 extern "C" void
 vidx_assign(const float *points, int64_t n, int dims, const float *centroids, int k,
-            int32_t *assignment)
+            int32_t *assignment, int threads) noexcept
 {
 	if (n <= 0 || k <= 0 || dims < 0)
 		return;
-	vidx::assign_points(points, n, dims, centroids, k, assignment, nullptr);
+	vidx::assign_points(points, n, dims, centroids, k, assignment, nullptr, threads);
 }

@@ -664,25 +664,25 @@ pick_estimate()
 } // namespace
 
 extern "C" int
-vidx_code_words(int dims)
+vidx_code_words(int dims) noexcept
 {
 	return dims <= 0 ? 0 : (dims + 63) / 64;
 }
 
 extern "C" size_t
-vidx_posting_size(int dims)
+vidx_posting_size(int dims) noexcept
 {
 	return sizeof(VidxPosting) + 8 * (size_t) vidx_code_words(dims);
 }
 
 extern "C" bool
-vidx_refine_bits_valid(int refine_bits)
+vidx_refine_bits_valid(int refine_bits) noexcept
 {
 	return refine_bits == 0 || refine_bits == 4 || refine_bits == 8;
 }
 
 extern "C" size_t
-vidx_posting_size_refined(int dims, int refine_bits)
+vidx_posting_size_refined(int dims, int refine_bits) noexcept
 {
 	size_t size = vidx_posting_size(dims);
 
@@ -693,7 +693,7 @@ vidx_posting_size_refined(int dims, int refine_bits)
 
 extern "C" void
 vidx_rabitq_encode_refined(const float *x_rot, const float *c_rot, int dims, int refine_bits,
-                           VidxPosting *p)
+                           VidxPosting *p) noexcept
 {
 	vidx_rabitq_encode(x_rot, c_rot, dims, p);
 	if (refine_bits <= 0 || dims <= 0)
@@ -738,7 +738,7 @@ vidx_rabitq_encode_refined(const float *x_rot, const float *c_rot, int dims, int
 }
 
 extern "C" void
-vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p)
+vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p) noexcept
 {
 	uint64_t *code = reinterpret_cast<uint64_t *>(p + 1);
 	int words = vidx_code_words(dims);
@@ -778,21 +778,22 @@ vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting
 }
 
 extern "C" size_t
-vidx_query_prep_size(int dims)
+vidx_query_prep_size(int dims) noexcept
 {
 	return sizeof(PrepHeader) + 4 * 8 * (size_t) vidx_code_words(dims) +
 	       sizeof(float) * (size_t) (std::max(dims, 0) + 1);
 }
 
 extern "C" void
-vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot, int dims)
+vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
+                int dims) noexcept
 {
 	vidx_query_prep_refined(prep, metric, q_rot, c_rot, dims, 0);
 }
 
 extern "C" void
 vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
-                        int dims, int refine_bits)
+                        int dims, int refine_bits) noexcept
 {
 	PrepHeader *h = static_cast<PrepHeader *>(prep);
 	int words = vidx_code_words(dims);
@@ -866,7 +867,7 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 
 extern "C" void
 vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n, float *est,
-                     float *lower)
+                     float *lower) noexcept
 {
 	static const EstimateFn fn = pick_estimate();
 	const PrepHeader *h = static_cast<const PrepHeader *>(prep);
@@ -877,23 +878,19 @@ vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n
 }
 
 extern "C" void
-vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks, int threads)
+vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks, int threads) noexcept
 {
-	if (threads <= 1 || ntasks <= 1)
+	auto estimate = [&](int64_t i, int) noexcept
 	{
-		for (int i = 0; i < ntasks; i++)
-			vidx_rabitq_estimate(tasks[i].prep, tasks[i].postings, tasks[i].n, tasks[i].est,
-			                     tasks[i].lower);
-		return;
-	}
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-	for (int i = 0; i < ntasks; i++)
 		vidx_rabitq_estimate(tasks[i].prep, tasks[i].postings, tasks[i].n, tasks[i].est,
 		                     tasks[i].lower);
+	};
+
+	vidx::parallel_for(threads, ntasks, 1, estimate);
 }
 
 extern "C" void
-vidx_rabitq_refine(const void *prep, const VidxPosting *posting, float *est, float *lower)
+vidx_rabitq_refine(const void *prep, const VidxPosting *posting, float *est, float *lower) noexcept
 {
 	const PrepHeader *h = static_cast<const PrepHeader *>(prep);
 

@@ -98,7 +98,7 @@ fwht(float *x, int h, float scale)
 } // namespace
 
 extern "C" size_t
-vidx_rotation_size(int dims)
+vidx_rotation_size(int dims) noexcept
 {
 	if (dims < 0)
 		dims = 0;
@@ -106,7 +106,7 @@ vidx_rotation_size(int dims)
 }
 
 extern "C" void
-vidx_rotation_init(void *rotation, int dims, uint64_t seed)
+vidx_rotation_init(void *rotation, int dims, uint64_t seed) noexcept
 {
 	RotationHeader *hdr = static_cast<RotationHeader *>(rotation);
 
@@ -137,7 +137,7 @@ vidx_rotation_init(void *rotation, int dims, uint64_t seed)
 }
 
 extern "C" void
-vidx_rotation_apply(const void *rotation, const float *in, float *out)
+vidx_rotation_apply(const void *rotation, const float *in, float *out) noexcept
 {
 	const RotationHeader *hdr = static_cast<const RotationHeader *>(rotation);
 	int dims = hdr->dims;

@@ -53,7 +53,7 @@ constexpr size_t CHECKSUMMED = offsetof(VidxSidecarHeader, checksum);
 } // namespace
 
 extern "C" uint32_t
-vidx_hash32(const void *data, size_t len)
+vidx_hash32(const void *data, size_t len) noexcept
 {
 	const unsigned char *p = static_cast<const unsigned char *>(data);
 	uint64_t a = K3 ^ (uint64_t) len, b = K1, c = K2, d = ~K3;
@@ -83,13 +83,13 @@ vidx_hash32(const void *data, size_t len)
 }
 
 extern "C" uint32_t
-vidx_vector_hash(const float *v, int dims)
+vidx_vector_hash(const float *v, int dims) noexcept
 {
 	return vidx_hash32(v, dims > 0 ? 4 * (size_t) dims : 0);
 }
 
 extern "C" size_t
-vidx_sidecar_record_size(int dims)
+vidx_sidecar_record_size(int dims) noexcept
 {
 	if (dims < 0)
 		dims = 0;
@@ -98,7 +98,7 @@ vidx_sidecar_record_size(int dims)
 
 extern "C" void
 vidx_sidecar_header_init(VidxSidecarHeader *h, int dims, uint32_t db_oid, uint32_t index_oid,
-                         uint32_t relfilenode, uint64_t build_id)
+                         uint32_t relfilenode, uint64_t build_id) noexcept
 {
 	std::memset(h, 0, sizeof(*h));
 	h->magic = VIDX_SIDECAR_MAGIC;
@@ -114,7 +114,8 @@ vidx_sidecar_header_init(VidxSidecarHeader *h, int dims, uint32_t db_oid, uint32
 
 extern "C" int
 vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid, uint32_t index_oid,
-                          uint32_t relfilenode, uint64_t build_id, char *err, size_t errlen)
+                          uint32_t relfilenode, uint64_t build_id, char *err,
+                          size_t errlen) noexcept
 {
 	if (h->magic != VIDX_SIDECAR_MAGIC)
 	{
@@ -158,7 +159,7 @@ vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid,
 
 extern "C" void
 vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block, uint16_t heap_offset,
-                         const float *v)
+                         const float *v) noexcept
 {
 	VidxSidecarRecord *r = static_cast<VidxSidecarRecord *>(rec);
 
@@ -172,7 +173,7 @@ vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block, uint16_t heap
 
 extern "C" const float *
 vidx_sidecar_record_vector(const void *rec, int dims, uint32_t heap_block, uint16_t heap_offset,
-                           uint32_t vhash)
+                           uint32_t vhash) noexcept
 {
 	const VidxSidecarRecord *r = static_cast<const VidxSidecarRecord *>(rec);
 	const float *v = reinterpret_cast<const float *>(r + 1);

@@ -25,14 +25,14 @@ better(const VidxCandidate &a, const VidxCandidate &b)
 } // namespace
 
 extern "C" void
-vidx_candidates_sort(VidxCandidate *c, int64_t n)
+vidx_candidates_sort(VidxCandidate *c, int64_t n) noexcept
 {
 	if (n > 1)
 		std::sort(c, c + n, better);
 }
 
 extern "C" void
-vidx_candidates_select(VidxCandidate *c, int64_t n, int64_t k)
+vidx_candidates_select(VidxCandidate *c, int64_t n, int64_t k) noexcept
 {
 	if (n <= 1 || k <= 0)
 		return;

@@ -100,7 +100,7 @@ make_parent(const std::vector<BNode> &below, std::vector<int32_t> children, int 
 
 void *
 tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int dims, int fanout,
-           uint64_t seed, size_t *blob_size, char *err, size_t errlen)
+           uint64_t seed, size_t *blob_size, int threads, char *err, size_t errlen)
 {
 	if (nleaves < 0 || dims < 0 || dims > VIDX_MAX_DIMS || fanout < 2 || nleaves > (1 << 28) ||
 	    (nleaves > 0 && dims > 0 && leaf_centroids == nullptr))
@@ -154,11 +154,12 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 				std::memcpy(pts.data() + (size_t) i * dims, cur[i].c.data(), 4 * (size_t) dims);
 			int rc = vidx::kmeans_run(pts.data(), nc, dims, k, KMEANS_ITERATIONS,
 			                          seed + 0x9E3779B97F4A7C15ULL * (uint64_t) (lvl + 1),
-			                          cent.data(), nullptr, nullptr, err, errlen);
+			                          cent.data(), threads, nullptr, nullptr, err, errlen);
 
 			if (rc != VIDX_OK)
 				return nullptr;
-			vidx::assign_points(pts.data(), nc, dims, cent.data(), k, assign.data(), nullptr);
+			vidx::assign_points(pts.data(), nc, dims, cent.data(), k, assign.data(), nullptr,
+			                    threads);
 		}
 		else
 		{
@@ -426,12 +427,13 @@ node_key(const SearchHeader *s, const VidxTreeNode *n, int32_t id)
 
 extern "C" void *
 vidx_tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int dims,
-                int fanout, uint64_t seed, size_t *blob_size, char *err, size_t errlen)
+                int fanout, uint64_t seed, size_t *blob_size, int threads, char *err,
+                size_t errlen) noexcept
 {
 	try
 	{
-		return tree_build(leaf_centroids, counts, nleaves, dims, fanout, seed, blob_size, err,
-		                  errlen);
+		return tree_build(leaf_centroids, counts, nleaves, dims, fanout, seed, blob_size, threads,
+		                  err, errlen);
 	}
 	catch (const std::bad_alloc &)
 	{
@@ -447,13 +449,13 @@ vidx_tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves
 }
 
 extern "C" void
-vidx_tree_free(void *blob)
+vidx_tree_free(void *blob) noexcept
 {
 	std::free(blob);
 }
 
 extern "C" size_t
-vidx_tree_blob_size(int dims, int nnodes)
+vidx_tree_blob_size(int dims, int nnodes) noexcept
 {
 	if (dims < 0)
 		dims = 0;
@@ -463,7 +465,7 @@ vidx_tree_blob_size(int dims, int nnodes)
 }
 
 extern "C" int
-vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
+vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen) noexcept
 {
 	try
 	{
@@ -611,7 +613,7 @@ vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen)
 }
 
 extern "C" size_t
-vidx_tree_search_size(const void *tree)
+vidx_tree_search_size(const void *tree) noexcept
 {
 	const VidxTreeHeader *h = static_cast<const VidxTreeHeader *>(tree);
 
@@ -620,7 +622,8 @@ vidx_tree_search_size(const void *tree)
 }
 
 extern "C" void
-vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric, const float *q_rot)
+vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric,
+                       const float *q_rot) noexcept
 {
 	const VidxTreeHeader *h = static_cast<const VidxTreeHeader *>(tree);
 	SearchHeader *s = static_cast<SearchHeader *>(state);
@@ -645,7 +648,7 @@ vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric, const f
 }
 
 extern "C" int32_t
-vidx_tree_search_next(void *state, const void *tree, float *key)
+vidx_tree_search_next(void *state, const void *tree, float *key) noexcept
 {
 	SearchHeader *s = static_cast<SearchHeader *>(state);
 	const VidxTreeHeader *h = static_cast<const VidxTreeHeader *>(tree);

@@ -452,7 +452,7 @@ replace_leaf(const void *tree, size_t tree_size, int32_t leaf, const VidxNewLeaf
 } // namespace
 
 extern "C" size_t
-vidx_tree_replace_bound(const void *tree)
+vidx_tree_replace_bound(const void *tree) noexcept
 {
 	const VidxTreeHeader *h = static_cast<const VidxTreeHeader *>(tree);
 
@@ -463,7 +463,7 @@ vidx_tree_replace_bound(const void *tree)
 extern "C" int
 vidx_tree_replace_leaf(const void *tree, size_t tree_size, int32_t leaf, const VidxNewLeaf *leaves,
                        int n, int fanout, void *out, size_t out_size, size_t *written, char *err,
-                       size_t errlen)
+                       size_t errlen) noexcept
 {
 	try
 	{

@@ -1,7 +1,7 @@
 /*
  * vidx_core.h: the C interface of vidx's core library.
  *
- * The core is plain C++17 (+ OpenMP) and includes no PostgreSQL header. This
+ * The core is plain C++17 and includes no PostgreSQL header. This
  * header is the only thing the PostgreSQL glue (plain C) sees of it. Rules:
  *
  *  - every function here is callable from C and never lets a C++ exception
@@ -9,7 +9,14 @@
  *    negative VIDX_E* code) and, where given, write a message into err;
  *  - the core never calls back into PostgreSQL except through the progress
  *    callback, which is only ever called from the calling thread, outside any
- *    OpenMP parallel region;
+ *    parallel loop;
+ *  - a function that runs in parallel takes `threads`, the most threads it
+ *    may use, the caller's included (1 or less: the calling thread alone);
+ *    the core never sizes anything from the machine. The other threads come
+ *    from the core's own pool (core/threads.cpp): started once, with every
+ *    signal blocked, so signals reach only the caller's thread; a thread
+ *    that cannot be started means fewer threads, never an error. Results do
+ *    not depend on the thread count;
  *  - objects the glue keeps (rotation, query preparation, tree search state)
  *    live in memory the caller allocates (size from a *_size function), so the
  *    glue can put them in a PostgreSQL memory context and nothing leaks when
@@ -34,7 +41,16 @@ extern "C"
 {
 #endif
 
+/* Every function here is noexcept to C++ callers (and to the compiler). */
+#ifdef __cplusplus
+#define VIDX_NOEXCEPT noexcept
+#else
+#define VIDX_NOEXCEPT
+#endif
+
 #define VIDX_MAX_DIMS 16000
+/* A `threads` argument above this counts as this. */
+#define VIDX_MAX_THREADS 256
 
 /*
  * The largest absolute value of an element of a vector the index accepts.
@@ -68,9 +84,9 @@ extern "C"
 
 	/* ---------- distance kernels (exact, float32 in, float accumulators) ---------- */
 
-	float vidx_l2sq(const float *a, const float *b, int dims);
-	float vidx_dot(const float *a, const float *b, int dims);
-	float vidx_norm_sq(const float *a, int dims);
+	float vidx_l2sq(const float *a, const float *b, int dims) VIDX_NOEXCEPT;
+	float vidx_dot(const float *a, const float *b, int dims) VIDX_NOEXCEPT;
+	float vidx_norm_sq(const float *a, int dims) VIDX_NOEXCEPT;
 
 	/*
 	 * The value the SQL operator returns for the metric on the original vectors:
@@ -80,10 +96,10 @@ extern "C"
 	 * recomputed in double where they overflow or are small enough for
 	 * underflowed terms to matter (below 2^-100).
 	 */
-	double vidx_distance(VidxMetric metric, const float *a, const float *b, int dims);
+	double vidx_distance(VidxMetric metric, const float *a, const float *b, int dims) VIDX_NOEXCEPT;
 
 	/* out = v / ||v|| (norm in double if float overflows or underflows); v must be nonzero. */
-	void vidx_normalize(const float *v, float *out, int dims);
+	void vidx_normalize(const float *v, float *out, int dims) VIDX_NOEXCEPT;
 
 	/*
 	 * VIDX_OK if every element of v is at most VIDX_MAX_ELEMENT in absolute
@@ -91,16 +107,16 @@ extern "C"
 	 * 0-based position of the first element that is not. The glue calls it
 	 * wherever a vector enters the index.
 	 */
-	int vidx_vector_check_indexable(const float *v, int dims, int *bad_index);
+	int vidx_vector_check_indexable(const float *v, int dims, int *bad_index) VIDX_NOEXCEPT;
 
 	/* ---------- rotation: fixed, seeded, orthogonal, O(D log D) ---------- */
 
-	size_t vidx_rotation_size(int dims);
+	size_t vidx_rotation_size(int dims) VIDX_NOEXCEPT;
 	/* Initializes a rotation in caller memory (vidx_rotation_size bytes). Deterministic in (dims,
 	 * seed). */
-	void vidx_rotation_init(void *rotation, int dims, uint64_t seed);
+	void vidx_rotation_init(void *rotation, int dims, uint64_t seed) VIDX_NOEXCEPT;
 	/* out = R * in; in and out may alias. */
-	void vidx_rotation_apply(const void *rotation, const float *in, float *out);
+	void vidx_rotation_apply(const void *rotation, const float *in, float *out) VIDX_NOEXCEPT;
 
 	/* ---------- RaBitQ 1-bit codes ---------- */
 
@@ -121,15 +137,16 @@ extern "C"
 
 #define VIDX_POSTING_DEAD 0x0001
 
-	int vidx_code_words(int dims);      /* ceil(dims / 64) */
-	size_t vidx_posting_size(int dims); /* sizeof(VidxPosting) + 8 * words */
-	static inline const uint64_t *vidx_posting_code(const VidxPosting *p)
+	int vidx_code_words(int dims) VIDX_NOEXCEPT;      /* ceil(dims / 64) */
+	size_t vidx_posting_size(int dims) VIDX_NOEXCEPT; /* sizeof(VidxPosting) + 8 * words */
+	static inline const uint64_t *vidx_posting_code(const VidxPosting *p) VIDX_NOEXCEPT
 	{
 		return (const uint64_t *) (p + 1);
 	}
 
 	/* Fills norm, dot, cdot and the code of p from a rotated vector and its leaf centroid. */
-	void vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims, VidxPosting *p);
+	void vidx_rabitq_encode(const float *x_rot, const float *c_rot, int dims,
+	                        VidxPosting *p) VIDX_NOEXCEPT;
 
 	/*
 	 * Refinement codes (index option refine_bits, 0 = none): after the sign
@@ -139,22 +156,22 @@ extern "C"
 	 * then works from it: about 10x (4 bits) or 100x (8 bits) tighter bounds
 	 * than the sign code's, so far fewer candidates need their full vector.
 	 */
-	bool vidx_refine_bits_valid(int refine_bits); /* 0, 4 or 8 */
-	size_t vidx_posting_size_refined(int dims, int refine_bits);
+	bool vidx_refine_bits_valid(int refine_bits) VIDX_NOEXCEPT; /* 0, 4 or 8 */
+	size_t vidx_posting_size_refined(int dims, int refine_bits) VIDX_NOEXCEPT;
 	void vidx_rabitq_encode_refined(const float *x_rot, const float *c_rot, int dims,
-	                                int refine_bits, VidxPosting *p);
+	                                int refine_bits, VidxPosting *p) VIDX_NOEXCEPT;
 
 	/*
 	 * Per-leaf query preparation: the rotated query's residual to the leaf
 	 * centroid, quantized to 4 bits per dimension (bit planes), plus the scalars
 	 * the estimator needs. Caller memory of vidx_query_prep_size(dims) bytes.
 	 */
-	size_t vidx_query_prep_size(int dims);
+	size_t vidx_query_prep_size(int dims) VIDX_NOEXCEPT;
 	void vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
-	                     int dims);
+	                     int dims) VIDX_NOEXCEPT;
 	/* The same for postings that carry refinement codes of refine_bits. */
 	void vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot,
-	                             const float *c_rot, int dims, int refine_bits);
+	                             const float *c_rot, int dims, int refine_bits) VIDX_NOEXCEPT;
 
 	/*
 	 * Estimated score of each posting (lower is better) and a lower bound of the
@@ -163,7 +180,7 @@ extern "C"
 	 * space; IP -> negative inner product.
 	 */
 	void vidx_rabitq_estimate(const void *prep, const VidxPosting *const *postings, int n,
-	                          float *est, float *lower);
+	                          float *est, float *lower) VIDX_NOEXCEPT;
 
 	/*
 	 * (est, lower) of a posting from its refinement code (prep from
@@ -172,7 +189,7 @@ extern "C"
 	 * that can still matter.
 	 */
 	void vidx_rabitq_refine(const void *prep, const VidxPosting *posting, float *est,
-	                        float *lower);
+	                        float *lower) VIDX_NOEXCEPT;
 
 	/* One call of vidx_rabitq_estimate: a run of postings that share a query preparation. */
 	typedef struct VidxEstimateTask
@@ -185,16 +202,17 @@ extern "C"
 	} VidxEstimateTask;
 
 	/*
-	 * Runs the tasks on up to `threads` OpenMP threads (1: in the calling
+	 * Runs the tasks on up to `threads` threads (1: in the calling
 	 * thread). Pure arithmetic over caller memory: no allocation, cannot fail.
 	 */
-	void vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks, int threads);
+	void vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks,
+	                                int threads) VIDX_NOEXCEPT;
 
 	/* ---------- k-means and tree ---------- */
 
 	/*
 	 * Progress callback: called from the calling thread only, between phases or
-	 * iterations, never inside a parallel region. A nonzero return cancels the
+	 * iterations, never inside a parallel loop. A nonzero return cancels the
 	 * operation, which then returns VIDX_E_CANCELLED.
 	 */
 	typedef int (*VidxProgressFn)(void *arg, int64_t done, int64_t total);
@@ -203,15 +221,15 @@ extern "C"
 	 * Lloyd k-means with seeded k-means++ initialization on n x dims points (L2).
 	 * Writes k x dims centroids. Empty clusters are re-seeded deterministically.
 	 * If n < k, duplicates points so that k centroids are always written.
-	 * OpenMP-parallel; deterministic for a given seed whatever the thread count.
+	 * Deterministic for a given seed whatever the thread count.
 	 */
 	int vidx_kmeans(const float *points, int64_t n, int dims, int k, int iterations, uint64_t seed,
-	                float *centroids, VidxProgressFn progress, void *progress_arg, char *err,
-	                size_t errlen);
+	                float *centroids, int threads, VidxProgressFn progress, void *progress_arg,
+	                char *err, size_t errlen) VIDX_NOEXCEPT;
 
-	/* Nearest centroid (L2) of each point; OpenMP-parallel. */
+	/* Nearest centroid (L2) of each point. */
 	void vidx_assign(const float *points, int64_t n, int dims, const float *centroids, int k,
-	                 int32_t *assignment);
+	                 int32_t *assignment, int threads) VIDX_NOEXCEPT;
 
 	/* ---------- the index build (core/build.cpp) ---------- */
 
@@ -226,14 +244,16 @@ extern "C"
 	 */
 	int vidx_kmeans_balanced(const float *points, int64_t n, int dims, int k, int iterations,
 	                         uint64_t seed, float *centroids, int32_t *group_start, int *ngroups,
-	                         VidxProgressFn progress, void *progress_arg, char *err, size_t errlen);
+	                         int threads, VidxProgressFn progress, void *progress_arg, char *err,
+	                         size_t errlen) VIDX_NOEXCEPT;
 
 	/*
 	 * The vectors of n sidecar records (record_size bytes apart), normalized
-	 * under COSINE and rotated, into out (n x dims). OpenMP-parallel.
+	 * under COSINE and rotated, into out (n x dims).
 	 */
 	void vidx_build_rotate(const void *records, int64_t n, size_t record_size, int dims,
-	                       VidxMetric metric, const void *rotation, float *out);
+	                       VidxMetric metric, const void *rotation, float *out,
+	                       int threads) VIDX_NOEXCEPT;
 
 	/*
 	 * Encodes a batch of n sidecar records (slots first_slot ..): rotates them
@@ -243,13 +263,14 @@ extern "C"
 	 * vidx_posting_size_refined(dims, refine_bits) bytes (heap TID and hash
 	 * from the record).
 	 * groups_visited (may be NULL) is increased by the groups scanned.
-	 * OpenMP-parallel; the results do not depend on the thread count.
+	 * The results do not depend on the thread count.
 	 */
 	int vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims,
 	                      int refine_bits, VidxMetric metric, const void *rotation,
 	                      const float *centroids, const int32_t *group_start, int ngroups,
 	                      uint32_t first_slot, float *scratch, void *postings, int32_t *assignment,
-	                      int64_t *groups_visited, char *err, size_t errlen);
+	                      int64_t *groups_visited, int threads, char *err,
+	                      size_t errlen) VIDX_NOEXCEPT;
 
 	/*
 	 * Tree blob: the serialized hierarchical tree of centroids, stored verbatim in
@@ -281,7 +302,7 @@ extern "C"
 		                     /* followed by dims floats: the centroid (rotated space) */
 	} VidxTreeNode;
 
-	static inline const VidxTreeNode *vidx_tree_node(const void *tree, uint32_t i)
+	static inline const VidxTreeNode *vidx_tree_node(const void *tree, uint32_t i) VIDX_NOEXCEPT
 	{
 		const VidxTreeHeader *h = (const VidxTreeHeader *) tree;
 
@@ -289,7 +310,7 @@ extern "C"
 		                               (size_t) i * h->node_size);
 	}
 
-	static inline const float *vidx_tree_centroid(const VidxTreeNode *node)
+	static inline const float *vidx_tree_centroid(const VidxTreeNode *node) VIDX_NOEXCEPT
 	{
 		return (const float *) (node + 1);
 	}
@@ -302,10 +323,10 @@ extern "C"
 	 * of postings of leaf i. head_block is left 0.
 	 */
 	void *vidx_tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves,
-	                      int dims, int fanout, uint64_t seed, size_t *blob_size, char *err,
-	                      size_t errlen);
-	void vidx_tree_free(void *blob);
-	size_t vidx_tree_blob_size(int dims, int nnodes);
+	                      int dims, int fanout, uint64_t seed, size_t *blob_size, int threads,
+	                      char *err, size_t errlen) VIDX_NOEXCEPT;
+	void vidx_tree_free(void *blob) VIDX_NOEXCEPT;
+	size_t vidx_tree_blob_size(int dims, int nnodes) VIDX_NOEXCEPT;
 	/*
 	 * A leaf for vidx_tree_replace_leaf. Leaf ids are labels, unique within a
 	 * tree (an index never gives the same id to two chains), not positions.
@@ -319,7 +340,7 @@ extern "C"
 	} VidxNewLeaf;
 
 	/* Bytes a tree edited by vidx_tree_replace_leaf may need (tree must be checked). */
-	size_t vidx_tree_replace_bound(const void *tree);
+	size_t vidx_tree_replace_bound(const void *tree) VIDX_NOEXCEPT;
 
 	/*
 	 * Writes into out (at least vidx_tree_replace_bound bytes) the tree with
@@ -333,10 +354,11 @@ extern "C"
 	 */
 	int vidx_tree_replace_leaf(const void *tree, size_t tree_size, int32_t leaf,
 	                           const VidxNewLeaf *leaves, int n, int fanout, void *out,
-	                           size_t out_size, size_t *written, char *err, size_t errlen);
+	                           size_t out_size, size_t *written, char *err,
+	                           size_t errlen) VIDX_NOEXCEPT;
 
 	/* Validates a blob read back from pages (magic, sizes, child ranges, unique leaf ids). */
-	int vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen);
+	int vidx_tree_check(const void *blob, size_t size, char *err, size_t errlen) VIDX_NOEXCEPT;
 
 	/*
 	 * Best-first search: yields leaves in order of increasing key, where a
@@ -345,11 +367,11 @@ extern "C"
 	 * the keys of all leaves below it (from its radius), so leaves come out in
 	 * exact centroid order whatever the tree's shape. State lives in caller memory.
 	 */
-	size_t vidx_tree_search_size(const void *tree);
+	size_t vidx_tree_search_size(const void *tree) VIDX_NOEXCEPT;
 	void vidx_tree_search_begin(void *state, const void *tree, VidxMetric metric,
-	                            const float *q_rot);
+	                            const float *q_rot) VIDX_NOEXCEPT;
 	/* Index of the next nearest leaf node, or -1 when all leaves were returned. */
-	int32_t vidx_tree_search_next(void *state, const void *tree, float *key);
+	int32_t vidx_tree_search_next(void *state, const void *tree, float *key) VIDX_NOEXCEPT;
 
 /* ---------- sidecar file format ---------- */
 
@@ -387,25 +409,26 @@ extern "C"
 		/* followed by dims floats */
 	} VidxSidecarRecord;
 
-	uint32_t vidx_hash32(const void *data, size_t len);
-	uint32_t vidx_vector_hash(const float *v, int dims);
-	size_t vidx_sidecar_record_size(int dims); /* multiple of 16 */
+	uint32_t vidx_hash32(const void *data, size_t len) VIDX_NOEXCEPT;
+	uint32_t vidx_vector_hash(const float *v, int dims) VIDX_NOEXCEPT;
+	size_t vidx_sidecar_record_size(int dims) VIDX_NOEXCEPT; /* multiple of 16 */
 	/* Fills a header (magic, version, record_size, checksum). */
 	void vidx_sidecar_header_init(VidxSidecarHeader *h, int dims, uint32_t db_oid,
-	                              uint32_t index_oid, uint32_t relfilenode, uint64_t build_id);
+	                              uint32_t index_oid, uint32_t relfilenode,
+	                              uint64_t build_id) VIDX_NOEXCEPT;
 	/* VIDX_OK if h is a valid header for these identifiers, else VIDX_E_INVALID with err set. */
 	int vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid,
 	                              uint32_t index_oid, uint32_t relfilenode, uint64_t build_id,
-	                              char *err, size_t errlen);
+	                              char *err, size_t errlen) VIDX_NOEXCEPT;
 	/* Formats a record (record_size bytes at rec) for a vector and its TID. */
 	void vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block, uint16_t heap_offset,
-	                              const float *v);
+	                              const float *v) VIDX_NOEXCEPT;
 	/*
 	 * The record's vector if the record at rec is valid for this TID and hash,
 	 * else NULL. Checks the TID, the stored hash and the hash of the vector.
 	 */
 	const float *vidx_sidecar_record_vector(const void *rec, int dims, uint32_t heap_block,
-	                                        uint16_t heap_offset, uint32_t vhash);
+	                                        uint16_t heap_offset, uint32_t vhash) VIDX_NOEXCEPT;
 
 	/* ---------- top-k ---------- */
 
@@ -418,9 +441,9 @@ extern "C"
 	} VidxCandidate;
 
 	/* Sorts candidates by score ascending (ties by payload, for determinism). */
-	void vidx_candidates_sort(VidxCandidate *c, int64_t n);
+	void vidx_candidates_sort(VidxCandidate *c, int64_t n) VIDX_NOEXCEPT;
 	/* Partially sorts so that the k best are first, in order; the rest in any order. */
-	void vidx_candidates_select(VidxCandidate *c, int64_t n, int64_t k);
+	void vidx_candidates_select(VidxCandidate *c, int64_t n, int64_t k) VIDX_NOEXCEPT;
 
 #ifdef __cplusplus
 }

@@ -16,7 +16,7 @@ SECS=${1:-${VIDX_FUZZ_SECONDS:-45}}
 OUT=build/fuzz
 CXX=${CXX_FUZZ:-clang++-14}
 mkdir -p "$OUT/obj"
-FLAGS="-std=c++17 -O1 -g -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-unknown-pragmas"
+FLAGS="-std=c++17 -O1 -g -pthread -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-unknown-pragmas"
 for src in src/core/*.cpp; do
 	o=$OUT/obj/$(basename "$src" .cpp).o
 	if [ ! -f "$o" ] || [ "$src" -nt "$o" ] || [ src/core/vidx_core.h -nt "$o" ]; then
@@ -29,12 +29,12 @@ for t in fuzz_tree fuzz_sidecar fuzz_rabitq; do
 	$CXX $FLAGS -fsanitize=fuzzer "test/fuzz/$t.cpp" "$OUT"/obj/*.o -o "$OUT/$t" || exit 2
 done
 for d in tree sidecar rabitq; do mkdir -p "$OUT/corpus/$d"; done
-OMP_NUM_THREADS=1 "$OUT/seedgen" "$OUT/corpus" >/dev/null || exit 2
+"$OUT/seedgen" "$OUT/corpus" >/dev/null || exit 2
 for t in fuzz_tree fuzz_sidecar fuzz_rabitq; do
 	c=$OUT/corpus/${t#fuzz_}
 	start=$(date +%s)
 	# -seed fixed: the same inputs every run (deterministic); -timeout: a hang is a failure
-	if OMP_NUM_THREADS=1 timeout $((SECS + 120)) "$OUT/$t" "$c" -seed=1 -max_total_time="$SECS" -timeout=20 \
+	if timeout $((SECS + 120)) "$OUT/$t" "$c" -seed=1 -max_total_time="$SECS" -timeout=20 \
 		-rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$OUT/crash-$t-" \
 		>"$OUT/$t.log" 2>&1; then
 		runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$OUT/$t.log")

@@ -39,7 +39,7 @@ main(int argc, char **argv)
 					cents[i] = std::sin(i * 0.7f + dims);
 				size_t sz = 0;
 				char err[256];
-				void *blob = vidx_tree_build(cents.data(), nullptr, nleaves, dims, fanout, 42, &sz, err, sizeof(err));
+				void *blob = vidx_tree_build(cents.data(), nullptr, nleaves, dims, fanout, 42, &sz, 1, err, sizeof(err));
 				if (!blob)
 					continue;
 				uint8_t metric = files % 3;

@@ -1,8 +1,6 @@
 /* The build's balanced k-means and batch encoding (core/build.cpp). */
 #include <gtest/gtest.h>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -20,19 +18,18 @@ struct Hier
 };
 
 Hier
-hier(const std::vector<float> &pts, int64_t n, int d, int k, uint64_t seed, int threads = 2)
+hier(const std::vector<float> &pts, int64_t n, int d, int k, uint64_t seed,
+     int threads = vt::THREADS)
 {
 	Hier h;
 	char err[256] = "";
 
-	omp_set_num_threads(threads);
 	h.cent.resize((size_t) k * d);
 	h.gstart.resize((size_t) k + 1);
 	EXPECT_EQ(VIDX_OK,
 	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, seed, h.cent.data(), h.gstart.data(),
-	                               &h.ngroups, nullptr, nullptr, err, sizeof(err)))
+	                               &h.ngroups, threads, nullptr, nullptr, err, sizeof(err)))
 	    << err;
-	omp_set_num_threads(2);
 	return h;
 }
 
@@ -66,7 +63,7 @@ sizes(const std::vector<float> &pts, int64_t n, int d, const Hier &h, int k)
 	std::vector<int32_t> a(n);
 	std::vector<int64_t> s(k, 0);
 
-	vidx_assign(pts.data(), n, d, h.cent.data(), k, a.data());
+	vidx_assign(pts.data(), n, d, h.cent.data(), k, a.data(), vt::THREADS);
 	for (int64_t i = 0; i < n; i++)
 		s[a[i]]++;
 	return s;
@@ -121,12 +118,61 @@ TEST(BuildKMeans, LeafSizesAreBounded)
 	EXPECT_LE((double) mx, 3.5 * (double) n / k) << "largest leaf " << mx;
 
 	std::vector<float> flat((size_t) k * d);
-	ASSERT_EQ(VIDX_OK,
-	          vidx_kmeans(pts.data(), n, d, k, 10, 13, flat.data(), nullptr, nullptr, nullptr, 0));
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, 13, flat.data(), vt::THREADS, nullptr,
+	                               nullptr, nullptr, 0));
 	Hier f;
 	f.cent = flat;
 	auto fs = sizes(pts, n, d, f, k);
 	EXPECT_GT((double) *std::max_element(fs.begin(), fs.end()), 3.5 * (double) n / k);
+}
+
+int
+count_calls(void *arg, int64_t, int64_t)
+{
+	++*static_cast<int *>(arg);
+	return 0;
+}
+
+struct CancelAt
+{
+	int calls = 0, at = 0;
+};
+
+int
+cancel_at(void *arg, int64_t, int64_t)
+{
+	CancelAt *c = static_cast<CancelAt *>(arg);
+
+	return ++c->calls >= c->at;
+}
+
+TEST(BuildKMeans, BalancingReportsProgressAndCancels)
+{
+	/* Plain k-means leaves big leaves here (LeafSizesAreBounded): balancing has work to do. */
+	const int d = 16, k = 150;
+	const int64_t n = 30000;
+	auto pts = one_big_blob(n, d, 5);
+	std::vector<float> cent((size_t) k * d);
+	std::vector<int32_t> gs(k + 1);
+	int ng = 0, kmeans_calls = 0, all_calls = 0;
+	char err[128];
+
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS,
+	                               count_calls, &kmeans_calls, err, sizeof(err)));
+	ASSERT_EQ(VIDX_OK,
+	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), gs.data(), &ng,
+	                               vt::THREADS, count_calls, &all_calls, err, sizeof(err)));
+	/* The same k-means, then balancing, which reports between its steps. */
+	EXPECT_GT(all_calls, kmeans_calls + 1);
+
+	/* A cancel during balancing stops it there. */
+	CancelAt c;
+
+	c.at = kmeans_calls + 1;
+	EXPECT_EQ(VIDX_E_CANCELLED,
+	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), gs.data(), &ng,
+	                               vt::THREADS, cancel_at, &c, err, sizeof(err)));
+	EXPECT_EQ(c.at, c.calls);
 }
 
 TEST(BuildKMeans, SmallKIsFlatAndBalanced)
@@ -167,8 +213,8 @@ TEST(BuildKMeans, FewPoints)
 	int ng;
 	float c[4];
 	char err[128];
-	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans_balanced(pts.data(), 0, d, 1, 10, 1, c, gs, &ng, nullptr,
-	                                               nullptr, err, 128));
+	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans_balanced(pts.data(), 0, d, 1, 10, 1, c, gs, &ng,
+	                                               vt::THREADS, nullptr, nullptr, err, 128));
 }
 
 /* Sidecar records of n vectors. */
@@ -196,7 +242,7 @@ TEST(BuildEncode, ExactNearestLeafAndSameCodes)
 
 	/* Rotated points, then the clustering in rotated space. */
 	std::vector<float> r((size_t) n * d);
-	vidx_build_rotate(recs.data(), n, rs, d, VIDX_METRIC_L2, rot.data(), r.data());
+	vidx_build_rotate(recs.data(), n, rs, d, VIDX_METRIC_L2, rot.data(), r.data(), vt::THREADS);
 	Hier h = hier(r, n, d, k, 3);
 
 	std::vector<float> scratch((size_t) n * d);
@@ -208,13 +254,13 @@ TEST(BuildEncode, ExactNearestLeafAndSameCodes)
 	ASSERT_EQ(VIDX_OK,
 	          vidx_build_encode(recs.data(), n, rs, d, 0, VIDX_METRIC_L2, rot.data(), h.cent.data(),
 	                            h.gstart.data(), h.ngroups, 1000, scratch.data(), post.data(),
-	                            a.data(), &visited, err, sizeof(err)))
+	                            a.data(), &visited, vt::THREADS, err, sizeof(err)))
 	    << err;
 	EXPECT_GT(visited, 0);
 	EXPECT_LE(visited, n * h.ngroups);
 
 	std::vector<int32_t> flat(n);
-	vidx_assign(r.data(), n, d, h.cent.data(), k, flat.data());
+	vidx_assign(r.data(), n, d, h.cent.data(), k, flat.data(), vt::THREADS);
 	std::vector<char> want(ps);
 	for (int64_t i = 0; i < n; i++)
 	{
@@ -247,7 +293,7 @@ TEST(BuildEncode, CosineNormalizesBeforeRotating)
 	std::vector<float> out((size_t) n * d), want(d);
 
 	vidx_build_rotate(recs.data(), n, vidx_sidecar_record_size(d), d, VIDX_METRIC_COSINE,
-	                  rot.data(), out.data());
+	                  rot.data(), out.data(), vt::THREADS);
 	for (int64_t i = 0; i < n; i++)
 	{
 		vidx_normalize(&pts[(size_t) i * d], want.data(), d);

@@ -1,7 +1,5 @@
 #include <gtest/gtest.h>
 
-#include <omp.h>
-
 #include <cstring>
 
 #include "test_util.hpp"
@@ -18,8 +16,8 @@ TEST(KMeans, RecoversSeparatedClusters)
 	std::vector<float> cent((size_t) k * d);
 	char err[256] = "";
 
-	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 25, 42, cent.data(), nullptr, nullptr, err,
-	                               sizeof(err)))
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 25, 42, cent.data(), vt::THREADS, nullptr,
+	                               nullptr, err, sizeof(err)))
 	    << err;
 	/* every true center has a centroid next to it */
 	for (int c = 0; c < k; c++)
@@ -31,7 +29,7 @@ TEST(KMeans, RecoversSeparatedClusters)
 	}
 	/* and assignment is pure */
 	std::vector<int32_t> a(n);
-	vidx_assign(pts.data(), n, d, cent.data(), k, a.data());
+	vidx_assign(pts.data(), n, d, cent.data(), k, a.data(), vt::THREADS);
 	std::vector<int> map(k, -1);
 	for (int i = 0; i < n; i++)
 	{
@@ -44,11 +42,9 @@ TEST(KMeans, RecoversSeparatedClusters)
 std::vector<float>
 run(const std::vector<float> &pts, int64_t n, int d, int k, int threads, uint64_t seed)
 {
-	omp_set_num_threads(threads);
 	std::vector<float> cent((size_t) k * d);
-	EXPECT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, seed, cent.data(), nullptr, nullptr,
-	                               nullptr, 0));
-	omp_set_num_threads(2);
+	EXPECT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, seed, cent.data(), threads, nullptr,
+	                               nullptr, nullptr, 0));
 	return cent;
 }
 
@@ -72,8 +68,8 @@ TEST(KMeans, FewPointsAndDuplicates)
 	std::vector<float> pts = {1, 2, 3, 4, 5, 6};
 	std::vector<float> cent(5 * d);
 
-	ASSERT_EQ(VIDX_OK,
-	          vidx_kmeans(pts.data(), 2, d, 5, 10, 1, cent.data(), nullptr, nullptr, nullptr, 0));
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), 2, d, 5, 10, 1, cent.data(), vt::THREADS, nullptr,
+	                               nullptr, nullptr, 0));
 	for (int j = 0; j < 5; j++)
 		EXPECT_EQ(0, std::memcmp(&cent[j * d], &pts[(j % 2) * d], d * 4));
 
@@ -83,8 +79,8 @@ TEST(KMeans, FewPointsAndDuplicates)
 		for (int u = 0; u < d; u++)
 			dup[i * d + u] = (float) (i % 3);
 	std::vector<float> c2(10 * d);
-	ASSERT_EQ(VIDX_OK,
-	          vidx_kmeans(dup.data(), 300, d, 10, 10, 1, c2.data(), nullptr, nullptr, nullptr, 0));
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(dup.data(), 300, d, 10, 10, 1, c2.data(), vt::THREADS, nullptr,
+	                               nullptr, nullptr, 0));
 	for (float v : c2)
 	{
 		EXPECT_TRUE(std::isfinite(v));
@@ -98,10 +94,10 @@ TEST(KMeans, EmptyClusterIsReseeded)
 	const int d = 4;
 	auto pts = vt::clustered(600, d, 2, 4, 0.5f, 20.0f);
 	std::vector<float> cent(3 * d);
-	ASSERT_EQ(VIDX_OK,
-	          vidx_kmeans(pts.data(), 600, d, 3, 20, 3, cent.data(), nullptr, nullptr, nullptr, 0));
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), 600, d, 3, 20, 3, cent.data(), vt::THREADS, nullptr,
+	                               nullptr, nullptr, 0));
 	std::vector<int32_t> a(600);
-	vidx_assign(pts.data(), 600, d, cent.data(), 3, a.data());
+	vidx_assign(pts.data(), 600, d, cent.data(), 3, a.data(), vt::THREADS);
 	std::vector<int> cnt(3, 0);
 	for (int v : a)
 		cnt[v]++;
@@ -125,14 +121,15 @@ TEST(KMeans, ProgressCancelsAndInvalidArgs)
 	int calls = 0;
 	char err[128];
 
-	EXPECT_EQ(VIDX_E_CANCELLED, vidx_kmeans(pts.data(), 1000, d, 16, 50, 1, cent.data(),
-	                                        cancel_after_two, &calls, err, sizeof(err)));
+	EXPECT_EQ(VIDX_E_CANCELLED,
+	          vidx_kmeans(pts.data(), 1000, d, 16, 50, 1, cent.data(), vt::THREADS,
+	                      cancel_after_two, &calls, err, sizeof(err)));
 	EXPECT_EQ(calls, 2);
-	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans(pts.data(), 0, d, 16, 5, 1, cent.data(), nullptr, nullptr,
-	                                      err, sizeof(err)));
+	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans(pts.data(), 0, d, 16, 5, 1, cent.data(), vt::THREADS,
+	                                      nullptr, nullptr, err, sizeof(err)));
 	EXPECT_GT(strlen(err), 0u);
-	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans(pts.data(), 10, d, 0, 5, 1, cent.data(), nullptr, nullptr,
-	                                      err, sizeof(err)));
+	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans(pts.data(), 10, d, 0, 5, 1, cent.data(), vt::THREADS,
+	                                      nullptr, nullptr, err, sizeof(err)));
 }
 
 TEST(KMeans, AssignMatchesBruteForce)
@@ -144,7 +141,7 @@ TEST(KMeans, AssignMatchesBruteForce)
 		auto cent = vt::gaussian((size_t) k * d, 40 + d);
 		std::vector<int32_t> a(n);
 
-		vidx_assign(pts.data(), n, d, cent.data(), k, a.data());
+		vidx_assign(pts.data(), n, d, cent.data(), k, a.data(), vt::THREADS);
 		for (int i = 0; i < n; i++)
 		{
 			double best = 1e30;

@@ -569,7 +569,7 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 			std::vector<char> rot(vidx_rotation_size(d));
 			vidx_rotation_init(rot.data(), d, 3);
 			std::vector<float> r((size_t) n * d), cent((size_t) k * d);
-			vidx_build_rotate(recs.data(), n, rs, d, m, rot.data(), r.data());
+			vidx_build_rotate(recs.data(), n, rs, d, m, rot.data(), r.data(), 2);
 			for (float e : r)
 				ASSERT_TRUE(std::isfinite(e));
 			std::vector<int32_t> gstart(k + 1);
@@ -577,7 +577,7 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 			char err[256] = "";
 			ASSERT_EQ(VIDX_OK,
 			          vidx_kmeans_balanced(r.data(), n, d, k, 10, 5, cent.data(), gstart.data(),
-			                               &ngroups, nullptr, nullptr, err, sizeof(err)))
+			                               &ngroups, 2, nullptr, nullptr, err, sizeof(err)))
 			    << err;
 			for (float e : cent)
 				ASSERT_TRUE(std::isfinite(e)) << "d=" << d << " metric=" << m;
@@ -588,14 +588,14 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 			ASSERT_EQ(VIDX_OK,
 			          vidx_build_encode(recs.data(), n, rs, d, 0, m, rot.data(), cent.data(),
 			                            gstart.data(), ngroups, 0, scratch.data(), post.data(),
-			                            a.data(), nullptr, err, sizeof(err)))
+			                            a.data(), nullptr, 2, err, sizeof(err)))
 			    << err;
 			std::vector<uint32_t> counts(k, 0);
 			for (int64_t i = 0; i < n; i++)
 				counts[a[i]]++;
 			size_t size = 0;
 			void *tree =
-			    vidx_tree_build(cent.data(), counts.data(), k, d, 2, 9, &size, err, sizeof(err));
+			    vidx_tree_build(cent.data(), counts.data(), k, d, 2, 9, &size, 2, err, sizeof(err));
 			ASSERT_NE(nullptr, tree) << err;
 			EXPECT_EQ(VIDX_OK, vidx_tree_check(tree, size, err, sizeof(err))) << err;
 
@@ -650,8 +650,8 @@ TEST(Numeric, TreeOrderAtEveryScale)
 			auto leaves = scaled((size_t) nleaves * d, 100, s);
 			char err[256] = "";
 			size_t size = 0;
-			void *tree =
-			    vidx_tree_build(leaves.data(), nullptr, nleaves, d, 3, 1, &size, err, sizeof(err));
+			void *tree = vidx_tree_build(leaves.data(), nullptr, nleaves, d, 3, 1, &size, 2, err,
+			                             sizeof(err));
 			ASSERT_NE(nullptr, tree) << err;
 			ASSERT_EQ(VIDX_OK, vidx_tree_check(tree, size, err, sizeof(err))) << err;
 			std::vector<char> state(vidx_tree_search_size(tree));
@@ -702,7 +702,7 @@ TEST(Numeric, TreeOrderForFarQueries)
 		char err[256] = "";
 		size_t size = 0;
 		void *tree =
-		    vidx_tree_build(leaves.data(), nullptr, nleaves, d, 3, 1, &size, err, sizeof(err));
+		    vidx_tree_build(leaves.data(), nullptr, nleaves, d, 3, 1, &size, 2, err, sizeof(err));
 		ASSERT_NE(nullptr, tree) << err;
 		std::vector<char> state(vidx_tree_search_size(tree));
 		for (int qi = 0; qi < 6; qi++)
@@ -769,10 +769,10 @@ TEST(Numeric, TreeCheckRejectsOverflowedCentroids)
 	std::vector<int32_t> gstart(5);
 	int ngroups;
 	char err[256] = "";
-	(void) vidx_kmeans_balanced(pts.data(), n, d, 4, 10, 5, cent.data(), gstart.data(), &ngroups,
+	(void) vidx_kmeans_balanced(pts.data(), n, d, 4, 10, 5, cent.data(), gstart.data(), &ngroups, 2,
 	                            nullptr, nullptr, err, sizeof(err));
 	size_t size = 0;
-	void *tree = vidx_tree_build(cent.data(), nullptr, 4, d, 2, 9, &size, err, sizeof(err));
+	void *tree = vidx_tree_build(cent.data(), nullptr, 4, d, 2, 9, &size, 2, err, sizeof(err));
 	ASSERT_NE(nullptr, tree);
 	EXPECT_EQ(VIDX_E_INVALID, vidx_tree_check(tree, size, err, sizeof(err)));
 	EXPECT_NE(nullptr, std::strstr(err, "non-finite")) << err;

@@ -74,7 +74,7 @@ TEST(Tree, BuildCheckAndSearchOrder)
 		Tree t;
 		char err[256] = "";
 		t.blob = vidx_tree_build(leaves.data(), nullptr, cs.nleaves, cs.dims, cs.fanout, 1, &t.size,
-		                         err, sizeof(err));
+		                         vt::THREADS, err, sizeof(err));
 		ASSERT_NE(t.blob, nullptr) << err;
 		ASSERT_EQ(t.size, vidx_tree_blob_size(cs.dims, vidx_tree_node(t.blob, 0)
 		                                                   ? ((VidxTreeHeader *) t.blob)->nnodes
@@ -124,7 +124,7 @@ TEST(Tree, DeterministicAndWeightedRoot)
 	std::vector<float> leaves = {0, 0, 0, 4, 0, 0};
 	uint32_t counts[2] = {3, 1};
 	Tree t;
-	t.blob = vidx_tree_build(leaves.data(), counts, 2, d, 8, 1, &t.size, nullptr, 0);
+	t.blob = vidx_tree_build(leaves.data(), counts, 2, d, 8, 1, &t.size, vt::THREADS, nullptr, 0);
 	ASSERT_NE(t.blob, nullptr);
 	const float *rc = vidx_tree_centroid(vidx_tree_node(t.blob, 0));
 	EXPECT_FLOAT_EQ(rc[0], 1.0f);
@@ -132,8 +132,8 @@ TEST(Tree, DeterministicAndWeightedRoot)
 
 	auto many = vt::gaussian(500 * 8, 3);
 	Tree a, b;
-	a.blob = vidx_tree_build(many.data(), nullptr, 500, 8, 10, 5, &a.size, nullptr, 0);
-	b.blob = vidx_tree_build(many.data(), nullptr, 500, 8, 10, 5, &b.size, nullptr, 0);
+	a.blob = vidx_tree_build(many.data(), nullptr, 500, 8, 10, 5, &a.size, vt::THREADS, nullptr, 0);
+	b.blob = vidx_tree_build(many.data(), nullptr, 500, 8, 10, 5, &b.size, vt::THREADS, nullptr, 0);
 	ASSERT_EQ(a.size, b.size);
 	EXPECT_EQ(0, std::memcmp(a.blob, b.blob, a.size));
 }
@@ -142,7 +142,7 @@ TEST(Tree, EmptyBuild)
 {
 	Tree t;
 	char err[128];
-	t.blob = vidx_tree_build(nullptr, nullptr, 0, 0, 32, 1, &t.size, err, sizeof(err));
+	t.blob = vidx_tree_build(nullptr, nullptr, 0, 0, 32, 1, &t.size, vt::THREADS, err, sizeof(err));
 	ASSERT_NE(t.blob, nullptr) << err;
 	const VidxTreeHeader *h = (const VidxTreeHeader *) t.blob;
 	EXPECT_EQ(h->dims, 0u);
@@ -157,8 +157,10 @@ TEST(Tree, EmptyBuild)
 	EXPECT_EQ(key, 0.0f);
 	EXPECT_EQ(-1, vidx_tree_search_next(state.data(), t.blob, &key));
 
-	EXPECT_EQ(nullptr, vidx_tree_build(nullptr, nullptr, 5, 4, 8, 1, nullptr, err, sizeof(err)));
-	EXPECT_EQ(nullptr, vidx_tree_build(nullptr, nullptr, 0, 4, 1, 1, nullptr, err, sizeof(err)));
+	EXPECT_EQ(nullptr, vidx_tree_build(nullptr, nullptr, 5, 4, 8, 1, nullptr, vt::THREADS, err,
+	                                   sizeof(err)));
+	EXPECT_EQ(nullptr, vidx_tree_build(nullptr, nullptr, 0, 4, 1, 1, nullptr, vt::THREADS, err,
+	                                   sizeof(err)));
 }
 
 TEST(Tree, CheckRejectsCorruption)
@@ -166,7 +168,7 @@ TEST(Tree, CheckRejectsCorruption)
 	const int d = 5, n = 200;
 	auto leaves = vt::gaussian(n * d, 8);
 	Tree t;
-	t.blob = vidx_tree_build(leaves.data(), nullptr, n, d, 6, 1, &t.size, nullptr, 0);
+	t.blob = vidx_tree_build(leaves.data(), nullptr, n, d, 6, 1, &t.size, vt::THREADS, nullptr, 0);
 	ASSERT_NE(t.blob, nullptr);
 	char err[256];
 	ASSERT_EQ(VIDX_OK, vidx_tree_check(t.blob, t.size, err, sizeof(err))) << err;

@@ -30,7 +30,7 @@ build(int nleaves, int dims, int fanout, uint64_t seed)
 		counts[i] = 10 + (uint32_t) i;
 	char err[256] = "";
 	size_t size = 0;
-	void *b = vidx_tree_build(c.data(), counts.data(), nleaves, dims, fanout, seed, &size, err,
+	void *b = vidx_tree_build(c.data(), counts.data(), nleaves, dims, fanout, seed, &size, 1, err,
 	                          sizeof(err));
 	EXPECT_NE(b, nullptr) << err;
 	Blob out;
@@ -285,7 +285,7 @@ TEST(TreeEdit, EmptyTreeGetsDimensionsFromItsFirstSplit)
 	std::vector<float> zero(d, 0.0f);
 	char err[256] = "";
 	size_t size = 0;
-	void *b = vidx_tree_build(zero.data(), nullptr, 1, d, fanout, 1, &size, err, sizeof(err));
+	void *b = vidx_tree_build(zero.data(), nullptr, 1, d, fanout, 1, &size, 1, err, sizeof(err));
 	ASSERT_NE(b, nullptr) << err;
 	Blob t;
 	t.bytes.assign((char *) b, (char *) b + size);

@@ -12,6 +12,9 @@
 namespace vt
 {
 
+/* Threads the tests run the core's parallel functions on, unless they vary it. */
+constexpr int THREADS = 2;
+
 inline std::vector<float>
 gaussian(size_t n, uint64_t seed, float sigma = 1.0f, float mean = 0.0f)
 {
