@@ -267,6 +267,17 @@ def explain(conn, queries, metric, settings=None):
     return " / ".join(x for x in lines if not x.startswith("Sort Key") and not x.startswith("Order By"))
 
 
+def backend_cpu_s(pid):
+    """User + system CPU seconds of a backend so far (/proc/<pid>/stat: the
+    server runs on this machine and we may read it); NaN where we cannot."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def executed_plan(conn, q, settings):
     """The plan the benchmark's prepared statement runs now (its cached generic
     plan once PostgreSQL chose one), by EXPLAIN EXECUTE with the vector as a literal."""
@@ -318,30 +329,36 @@ def measure(dsn, queries, metric, universe, gt_d, a, label):
     prewarm_s = time.perf_counter() - t0
     out["settings"] = settings or {}
     out["index_plan"] = explain(conn, queries, metric, settings)
+    pid = bl.backend_pid(conn)
     runs = []
     for r in range(a.repeats):
-        # before the first run, one untimed pass over all queries: the first pass
-        # after the prewarm is still slower than the next ones
+        if r == 0:  # an untimed pass: the first after the prewarm is still slower than the next
+            bl.run_queries(conn, TABLE, queries, metric, 10, settings, warmup=0)
+        cpu0 = backend_cpu_s(pid)
         res, _ = bl.run_queries(conn, TABLE, queries, metric, 10, settings, base=universe, gt_dist=gt_d,
-                                warmup=len(queries) if r == 0 else 10)
+                                warmup=0)
+        res["backend_cpu_ms_per_query"] = (backend_cpu_s(pid) - cpu0) * 1e3 / len(queries)
         res["executed_plan"] = executed_plan(conn, queries[0], settings)
         if f"Index Scan using {INDEX}" not in res["executed_plan"]:
             raise RuntimeError(f"{label}: the prepared statement does not use the index: {res['executed_plan']}")
         runs.append(res)
         wall = res["queries"] / res["qps"]
         bl.log(f"  {label} run {r + 1}/{a.repeats}: recall@10 {res['recall@10']:.4f}  QPS {res['qps']:.1f}  "
-               f"p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  ({wall:.0f} s)")
+               f"p50 {res['p50_ms']:.2f} ms  p99 {res['p99_ms']:.2f} ms  backend CPU "
+               f"{res['backend_cpu_ms_per_query']:.2f} ms/query  ({wall:.0f} s)")
         if wall > a.max_run_seconds:
             bl.log(f"  {label}: a run took more than --max-run-seconds {a.max_run_seconds}: no more runs")
             break
     buf = bl.buffers_sample(conn, TABLE, queries, metric, 10, settings)
     state = index_state(conn)
     conn.close()
-    med = {k: float(np.median([x[k] for x in runs])) for k in ("qps", "p50_ms", "p95_ms", "p99_ms", "mean_ms")}
+    med = {k: float(np.median([x[k] for x in runs]))
+           for k in ("qps", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "backend_cpu_ms_per_query")}
     recalls = {(x["recall@1"], x["recall@10"]) for x in runs}
     out.update({"recall@1": runs[0]["recall@1"], "recall@10": runs[0]["recall@10"],
                 "recall_same_every_run": len(recalls) == 1, **med,
-                "runs": [{k: x[k] for k in ("qps", "p50_ms", "p95_ms", "p99_ms", "recall@10")} for x in runs],
+                "runs": [{k: x[k] for k in ("qps", "p50_ms", "p95_ms", "p99_ms", "recall@10",
+                                            "backend_cpu_ms_per_query")} for x in runs],
                 "plan": runs[0]["plan"], "executed_plan": runs[-1]["executed_plan"], "buffers": buf,
                 "prewarm": {"seconds": prewarm_s, "pages": pages, "sidecar_bytes": sbytes},
                 "loadavg_before": load, "loadavg_after": os.getloadavg(), **state})
@@ -484,7 +501,10 @@ def write_md(out, res):
          f"Goal (issue 11): at the defaults, an index's history costs at most {GOAL_RECALL_DROP} of recall@10 "
          f"against a REINDEX of the same table, and its QPS is at least {GOAL_QPS_RATIO}x the REINDEX's.",
          f"Queries: {a['queries']} one at a time from one client, prepared, after `vidx_prewarm` and an untimed "
-         f"pass, {a['repeats']} timed runs per index (median QPS, p50, p99); recall is tie-aware against the exact top-10 of the final rows. Inserts: binary "
+         f"pass, {a['repeats']} timed runs per index (median QPS, p50, p99); recall is tie-aware against the "
+         "exact top-10 of the final rows; "
+         "backend CPU ms/query is the query backend's user + system CPU time over a run (from /proc) divided "
+         "by the queries, less sensitive than QPS to the other jobs on a shared machine. Inserts: binary "
          f"COPY in chunks of {a['chunk']:,} rows (a transaction each), then {a['insert_sample']:,} "
          "single-row INSERTs (statement timed apart from the commit's WAL flush); the REINDEX column's "
          "INSERT figures are the same number of single-row INSERTs into the REINDEXed index after its queries.",
@@ -494,12 +514,14 @@ def write_md(out, res):
                  f"{res['heap_only_copy']['rows_per_s']:,.0f} rows/s.")
         L.append("")
     L += ["| scenario | recall@10 history / REINDEX | diff | QPS history / REINDEX | ratio | "
+          "backend CPU ms/query history / REINDEX | "
           "planner picks the index at the defaults | goal | load avg (1 min) at the queries |",
-          "|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|"]
     for sc in res["scenarios"]:
         h, r = sc["history"], sc["reindex"]
         L.append(f"| {sc['scenario']} | {h['recall@10']:.4f} / {r['recall@10']:.4f} | {sc['recall10_diff']:+.4f} | "
                  f"{h['qps']:.1f}{star(h)} / {r['qps']:.1f}{star(r)} | {sc['qps_ratio']:.2f} | "
+                 f"{h['backend_cpu_ms_per_query']:.2f} / {r['backend_cpu_ms_per_query']:.2f} | "
                  f"{picks(h)} / {picks(r)} | {'met' if sc['goal_met'] else 'not met'} | "
                  f"{h['loadavg_before'][0]:.1f} / {r['loadavg_before'][0]:.1f} |")
     if any(s.get(k, {}).get("settings") for s in res["scenarios"] for k in ("history", "reindex")):
@@ -528,6 +550,9 @@ def write_md(out, res):
               f"| recall@10 | {h['recall@10']:.4f} | {r['recall@10']:.4f} | {sc['recall10_diff']:+.4f} |",
               f"| recall@1 | {h['recall@1']:.4f} | {r['recall@1']:.4f} | {h['recall@1'] - r['recall@1']:+.4f} |",
               f"| QPS (median of {len(h['runs'])}) | {h['qps']:.1f} | {r['qps']:.1f} | x{sc['qps_ratio']:.2f} |",
+              f"| backend CPU ms per query (median) | {h['backend_cpu_ms_per_query']:.2f} | "
+              f"{r['backend_cpu_ms_per_query']:.2f} | "
+              f"x{h['backend_cpu_ms_per_query'] / max(r['backend_cpu_ms_per_query'], 1e-9):.2f} |",
               f"| p50 / p99 ms | {h['p50_ms']:.2f} / {h['p99_ms']:.2f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | "
               f"x{h['p50_ms'] / r['p50_ms']:.2f} / x{h['p99_ms'] / r['p99_ms']:.2f} |",
               f"| shared buffer hits per query | {h['buffers']['shared_hit_per_query']:,.0f} | "
