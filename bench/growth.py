@@ -453,6 +453,14 @@ def run_scenario(sc, a, dsn, conn, name, base, Q, gt_full):
     t0 = time.perf_counter()
     res["verify"] = sql(conn, "SELECT vidx_verify(%s)", (INDEX,))[0][0]
     res["verify_s"] = time.perf_counter() - t0
+    if a.exact_check:  # the ground truth belongs to the table's rows: an exact scan finds it
+        econn = bl.connect(dsn)
+        ex, _ = bl.run_queries(econn, TABLE, queries[:a.exact_check], a.metric, 10, exact=True, base=universe,
+                               gt_dist=gt_d[:a.exact_check], warmup=0)
+        econn.close()
+        res["exact_check"] = {k: ex[k] for k in ("queries", "recall@10", "p50_ms", "plan")}
+        if ex["recall@10"] < 1.0:
+            raise RuntimeError(f"{sc}: an exact scan has recall@10 {ex['recall@10']} against the ground truth")
     res["history"] = measure(dsn, queries, a.metric, universe, gt_d, a, f"{sc} history")
     res["reindex_s"] = reindex(dsn)
     res["reindex"] = measure(dsn, queries, a.metric, universe, gt_d, a, f"{sc} REINDEX")
@@ -694,6 +702,8 @@ def main(argv=None):
                     help="no further runs of the queries on an index once one took longer")
     ap.add_argument("--default-plan-sample", type=int, default=20,
                     help="queries timed at the defaults when the planner does not choose the index")
+    ap.add_argument("--exact-check", type=int, default=3,
+                    help="queries run as an exact scan, which must find the ground truth (0: none)")
     ap.add_argument("--shift", type=float, default=1.0,
                     help="churn: how far the inserted rows' cluster centres move (0 = not, 1 = new clusters)")
     ap.add_argument("--server-log", help="server log file: its WARNING/ERROR lines during the run are recorded")
