@@ -97,9 +97,10 @@ typedef struct VidxScanOpaqueData
 	MemoryContext scan_cxt; /* lives as long as the scan */
 	bool owns_scratch;      /* cands, by_est, by_lower are the backend's scratch */
 	bool started;
-	bool empty;      /* the index has no dimensions yet */
-	bool null_query; /* no query vector: every row, unordered */
-	bool exact_mode; /* the query is beyond what codes represent: score every row exactly */
+	bool empty;        /* the index has no dimensions yet */
+	bool null_query;   /* no query vector: every row, unordered */
+	bool exact_mode;   /* the query is beyond what codes represent: score every row exactly */
+	bool exact_bounds; /* the first round reads every leaf: bounds that always hold */
 	bool leaves_done;
 	int32 next_leaf; /* exact and null-query modes read leaves in node order from here */
 	VidxMetaPageData meta;
@@ -346,6 +347,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->rounds = 0;
 	so->last_distance = -get_float8_infinity();
 	so->exact_mode = false;
+	so->exact_bounds = false;
 	so->next_leaf = 0;
 	so->round = NULL; /* was in cxt */
 	so->round_capacity = 0;
@@ -371,6 +373,12 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);
 	so->exact_mode = query_needs_exact_mode(so->query, dims, (VidxMetric) so->meta.metric);
+	/*
+	 * vidx.probes covering every leaf asks for an exhaustive search: with
+	 * bounds that always hold (not the probabilistic ones), rows come out in
+	 * exact order and none is skipped.
+	 */
+	so->exact_bounds = (uint32) vidx_probes >= so->meta.nleaves;
 	MemoryContextSwitchTo(old);
 }
 
@@ -827,9 +835,13 @@ next_round(IndexScanDesc scan)
 		const VidxTreeNode *node = vidx_tree_node(cache->tree, so->round[i]);
 
 		if (estimated)
+		{
 			vidx_query_prep_refined(so->prep, (VidxMetric) so->meta.metric, so->qrot,
 			                        vidx_tree_centroid(node), so->meta.dims,
 			                        (int) so->meta.refine_bits);
+			if (so->exact_bounds)
+				vidx_query_prep_exact_bounds(so->prep);
+		}
 		scan_leaf(scan, node, so->prep);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -48,6 +48,11 @@ constexpr float EPS_QUANT = 4.0f; /* sigmas of query quantization error */
  * which re-scores more candidates but never misses one. Low dims are cheap.
  */
 constexpr int MIN_DIMS_FOR_PROBABILISTIC_BOUND = 64;
+/*
+ * With exact bounds, the float rounding of a bound's terms (a few ulps of the
+ * largest of them) is allowed for as well.
+ */
+constexpr float EXACT_SLACK = 1e-5f;
 
 struct PrepHeader
 {
@@ -70,6 +75,8 @@ struct PrepHeader
 	float cw;            /* 1: qr = q - c; 0 (inner product only): qr stands for q itself */
 	float qr_norm_sq_f;  /* qr_norm_sq and qc as floats, for the 1-bit estimator */
 	float qc_f;
+	int32_t exact_bounds; /* lower bounds that always hold (vidx_query_prep_exact_bounds) */
+	int32_t pad_;
 	/*
 	 * followed by 4 * words uint64_t bit planes, plane j at j*words, then
 	 * qr itself (dims floats) for the refinement codes
@@ -283,8 +290,9 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 	 * The largest <u, qr> can be: never more than ||qr||, u being a unit
 	 * vector; never below the estimate itself, so that lower <= est.
 	 */
-	float ip_high = h->dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND ? h->qr_norm
-	                                                           : std::min(est_ip + err, h->qr_norm);
+	float ip_high = h->dims < MIN_DIMS_FOR_PROBABILISTIC_BOUND || h->exact_bounds
+	                    ? h->qr_norm
+	                    : std::min(est_ip + err, h->qr_norm);
 	ip_high = std::max(ip_high, est_ip);
 	/*
 	 * In float (double costs 10% of the scan): for norms below 1e-19 the
@@ -299,6 +307,8 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 
 		score = -(base + norm * est_ip);
 		low = -(base + norm * ip_high);
+		if (h->exact_bounds)
+			low -= EXACT_SLACK * (std::fabs(base) + norm * h->qr_norm);
 	}
 	else
 	{
@@ -306,6 +316,8 @@ finish(const PrepHeader *h, const VidxPosting *p, PopSums ps, float *est, float 
 
 		score = base - 2.0f * norm * est_ip;
 		low = base - 2.0f * norm * ip_high;
+		if (h->exact_bounds)
+			low -= EXACT_SLACK * base;
 	}
 	est[0] = score;
 	if (lower)
@@ -330,13 +342,21 @@ refine_one(const PrepHeader *h, const VidxPosting *p, float *est, float *lower)
 	high = std::max(high, ip);
 	if (h->metric == VIDX_METRIC_IP)
 	{
-		*est = (float) -(h->qc + h->cw * p->cdot + ip);
-		*lower = (float) -(h->qc + h->cw * p->cdot + high);
+		double base = h->qc + h->cw * p->cdot;
+
+		*est = (float) -(base + ip);
+		*lower = (float) -(base + high);
+		if (h->exact_bounds)
+			*lower -= EXACT_SLACK * (float) (std::fabs(base) + (double) h->qr_norm * norm);
 	}
 	else
 	{
-		*est = (float) (norm * norm + h->qr_norm_sq - 2.0 * ip);
-		*lower = (float) (norm * norm + h->qr_norm_sq - 2.0 * high);
+		double base = norm * norm + h->qr_norm_sq;
+
+		*est = (float) (base - 2.0 * ip);
+		*lower = (float) (base - 2.0 * high);
+		if (h->exact_bounds)
+			*lower -= EXACT_SLACK * (float) base;
 	}
 }
 
@@ -863,6 +883,16 @@ vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const
 		                     ? h->qr_norm * 1.0001f
 		                     : (float) (EPS_REFINE * std::sqrt(qr_sq) / std::sqrt((double) dims));
 	}
+}
+
+extern "C" void
+vidx_query_prep_exact_bounds(void *prep) noexcept
+{
+	PrepHeader *h = static_cast<PrepHeader *>(prep);
+
+	h->exact_bounds = 1;
+	if (h->refine_bits > 0)
+		h->refine_coef = h->qr_norm * 1.0001f; /* Cauchy-Schwarz, as below 64 dims */
 }
 
 extern "C" void

@@ -174,6 +174,14 @@ extern "C"
 	                             const float *c_rot, int dims, int refine_bits) VIDX_NOEXCEPT;
 
 	/*
+	 * Makes the lower bounds of a prepared query hold always (Cauchy-Schwarz
+	 * instead of the probabilistic RaBitQ bound, with a margin for float
+	 * rounding): for a search that must be exact, at the price of more
+	 * candidates re-scored. Call after each vidx_query_prep_refined.
+	 */
+	void vidx_query_prep_exact_bounds(void *prep) VIDX_NOEXCEPT;
+
+	/*
 	 * Estimated score of each posting (lower is better) and a lower bound of the
 	 * true score that holds with high probability (RaBitQ error bound, eps0 = 3).
 	 * Score: L2 and COSINE -> squared L2 distance in the (normalized, rotated)
