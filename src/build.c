@@ -229,6 +229,10 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	meta->next_slot = ntuples;
 	meta->built_tuples = ntuples;
 	meta->refine_bits = refine_bits;
+	meta->next_leaf_id = nleaves;
+	meta->npostings = ntuples;
+	for (int i = 0; i < VIDX_GRAVEYARD_SIZE; i++)
+		meta->graveyard[i].first = InvalidBlockNumber;
 	((PageHeader) w->page.data)->pd_lower =
 	    ((char *) meta + sizeof(VidxMetaPageData)) - (char *) w->page.data;
 	emit_page(w);
@@ -240,6 +244,8 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 		size_t n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, tree_size - off);
 
 		vidx_init_page(w->page.data, VIDX_PAGE_TREE);
+		VidxPageGetOpaque(w->page.data)->next = i + 1 < tree_pages ? w->nblocks + 1 : InvalidBlockNumber;
+		VidxPageGetOpaque(w->page.data)->leaf_id = 1; /* the tree version */
 		memcpy(PageGetContents(w->page.data), (char *) tree + off, n);
 		((PageHeader) w->page.data)->pd_lower =
 		    (PageGetContents(w->page.data) + n) - (char *) w->page.data;
@@ -265,6 +271,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 			opaque->next = (pg + 1 < npages) ? w->nblocks + 1 : InvalidBlockNumber;
 			if (pg == 0)
 			{
+				opaque->npostings = counts[l];
 				opaque->last = heads[l] + npages - 1;
 				/* Inserts start at the last page: the build filled the others. */
 				opaque->insert_hint = opaque->last;

@@ -393,6 +393,41 @@ vidx_stats(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
+/* Marks the pages of the current tree version, checking that each is one of it. */
+static void
+mark_tree_pages(WalkState *ws)
+{
+	const char *name = RelationGetRelationName(ws->index);
+	BlockNumber blkno = ws->meta->tree_start;
+
+	for (uint32 i = 0; i < ws->meta->tree_pages; i++)
+	{
+		Buffer buf;
+		bool ok;
+
+		if (blkno == VIDX_METAPAGE_BLKNO || blkno >= ws->nblocks || ws->owner[blkno] != 0)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": tree page %u of %u is block %u: out of range "
+			                       "or reached twice",
+			                       name, i + 1, ws->meta->tree_pages, blkno)));
+		ws->owner[blkno] = OWNER_TREE;
+		buf = ReadBuffer(ws->index, blkno);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		ok = vidx_page_is(BufferGetPage(buf), VIDX_PAGE_TREE) &&
+		     VidxPageGetOpaque(BufferGetPage(buf))->leaf_id == ws->meta->tree_version;
+		blkno = ok ? VidxPageGetOpaque(BufferGetPage(buf))->next : InvalidBlockNumber;
+		UnlockReleaseBuffer(buf);
+		if (!ok)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": tree page %u is not a page of tree version %u",
+			                       name, i + 1, ws->meta->tree_version)));
+	}
+	if (ws->meta->tree_pages > 0 && BlockNumberIsValid(blkno))
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": the tree goes on past its %u pages", name,
+		                       ws->meta->tree_pages)));
+}
+
 /*
  * A page outside every chain walked so far that is not new: an insert may
  * have linked it to its chain after that chain was walked, which only grows
@@ -420,7 +455,7 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 		return; /* a crash between extending the relation and linking the page */
 
 	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING &&
-	    opaque.leaf_id < ws->meta->nleaves && leaves[opaque.leaf_id] != NULL &&
+	    opaque.leaf_id < ws->meta->next_leaf_id && leaves[opaque.leaf_id] != NULL &&
 	    leaves[opaque.leaf_id]->head_block == opaque.head)
 	{
 		ChainStats cs = {0, 0, 0, 0};
@@ -455,12 +490,7 @@ vidx_verify(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 		                errmsg("index \"%s\": metapage metric %s differs from its operator class",
 		                       name, metric_name(meta.metric))));
-	if (meta.tree_start != 1 || meta.tree_start + meta.tree_pages > ws.nblocks)
-		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-		                errmsg("index \"%s\": tree pages %u..%u out of range", name,
-		                       meta.tree_start, meta.tree_start + meta.tree_pages)));
-	for (uint32 i = 0; i < meta.tree_pages; i++)
-		ws.owner[meta.tree_start + i] = OWNER_TREE;
+	mark_tree_pages(&ws);
 
 	if (meta.dims == 0)
 	{
@@ -477,8 +507,9 @@ vidx_verify(PG_FUNCTION_ARGS)
 
 	if (check_sidecar)
 		vidx_sidecar_refresh(index, &meta);
-	leaves = palloc0(sizeof(VidxTreeNode *) * meta.nleaves);
-	ends = palloc(sizeof(BlockNumber) * meta.nleaves);
+	/* by leaf id: ids are unique and below next_leaf_id */
+	leaves = palloc0(sizeof(VidxTreeNode *) * meta.next_leaf_id);
+	ends = palloc(sizeof(BlockNumber) * meta.next_leaf_id);
 	for (uint32 i = 0; i < h->nnodes; i++)
 	{
 		const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
@@ -486,7 +517,11 @@ vidx_verify(PG_FUNCTION_ARGS)
 
 		if (node->nchildren != 0)
 			continue;
-		leaves[node->leaf_id] = node; /* leaf ids are unique and below nleaves (tree check) */
+		if (node->leaf_id >= meta.next_leaf_id)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": leaf id %u is not below the next leaf id %u",
+			                       name, node->leaf_id, meta.next_leaf_id)));
+		leaves[node->leaf_id] = node;
 		ends[node->leaf_id] = walk_chain(&ws, node, InvalidBlockNumber, &cs);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -28,18 +28,13 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 	GenericXLogState *state;
 	VidxMetaPage meta;
 	uint64 slot = VIDX_SLOT_NONE;
-	bool changed = false;
 	const char *why = NULL;
 
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 	state = GenericXLogStart(index);
 	meta = VidxPageGetMeta(GenericXLogRegisterBuffer(state, buf, 0));
 	if (meta->dims == 0)
-	{
-		meta->dims = dims;
-		meta->tree_version++;
-		changed = true;
-	}
+		meta->dims = dims; /* (the tree cache is keyed by dims too) */
 	else if (meta->dims != (uint32) dims)
 	{
 		int have = meta->dims;
@@ -49,15 +44,11 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 		vidx_check_dims(dims, have, index);
 	}
 	if (meta->next_slot < VIDX_SLOT_NONE)
-	{
 		slot = meta->next_slot++;
-		changed = true;
-	}
+	/* An estimate between VACUUMs (an insert may fail after this), which set it exactly. */
+	meta->npostings++;
 	memcpy(meta_out, meta, sizeof(VidxMetaPageData));
-	if (changed)
-		GenericXLogFinish(state);
-	else
-		GenericXLogAbort(state);
+	GenericXLogFinish(state);
 
 	/*
 	 * Slot 0 goes to the first insert into an index that has no record: built

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <unistd.h>
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/memutils.h"
@@ -38,6 +39,9 @@ vidx_init_page(Page page, uint16 page_type)
 	opaque->last = InvalidBlockNumber;
 	opaque->insert_hint = InvalidBlockNumber;
 	opaque->leaf_id = 0;
+	opaque->npostings = 0;
+	opaque->flags = 0;
+	opaque->reserved = 0;
 	opaque->page_type = page_type;
 	opaque->page_id = VIDX_PAGE_ID;
 }
@@ -81,6 +85,38 @@ vidx_try_read_meta(Relation index, VidxMetaPageData *meta)
 		return false;
 	}
 	return true;
+}
+
+/* Whether a page is an initialized vidx page of this type. */
+bool
+vidx_page_is(Page page, uint16 page_type)
+{
+	return !PageIsNew(page) &&
+	       ((PageHeader) page)->pd_special == BLCKSZ - MAXALIGN(sizeof(VidxPageOpaqueData)) &&
+	       VidxPageGetOpaque(page)->page_id == VIDX_PAGE_ID &&
+	       VidxPageGetOpaque(page)->page_type == page_type;
+}
+
+/*
+ * A page of the version a reader works with is not what that version left
+ * there. On a standby, the primary freed it (past its own oldest snapshot,
+ * which does not know the standby's): the query conflicts with recovery, as
+ * with any VACUUM on the primary (hot_standby_feedback prevents it). On a
+ * primary, freed pages wait for every older snapshot, so it is corruption.
+ */
+void
+vidx_version_gone(Relation index, BlockNumber blkno, const char *what)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+		                errmsg("canceling statement due to conflict with recovery"),
+		                errdetail("The primary reused block %u of index \"%s\", a %s page this "
+		                          "query still needed.",
+		                          blkno, RelationGetRelationName(index), what)));
+	ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+	                errmsg("index \"%s\": block %u is not the %s page it should be",
+	                       RelationGetRelationName(index), blkno, what),
+	                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 }
 
 /* A posting must fit a page: refinement codes of many dimensions may not. */
@@ -171,23 +207,29 @@ read_tree_blob(Relation index, const VidxMetaPageData *meta, MemoryContext cxt)
 	char *blob = MemoryContextAllocHuge(cxt, Max(meta->tree_bytes, 1));
 	size_t done = 0;
 	char err[256];
+	BlockNumber blkno = meta->tree_start;
 
 	for (uint32 i = 0; i < meta->tree_pages; i++)
 	{
-		Buffer buf = ReadBuffer(index, meta->tree_start + i);
+		Buffer buf;
 		Page page;
+		VidxPageOpaque opaque;
 		size_t n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, meta->tree_bytes - done);
 
+		if (!BlockNumberIsValid(blkno) || blkno == VIDX_METAPAGE_BLKNO)
+			vidx_version_gone(index, blkno, "tree");
+		buf = ReadBuffer(index, blkno);
 		LockBuffer(buf, BUFFER_LOCK_SHARE);
 		page = BufferGetPage(buf);
-		if (VidxPageGetOpaque(page)->page_type != VIDX_PAGE_TREE)
+		opaque = VidxPageGetOpaque(page);
+		/* a page of this tree version, else one recycled since */
+		if (!vidx_page_is(page, VIDX_PAGE_TREE) || opaque->leaf_id != meta->tree_version)
 		{
 			UnlockReleaseBuffer(buf);
-			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-			                errmsg("index \"%s\": block %u is not a tree page",
-			                       RelationGetRelationName(index), meta->tree_start + i)));
+			vidx_version_gone(index, blkno, "tree");
 		}
 		memcpy(blob + done, PageGetContents(page), n);
+		blkno = opaque->next;
 		UnlockReleaseBuffer(buf);
 		done += n;
 	}

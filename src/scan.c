@@ -681,10 +681,10 @@ scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
 		group.bufs[group.npages++] = buf;
 		page = BufferGetPage(buf);
 		opaque = VidxPageGetOpaque(page);
-		if (opaque->page_type != VIDX_PAGE_POSTING || opaque->head != node->head_block)
-			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-			                errmsg("index \"%s\": block %u is not in the posting chain of block %u",
-			                       RelationGetRelationName(index), blkno, node->head_block)));
+		/* a page of this leaf's chain, else one recycled since the scan's tree version */
+		if (!vidx_page_is(page, VIDX_PAGE_POSTING) || opaque->head != node->head_block ||
+		    opaque->leaf_id != node->leaf_id)
+			vidx_version_gone(index, blkno, "posting");
 		maxoff = PageGetMaxOffsetNumber(page);
 		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
 		{

@@ -22,29 +22,46 @@
 /* ---------- on-disk format ---------- */
 
 #define VIDX_MAGIC 0x56494458 /* "VIDX" */
-#define VIDX_FORMAT_VERSION 1
+#define VIDX_FORMAT_VERSION 2
 #define VIDX_METAPAGE_BLKNO 0
 
 /* Page types, in the special space of every page. */
 #define VIDX_PAGE_META 1
 #define VIDX_PAGE_TREE 2
 #define VIDX_PAGE_POSTING 3
+#define VIDX_PAGE_FREE 4 /* recycled, in the free space map: may be reused */
 
 typedef struct VidxPageOpaqueData
 {
-	BlockNumber next;        /* posting: next page of the chain; else InvalidBlockNumber */
+	BlockNumber next;        /* posting: next page of the chain; tree: next page of the version */
 	BlockNumber head;        /* posting: first page of this leaf's chain */
 	BlockNumber last;        /* posting head page only: last page of the chain */
 	BlockNumber insert_hint; /* posting head page only: first page that may have room */
-	uint32 leaf_id;          /* posting: leaf this chain belongs to */
+	uint32 leaf_id;          /* posting: the chain's leaf id; tree: the tree version */
+	uint32 npostings;        /* posting head page only: postings in the chain */
+	uint16 flags;            /* posting head page only: VIDX_CHAIN_* */
 	uint16 page_type;        /* VIDX_PAGE_* */
 	uint16 page_id;          /* VIDX_PAGE_ID, so tools can recognize vidx pages */
+	uint16 reserved;
 } VidxPageOpaqueData;
+
+/* A split or merge replaced the chain: inserts route again; old scans may still read it. */
+#define VIDX_CHAIN_REPLACED 0x0001
 
 typedef VidxPageOpaqueData *VidxPageOpaque;
 
 #define VIDX_PAGE_ID 0xFF8A
 #define VidxPageGetOpaque(page) ((VidxPageOpaque) PageGetSpecialPointer(page))
+
+/* A replaced chain or tree version, waiting to be freed (its pages are linked by next). */
+typedef struct VidxGraveEntry
+{
+	BlockNumber first;      /* InvalidBlockNumber: the entry is free */
+	uint32 reserved;
+	uint64 safe_xid;        /* FullTransactionId when it was replaced */
+} VidxGraveEntry;
+
+#define VIDX_GRAVEYARD_SIZE 32
 
 /* The metapage, block 0. */
 typedef struct VidxMetaPageData
@@ -55,17 +72,24 @@ typedef struct VidxMetaPageData
 	uint32 metric;   /* VidxMetric */
 	uint64 build_id; /* changes at every build; ties tree cache and sidecar */
 	uint64 rotation_seed;
-	BlockNumber tree_start; /* first tree page */
+	BlockNumber tree_start; /* first tree page of the current version (pages linked by next) */
 	uint32 tree_pages;
 	uint32 tree_bytes;   /* size of the tree blob spread over the tree pages */
-	uint32 tree_version; /* bumped when the tree changes (first-insert dims) */
+	uint32 tree_version; /* bumped when the tree changes (first-insert dims, splits) */
 	uint32 nleaves;
 	uint32 levels;
 	uint64 next_slot;    /* next sidecar slot to hand out (VIDX_SLOT_NONE: none left) */
 	uint64 built_tuples; /* postings written by the build */
-	uint32 refine_bits;  /* refinement code bits per dimension (0: none; 0 in pages
-	                      * written before the field existed) */
-	uint32 reserved;
+	uint32 refine_bits;  /* refinement code bits per dimension (0: none) */
+	uint32 next_leaf_id; /* the id the next new chain gets: ids are never reused */
+	uint64 npostings;    /* postings in the current chains (inserts add, VACUUM subtracts) */
+	uint64 splits;       /* leaves split since the build */
+	uint64 merges;       /* leaves merged since the build */
+	/*
+	 * Structures a split replaced, kept readable for the scans that started
+	 * before it: freed once no snapshot can be older than safe_xid.
+	 */
+	VidxGraveEntry graveyard[VIDX_GRAVEYARD_SIZE];
 } VidxMetaPageData;
 
 /*
@@ -142,6 +166,8 @@ extern VidxOptions *vidx_index_options(Relation index);
 
 extern Buffer vidx_new_buffer(Relation index);
 extern void vidx_init_page(Page page, uint16 page_type);
+extern bool vidx_page_is(Page page, uint16 page_type);
+extern void vidx_version_gone(Relation index, BlockNumber blkno, const char *what) pg_attribute_noreturn();
 extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
 extern void vidx_check_posting_fits(Relation index, int dims, int refine_bits);
 /*

@@ -29,9 +29,11 @@ PD_SPECIAL = 16           # offsetof(PageHeaderData, pd_special)
 POSTING = 3               # VIDX_PAGE_POSTING
 PAGE_ID = 0xFF8A
 INVALID = 0xFFFFFFFF
-# VidxPageOpaqueData: next, head, last, insert_hint, leaf_id (uint32), page_type, page_id (uint16)
-OPAQUE = struct.Struct("<5IHH")
-FIELDS = ("next", "head", "last", "insert_hint", "leaf_id", "page_type", "page_id")
+# VidxPageOpaqueData: next, head, last, insert_hint, leaf_id, npostings (uint32),
+# flags, page_type, page_id, reserved (uint16)
+OPAQUE = struct.Struct("<6I4H")
+FIELDS = ("next", "head", "last", "insert_hint", "leaf_id", "npostings", "flags", "page_type",
+          "page_id", "reserved")
 
 # src/include/storage/checksum_impl.h (PostgreSQL 15)
 N_SUMS = 32
