@@ -161,10 +161,7 @@ typedef struct VidxScanOpaqueData
 	int round_capacity;
 
 	/* fallback to the table, set up on first use */
-	IndexFetchTableData *fetch;
-	TupleTableSlot *slot;
-	EState *estate;
-	IndexInfo *indexInfo;
+	VidxTableReader *table;
 } VidxScanOpaqueData;
 
 typedef VidxScanOpaqueData *VidxScanOpaque;
@@ -383,49 +380,25 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 }
 
 /*
- * Vector of a heap tuple, for rows the sidecar cannot vouch for. NULL if the
- * scan's snapshot sees no version of the row.
+ * Vector of a heap tuple, for rows the sidecar cannot vouch for: the version
+ * the scan's snapshot sees, as the executor will fetch it (a row it cannot see
+ * is not returned anyway, and a dead version may have lost its TOASTed vector
+ * to VACUUM already). NULL if it sees none.
  */
 static float *
 table_vector(IndexScanDesc scan, ItemPointer tid)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	bool call_again = false;
-	bool all_dead = false;
-	Datum values[INDEX_MAX_KEYS];
-	bool isnull[INDEX_MAX_KEYS];
-	int dims;
-	float *v;
 
-	if (so->fetch == NULL)
+	if (so->table == NULL)
 	{
 		/* Kept across rescans, so not in so->cxt. */
 		MemoryContext old = MemoryContextSwitchTo(so->scan_cxt);
 
-		so->fetch = table_index_fetch_begin(scan->heapRelation);
-		so->slot = table_slot_create(scan->heapRelation, NULL);
-		so->indexInfo = BuildIndexInfo(scan->indexRelation);
-		so->estate = CreateExecutorState();
-		GetPerTupleExprContext(so->estate)->ecxt_scantuple = so->slot;
+		so->table = vidx_table_reader_begin(scan->heapRelation, scan->indexRelation);
 		MemoryContextSwitchTo(old);
 	}
-
-	/*
-	 * The version the scan's snapshot sees, as the executor will fetch it: a
-	 * row it cannot see is not returned anyway, and a dead version may have
-	 * lost its TOASTed vector to VACUUM already.
-	 */
-	if (!table_index_fetch_tuple(so->fetch, tid, scan->xs_snapshot, so->slot, &call_again,
-	                             &all_dead))
-		return NULL;
-	FormIndexDatum(so->indexInfo, so->slot, so->estate, values, isnull);
-	if (isnull[0])
-		return NULL;
-	v = vidx_array_to_vector(DatumGetArrayTypeP(values[0]), &dims, "vector");
-	ResetPerTupleExprContext(so->estate);
-	if (dims != (int) so->meta.dims)
-		return NULL;
-	return v;
+	return vidx_table_reader_vector(so->table, tid, scan->xs_snapshot, so->meta.dims);
 }
 
 /* Room for n more candidates; the arrays grow by doubling and never shrink during a scan. */
@@ -1069,12 +1042,8 @@ vidx_endscan(IndexScanDesc scan)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 
-	if (so->fetch != NULL)
-	{
-		table_index_fetch_end(so->fetch);
-		ExecDropSingleTupleTableSlot(so->slot);
-		FreeExecutorState(so->estate);
-	}
+	if (so->table != NULL)
+		vidx_table_reader_end(so->table);
 	elog(DEBUG2,
 	     "vidx scan of \"%s\": %d rounds, %ld candidates, %ld re-scored, %ld returned, "
 	     "%ld out of order (%s)",

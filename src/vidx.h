@@ -199,6 +199,21 @@ extern VidxTreeCache *vidx_get_tree(Relation index, const VidxMetaPageData *meta
 /* Prepares a vector for the index space: normalize (cosine), then rotate. */
 extern void vidx_to_index_space(const VidxTreeCache *cache, const float *v, float *out);
 
+/* ---------- vectors read from the table (table.c) ---------- */
+
+typedef struct VidxTableReader
+{
+	struct IndexFetchTableData *fetch;
+	struct TupleTableSlot *slot;
+	struct EState *estate;
+	struct IndexInfo *indexInfo;
+} VidxTableReader;
+
+extern VidxTableReader *vidx_table_reader_begin(Relation heap, Relation index);
+extern float *vidx_table_reader_vector(VidxTableReader *r, ItemPointer tid, Snapshot snapshot,
+                                       int dims);
+extern void vidx_table_reader_end(VidxTableReader *r);
+
 /* ---------- sidecar (sidecar.c) ---------- */
 
 extern char *vidx_sidecar_path(Relation index);
