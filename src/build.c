@@ -135,7 +135,7 @@ emit_page(PageWriter *w)
 
 	if (w->fork == MAIN_FORKNUM)
 	{
-		Buffer buf = vidx_new_buffer(w->index);
+		Buffer buf = vidx_extend_buffer(w->index);
 
 		if (BufferGetBlockNumber(buf) != w->nblocks)
 			elog(ERROR, "vidx: unexpected block %u while building, expected %u",
@@ -165,16 +165,6 @@ finish_pages(PageWriter *w)
 		smgrimmedsync(RelationGetSmgr(w->index), w->fork);
 }
 
-/* Number of postings that fit a page. */
-static int
-postings_per_page(int dims, int refine_bits)
-{
-	Size item = MAXALIGN(vidx_posting_size_refined(dims, refine_bits));
-	Size space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData));
-
-	return (int) (space / (item + sizeof(ItemIdData)));
-}
-
 /*
  * Writes the whole index: metapage, tree pages, posting chains. postings holds
  * ntuples postings of posting_size bytes in slot order; order lists their
@@ -188,7 +178,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	const VidxTreeHeader *th = (const VidxTreeHeader *) tree;
 	int nleaves = th->nleaves;
 	Size psize = vidx_posting_size_refined(dims, refine_bits);
-	int per_page = postings_per_page(dims, refine_bits);
+	int per_page = vidx_postings_per_page(dims, refine_bits);
 	uint32 tree_pages =
 	    (uint32) ((tree_size + VIDX_TREE_PAGE_CAPACITY - 1) / VIDX_TREE_PAGE_CAPACITY);
 	BlockNumber *heads = palloc(sizeof(BlockNumber) * nleaves);
@@ -231,8 +221,8 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	meta->refine_bits = refine_bits;
 	meta->next_leaf_id = nleaves;
 	meta->npostings = ntuples;
-	for (int i = 0; i < VIDX_GRAVEYARD_SIZE; i++)
-		meta->graveyard[i].first = InvalidBlockNumber;
+	meta->graveyard = InvalidBlockNumber;
+	meta->graves = 0;
 	((PageHeader) w->page.data)->pd_lower =
 	    ((char *) meta + sizeof(VidxMetaPageData)) - (char *) w->page.data;
 	emit_page(w);
@@ -244,7 +234,8 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 		size_t n = Min((size_t) VIDX_TREE_PAGE_CAPACITY, tree_size - off);
 
 		vidx_init_page(w->page.data, VIDX_PAGE_TREE);
-		VidxPageGetOpaque(w->page.data)->next = i + 1 < tree_pages ? w->nblocks + 1 : InvalidBlockNumber;
+		VidxPageGetOpaque(w->page.data)->next =
+		    i + 1 < tree_pages ? w->nblocks + 1 : InvalidBlockNumber;
 		VidxPageGetOpaque(w->page.data)->leaf_id = 1; /* the tree version */
 		memcpy(PageGetContents(w->page.data), (char *) tree + off, n);
 		((PageHeader) w->page.data)->pd_lower =

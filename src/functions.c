@@ -12,6 +12,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -78,6 +79,7 @@ typedef struct WalkState
 } WalkState;
 
 #define OWNER_TREE PG_UINT32_MAX
+#define OWNER_GRAVE (PG_UINT32_MAX - 1) /* a replaced chain or tree version */
 
 /* Reads the relation's size again and grows ws->owner to it. */
 static void
@@ -352,6 +354,16 @@ vidx_stats(PG_FUNCTION_ARGS)
 	                 meta.version, metric_name(meta.metric), meta.dims);
 	appendStringInfo(&buf, ", \"levels\": %u, \"leaves\": %u, \"pages\": %u, \"tree_pages\": %u",
 	                 meta.levels, meta.nleaves, ws.nblocks, meta.tree_pages);
+	{
+		uint32 graves = meta.graves;
+
+		appendStringInfo(&buf,
+		                 ", \"tree_version\": %u, \"splits\": " UINT64_FORMAT
+		                 ", \"merges\": " UINT64_FORMAT ", \"target_leaf_size\": " INT64_FORMAT
+		                 ", \"replaced_awaiting_free\": %u",
+		                 meta.tree_version, meta.splits, meta.merges,
+		                 meta.dims > 0 ? vidx_target_leaf_size(index, &meta) : (int64) 0, graves);
+	}
 	if (meta.dims > 0)
 		appendStringInfo(&buf, ", \"tree_nodes\": %u", nnodes);
 	appendStringInfo(&buf, ", \"postings\": " INT64_FORMAT ", \"posting_pages\": " INT64_FORMAT,
@@ -391,6 +403,64 @@ vidx_stats(PG_FUNCTION_ARGS)
 
 	relation_close(index, AccessShareLock);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/*
+ * Marks the pages of the graveyard's lists: chains and tree versions a split
+ * replaced, kept for older scans. Each must be a chain or tree page no
+ * current structure uses.
+ */
+static void
+mark_graveyard(WalkState *ws)
+{
+	const char *name = RelationGetRelationName(ws->index);
+	BlockNumber *heads;
+	int n = vidx_graveyard_heads(ws->index, &heads);
+
+	/* the graveyard pages themselves */
+	for (BlockNumber gblk = ws->meta->graveyard; BlockNumberIsValid(gblk);)
+	{
+		Buffer buf;
+
+		if (gblk == VIDX_METAPAGE_BLKNO || gblk >= ws->nblocks || ws->owner[gblk] != 0)
+			ereport(ERROR,
+			        (errcode(ERRCODE_INDEX_CORRUPTED),
+			         errmsg("index \"%s\": graveyard page %u out of range or in use", name, gblk)));
+		ws->owner[gblk] = OWNER_GRAVE;
+		buf = ReadBuffer(ws->index, gblk);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		gblk = VidxPageGetOpaque(BufferGetPage(buf))->next; /* (checked by vidx_graveyard_heads) */
+		UnlockReleaseBuffer(buf);
+	}
+	for (int i = 0; i < n; i++)
+	{
+		BlockNumber blkno = heads[i];
+
+		while (BlockNumberIsValid(blkno))
+		{
+			Buffer buf;
+			Page page;
+			bool ok;
+
+			if (blkno == VIDX_METAPAGE_BLKNO || blkno >= ws->nblocks || ws->owner[blkno] != 0)
+				ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+				                errmsg("index \"%s\": a replaced chain reaches block %u, "
+				                       "out of range or in use",
+				                       name, blkno)));
+			ws->owner[blkno] = OWNER_GRAVE;
+			buf = ReadBuffer(ws->index, blkno);
+			LockBuffer(buf, BUFFER_LOCK_SHARE);
+			page = BufferGetPage(buf);
+			ok = vidx_page_is(page, VIDX_PAGE_POSTING) && VidxPageGetOpaque(page)->head == heads[i];
+			blkno = ok ? VidxPageGetOpaque(page)->next : InvalidBlockNumber;
+			UnlockReleaseBuffer(buf);
+			if (!ok)
+				ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+				                errmsg("index \"%s\": a replaced chain holds a page that is not "
+				                       "one of its posting pages",
+				                       name)));
+		}
+	}
 }
 
 /* Marks the pages of the current tree version, checking that each is one of it. */
@@ -445,14 +515,14 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
 	page = BufferGetPage(buf);
-	is_new = PageIsNew(page);
+	is_new = PageIsNew(page) || vidx_page_is(page, VIDX_PAGE_FREE);
 	if (has_vidx_special(page))
 		opaque = *VidxPageGetOpaque(page);
 	else
 		memset(&opaque, 0, sizeof(opaque));
 	UnlockReleaseBuffer(buf);
 	if (is_new)
-		return; /* a crash between extending the relation and linking the page */
+		return; /* free, or a crash between extending the relation and linking the page */
 
 	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING &&
 	    opaque.leaf_id < ws->meta->next_leaf_id && leaves[opaque.leaf_id] != NULL &&
@@ -484,6 +554,8 @@ vidx_verify(PG_FUNCTION_ARGS)
 	BlockNumber *ends;
 	BlockNumber nblocks;
 
+	/* No split (nor VACUUM) meanwhile: the version, its chains and the graveyard hold still. */
+	LockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
 	vidx_read_meta(index, &meta);
 	walk_init(&ws, index, &meta, true, check_sidecar);
 	if (meta.metric != (uint32) vidx_index_metric(index))
@@ -491,9 +563,11 @@ vidx_verify(PG_FUNCTION_ARGS)
 		                errmsg("index \"%s\": metapage metric %s differs from its operator class",
 		                       name, metric_name(meta.metric))));
 	mark_tree_pages(&ws);
+	mark_graveyard(&ws);
 
 	if (meta.dims == 0)
 	{
+		UnlockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
 		relation_close(index, AccessShareLock);
 		PG_RETURN_BOOL(true);
 	}
@@ -555,6 +629,7 @@ vidx_verify(PG_FUNCTION_ARGS)
 		                       "has slots left (next " UINT64_FORMAT ")",
 		                       name, meta_after.next_slot)));
 
+	UnlockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
 	relation_close(index, AccessShareLock);
 	PG_RETURN_BOOL(true);
 }

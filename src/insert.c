@@ -64,10 +64,15 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 	return slot;
 }
 
-/* Appends one posting to the chain that starts at head. */
-static void
-append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psize)
+/*
+ * Appends one posting to the chain of leaf_id that starts at head and returns
+ * the chain's postings after it; -1 if a split replaced the chain since the
+ * caller's tree version (the caller routes again in the current one).
+ */
+static int64
+append_to_chain(Relation index, BlockNumber head, uint32 leaf_id, const VidxPosting *p, Size psize)
 {
+	int64 npostings;
 	Buffer hbuf = ReadBuffer(index, head);
 	Buffer cbuf;
 	BlockNumber target;
@@ -78,10 +83,16 @@ append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psi
 
 	LockBuffer(hbuf, BUFFER_LOCK_EXCLUSIVE);
 	hopaque = VidxPageGetOpaque(BufferGetPage(hbuf));
-	if (hopaque->page_type != VIDX_PAGE_POSTING || hopaque->head != head)
-		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
-		                errmsg("index \"%s\": block %u is not the head of a posting chain",
-		                       RelationGetRelationName(index), head)));
+	if (!vidx_page_is(BufferGetPage(hbuf), VIDX_PAGE_POSTING) || hopaque->head != head ||
+	    hopaque->leaf_id != leaf_id || (hopaque->flags & VIDX_CHAIN_REPLACED))
+	{
+		/*
+		 * Replaced by a split (the head is marked, or already recycled: that
+		 * happens only after the split's WAL record, so the metapage tells).
+		 */
+		UnlockReleaseBuffer(hbuf);
+		return -1;
+	}
 	target = BlockNumberIsValid(hopaque->insert_hint) ? hopaque->insert_hint : head;
 
 	/* Walk from the hint to the first page with room. */
@@ -107,6 +118,7 @@ append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psi
 	hpage = GenericXLogRegisterBuffer(state, hbuf, 0);
 	cpage = (cbuf == hbuf) ? hpage : GenericXLogRegisterBuffer(state, cbuf, 0);
 	hopaque = VidxPageGetOpaque(hpage);
+	npostings = ++hopaque->npostings;
 
 	if (PageGetFreeSpace(cpage) >= MAXALIGN(psize))
 	{
@@ -137,12 +149,13 @@ append_to_chain(Relation index, BlockNumber head, const VidxPosting *p, Size psi
 		if (cbuf != hbuf)
 			UnlockReleaseBuffer(cbuf);
 		UnlockReleaseBuffer(hbuf);
-		return;
+		return npostings;
 	}
 	GenericXLogFinish(state);
 	if (cbuf != hbuf)
 		UnlockReleaseBuffer(cbuf);
 	UnlockReleaseBuffer(hbuf);
+	return npostings;
 }
 
 bool
@@ -164,6 +177,8 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	Size psize;
 	VidxPosting *p;
 	const VidxTreeNode *node;
+	BlockNumber head;
+	int64 npostings;
 
 	/* A NULL vector is simply not indexed. */
 	if (isnull[0])
@@ -191,27 +206,45 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	else
 		vidx_sidecar_warn_full(index);
 
-	cache = vidx_get_tree(index, &meta);
-	x = palloc(sizeof(float) * dims);
-	vidx_to_index_space(cache, v, x);
-	search = palloc(vidx_tree_search_size(cache->tree));
-	vidx_tree_search_begin(
-	    search, cache->tree,
-	    meta.metric == VIDX_METRIC_IP ? VIDX_METRIC_L2 : (VidxMetric) meta.metric, x);
-	leaf = vidx_tree_search_next(search, cache->tree, &key);
-	if (leaf < 0)
-		elog(ERROR, "vidx: index \"%s\" has no leaf", RelationGetRelationName(index));
-	node = vidx_tree_node(cache->tree, leaf);
-
+	x = NULL;
 	psize = vidx_posting_size_refined(dims, meta.refine_bits);
-	p = palloc0(psize);
-	vidx_rabitq_encode_refined(x, vidx_tree_centroid(node), dims, meta.refine_bits, p);
-	p->heap_block = ItemPointerGetBlockNumber(heap_tid);
-	p->heap_offset = ItemPointerGetOffsetNumber(heap_tid);
-	p->slot = (uint32) slot;
-	p->vhash = vidx_vector_hash(v, dims);
+	p = palloc(psize);
+	for (;;)
+	{
+		cache = vidx_get_tree(index, &meta);
+		if (x == NULL)
+		{
+			x = palloc(sizeof(float) * dims);
+			vidx_to_index_space(cache, v, x); /* (the rotation never changes) */
+		}
+		search = palloc(vidx_tree_search_size(cache->tree));
+		vidx_tree_search_begin(
+		    search, cache->tree,
+		    meta.metric == VIDX_METRIC_IP ? VIDX_METRIC_L2 : (VidxMetric) meta.metric, x);
+		leaf = vidx_tree_search_next(search, cache->tree, &key);
+		if (leaf < 0)
+			elog(ERROR, "vidx: index \"%s\" has no leaf", RelationGetRelationName(index));
+		node = vidx_tree_node(cache->tree, leaf);
+		head = node->head_block;
 
-	append_to_chain(index, node->head_block, p, psize);
+		memset(p, 0, psize);
+		vidx_rabitq_encode_refined(x, vidx_tree_centroid(node), dims, meta.refine_bits, p);
+		p->heap_block = ItemPointerGetBlockNumber(heap_tid);
+		p->heap_offset = ItemPointerGetOffsetNumber(heap_tid);
+		p->slot = (uint32) slot;
+		p->vhash = vidx_vector_hash(v, dims);
+
+		npostings = append_to_chain(index, head, node->leaf_id, p, psize);
+		if (npostings >= 0)
+			break;
+		/* a split replaced the leaf: route again in the current tree */
+		pfree(search);
+		vidx_read_meta(index, &meta);
+	}
+
+	/* The leaf passed twice its target size: split it (if no split or VACUUM runs). */
+	if (vidx_leaf_needs_split(index, &meta, (uint32) npostings))
+		vidx_maybe_split(index, heap, head);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);

@@ -8,12 +8,54 @@
 
 #include "access/xlog.h"
 #include "miscadmin.h"
+#include "storage/indexfsm.h"
 #include "storage/lmgr.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+/* Number of postings that fit a page. */
+int
+vidx_postings_per_page(int dims, int refine_bits)
+{
+	Size item = MAXALIGN(vidx_posting_size_refined(dims, refine_bits));
+	Size space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData));
+
+	return (int) (space / (item + sizeof(ItemIdData)));
+}
+
+/*
+ * A page for new contents, locked exclusively: a free page from the free
+ * space map (recycled from a replaced chain or tree version), else a new one
+ * at the end of the relation. The caller writes it whole (full-page WAL).
+ */
 Buffer
 vidx_new_buffer(Relation index)
+{
+	for (;;)
+	{
+		BlockNumber blkno = GetFreeIndexPage(index);
+		Buffer buf;
+
+		if (!BlockNumberIsValid(blkno))
+			break;
+		buf = ReadBuffer(index, blkno);
+		/* conditional: never wait on a page lock here (the caller may hold others) */
+		if (ConditionalLockBuffer(buf))
+		{
+			Page page = BufferGetPage(buf);
+
+			if (PageIsNew(page) || vidx_page_is(page, VIDX_PAGE_FREE))
+				return buf;
+			LockBuffer(buf, BUFFER_LOCK_UNLOCK);
+		}
+		ReleaseBuffer(buf);
+	}
+	return vidx_extend_buffer(index);
+}
+
+/* A new page at the end of the relation, locked exclusively. */
+Buffer
+vidx_extend_buffer(Relation index)
 {
 	Buffer buf;
 	bool needLock = !RELATION_IS_LOCAL(index);
@@ -60,11 +102,10 @@ copy_meta(Relation index, VidxMetaPageData *meta)
 	return meta->magic == VIDX_MAGIC && meta->version == VIDX_FORMAT_VERSION;
 }
 
-void
-vidx_read_meta(Relation index, VidxMetaPageData *meta)
+/* Raises the error for a metapage copy that is not of this format (copy_meta was false). */
+static void
+bad_meta(Relation index, const VidxMetaPageData *meta)
 {
-	if (copy_meta(index, meta))
-		return;
 	if (meta->magic != VIDX_MAGIC)
 		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 		                errmsg("index \"%s\" is not a valid vidx index (bad metapage magic)",
@@ -74,6 +115,13 @@ vidx_read_meta(Relation index, VidxMetaPageData *meta)
 	                errmsg("index \"%s\" has vidx format version %u, this build reads version %u",
 	                       RelationGetRelationName(index), meta->version, VIDX_FORMAT_VERSION),
 	                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
+}
+
+void
+vidx_read_meta(Relation index, VidxMetaPageData *meta)
+{
+	if (!copy_meta(index, meta))
+		bad_meta(index, meta);
 }
 
 bool
@@ -144,6 +192,7 @@ vidx_check_posting_fits(Relation index, int dims, int refine_bits)
 typedef struct TreeCacheSlot
 {
 	bool valid;
+	int pins; /* scans working on this version: it is neither evicted nor reused */
 	uint64 last_used;
 	MemoryContext cxt;
 	VidxTreeCache cache;
@@ -190,7 +239,7 @@ evict_trees(const TreeCacheSlot *keep)
 			if (!s->valid)
 				continue;
 			total += MemoryContextMemAllocated(s->cxt, true);
-			if (s != keep && (victim == NULL || s->last_used < victim->last_used))
+			if (s != keep && s->pins == 0 && (victim == NULL || s->last_used < victim->last_used))
 				victim = s;
 		}
 		if (total <= budget || victim == NULL)
@@ -267,13 +316,28 @@ widen_empty_tree(const void *blob, int dims, MemoryContext cxt, size_t *size)
 	return out;
 }
 
+/*
+ * The current tree version of the index, with a copy of the metapage it goes
+ * with in *meta. The tree pages are read under the metapage's share lock: a
+ * split publishes a new version under its exclusive lock and then frees the
+ * old version's pages at once, so no reader can be between the two. A scan
+ * pins the version it works on (vidx_tree_pin) for its whole run.
+ */
 VidxTreeCache *
-vidx_get_tree(Relation index, const VidxMetaPageData *meta)
+vidx_get_tree(Relation index, VidxMetaPageData *meta)
 {
+	Buffer mbuf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
 	TreeCacheSlot *slot = NULL;
 	VidxTreeCache *c;
 	void *blob;
 
+	LockBuffer(mbuf, BUFFER_LOCK_SHARE);
+	memcpy(meta, VidxPageGetMeta(BufferGetPage(mbuf)), sizeof(VidxMetaPageData));
+	if (meta->magic != VIDX_MAGIC || meta->version != VIDX_FORMAT_VERSION)
+	{
+		UnlockReleaseBuffer(mbuf);
+		bad_meta(index, meta);
+	}
 	if (meta->dims == 0)
 		elog(ERROR, "vidx: index \"%s\" has no dimensions yet", RelationGetRelationName(index));
 
@@ -286,16 +350,19 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 		    s->cache.build_id == meta->build_id && s->cache.tree_version == meta->tree_version &&
 		    s->cache.dims == (int) meta->dims)
 		{
+			UnlockReleaseBuffer(mbuf);
 			s->last_used = ++tree_clock;
 			return &s->cache;
 		}
 	}
 
-	/* Miss: take an empty slot or the least recently used one. */
+	/* Miss: take an empty slot or the least recently used one no scan pins. */
 	for (int i = 0; i < VIDX_TREE_CACHE_SLOTS; i++)
 	{
 		TreeCacheSlot *s = &tree_slots[i];
 
+		if (s->valid && s->pins > 0)
+			continue;
 		if (slot == NULL || !s->valid || s->last_used < slot->last_used)
 		{
 			slot = s;
@@ -303,6 +370,10 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 				break;
 		}
 	}
+	if (slot == NULL)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+		                errmsg("vidx: more than %d index scans at once in one session",
+		                       VIDX_TREE_CACHE_SLOTS)));
 	slot->valid = false;
 	if (slot->cxt == NULL)
 		slot->cxt =
@@ -319,6 +390,7 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 	c->metric = (VidxMetric) meta->metric;
 
 	blob = read_tree_blob(index, meta, slot->cxt);
+	UnlockReleaseBuffer(mbuf);
 	if (((VidxTreeHeader *) blob)->dims == 0)
 		blob = widen_empty_tree(blob, meta->dims, slot->cxt, &c->tree_size);
 	else if (((VidxTreeHeader *) blob)->dims != meta->dims)
@@ -337,6 +409,33 @@ vidx_get_tree(Relation index, const VidxMetaPageData *meta)
 	slot->valid = true;
 	evict_trees(slot);
 	return c;
+}
+
+static TreeCacheSlot *
+slot_of(VidxTreeCache *c)
+{
+	return (TreeCacheSlot *) ((char *) c - offsetof(TreeCacheSlot, cache));
+}
+
+void
+vidx_tree_pin(VidxTreeCache *c)
+{
+	slot_of(c)->pins++;
+}
+
+void
+vidx_tree_unpin(VidxTreeCache *c)
+{
+	if (slot_of(c)->pins > 0)
+		slot_of(c)->pins--;
+}
+
+/* At the end of a transaction no scan is left (one that failed never unpinned). */
+void
+vidx_tree_unpin_all(void)
+{
+	for (int i = 0; i < VIDX_TREE_CACHE_SLOTS; i++)
+		tree_slots[i].pins = 0;
 }
 
 void

@@ -104,10 +104,11 @@ typedef struct VidxScanOpaqueData
 	bool leaves_done;
 	int32 next_leaf; /* exact and null-query modes read leaves in node order from here */
 	VidxMetaPageData meta;
-	float *query; /* as given (for exact distances) */
-	float *qrot;  /* in index space */
-	void *search; /* tree search state */
-	void *prep;   /* per-leaf query preparation */
+	VidxTreeCache *tree; /* the tree version the scan works on (pinned), from its first round */
+	float *query;        /* as given (for exact distances) */
+	float *qrot;         /* in index space */
+	void *search;        /* tree search state */
+	void *prep;          /* per-leaf query preparation */
 
 	/*
 	 * The pool: candidates of every round read so far (the array is kept
@@ -327,6 +328,9 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 		memmove(scan->orderByData, orderbys, scan->numberOfOrderBys * sizeof(ScanKeyData));
 
 	MemoryContextReset(so->cxt);
+	if (so->tree != NULL)
+		vidx_tree_unpin(so->tree);
+	so->tree = NULL;
 	so->started = false;
 	so->empty = false;
 	so->null_query = false;
@@ -370,12 +374,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);
 	so->exact_mode = query_needs_exact_mode(so->query, dims, (VidxMetric) so->meta.metric);
-	/*
-	 * vidx.probes covering every leaf asks for an exhaustive search: with
-	 * bounds that always hold (not the probabilistic ones), rows come out in
-	 * exact order and none is skipped.
-	 */
-	so->exact_bounds = (uint32) vidx_probes >= so->meta.nleaves;
+
 	MemoryContextSwitchTo(old);
 }
 
@@ -471,7 +470,10 @@ scratch_xact_callback(XactEvent event, void *arg)
 	 */
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
 	    event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
 		scratch.in_use = false;
+		vidx_tree_unpin_all();
+	}
 }
 
 void
@@ -745,7 +747,7 @@ static void
 next_round(IndexScanDesc scan)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	VidxTreeCache *cache = vidx_get_tree(scan->indexRelation, &so->meta);
+	VidxTreeCache *cache;
 	bool in_node_order = so->null_query || so->exact_mode;
 	bool estimated = !in_node_order;
 	/* Round r reads vidx.probes * 2^r leaves: a deep scan reads ahead of the rows it returns. */
@@ -761,21 +763,38 @@ next_round(IndexScanDesc scan)
 
 	if (!so->started)
 	{
-		MemoryContext old = MemoryContextSwitchTo(so->cxt);
+		MemoryContext old;
+
+		/*
+		 * The version the scan works on to its end: read after its snapshot
+		 * was taken, so a row inserted into a chain of a later version is not
+		 * one it may return (docs/growth.md).
+		 */
+		so->tree = vidx_get_tree(scan->indexRelation, &so->meta);
+		vidx_tree_pin(so->tree);
+		/*
+		 * vidx.probes covering every leaf asks for an exhaustive search: with
+		 * bounds that always hold (not the probabilistic ones), rows come out
+		 * in exact order and none is skipped.
+		 */
+		so->exact_bounds = (uint32) vidx_probes >= so->meta.nleaves;
+		old = MemoryContextSwitchTo(so->cxt);
 
 		if (estimated)
 		{
-			so->search = palloc(vidx_tree_search_size(cache->tree));
+			so->search = palloc(vidx_tree_search_size(so->tree->tree));
 			so->qrot = palloc0(sizeof(float) * so->meta.dims);
-			vidx_to_index_space(cache, so->query, so->qrot);
+			vidx_to_index_space(so->tree, so->query, so->qrot);
 			so->prep = palloc(prep_size);
-			vidx_tree_search_begin(so->search, cache->tree, (VidxMetric) so->meta.metric, so->qrot);
+			vidx_tree_search_begin(so->search, so->tree->tree, (VidxMetric) so->meta.metric,
+			                       so->qrot);
 		}
 		vidx_sidecar_refresh(scan->indexRelation, &so->meta);
 		MemoryContextSwitchTo(old);
 		so->started = true;
 		pgstat_count_index_scan(scan->indexRelation);
 	}
+	cache = so->tree;
 
 	/* The round's leaves, nearest first; their head pages are prefetched (a no-op when cached). */
 	if (so->round_capacity == 0)
@@ -1044,6 +1063,8 @@ vidx_endscan(IndexScanDesc scan)
 
 	if (so->table != NULL)
 		vidx_table_reader_end(so->table);
+	if (so->tree != NULL)
+		vidx_tree_unpin(so->tree);
 	elog(DEBUG2,
 	     "vidx scan of \"%s\": %d rounds, %ld candidates, %ld re-scored, %ld returned, "
 	     "%ld out of order (%s)",

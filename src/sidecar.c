@@ -608,7 +608,7 @@ install_sigbus_handler(void)
  */
 static bool
 sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
-               uint32 vhash, const float *query, double *distance)
+               uint32 vhash, const float *query, double *distance, float *copy)
 {
 	const char *why;
 	SidecarMap *m;
@@ -645,6 +645,8 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, ui
 	                               ItemPointerGetOffsetNumber(tid), vhash);
 	if (v != NULL && query != NULL)
 		*distance = vidx_distance((VidxMetric) meta->metric, v, query, meta->dims);
+	if (v != NULL && copy != NULL)
+		memcpy(copy, v, sizeof(float) * meta->dims);
 	sidecar_guarded = 0;
 
 	if (v == NULL)
@@ -656,7 +658,16 @@ bool
 vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
                       uint32 vhash, const float *query, double *distance)
 {
-	return sidecar_record(index, meta, tid, slot, vhash, query, distance);
+	return sidecar_record(index, meta, tid, slot, vhash, query, distance, NULL);
+}
+
+bool
+vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPosting *p, float *out)
+{
+	ItemPointerData tid;
+
+	ItemPointerSet(&tid, p->heap_block, p->heap_offset);
+	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL, out);
 }
 
 /*
@@ -731,7 +742,7 @@ vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosti
 	ItemPointerData tid;
 
 	ItemPointerSet(&tid, p->heap_block, p->heap_offset);
-	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL);
+	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL, NULL);
 }
 
 const char *

@@ -1,37 +1,75 @@
 /*
  * vacuum.c: ambulkdelete and amvacuumcleanup.
  *
- * Dead postings are removed from their page (the page is compacted), and the
- * insert hint of the chain's head goes back to the head, so inserts into that
- * leaf fill the freed space before they extend the chain. Pages never leave
- * their chain, so none leaks. Sidecar slots of removed postings are not
- * reused; REINDEX compacts the sidecar.
+ * Both run with the split lock (a heavyweight lock on the metapage's block
+ * number, split.c): no leaf is split meanwhile, so no posting VACUUM is
+ * removing can be copied to a chain it has already passed.
+ *
+ * Dead postings are removed from their page (the page is compacted); the
+ * chain's head gets its posting count lowered and its insert hint back to the
+ * head, so inserts into that leaf fill the freed space before they extend the
+ * chain. Chains a split replaced (in the graveyard) are skipped: no current
+ * scan or insert uses them, and they are freed whole. The cleanup frees the
+ * graveyard entries no snapshot can still read and sets the metapage's
+ * posting count exactly. Sidecar slots of removed postings are not reused;
+ * REINDEX compacts the sidecar.
  */
 #include "vidx.h"
 
 #include "commands/vacuum.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
+#include "storage/indexfsm.h"
+#include "storage/lmgr.h"
 #include "utils/rel.h"
 
+/* Postings removed from one chain, by its head. */
+typedef struct HeadTally
+{
+	BlockNumber head;
+	uint32 removed;
+} HeadTally;
+
+static int
+cmp_tally(const void *a, const void *b)
+{
+	BlockNumber x = ((const HeadTally *) a)->head, y = ((const HeadTally *) b)->head;
+
+	return (x > y) - (x < y);
+}
+
+/* Lowers a head's posting count and points its insert hint back at it. */
 static void
-reset_insert_hint(Relation index, BlockNumber head, BufferAccessStrategy strategy)
+update_head(Relation index, BlockNumber head, uint32 removed, BufferAccessStrategy strategy)
 {
 	Buffer buf = ReadBufferExtended(index, MAIN_FORKNUM, head, RBM_NORMAL, strategy);
 	VidxPageOpaque opaque;
 
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 	opaque = VidxPageGetOpaque(BufferGetPage(buf));
-	if (opaque->page_type == VIDX_PAGE_POSTING && opaque->head == head &&
-	    opaque->insert_hint != head)
+	if (vidx_page_is(BufferGetPage(buf), VIDX_PAGE_POSTING) && opaque->head == head)
 	{
 		GenericXLogState *state = GenericXLogStart(index);
-		Page page = GenericXLogRegisterBuffer(state, buf, 0);
+		VidxPageOpaque w = VidxPageGetOpaque(GenericXLogRegisterBuffer(state, buf, 0));
 
-		VidxPageGetOpaque(page)->insert_hint = head;
+		w->insert_hint = head;
+		w->npostings -= Min(removed, w->npostings);
 		GenericXLogFinish(state);
 	}
 	UnlockReleaseBuffer(buf);
+}
+
+/* Whether a posting page belongs to a chain of the current tree version. */
+static bool
+current_chain(Page page, const BlockNumber *graves, int ngraves)
+{
+	BlockNumber head = VidxPageGetOpaque(page)->head;
+
+	/* (few entries: the graveyard is freed at every VACUUM and split) */
+	for (int i = 0; i < ngraves; i++)
+		if (graves[i] == head)
+			return false;
+	return true;
 }
 
 IndexBulkDeleteResult *
@@ -39,12 +77,18 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
                 IndexBulkDeleteCallback callback, void *callback_state)
 {
 	Relation index = info->index;
-	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
-	BlockNumber *heads = palloc(sizeof(BlockNumber) * Max(nblocks, 1));
-	int nheads = 0;
+	BlockNumber nblocks;
+	HeadTally *tally;
+	int ntally = 0;
+	BlockNumber *graves;
+	int ngraves;
 
 	if (stats == NULL)
 		stats = palloc0(sizeof(IndexBulkDeleteResult));
+	LockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
+	nblocks = RelationGetNumberOfBlocks(index);
+	tally = palloc(sizeof(HeadTally) * Max(nblocks, 1));
+	ngraves = vidx_graveyard_heads(index, &graves);
 
 	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 	{
@@ -58,7 +102,7 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, info->strategy);
 		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 		page = BufferGetPage(buf);
-		if (PageIsNew(page) || VidxPageGetOpaque(page)->page_type != VIDX_PAGE_POSTING)
+		if (!vidx_page_is(page, VIDX_PAGE_POSTING) || !current_chain(page, graves, ngraves))
 		{
 			UnlockReleaseBuffer(buf);
 			continue;
@@ -86,19 +130,46 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 			PageIndexMultiDelete(wpage, deletable, ndeletable);
 			GenericXLogFinish(state);
 			stats->tuples_removed += ndeletable;
-			heads[nheads++] = VidxPageGetOpaque(page)->head;
+			tally[ntally].head = VidxPageGetOpaque(page)->head;
+			tally[ntally].removed = ndeletable;
+			ntally++;
 		}
 		UnlockReleaseBuffer(buf);
 	}
 
-	/* Point inserts back at the start of every chain that has room again. */
-	for (int i = 0; i < nheads; i++)
-		if (i == 0 || heads[i] != heads[i - 1])
-			reset_insert_hint(index, heads[i], info->strategy);
+	/* Every chain that lost postings: its count, and inserts back at its start. */
+	qsort(tally, ntally, sizeof(HeadTally), cmp_tally);
+	for (int i = 0; i < ntally;)
+	{
+		uint32 removed = 0;
+		int j = i;
+
+		while (j < ntally && tally[j].head == tally[i].head)
+			removed += tally[j++].removed;
+		update_head(index, tally[i].head, removed, info->strategy);
+		i = j;
+	}
 
 	stats->num_pages = nblocks;
-	pfree(heads);
+	pfree(tally);
+	UnlockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
 	return stats;
+}
+
+/* Sets the metapage's count of postings in current chains. */
+static void
+set_npostings(Relation index, uint64 n)
+{
+	Buffer buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
+	GenericXLogState *state;
+	VidxMetaPage meta;
+
+	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+	state = GenericXLogStart(index);
+	meta = VidxPageGetMeta(GenericXLogRegisterBuffer(state, buf, 0));
+	meta->npostings = n;
+	GenericXLogFinish(state);
+	UnlockReleaseBuffer(buf);
 }
 
 IndexBulkDeleteResult *
@@ -110,10 +181,14 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 	if (info->analyze_only)
 		return stats;
 
+	LockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
 	nblocks = RelationGetNumberOfBlocks(index);
 	if (stats == NULL)
 	{
-		/* No bulkdelete pass ran: count the postings for the statistics. */
+		/* No bulkdelete pass ran: count the postings of the current chains. */
+		BlockNumber *graves;
+		int ngraves = vidx_graveyard_heads(index, &graves);
+
 		stats = palloc0(sizeof(IndexBulkDeleteResult));
 		for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 		{
@@ -124,11 +199,16 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 			buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, info->strategy);
 			LockBuffer(buf, BUFFER_LOCK_SHARE);
 			page = BufferGetPage(buf);
-			if (!PageIsNew(page) && VidxPageGetOpaque(page)->page_type == VIDX_PAGE_POSTING)
+			if (vidx_page_is(page, VIDX_PAGE_POSTING) && current_chain(page, graves, ngraves))
 				stats->num_index_tuples += PageGetMaxOffsetNumber(page);
 			UnlockReleaseBuffer(buf);
 		}
 	}
+	/* (inserts may add postings meanwhile: the count is as exact as the statistics) */
+	set_npostings(index, (uint64) stats->num_index_tuples);
+	vidx_recycle_graveyard(index);
+	IndexFreeSpaceMapVacuum(index);
 	stats->num_pages = nblocks;
+	UnlockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
 	return stats;
 }

@@ -29,7 +29,8 @@
 #define VIDX_PAGE_META 1
 #define VIDX_PAGE_TREE 2
 #define VIDX_PAGE_POSTING 3
-#define VIDX_PAGE_FREE 4 /* recycled, in the free space map: may be reused */
+#define VIDX_PAGE_FREE 4      /* recycled, in the free space map: may be reused */
+#define VIDX_PAGE_GRAVEYARD 5 /* entries for replaced chains (VidxGraveEntry) */
 
 typedef struct VidxPageOpaqueData
 {
@@ -53,15 +54,19 @@ typedef VidxPageOpaqueData *VidxPageOpaque;
 #define VIDX_PAGE_ID 0xFF8A
 #define VidxPageGetOpaque(page) ((VidxPageOpaque) PageGetSpecialPointer(page))
 
-/* A replaced chain or tree version, waiting to be freed (its pages are linked by next). */
+/* A replaced chain waiting to be freed (its pages are linked by next). */
 typedef struct VidxGraveEntry
 {
-	BlockNumber first;      /* InvalidBlockNumber: the entry is free */
+	BlockNumber first; /* its head; InvalidBlockNumber: the entry is free */
 	uint32 reserved;
-	uint64 safe_xid;        /* FullTransactionId when it was replaced */
+	uint64 safe_xid; /* FullTransactionId when it was replaced */
 } VidxGraveEntry;
 
-#define VIDX_GRAVEYARD_SIZE 32
+/* Entries of a graveyard page, in its contents. */
+#define VIDX_GRAVES_PER_PAGE                                                                       \
+	((BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData))) /            \
+	 sizeof(VidxGraveEntry))
+#define VidxPageGetGraves(page) ((VidxGraveEntry *) PageGetContents(page))
 
 /* The metapage, block 0. */
 typedef struct VidxMetaPageData
@@ -86,10 +91,12 @@ typedef struct VidxMetaPageData
 	uint64 splits;       /* leaves split since the build */
 	uint64 merges;       /* leaves merged since the build */
 	/*
-	 * Structures a split replaced, kept readable for the scans that started
-	 * before it: freed once no snapshot can be older than safe_xid.
+	 * Chains a split replaced, kept readable for the scans that started
+	 * before it, listed in graveyard pages (linked by next) from here: freed
+	 * once no snapshot can be older than their safe_xid.
 	 */
-	VidxGraveEntry graveyard[VIDX_GRAVEYARD_SIZE];
+	BlockNumber graveyard;
+	uint32 graves; /* entries in use */
 } VidxMetaPageData;
 
 /*
@@ -165,9 +172,12 @@ extern VidxMetric vidx_index_metric(Relation index);
 extern VidxOptions *vidx_index_options(Relation index);
 
 extern Buffer vidx_new_buffer(Relation index);
+extern Buffer vidx_extend_buffer(Relation index);
+extern int vidx_postings_per_page(int dims, int refine_bits);
 extern void vidx_init_page(Page page, uint16 page_type);
 extern bool vidx_page_is(Page page, uint16 page_type);
-extern void vidx_version_gone(Relation index, BlockNumber blkno, const char *what) pg_attribute_noreturn();
+extern void vidx_version_gone(Relation index, BlockNumber blkno, const char *what)
+    pg_attribute_noreturn();
 extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
 extern void vidx_check_posting_fits(Relation index, int dims, int refine_bits);
 /*
@@ -194,7 +204,10 @@ typedef struct VidxTreeCache
 	void *rotation; /* vidx_rotation_* state for dims */
 } VidxTreeCache;
 
-extern VidxTreeCache *vidx_get_tree(Relation index, const VidxMetaPageData *meta);
+extern VidxTreeCache *vidx_get_tree(Relation index, VidxMetaPageData *meta);
+extern void vidx_tree_pin(VidxTreeCache *c);
+extern void vidx_tree_unpin(VidxTreeCache *c);
+extern void vidx_tree_unpin_all(void);
 
 /* Prepares a vector for the index space: normalize (cosine), then rotate. */
 extern void vidx_to_index_space(const VidxTreeCache *cache, const float *v, float *out);
@@ -235,6 +248,9 @@ extern const char *vidx_sidecar_start(Relation index, const VidxMetaPageData *me
  */
 extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid,
                                   uint32 slot, uint32 vhash, const float *query, double *distance);
+/* Copies the posting's vector from its sidecar record; false if that is not valid. */
+extern bool vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPosting *p,
+                                float *out);
 /* Whether the posting has a valid sidecar record. */
 extern int64 vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta);
 extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot);
@@ -283,6 +299,13 @@ extern void vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey ord
 extern bool vidx_gettuple(IndexScanDesc scan, ScanDirection dir);
 extern void vidx_endscan(IndexScanDesc scan);
 extern void vidx_scan_init(void);
+
+/* split.c */
+extern int64 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta);
+extern bool vidx_leaf_needs_split(Relation index, const VidxMetaPageData *meta, uint32 npostings);
+extern void vidx_maybe_split(Relation index, Relation heap, BlockNumber head);
+extern int vidx_recycle_graveyard(Relation index);
+extern int vidx_graveyard_heads(Relation index, BlockNumber **heads);
 
 /* batch.c */
 extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, Relation *index);
