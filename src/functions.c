@@ -523,6 +523,15 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 	UnlockReleaseBuffer(buf);
 	if (is_new)
 		return; /* free, or a crash between extending the relation and linking the page */
+	/*
+	 * Unreachable, for VACUUM to free: a split cut short by a crash before it
+	 * was published (leaf ids not handed out yet, a later tree version), or
+	 * tree pages of an earlier version left by a crash before they were freed.
+	 */
+	if (opaque.page_id == VIDX_PAGE_ID &&
+	    ((opaque.page_type == VIDX_PAGE_POSTING && opaque.leaf_id >= ws->meta->next_leaf_id) ||
+	     (opaque.page_type == VIDX_PAGE_TREE && opaque.leaf_id != ws->meta->tree_version)))
+		return;
 
 	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING &&
 	    opaque.leaf_id < ws->meta->next_leaf_id && leaves[opaque.leaf_id] != NULL &&

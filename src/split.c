@@ -137,28 +137,48 @@ write_tree(Relation index, const char *blob, size_t size, uint32 version, uint32
 
 /* ---------- the graveyard ---------- */
 
-/* Marks a list of pages free (WAL) and records them in the free space map. */
+/*
+ * Marks a page free (WAL), keeping its links and labels (next, head, leaf id,
+ * tree version), and records it in the free space map. The page is locked
+ * exclusively by the caller.
+ */
+void
+vidx_free_page(Relation index, Buffer buf)
+{
+	GenericXLogState *state = GenericXLogStart(index);
+	Page page = GenericXLogRegisterBuffer(state, buf, 0);
+
+	VidxPageGetOpaque(page)->page_type = VIDX_PAGE_FREE;
+	GenericXLogFinish(state);
+	RecordFreeIndexPage(index, BufferGetBlockNumber(buf));
+}
+
+/*
+ * Frees the pages of a replaced chain (head, leaf_id) or tree version (first
+ * page, version in leaf_id), following next. A page is freed again if a crash
+ * came before its list was forgotten; the walk stops at a page that has been
+ * reused since (another type, head or label).
+ */
 static void
-free_pages(Relation index, BlockNumber blkno)
+free_list(Relation index, BlockNumber blkno, BlockNumber head, uint32 leaf_id, uint16 type)
 {
 	while (BlockNumberIsValid(blkno) && blkno != VIDX_METAPAGE_BLKNO &&
 	       blkno < RelationGetNumberOfBlocks(index))
 	{
 		Buffer buf = ReadBuffer(index, blkno);
 		Page page;
+		VidxPageOpaque o;
 		BlockNumber next = InvalidBlockNumber;
 
 		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 		page = BufferGetPage(buf);
-		if (vidx_page_is(page, VIDX_PAGE_POSTING) || vidx_page_is(page, VIDX_PAGE_TREE))
+		o = VidxPageGetOpaque(page);
+		if ((vidx_page_is(page, type) || vidx_page_is(page, VIDX_PAGE_FREE)) &&
+		    o->leaf_id == leaf_id && (type != VIDX_PAGE_POSTING || o->head == head))
 		{
-			GenericXLogState *state = GenericXLogStart(index);
-			Page wpage = GenericXLogRegisterBuffer(state, buf, GENERIC_XLOG_FULL_IMAGE);
-
-			next = VidxPageGetOpaque(page)->next;
-			vidx_init_page(wpage, VIDX_PAGE_FREE);
-			GenericXLogFinish(state);
-			RecordFreeIndexPage(index, blkno);
+			next = o->next;
+			if (o->page_type == type)
+				vidx_free_page(index, buf);
 		}
 		UnlockReleaseBuffer(buf);
 		blkno = next;
@@ -166,12 +186,11 @@ free_pages(Relation index, BlockNumber blkno)
 }
 
 /*
- * Frees the replaced chains no snapshot can still read: the entries whose
- * safe_xid is visible to everyone are first removed from their graveyard page
- * (WAL, with the metapage's count), then their pages are marked free (WAL)
- * and recorded in the free space map. A crash in between leaks those pages
- * until VACUUM finds them unreachable; it never frees a page twice. Called
- * with the split lock; returns the entries freed.
+ * Frees the replaced chains no snapshot can still read: the chains of the
+ * entries whose safe_xid is visible to everyone are marked free (WAL) and
+ * recorded in the free space map, then the entries are removed from their
+ * graveyard page (WAL, with the metapage's count). Called with the split
+ * lock; returns the entries freed.
  */
 int
 vidx_recycle_graveyard(Relation index)
@@ -184,7 +203,7 @@ vidx_recycle_graveyard(Relation index)
 	for (gblk = meta.graveyard; BlockNumberIsValid(gblk);)
 	{
 		Buffer gbuf = ReadBuffer(index, gblk);
-		BlockNumber lists[VIDX_GRAVES_PER_PAGE];
+		VidxGraveEntry lists[VIDX_GRAVES_PER_PAGE];
 		int nlists = 0;
 		BlockNumber next;
 
@@ -200,8 +219,13 @@ vidx_recycle_graveyard(Relation index)
 
 			if (BlockNumberIsValid(e->first) &&
 			    GlobalVisCheckRemovableFullXid(NULL, FullTransactionIdFromU64(e->safe_xid)))
-				lists[nlists++] = e->first;
+				lists[nlists++] = *e;
 		}
+		/* Free the chains first: if a crash comes before their entries go, they are freed again. */
+		LockBuffer(gbuf, BUFFER_LOCK_UNLOCK);
+		for (int k = 0; k < nlists; k++)
+			free_list(index, lists[k].first, lists[k].first, lists[k].leaf_id, VIDX_PAGE_POSTING);
+		LockBuffer(gbuf, BUFFER_LOCK_EXCLUSIVE);
 		if (nlists > 0)
 		{
 			Buffer mbuf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
@@ -215,15 +239,13 @@ vidx_recycle_graveyard(Relation index)
 			m = VidxPageGetMeta(GenericXLogRegisterBuffer(state, mbuf, 0));
 			for (int i = 0; i < (int) VIDX_GRAVES_PER_PAGE; i++)
 				for (int k = 0; k < nlists; k++)
-					if (graves[i].first == lists[k])
+					if (graves[i].first == lists[k].first && graves[i].leaf_id == lists[k].leaf_id)
 						graves[i].first = InvalidBlockNumber;
 			m->graves -= Min((uint32) nlists, m->graves);
 			GenericXLogFinish(state);
 			UnlockReleaseBuffer(mbuf);
 		}
 		UnlockReleaseBuffer(gbuf);
-		for (int k = 0; k < nlists; k++)
-			free_pages(index, lists[k]);
 		freed += nlists;
 		gblk = next;
 	}
@@ -304,14 +326,14 @@ init_graveyard_page(Page page, BlockNumber next)
 	for (int i = 0; i < (int) VIDX_GRAVES_PER_PAGE; i++)
 	{
 		graves[i].first = InvalidBlockNumber;
-		graves[i].reserved = 0;
+		graves[i].leaf_id = 0;
 		graves[i].safe_xid = 0;
 	}
 	((PageHeader) page)->pd_lower = (char *) (graves + VIDX_GRAVES_PER_PAGE) - (char *) page;
 }
 
 static void
-graveyard_add(Page gpage, BlockNumber first, uint64 safe_xid)
+graveyard_add(Page gpage, BlockNumber first, uint32 leaf_id, uint64 safe_xid)
 {
 	VidxGraveEntry *graves = VidxPageGetGraves(gpage);
 
@@ -319,6 +341,7 @@ graveyard_add(Page gpage, BlockNumber first, uint64 safe_xid)
 		if (!BlockNumberIsValid(graves[i].first))
 		{
 			graves[i].first = first;
+			graves[i].leaf_id = leaf_id;
 			graves[i].safe_xid = safe_xid;
 			return;
 		}
@@ -595,7 +618,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 				init_graveyard_page(gpage, m->graveyard);
 				m->graveyard = BufferGetBlockNumber(gbuf);
 			}
-			graveyard_add(gpage, head, safe_xid);
+			graveyard_add(gpage, head, node->leaf_id, safe_xid);
 			m->graves++;
 			old_tree = m->tree_start;
 			m->tree_start = tree_start;
@@ -617,7 +640,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		 * the metapage's share lock (vidx_get_tree), so none reads this
 		 * version any more, and scans work on their own copy.
 		 */
-		free_pages(index, old_tree);
+		free_list(index, old_tree, InvalidBlockNumber, meta.tree_version, VIDX_PAGE_TREE);
 		elog(DEBUG1,
 		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) into leaves %u (%d) and %u "
 		     "(%d); tree version %u, %u leaves",

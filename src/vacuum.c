@@ -172,6 +172,40 @@ set_npostings(Relation index, uint64 n)
 	UnlockReleaseBuffer(buf);
 }
 
+/*
+ * Frees what no version reaches: pages of a split that a crash cut short
+ * before it was published (chains with a leaf id not handed out yet, tree
+ * pages of a later version), tree pages of earlier versions left by a crash
+ * before they were freed; and records every free or new page in the free
+ * space map, which crashes may have lost. Runs with the split lock.
+ */
+static void
+reclaim_pages(Relation index, BufferAccessStrategy strategy)
+{
+	VidxMetaPageData meta;
+	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
+
+	vidx_read_meta(index, &meta);
+	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
+	{
+		Buffer buf;
+		Page page;
+		VidxPageOpaque o;
+
+		vacuum_delay_point();
+		buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
+		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+		page = BufferGetPage(buf);
+		o = VidxPageGetOpaque(page);
+		if (PageIsNew(page) || vidx_page_is(page, VIDX_PAGE_FREE))
+			RecordFreeIndexPage(index, blkno);
+		else if ((vidx_page_is(page, VIDX_PAGE_TREE) && o->leaf_id != meta.tree_version) ||
+		         (vidx_page_is(page, VIDX_PAGE_POSTING) && o->leaf_id >= meta.next_leaf_id))
+			vidx_free_page(index, buf);
+		UnlockReleaseBuffer(buf);
+	}
+}
+
 IndexBulkDeleteResult *
 vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 {
@@ -206,7 +240,8 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 	}
 	/* (inserts may add postings meanwhile: the count is as exact as the statistics) */
 	set_npostings(index, (uint64) stats->num_index_tuples);
-	vidx_recycle_graveyard(index);
+	(void) vidx_recycle_graveyard(index);
+	reclaim_pages(index, info->strategy);
 	IndexFreeSpaceMapVacuum(index);
 	stats->num_pages = nblocks;
 	UnlockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);

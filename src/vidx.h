@@ -58,8 +58,8 @@ typedef VidxPageOpaqueData *VidxPageOpaque;
 typedef struct VidxGraveEntry
 {
 	BlockNumber first; /* its head; InvalidBlockNumber: the entry is free */
-	uint32 reserved;
-	uint64 safe_xid; /* FullTransactionId when it was replaced */
+	uint32 leaf_id;    /* its leaf id: a page reused since has another */
+	uint64 safe_xid;   /* FullTransactionId when it was replaced */
 } VidxGraveEntry;
 
 /* Entries of a graveyard page, in its contents. */
@@ -306,6 +306,7 @@ extern bool vidx_leaf_needs_split(Relation index, const VidxMetaPageData *meta, 
 extern void vidx_maybe_split(Relation index, Relation heap, BlockNumber head);
 extern int vidx_recycle_graveyard(Relation index);
 extern int vidx_graveyard_heads(Relation index, BlockNumber **heads);
+extern void vidx_free_page(Relation index, Buffer buf);
 
 /* batch.c */
 extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, Relation *index);
