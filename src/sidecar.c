@@ -608,7 +608,7 @@ install_sigbus_handler(void)
  */
 static bool
 sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
-               uint32 vhash, const float *query, double *distance, float *copy)
+               uint32 vhash, const float *query, double *distance)
 {
 	const char *why;
 	SidecarMap *m;
@@ -645,8 +645,6 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, ui
 	                               ItemPointerGetOffsetNumber(tid), vhash);
 	if (v != NULL && query != NULL)
 		*distance = vidx_distance((VidxMetric) meta->metric, v, query, meta->dims);
-	if (v != NULL && copy != NULL)
-		memcpy(copy, v, sizeof(float) * meta->dims);
 	sidecar_guarded = 0;
 
 	if (v == NULL)
@@ -658,16 +656,60 @@ bool
 vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
                       uint32 vhash, const float *query, double *distance)
 {
-	return sidecar_record(index, meta, tid, slot, vhash, query, distance, NULL);
+	return sidecar_record(index, meta, tid, slot, vhash, query, distance);
 }
 
-bool
-vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPosting *p, float *out)
+/*
+ * Reads the vectors of n postings from their sidecar records into out (n x
+ * dims) with pread: a leaf split reads a few hundred records, and remapping
+ * a file that inserts keep growing would cost more than that. found[i] is
+ * false where the record is missing or not valid for its posting.
+ */
+void
+vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
+                          const VidxPosting *const *postings, int n, float *out, bool *found)
 {
-	ItemPointerData tid;
+	char *path = vidx_sidecar_path(index);
+	size_t record_size = vidx_sidecar_record_size(meta->dims);
+	char header[VIDX_SIDECAR_HEADER_SIZE];
+	char err[256];
+	char *rec;
+	int fd;
 
-	ItemPointerSet(&tid, p->heap_block, p->heap_offset);
-	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL, out);
+	memset(found, 0, sizeof(bool) * n);
+	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+	pfree(path);
+	if (fd < 0)
+		return;
+	if (pg_pread(fd, header, VIDX_SIDECAR_HEADER_SIZE, 0) != VIDX_SIDECAR_HEADER_SIZE ||
+	    vidx_sidecar_header_check((const VidxSidecarHeader *) header, meta->dims,
+	                              index->rd_node.dbNode, RelationGetRelid(index),
+	                              index->rd_node.relNode, meta->build_id, err,
+	                              sizeof(err)) != VIDX_OK)
+	{
+		CloseTransientFile(fd);
+		return;
+	}
+	rec = palloc(record_size);
+	for (int i = 0; i < n; i++)
+	{
+		const VidxPosting *p = postings[i];
+		const float *v;
+
+		if (p->slot == VIDX_SLOT_NONE ||
+		    pg_pread(fd, rec, record_size,
+		             VIDX_SIDECAR_HEADER_SIZE + (off_t) p->slot * record_size) !=
+		        (ssize_t) record_size)
+			continue;
+		v = vidx_sidecar_record_vector(rec, meta->dims, p->heap_block, p->heap_offset, p->vhash);
+		if (v != NULL)
+		{
+			memcpy(out + (Size) i * meta->dims, v, sizeof(float) * meta->dims);
+			found[i] = true;
+		}
+	}
+	pfree(rec);
+	CloseTransientFile(fd);
 }
 
 /*
@@ -742,7 +784,7 @@ vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosti
 	ItemPointerData tid;
 
 	ItemPointerSet(&tid, p->heap_block, p->heap_offset);
-	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL, NULL);
+	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL);
 }
 
 const char *

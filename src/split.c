@@ -392,7 +392,8 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	int dropped = 0;
 	VidxTableReader *table = NULL;
 	SnapshotData nonvacuumable;
-	float *vec;
+	float *raw;
+	bool *found;
 
 	if (!ConditionalLockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock))
 		return;
@@ -464,7 +465,9 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	 * dropped; its TOASTed vector may be gone already.
 	 */
 	x = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(n, 1));
-	vec = palloc(sizeof(float) * dims);
+	raw = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(n, 1));
+	found = palloc(sizeof(bool) * Max(n, 1));
+	vidx_sidecar_read_vectors(index, &meta, (const VidxPosting *const *) postings, n, raw, found);
 	InitNonVacuumableSnapshot(nonvacuumable, GlobalVisTestFor(heap));
 	{
 		int kept = 0;
@@ -472,9 +475,9 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		for (int i = 0; i < n; i++)
 		{
 			VidxPosting *p = (VidxPosting *) postings[i];
-			const float *v = vec;
+			const float *v = raw + (Size) i * dims;
 
-			if (!vidx_sidecar_vector(index, &meta, p, vec))
+			if (!found[i])
 			{
 				ItemPointerData tid;
 

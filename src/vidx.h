@@ -248,9 +248,10 @@ extern const char *vidx_sidecar_start(Relation index, const VidxMetaPageData *me
  */
 extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid,
                                   uint32 slot, uint32 vhash, const float *query, double *distance);
-/* Copies the posting's vector from its sidecar record; false if that is not valid. */
-extern bool vidx_sidecar_vector(Relation index, const VidxMetaPageData *meta, const VidxPosting *p,
-                                float *out);
+/* The vectors of n postings from their sidecar records (found[i]: valid). */
+extern void vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
+                                      const VidxPosting *const *postings, int n, float *out,
+                                      bool *found);
 /* Whether the posting has a valid sidecar record. */
 extern int64 vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta);
 extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot);
