@@ -498,6 +498,12 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	}
 	if (table != NULL)
 		vidx_table_reader_end(table);
+	if (n < VIDX_MIN_LEAF_SIZE)
+	{
+		/* mostly rows no one can see: VACUUM will empty the leaf instead */
+		UnlockReleaseBuffer(hbuf);
+		goto done;
+	}
 
 	{
 		float *centroids = palloc(sizeof(float) * 2 * dims);
