@@ -350,6 +350,46 @@ graveyard_add(Page gpage, BlockNumber first, uint32 leaf_id, uint64 safe_xid)
 
 /* ---------- the split ---------- */
 
+/* A split leaves at least 1/VIDX_SPLIT_MIN_SHARE of the postings on each side. */
+#define VIDX_SPLIT_MIN_SHARE 8
+
+typedef struct Projection
+{
+	double p;
+	int i;
+} Projection;
+
+static int
+cmp_projection(const void *a, const void *b)
+{
+	const Projection *x = a, *y = b;
+
+	if (x->p != y->p)
+		return x->p < y->p ? -1 : 1;
+	return x->i - y->i;
+}
+
+/* The lower half of the vectors by their projection on c1 - c0 to side 0, the rest to side 1. */
+static void
+balanced_halves(const float *x, int n, int dims, const float *centroids, int32 *side)
+{
+	Projection *proj = palloc(sizeof(Projection) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		double p = 0;
+
+		for (int u = 0; u < dims; u++)
+			p += (double) x[(Size) i * dims + u] * ((double) centroids[dims + u] - centroids[u]);
+		proj[i].p = p;
+		proj[i].i = i;
+	}
+	qsort(proj, n, sizeof(Projection), cmp_projection);
+	for (int k = 0; k < n; k++)
+		side[proj[k].i] = k >= n / 2;
+	pfree(proj);
+}
+
 /* The leaf node of the tree whose chain starts at head, or -1. */
 static int32
 leaf_of_head(const void *tree, BlockNumber head)
@@ -543,11 +583,14 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		vidx_assign(x, n, dims, centroids, 2, side, 1);
 		for (int i = 0; i < n; i++)
 			count[side[i]]++;
-		if (count[0] == 0 || count[1] == 0)
+		if (Min(count[0], count[1]) < n / VIDX_SPLIT_MIN_SHARE)
 		{
-			/* identical vectors: halves by position */
-			for (int i = 0; i < n; i++)
-				side[i] = i >= n / 2;
+			/*
+			 * A lopsided split (a few outliers on one side) would leave a leaf
+			 * about as big as before: halves by the projection on the axis
+			 * between the two centroids instead (by position if they coincide).
+			 */
+			balanced_halves(x, n, dims, centroids, side);
 			count[0] = n / 2;
 			count[1] = n - n / 2;
 		}
