@@ -434,13 +434,14 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	SnapshotData nonvacuumable;
 	float *raw;
 	bool *found;
+	bool freed_pages;
 
 	if (!ConditionalLockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock))
 		return;
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx split", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 
-	(void) vidx_recycle_graveyard(index);
+	freed_pages = vidx_recycle_graveyard(index) > 0;
 	cache = vidx_get_tree(index, &meta);
 	leaf = leaf_of_head(cache->tree, head);
 	if (leaf < 0)
@@ -693,6 +694,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		 * version any more, and scans work on their own copy.
 		 */
 		free_list(index, old_tree, InvalidBlockNumber, meta.tree_version, VIDX_PAGE_TREE);
+		freed_pages = true;
 		elog(DEBUG1,
 		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) into leaves %u (%d) and %u "
 		     "(%d); tree version %u, %u leaves",
@@ -702,6 +704,12 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	UnlockReleaseBuffer(hbuf);
 
 done:
+	/*
+	 * RecordFreeIndexPage updates only the free space map's leaf page; the
+	 * next split finds the pages freed here only once the upper levels know.
+	 */
+	if (freed_pages)
+		IndexFreeSpaceMapVacuum(index);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	UnlockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);

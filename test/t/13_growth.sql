@@ -7,18 +7,18 @@
 \set schema vidx_t13
 \ir ../pgtap_setup.sql
 
-SELECT plan(16);
+SELECT plan(17);
 
 -- 40 Gaussian clusters of 64 dimensions; rows are inserted in cluster-mixed order.
 SELECT setseed(0.1313);
-CREATE TABLE centres AS
+CREATE TABLE centres WITH (autovacuum_enabled = off) AS
   SELECT c, array_agg((2 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
   FROM generate_series(0, 39) c, generate_series(1, 64) j GROUP BY c;
-CREATE TABLE source AS
+CREATE TABLE source WITH (autovacuum_enabled = off) AS
   SELECT i AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
   FROM generate_series(1, 20000) i JOIN centres c ON c.c = (i * 7) % 40, generate_series(1, 64) j
   GROUP BY i;
-CREATE TABLE queries AS
+CREATE TABLE queries WITH (autovacuum_enabled = off) AS
   SELECT q AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
   FROM generate_series(1, 50) q JOIN centres c ON c.c = (q * 11) % 40, generate_series(1, 64) j
   GROUP BY q;
@@ -55,11 +55,11 @@ BEGIN
 END $$;
 
 -- ------------------------------------------------ from an empty table
-CREATE TABLE empty_built (id int PRIMARY KEY, v real[]);
+CREATE TABLE empty_built (id int PRIMARY KEY, v real[]) WITH (autovacuum_enabled = off);
 CREATE INDEX empty_built_v ON empty_built USING vidx (v);
-INSERT INTO empty_built SELECT * FROM source WHERE id <= 5000;
-INSERT INTO empty_built SELECT * FROM source WHERE id > 5000 AND id <= 12000;
-INSERT INTO empty_built SELECT * FROM source WHERE id > 12000;
+-- twenty transactions: the chains a split replaces are freed and reused by later ones
+SELECT format('INSERT INTO empty_built SELECT * FROM source WHERE id > %s AND id <= %s', i, i + 1000)
+  FROM generate_series(0, 19000, 1000) i \gexec
 SELECT cmp_ok((vidx_stats('empty_built_v')->>'leaves')::int, '>=', 70,
               'built empty, 20,000 rows inserted: at least 70 leaves (a build makes 141)');
 SELECT cmp_ok((vidx_stats('empty_built_v')->'leaf_size'->>'max')::int, '<=', 300,
@@ -67,15 +67,20 @@ SELECT cmp_ok((vidx_stats('empty_built_v')->'leaf_size'->>'max')::int, '<=', 300
 SELECT ok(vidx_verify('empty_built_v'), 'vidx_verify: the grown index is consistent');
 SELECT is(f.*, ROW(60000::bigint, 60000::bigint), 'every row found once at full probes')
   FROM full_scan_rows('empty_built') f;
-CREATE TABLE r_empty AS SELECT recall10('empty_built') AS grown;
+CREATE TABLE r_empty WITH (autovacuum_enabled = off) AS SELECT recall10('empty_built') AS grown,
+  pg_relation_size('empty_built_v') / 8192 AS grown_pages;
 REINDEX INDEX empty_built_v;
 ALTER TABLE r_empty ADD COLUMN rebuilt float8;
 UPDATE r_empty SET rebuilt = recall10('empty_built');
 SELECT cmp_ok(grown, '>=', rebuilt - 0.02, format('recall@10 at the defaults: grown %s, REINDEX %s', grown, rebuilt))
   FROM r_empty;
+SELECT cmp_ok(grown_pages, '<=', 2 * pg_relation_size('empty_built_v') / 8192,
+              format('freed pages are reused: grown %s pages, REINDEX %s', grown_pages,
+                     pg_relation_size('empty_built_v') / 8192))
+  FROM r_empty;
 
 -- ------------------------------------------------ 10x growth after a build
-CREATE TABLE grown10 (id int PRIMARY KEY, v real[]);
+CREATE TABLE grown10 (id int PRIMARY KEY, v real[]) WITH (autovacuum_enabled = off);
 INSERT INTO grown10 SELECT * FROM source WHERE id <= 2000;
 CREATE INDEX grown10_v ON grown10 USING vidx (v);
 SELECT is((vidx_stats('grown10_v')->>'leaves')::int, 44, 'built on 2,000 rows: 44 leaves');
@@ -85,7 +90,7 @@ SELECT cmp_ok((vidx_stats('grown10_v')->>'splits')::int, '>', 0, 'leaves were sp
 SELECT ok(vidx_verify('grown10_v'), 'vidx_verify after 10x growth');
 SELECT is(f.*, ROW(60000::bigint, 60000::bigint), '10x growth: every row found once at full probes')
   FROM full_scan_rows('grown10') f;
-CREATE TABLE r_10 AS SELECT recall10('grown10') AS grown;
+CREATE TABLE r_10 WITH (autovacuum_enabled = off) AS SELECT recall10('grown10') AS grown;
 REINDEX INDEX grown10_v;
 ALTER TABLE r_10 ADD COLUMN rebuilt float8;
 UPDATE r_10 SET rebuilt = recall10('grown10');
@@ -93,7 +98,7 @@ SELECT cmp_ok(grown, '>=', rebuilt - 0.02, format('10x growth, recall@10: grown 
   FROM r_10;
 
 -- ------------------------------------------------ a cursor opened before the splits
-CREATE TABLE cur (id int PRIMARY KEY, v real[]);
+CREATE TABLE cur (id int PRIMARY KEY, v real[]) WITH (autovacuum_enabled = off);
 INSERT INTO cur SELECT * FROM source WHERE id <= 3000;
 CREATE INDEX cur_v ON cur USING vidx (v);
 BEGIN;
