@@ -21,6 +21,7 @@
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "commands/vacuum.h"
 #include "miscadmin.h"
 #include "storage/indexfsm.h"
 #include "storage/lmgr.h"
@@ -292,22 +293,22 @@ vidx_graveyard_heads(Relation index, BlockNumber **heads)
 	return n;
 }
 
-/* A graveyard page with a free entry, or InvalidBlockNumber (under the split lock). */
+/* A graveyard page with need free entries, or InvalidBlockNumber (under the split lock). */
 static BlockNumber
-graveyard_page_with_room(Relation index, const VidxMetaPageData *meta)
+graveyard_page_with_room(Relation index, const VidxMetaPageData *meta, int need)
 {
 	for (BlockNumber gblk = meta->graveyard; BlockNumberIsValid(gblk);)
 	{
 		Buffer buf = ReadBuffer(index, gblk);
 		BlockNumber next;
-		bool room = false;
+		int room = 0;
 
 		LockBuffer(buf, BUFFER_LOCK_SHARE);
-		for (int i = 0; i < (int) VIDX_GRAVES_PER_PAGE && !room; i++)
-			room = !BlockNumberIsValid(VidxPageGetGraves(BufferGetPage(buf))[i].first);
+		for (int i = 0; i < (int) VIDX_GRAVES_PER_PAGE && room < need; i++)
+			room += !BlockNumberIsValid(VidxPageGetGraves(BufferGetPage(buf))[i].first);
 		next = VidxPageGetOpaque(BufferGetPage(buf))->next;
 		UnlockReleaseBuffer(buf);
-		if (room)
+		if (room >= need)
 			return gblk;
 		gblk = next;
 	}
@@ -348,7 +349,7 @@ graveyard_add(Page gpage, BlockNumber first, uint32 leaf_id, uint64 safe_xid)
 	elog(ERROR, "vidx: graveyard page is full"); /* chosen for its room, under the split lock */
 }
 
-/* ---------- the split ---------- */
+/* ---------- how a leaf divides ---------- */
 
 /* A split leaves at least 1/VIDX_SPLIT_MIN_SHARE of the postings on each side. */
 #define VIDX_SPLIT_MIN_SHARE 8
@@ -406,66 +407,18 @@ leaf_of_head(const void *tree, BlockNumber head)
 	return -1;
 }
 
+/* ---------- pieces shared by splits and merges ---------- */
+
 /*
- * Splits the leaf whose chain starts at head if it is still over the limit and
- * no other split or VACUUM runs. Called by an insert after it added to that
- * chain, holding no buffer lock.
+ * Copies the postings of the chain whose head the caller holds exclusively
+ * (no insert adds to it, and VACUUM, which alone deletes, is excluded by the
+ * split lock or is the caller). Appends to *postings (capacity *cap).
  */
-void
-vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
+static int
+copy_chain(Relation index, Buffer hbuf, Size psize, char ***postings, int n, int *cap)
 {
-	MemoryContext cxt;
-	MemoryContext old;
-	VidxMetaPageData meta;
-	VidxTreeCache *cache;
-	int32 leaf;
-	const VidxTreeNode *node;
-	Buffer hbuf;
-	VidxPageOpaque hopaque;
-	int dims;
-	Size psize;
-	int per_page;
-	char **postings;
-	float *x;
-	int n = 0;
-	int cap;
-	int dropped = 0;
-	VidxTableReader *table = NULL;
-	SnapshotData nonvacuumable;
-	float *raw;
-	bool *found;
-	bool freed_pages;
+	BlockNumber head = BufferGetBlockNumber(hbuf);
 
-	if (!ConditionalLockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock))
-		return;
-	cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx split", ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-
-	freed_pages = vidx_recycle_graveyard(index) > 0;
-	cache = vidx_get_tree(index, &meta);
-	leaf = leaf_of_head(cache->tree, head);
-	if (leaf < 0)
-		goto done; /* replaced meanwhile */
-	node = vidx_tree_node(cache->tree, leaf);
-	dims = (int) meta.dims;
-	psize = VidxMetaPostingSize(&meta);
-	per_page = vidx_postings_per_page(dims, (int) meta.refine_bits);
-
-	/* The head, exclusively: no insert adds to the chain until it is replaced. */
-	hbuf = ReadBuffer(index, head);
-	LockBuffer(hbuf, BUFFER_LOCK_EXCLUSIVE);
-	hopaque = VidxPageGetOpaque(BufferGetPage(hbuf));
-	if (!vidx_page_is(BufferGetPage(hbuf), VIDX_PAGE_POSTING) || hopaque->head != head ||
-	    hopaque->leaf_id != node->leaf_id || (hopaque->flags & VIDX_CHAIN_REPLACED) ||
-	    !vidx_leaf_needs_split(index, &meta, hopaque->npostings))
-	{
-		UnlockReleaseBuffer(hbuf);
-		goto done;
-	}
-
-	/* Copy every posting; the pages cannot change (head held, VACUUM excluded). */
-	cap = Max((int) hopaque->npostings, 16);
-	postings = palloc(sizeof(char *) * cap);
 	for (BlockNumber blkno = head; BlockNumberIsValid(blkno);)
 	{
 		Buffer buf = blkno == head ? hbuf : ReadBuffer(index, blkno);
@@ -486,59 +439,254 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 
 			if (!ItemIdIsUsed(iid))
 				continue;
-			if (n == cap)
+			if (n == *cap)
 			{
-				cap *= 2;
-				postings = repalloc(postings, sizeof(char *) * cap);
+				*cap *= 2;
+				*postings = repalloc(*postings, sizeof(char *) * *cap);
 			}
-			postings[n] = palloc(psize);
-			memcpy(postings[n], PageGetItem(page, iid), psize);
+			(*postings)[n] = palloc(psize);
+			memcpy((*postings)[n], PageGetItem(page, iid), psize);
 			n++;
 		}
 		blkno = VidxPageGetOpaque(page)->next;
 		if (buf != hbuf)
 			UnlockReleaseBuffer(buf);
 	}
+	return n;
+}
 
-	/*
-	 * The vectors, in index space: from the sidecar, else from the table. A
-	 * row no snapshot can see any more (VACUUM would remove its posting) is
-	 * dropped; its TOASTed vector may be gone already.
-	 */
-	x = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(n, 1));
-	raw = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(n, 1));
-	found = palloc(sizeof(bool) * Max(n, 1));
-	vidx_sidecar_read_vectors(index, &meta, (const VidxPosting *const *) postings, n, raw, found);
+/*
+ * The vectors of postings[0..n) in index space, into x (n x dims): from the
+ * sidecar, else from the table. A row no snapshot can see any more (VACUUM
+ * would remove its posting) is dropped, and its TOASTed vector may be gone
+ * already: postings is compacted and the count kept is returned.
+ */
+static int
+load_vectors(Relation index, Relation heap, const VidxTreeCache *cache,
+             const VidxMetaPageData *meta, char **postings, int n, float *x)
+{
+	int dims = (int) meta->dims;
+	float *raw =
+	    MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * dims * (Size) Max(n, 1));
+	bool *found = palloc(sizeof(bool) * Max(n, 1));
+	VidxTableReader *table = NULL;
+	SnapshotData nonvacuumable;
+	int kept = 0;
+
+	vidx_sidecar_read_vectors(index, meta, (const VidxPosting *const *) postings, n, raw, found);
 	InitNonVacuumableSnapshot(nonvacuumable, GlobalVisTestFor(heap));
+	for (int i = 0; i < n; i++)
 	{
-		int kept = 0;
+		VidxPosting *p = (VidxPosting *) postings[i];
+		const float *v = raw + (Size) i * dims;
 
-		for (int i = 0; i < n; i++)
+		if (!found[i])
 		{
-			VidxPosting *p = (VidxPosting *) postings[i];
-			const float *v = raw + (Size) i * dims;
+			ItemPointerData tid;
 
-			if (!found[i])
-			{
-				ItemPointerData tid;
-
-				if (table == NULL)
-					table = vidx_table_reader_begin(heap, index);
-				ItemPointerSet(&tid, p->heap_block, p->heap_offset);
-				v = vidx_table_reader_vector(table, &tid, &nonvacuumable, dims);
-				if (v == NULL)
-				{
-					dropped++;
-					continue;
-				}
-			}
-			vidx_to_index_space(cache, v, x + (Size) kept * dims);
-			postings[kept++] = postings[i];
+			if (table == NULL)
+				table = vidx_table_reader_begin(heap, index);
+			ItemPointerSet(&tid, p->heap_block, p->heap_offset);
+			v = vidx_table_reader_vector(table, &tid, &nonvacuumable, dims);
+			if (v == NULL)
+				continue;
 		}
-		n = kept;
+		vidx_to_index_space(cache, v, x + (Size) kept * dims);
+		postings[kept++] = postings[i];
 	}
 	if (table != NULL)
 		vidx_table_reader_end(table);
+	pfree(raw);
+	pfree(found);
+	return kept;
+}
+
+/* A copy of posting p with its code computed again for x (index space) against centroid. */
+static char *
+reencode(const char *p, const float *x, const float *centroid, const VidxMetaPageData *meta)
+{
+	const VidxPosting *old = (const VidxPosting *) p;
+	VidxPosting *q = palloc0(VidxMetaPostingSize(meta));
+
+	vidx_rabitq_encode_refined(x, centroid, (int) meta->dims, (int) meta->refine_bits, q);
+	q->heap_block = old->heap_block;
+	q->heap_offset = old->heap_offset;
+	q->flags = old->flags;
+	q->slot = old->slot;
+	q->vhash = old->vhash;
+	return (char *) q;
+}
+
+/* The mean of n vectors (index space) in double, into centroid. */
+static void
+mean_vector(const float *x, int n, int dims, float *centroid)
+{
+	double *sum = palloc0(sizeof(double) * dims);
+
+	for (int i = 0; i < n; i++)
+		for (int u = 0; u < dims; u++)
+			sum[u] += x[(Size) i * dims + u];
+	for (int u = 0; u < dims; u++)
+		centroid[u] = (float) (sum[u] / (double) n);
+	pfree(sum);
+}
+
+static int
+tree_fanout(Relation index)
+{
+	int fanout = vidx_index_options(index)->fanout;
+
+	return fanout > 0 ? fanout : VIDX_DEFAULT_FANOUT;
+}
+
+/* A chain a split or merge replaces: its head, held exclusively until published. */
+typedef struct RetiredChain
+{
+	Buffer hbuf;
+	uint32 leaf_id;
+} RetiredChain;
+
+/*
+ * Publishes the tree version in blob (already written from tree_start),
+ * which uses new_ids leaf ids from meta->next_leaf_id on, and retires the
+ * chains in old[]: into the graveyard (readable for older scans until no
+ * snapshot is older than now) and marked replaced (an insert waiting for the
+ * head routes again). One WAL record holds the metapage, the graveyard page
+ * and the first two heads; the heads after those (merges retire up to
+ * 2 * VIDX_MERGE_BATCH) are marked in records that follow, still held: a
+ * crash between them leaves heads that no version reaches unmarked, which
+ * nothing reads (routing starts from the current version after a restart).
+ * Then frees the previous tree version's pages.
+ */
+static void
+publish(Relation index, const VidxMetaPageData *meta, const char *blob, size_t blob_size,
+        BlockNumber tree_start, uint32 tree_pages, RetiredChain *old, int nold, uint32 new_ids,
+        int64 dropped, bool merge)
+{
+	const VidxTreeHeader *th = (const VidxTreeHeader *) blob;
+	BlockNumber gblk = graveyard_page_with_room(index, meta, nold);
+	Buffer gbuf = BlockNumberIsValid(gblk) ? ReadBuffer(index, gblk) : vidx_new_buffer(index);
+	uint64 safe_xid = U64FromFullTransactionId(ReadNextFullTransactionId());
+	Buffer mbuf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
+	GenericXLogState *state;
+	VidxMetaPage m;
+	Page gpage;
+	BlockNumber old_tree;
+	int marked = 0;
+
+	if (BlockNumberIsValid(gblk))
+		LockBuffer(gbuf, BUFFER_LOCK_EXCLUSIVE);
+	LockBuffer(mbuf, BUFFER_LOCK_EXCLUSIVE);
+	state = GenericXLogStart(index);
+	m = VidxPageGetMeta(GenericXLogRegisterBuffer(state, mbuf, 0));
+	if (BlockNumberIsValid(gblk))
+		gpage = GenericXLogRegisterBuffer(state, gbuf, 0);
+	else
+	{
+		/* a new graveyard page, first in the list */
+		gpage = GenericXLogRegisterBuffer(state, gbuf, GENERIC_XLOG_FULL_IMAGE);
+		init_graveyard_page(gpage, m->graveyard);
+		m->graveyard = BufferGetBlockNumber(gbuf);
+	}
+	for (int i = 0; i < nold; i++)
+		graveyard_add(gpage, BufferGetBlockNumber(old[i].hbuf), old[i].leaf_id, safe_xid);
+	m->graves += nold;
+	old_tree = m->tree_start;
+	m->tree_start = tree_start;
+	m->tree_pages = tree_pages;
+	m->tree_bytes = (uint32) blob_size;
+	m->tree_version++;
+	m->nleaves = th->nleaves;
+	m->levels = th->levels;
+	m->next_leaf_id += new_ids;
+	if (merge)
+		m->merges += nold / 2;
+	else
+		m->splits++;
+	m->npostings -= Min((uint64) dropped, m->npostings);
+	for (; marked < Min(nold, 2); marked++)
+		VidxPageGetOpaque(GenericXLogRegisterBuffer(state, old[marked].hbuf, 0))->flags |=
+		    VIDX_CHAIN_REPLACED;
+	GenericXLogFinish(state);
+	UnlockReleaseBuffer(mbuf);
+	UnlockReleaseBuffer(gbuf);
+	while (marked < nold)
+	{
+		state = GenericXLogStart(index);
+		for (int k = 0; k < MAX_GENERIC_XLOG_PAGES && marked < nold; k++, marked++)
+			VidxPageGetOpaque(GenericXLogRegisterBuffer(state, old[marked].hbuf, 0))->flags |=
+			    VIDX_CHAIN_REPLACED;
+		GenericXLogFinish(state);
+	}
+
+	/*
+	 * The old tree's pages are free at once: readers read tree pages under
+	 * the metapage's share lock (vidx_get_tree), so none reads that version
+	 * any more, and scans work on their own copy.
+	 */
+	free_list(index, old_tree, InvalidBlockNumber, meta->tree_version, VIDX_PAGE_TREE);
+}
+
+/* ---------- the split ---------- */
+
+/*
+ * Splits the leaf whose chain starts at head if it is still over the limit and
+ * no other split or VACUUM runs. Called by an insert after it added to that
+ * chain, holding no buffer lock.
+ */
+void
+vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
+{
+	MemoryContext cxt;
+	MemoryContext old;
+	VidxMetaPageData meta;
+	VidxTreeCache *cache;
+	int32 leaf;
+	const VidxTreeNode *node;
+	Buffer hbuf;
+	VidxPageOpaque hopaque;
+	int dims;
+	int per_page;
+	char **postings;
+	float *x;
+	int n;
+	int cap;
+	int dropped;
+	bool freed_pages;
+
+	if (!ConditionalLockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock))
+		return;
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx split", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+
+	freed_pages = vidx_recycle_graveyard(index) > 0;
+	cache = vidx_get_tree(index, &meta);
+	leaf = leaf_of_head(cache->tree, head);
+	if (leaf < 0)
+		goto done; /* replaced meanwhile */
+	node = vidx_tree_node(cache->tree, leaf);
+	dims = (int) meta.dims;
+	per_page = vidx_postings_per_page(dims, (int) meta.refine_bits);
+
+	/* The head, exclusively: no insert adds to the chain until it is replaced. */
+	hbuf = ReadBuffer(index, head);
+	LockBuffer(hbuf, BUFFER_LOCK_EXCLUSIVE);
+	hopaque = VidxPageGetOpaque(BufferGetPage(hbuf));
+	if (!vidx_page_is(BufferGetPage(hbuf), VIDX_PAGE_POSTING) || hopaque->head != head ||
+	    hopaque->leaf_id != node->leaf_id || (hopaque->flags & VIDX_CHAIN_REPLACED) ||
+	    !vidx_leaf_needs_split(index, &meta, hopaque->npostings))
+	{
+		UnlockReleaseBuffer(hbuf);
+		goto done;
+	}
+
+	cap = Max((int) hopaque->npostings, 16);
+	postings = palloc(sizeof(char *) * cap);
+	n = copy_chain(index, hbuf, VidxMetaPostingSize(&meta), &postings, 0, &cap);
+	x = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(n, 1));
+	dropped = n;
+	n = load_vectors(index, heap, cache, &meta, postings, n, x);
+	dropped -= n;
 	if (n < VIDX_MIN_LEAF_SIZE)
 	{
 		/* mostly rows no one can see: VACUUM will empty the leaf instead */
@@ -550,24 +698,17 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		float *centroids = palloc(sizeof(float) * 2 * dims);
 		int32 *side = palloc(sizeof(int32) * Max(n, 1));
 		int64 count[2] = {0, 0};
-		double *sum = palloc0(sizeof(double) * 2 * dims);
 		char err[256];
 		int nsample = Min(n, VIDX_SPLIT_SAMPLE);
 		float *sample = x;
 		char **fresh[2];
 		int nfresh[2] = {0, 0};
-		uint32 ids[2];
-		BlockNumber heads[2];
 		VidxNewLeaf nl[2];
 		char *blob;
 		size_t blob_size;
 		BlockNumber tree_start;
 		uint32 tree_pages;
-		uint64 safe_xid;
-		int fanout;
-		BlockNumber gblk;
-		Buffer gbuf;
-		BlockNumber old_tree;
+		RetiredChain retired;
 
 		/* 2-means on a seeded sample (every k-th vector), then every vector to its nearer centroid
 		 */
@@ -595,111 +736,52 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			count[0] = n / 2;
 			count[1] = n - n / 2;
 		}
-		/* each leaf's centroid: the mean of its vectors */
-		for (int i = 0; i < n; i++)
-			for (int u = 0; u < dims; u++)
-				sum[(Size) side[i] * dims + u] += x[(Size) i * dims + u];
-		for (int s = 0; s < 2; s++)
-			for (int u = 0; u < dims; u++)
-				centroids[(Size) s * dims + u] =
-				    count[s] > 0 ? (float) (sum[(Size) s * dims + u] / (double) count[s]) : 0.0f;
 
-		/* re-encode against the new centroids */
+		/* each leaf's centroid is the mean of its vectors; codes against it */
 		for (int s = 0; s < 2; s++)
-			fresh[s] = palloc(sizeof(char *) * Max(count[s], 1));
-		for (int i = 0; i < n; i++)
 		{
-			VidxPosting *p = (VidxPosting *) postings[i];
-			VidxPosting *q = palloc0(psize);
+			float *xs = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(count[s], 1));
+			int k = 0;
 
-			vidx_rabitq_encode_refined(x + (Size) i * dims, centroids + (Size) side[i] * dims, dims,
-			                           (int) meta.refine_bits, q);
-			q->heap_block = p->heap_block;
-			q->heap_offset = p->heap_offset;
-			q->flags = p->flags;
-			q->slot = p->slot;
-			q->vhash = p->vhash;
-			fresh[side[i]][nfresh[side[i]]++] = (char *) q;
+			for (int i = 0; i < n; i++)
+				if (side[i] == s)
+					memcpy(xs + (Size) k++ * dims, x + (Size) i * dims, sizeof(float) * dims);
+			mean_vector(xs, k, dims, centroids + (Size) s * dims);
+			fresh[s] = palloc(sizeof(char *) * Max(k, 1));
+			for (int i = 0; i < n; i++)
+				if (side[i] == s)
+					fresh[s][nfresh[s]++] = reencode(postings[i], x + (Size) i * dims,
+					                                 centroids + (Size) s * dims, &meta);
+			pfree(xs);
 		}
 
 		/* the new chains, then the new tree, all unreachable until published */
 		for (int s = 0; s < 2; s++)
 		{
-			ids[s] = meta.next_leaf_id + s;
-			heads[s] = write_chain(index, fresh[s], nfresh[s], psize, per_page, ids[s]);
+			nl[s].leaf_id = meta.next_leaf_id + s;
+			nl[s].head_block = write_chain(index, fresh[s], nfresh[s], VidxMetaPostingSize(&meta),
+			                               per_page, nl[s].leaf_id);
 			nl[s].centroid = centroids + (Size) s * dims;
 			nl[s].count = nfresh[s];
-			nl[s].head_block = heads[s];
-			nl[s].leaf_id = ids[s];
 		}
-		fanout = vidx_index_options(index)->fanout > 0 ? vidx_index_options(index)->fanout
-		                                               : VIDX_DEFAULT_FANOUT;
 		blob = MemoryContextAllocHuge(cxt, vidx_tree_replace_bound(cache->tree));
-		vidx_core_check(vidx_tree_replace_leaf(cache->tree, cache->tree_size, leaf, nl, 2, fanout,
-		                                       blob, vidx_tree_replace_bound(cache->tree),
-		                                       &blob_size, err, sizeof(err)),
+		vidx_core_check(vidx_tree_replace_leaf(
+		                    cache->tree, cache->tree_size, leaf, nl, 2, tree_fanout(index), blob,
+		                    vidx_tree_replace_bound(cache->tree), &blob_size, err, sizeof(err)),
 		                "leaf split", err);
 		tree_start = write_tree(index, blob, blob_size, meta.tree_version + 1, &tree_pages);
 
-		/*
-		 * Publication: one WAL record switches the version, retires the old
-		 * chain to the graveyard and marks its head replaced.
-		 */
-		gblk = graveyard_page_with_room(index, &meta);
-		gbuf = BlockNumberIsValid(gblk) ? ReadBuffer(index, gblk) : vidx_new_buffer(index);
-		if (BlockNumberIsValid(gblk))
-			LockBuffer(gbuf, BUFFER_LOCK_EXCLUSIVE);
-		safe_xid = U64FromFullTransactionId(ReadNextFullTransactionId());
-		{
-			Buffer mbuf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
-			GenericXLogState *state;
-			VidxMetaPage m;
-			VidxPageOpaque ho;
-			Page gpage;
-			const VidxTreeHeader *th = (const VidxTreeHeader *) blob;
-
-			LockBuffer(mbuf, BUFFER_LOCK_EXCLUSIVE);
-			state = GenericXLogStart(index);
-			m = VidxPageGetMeta(GenericXLogRegisterBuffer(state, mbuf, 0));
-			ho = VidxPageGetOpaque(GenericXLogRegisterBuffer(state, hbuf, 0));
-			if (BlockNumberIsValid(gblk))
-				gpage = GenericXLogRegisterBuffer(state, gbuf, 0);
-			else
-			{
-				/* a new graveyard page, first in the list */
-				gpage = GenericXLogRegisterBuffer(state, gbuf, GENERIC_XLOG_FULL_IMAGE);
-				init_graveyard_page(gpage, m->graveyard);
-				m->graveyard = BufferGetBlockNumber(gbuf);
-			}
-			graveyard_add(gpage, head, node->leaf_id, safe_xid);
-			m->graves++;
-			old_tree = m->tree_start;
-			m->tree_start = tree_start;
-			m->tree_pages = tree_pages;
-			m->tree_bytes = (uint32) blob_size;
-			m->tree_version++;
-			m->nleaves = th->nleaves;
-			m->levels = th->levels;
-			m->next_leaf_id += 2;
-			m->splits++;
-			m->npostings -= Min((uint64) dropped, m->npostings);
-			ho->flags |= VIDX_CHAIN_REPLACED;
-			GenericXLogFinish(state);
-			UnlockReleaseBuffer(mbuf);
-			UnlockReleaseBuffer(gbuf);
-		}
-		/*
-		 * The old tree's pages are free at once: readers read tree pages under
-		 * the metapage's share lock (vidx_get_tree), so none reads this
-		 * version any more, and scans work on their own copy.
-		 */
-		free_list(index, old_tree, InvalidBlockNumber, meta.tree_version, VIDX_PAGE_TREE);
+		retired.hbuf = hbuf;
+		retired.leaf_id = node->leaf_id;
+		publish(index, &meta, blob, blob_size, tree_start, tree_pages, &retired, 1, 2, dropped,
+		        false);
 		freed_pages = true;
 		elog(DEBUG1,
 		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) into leaves %u (%d) and %u "
 		     "(%d); tree version %u, %u leaves",
-		     node->leaf_id, RelationGetRelationName(index), n + dropped, dropped, ids[0], nfresh[0],
-		     ids[1], nfresh[1], meta.tree_version + 1, ((const VidxTreeHeader *) blob)->nleaves);
+		     retired.leaf_id, RelationGetRelationName(index), n + dropped, dropped, nl[0].leaf_id,
+		     nfresh[0], nl[1].leaf_id, nfresh[1], meta.tree_version + 1,
+		     ((const VidxTreeHeader *) blob)->nleaves);
 	}
 	UnlockReleaseBuffer(hbuf);
 
@@ -713,4 +795,282 @@ done:
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	UnlockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
+}
+
+/* ---------- merges ---------- */
+
+/* A leaf under 1/VIDX_MERGE_BELOW of the target size merges into its nearest sibling... */
+#define VIDX_MERGE_BELOW 2
+/* ... if the two hold at most VIDX_MERGE_UPTO_PCT % of the target size. */
+#define VIDX_MERGE_UPTO_PCT 150
+/* Pairs merged into one tree version (their heads are held until it is published). */
+#define VIDX_MERGE_BATCH 8
+/* The nearest leaves considered as a small leaf's partner. */
+#define VIDX_MERGE_CANDIDATES 8
+
+typedef struct LeafSize
+{
+	int32 node;
+	int64 npostings;
+} LeafSize;
+
+static int
+cmp_leaf_size(const void *a, const void *b)
+{
+	const LeafSize *x = a, *y = b;
+
+	if (x->npostings != y->npostings)
+		return x->npostings < y->npostings ? -1 : 1;
+	return x->node - y->node;
+}
+
+/* The live postings of every leaf of the tree (from its head page), by node. */
+static int64 *
+leaf_sizes(Relation index, const void *tree)
+{
+	const VidxTreeHeader *h = (const VidxTreeHeader *) tree;
+	int64 *size = palloc(sizeof(int64) * Max(h->nnodes, 1));
+
+	for (uint32 i = 0; i < h->nnodes; i++)
+	{
+		const VidxTreeNode *n = vidx_tree_node(tree, i);
+		Buffer buf;
+
+		size[i] = -1;
+		if (n->nchildren != 0)
+			continue;
+		buf = ReadBuffer(index, n->head_block);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		if (vidx_page_is(BufferGetPage(buf), VIDX_PAGE_POSTING) &&
+		    VidxPageGetOpaque(BufferGetPage(buf))->leaf_id == n->leaf_id)
+			size[i] = VidxPageGetOpaque(BufferGetPage(buf))->npostings;
+		UnlockReleaseBuffer(buf);
+	}
+	return size;
+}
+
+/*
+ * Chooses up to VIDX_MERGE_BATCH pairs (small leaf, nearest partner), each
+ * leaf in one pair at most; returns the number of pairs.
+ */
+static int
+choose_pairs(const VidxTreeCache *cache, const int64 *size, int64 target, int32 (*pairs)[2])
+{
+	const VidxTreeHeader *h = (const VidxTreeHeader *) cache->tree;
+	LeafSize *small = palloc(sizeof(LeafSize) * Max(h->nnodes, 1));
+	bool *taken = palloc0(sizeof(bool) * Max(h->nnodes, 1));
+	void *search = palloc(vidx_tree_search_size(cache->tree));
+	int nsmall = 0;
+	int npairs = 0;
+	int nleaves = (int) h->nleaves;
+
+	for (uint32 i = 0; i < h->nnodes; i++)
+		if (size[i] >= 0 && size[i] < target / VIDX_MERGE_BELOW)
+			small[nsmall++] = (LeafSize){(int32) i, size[i]};
+	qsort(small, nsmall, sizeof(LeafSize), cmp_leaf_size);
+	for (int k = 0; k < nsmall && npairs < VIDX_MERGE_BATCH && nleaves > 1; k++)
+	{
+		int32 a = small[k].node;
+		float key;
+
+		if (taken[a])
+			continue;
+		vidx_tree_search_begin(search, cache->tree, VIDX_METRIC_L2,
+		                       vidx_tree_centroid(vidx_tree_node(cache->tree, a)));
+		for (int c = 0; c < VIDX_MERGE_CANDIDATES + 1; c++)
+		{
+			int32 b = vidx_tree_search_next(search, cache->tree, &key);
+
+			if (b < 0)
+				break;
+			if (b == a || taken[b] || size[b] < 0 ||
+			    size[a] + size[b] > target * VIDX_MERGE_UPTO_PCT / 100)
+				continue;
+			taken[a] = taken[b] = true;
+			pairs[npairs][0] = a;
+			pairs[npairs][1] = b;
+			npairs++;
+			nleaves--;
+			break;
+		}
+	}
+	pfree(small);
+	pfree(taken);
+	pfree(search);
+	return npairs;
+}
+
+/*
+ * Merges the chosen pairs into one new tree version: each pair's postings
+ * (rows no snapshot can see are dropped) go to one new chain whose centroid
+ * is their mean, the partner's leaf takes it and the small leaf is removed.
+ * Returns the pairs merged.
+ */
+static int
+merge_pairs(Relation index, Relation heap, VidxTreeCache *cache, const VidxMetaPageData *meta,
+            int32 (*pairs)[2], int npairs)
+{
+	int dims = (int) meta->dims;
+	Size psize = VidxMetaPostingSize(meta);
+	int per_page = vidx_postings_per_page(dims, (int) meta->refine_bits);
+	RetiredChain *retired = palloc(sizeof(RetiredChain) * 2 * npairs);
+	int nretired = 0;
+	/* (each edit's output may need a little more room than its input) */
+	size_t blob_cap = Max(cache->tree_size, vidx_tree_replace_bound(cache->tree));
+	size_t next_cap = blob_cap;
+	char *blob = MemoryContextAllocHuge(CurrentMemoryContext, blob_cap);
+	char *next_blob = MemoryContextAllocHuge(CurrentMemoryContext, next_cap);
+	size_t blob_size = cache->tree_size;
+	int merged = 0;
+	int64 dropped = 0;
+	float *centroid = palloc(sizeof(float) * dims);
+	char err[256];
+
+	memcpy(blob, cache->tree, cache->tree_size);
+	for (int k = 0; k < npairs; k++)
+	{
+		const VidxTreeNode *node[2];
+		Buffer hbuf[2];
+		bool ok = true;
+		char **postings;
+		int cap = 64;
+		int n = 0;
+		int kept;
+		float *x;
+		char **fresh;
+		VidxNewLeaf nl;
+		int32 at;
+
+		/* (no one else holds two heads: inserts and splits take one; VACUUM is us) */
+		for (int s = 0; s < 2; s++)
+		{
+			node[s] = vidx_tree_node(cache->tree, pairs[k][s]);
+			hbuf[s] = ReadBuffer(index, node[s]->head_block);
+			LockBuffer(hbuf[s], BUFFER_LOCK_EXCLUSIVE);
+			ok = ok && vidx_page_is(BufferGetPage(hbuf[s]), VIDX_PAGE_POSTING) &&
+			     VidxPageGetOpaque(BufferGetPage(hbuf[s]))->head == node[s]->head_block &&
+			     VidxPageGetOpaque(BufferGetPage(hbuf[s]))->leaf_id == node[s]->leaf_id &&
+			     !(VidxPageGetOpaque(BufferGetPage(hbuf[s]))->flags & VIDX_CHAIN_REPLACED);
+		}
+		if (!ok)
+		{
+			UnlockReleaseBuffer(hbuf[0]);
+			UnlockReleaseBuffer(hbuf[1]);
+			continue;
+		}
+		postings = palloc(sizeof(char *) * cap);
+		for (int s = 0; s < 2; s++)
+			n = copy_chain(index, hbuf[s], psize, &postings, n, &cap);
+		x = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * dims * (Size) Max(n, 1));
+		kept = load_vectors(index, heap, cache, meta, postings, n, x);
+		dropped += n - kept;
+		if (kept > 0)
+			mean_vector(x, kept, dims, centroid);
+		else
+			memcpy(centroid, vidx_tree_centroid(node[1]), sizeof(float) * dims);
+		fresh = palloc(sizeof(char *) * Max(kept, 1));
+		for (int i = 0; i < kept; i++)
+			fresh[i] = reencode(postings[i], x + (Size) i * dims, centroid, meta);
+
+		nl.leaf_id = meta->next_leaf_id + merged;
+		nl.head_block = write_chain(index, fresh, kept, psize, per_page, nl.leaf_id);
+		nl.centroid = centroid;
+		nl.count = kept;
+
+		/* the partner's leaf becomes the merged one, then the small leaf goes */
+		for (int step = 0; step < 2; step++)
+		{
+			char *tmp;
+
+			size_t tmp_cap;
+
+			if (vidx_tree_replace_bound(blob) > next_cap)
+			{
+				next_cap = vidx_tree_replace_bound(blob);
+				next_blob = repalloc_huge(next_blob, next_cap);
+			}
+			at = leaf_of_head(blob, node[1 - step]->head_block);
+			vidx_core_check(vidx_tree_replace_leaf(blob, blob_size, at, step == 0 ? &nl : NULL,
+			                                       step == 0 ? 1 : 0, tree_fanout(index), next_blob,
+			                                       next_cap, &blob_size, err, sizeof(err)),
+			                "leaf merge", err);
+			tmp = blob;
+			blob = next_blob;
+			next_blob = tmp;
+			tmp_cap = blob_cap;
+			blob_cap = next_cap;
+			next_cap = tmp_cap;
+		}
+		for (int s = 0; s < 2; s++)
+		{
+			retired[nretired].hbuf = hbuf[s];
+			retired[nretired].leaf_id = node[s]->leaf_id;
+			nretired++;
+		}
+		merged++;
+		for (int i = 0; i < n; i++)
+			pfree(postings[i]);
+		for (int i = 0; i < kept; i++)
+			pfree(fresh[i]);
+		pfree(postings);
+		pfree(fresh);
+		pfree(x);
+	}
+	if (merged > 0)
+	{
+		uint32 tree_pages;
+		BlockNumber tree_start =
+		    write_tree(index, blob, blob_size, meta->tree_version + 1, &tree_pages);
+
+		publish(index, meta, blob, blob_size, tree_start, tree_pages, retired, nretired,
+		        (uint32) merged, dropped, true);
+	}
+	for (int i = 0; i < nretired; i++)
+		UnlockReleaseBuffer(retired[i].hbuf);
+	return merged;
+}
+
+/*
+ * Merges leaves that deletes left under half the target leaf size into their
+ * nearest leaf (while the two hold at most 1.5x the target), so that an index
+ * whose table shrank or moved answers like a fresh build: with fewer, fuller
+ * leaves, vidx.probes reads as many rows as after a build. VACUUM's cleanup,
+ * with the split lock. Returns the leaves merged.
+ */
+int
+vidx_merge_small_leaves(Relation index, Relation heap)
+{
+	MemoryContext cxt =
+	    AllocSetContextCreate(CurrentMemoryContext, "vidx merge", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	int total = 0;
+
+	for (;;)
+	{
+		VidxMetaPageData meta;
+		VidxTreeCache *cache = vidx_get_tree(index, &meta);
+		int32(*pairs)[2];
+		int npairs;
+		int64 *size;
+		int merged;
+
+		if (meta.dims == 0 || meta.nleaves <= 1)
+			break;
+		vacuum_delay_point();
+		size = leaf_sizes(index, cache->tree);
+		pairs = palloc(sizeof(int32[2]) * VIDX_MERGE_BATCH);
+		npairs = choose_pairs(cache, size, vidx_target_leaf_size(index, &meta), pairs);
+		if (npairs == 0)
+			break;
+		vidx_tree_pin(cache);
+		merged = merge_pairs(index, heap, cache, &meta, pairs, npairs);
+		vidx_tree_unpin(cache);
+		if (merged == 0)
+			break;
+		total += merged;
+		IndexFreeSpaceMapVacuum(index);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return total;
 }

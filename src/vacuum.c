@@ -16,6 +16,8 @@
  */
 #include "vidx.h"
 
+#include "access/table.h"
+#include "catalog/index.h"
 #include "commands/vacuum.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
@@ -240,6 +242,14 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 	}
 	/* (inserts may add postings meanwhile: the count is as exact as the statistics) */
 	set_npostings(index, (uint64) stats->num_index_tuples);
+	{
+		/* (PostgreSQL 15's IndexVacuumInfo has no heap relation; VACUUM holds its lock) */
+		Relation heap =
+		    table_open(IndexGetRelation(RelationGetRelid(index), false), AccessShareLock);
+
+		(void) vidx_merge_small_leaves(index, heap);
+		table_close(heap, AccessShareLock);
+	}
 	(void) vidx_recycle_graveyard(index);
 	reclaim_pages(index, info->strategy);
 	IndexFreeSpaceMapVacuum(index);

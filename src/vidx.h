@@ -305,6 +305,7 @@ extern void vidx_scan_init(void);
 extern int64 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta);
 extern bool vidx_leaf_needs_split(Relation index, const VidxMetaPageData *meta, uint32 npostings);
 extern void vidx_maybe_split(Relation index, Relation heap, BlockNumber head);
+extern int vidx_merge_small_leaves(Relation index, Relation heap);
 extern int vidx_recycle_graveyard(Relation index);
 extern int vidx_graveyard_heads(Relation index, BlockNumber **heads);
 extern void vidx_free_page(Relation index, Buffer buf);
