@@ -35,6 +35,8 @@
 #define VIDX_SPLIT_SAMPLE 4096
 #define VIDX_SPLIT_ITERATIONS 10
 #define VIDX_SPLIT_SEED UINT64CONST(0x73706c6974) /* "split" */
+/* The nearest leaves whose rows a split may reassign (SPFresh's LIRE). */
+#define VIDX_SPLIT_NEIGHBOURS 4
 
 int64
 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta)
@@ -695,23 +697,35 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	}
 
 	{
-		float *centroids = palloc(sizeof(float) * 2 * dims);
+		float *centroids = palloc(sizeof(float) * (2 + VIDX_SPLIT_NEIGHBOURS) * dims);
 		int32 *side = palloc(sizeof(int32) * Max(n, 1));
 		int64 count[2] = {0, 0};
 		char err[256];
 		int nsample = Min(n, VIDX_SPLIT_SAMPLE);
 		float *sample = x;
-		char **fresh[2];
-		int nfresh[2] = {0, 0};
-		VidxNewLeaf nl[2];
+		/* the split leaf, then the neighbours whose rows were read */
+		RetiredChain retired[1 + VIDX_SPLIT_NEIGHBOURS];
+		int nnb = 0;
+		int range[VIDX_SPLIT_NEIGHBOURS + 1]; /* neighbour j's rows: range[j] .. range[j+1] - 1 */
+		int total = n;
+		int32 *dest; /* 0, 1: the halves; 2 + j: neighbour j */
+		bool keep_nb[VIDX_SPLIT_NEIGHBOURS];
+		BlockNumber nb_head[VIDX_SPLIT_NEIGHBOURS];
+		int nb_dropped[VIDX_SPLIT_NEIGHBOURS];
+		VidxNewLeaf nl[2 + VIDX_SPLIT_NEIGHBOURS];
+		BlockNumber replaces[2 + VIDX_SPLIT_NEIGHBOURS]; /* the head each new leaf replaces */
+		int nnew = 0;
+		int nretired = 1;
+		int moved = 0;
 		char *blob;
+		char *next_blob;
+		size_t blob_cap;
+		size_t next_cap;
 		size_t blob_size;
 		BlockNumber tree_start;
 		uint32 tree_pages;
-		RetiredChain retired;
 
-		/* 2-means on a seeded sample (every k-th vector), then every vector to its nearer centroid
-		 */
+		/* 2-means on a seeded sample (every k-th vector), then every vector to its nearer centroid */
 		if (nsample < n)
 		{
 			sample = palloc(sizeof(float) * dims * (Size) nsample);
@@ -733,55 +747,187 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			 * between the two centroids instead (by position if they coincide).
 			 */
 			balanced_halves(x, n, dims, centroids, side);
-			count[0] = n / 2;
-			count[1] = n - n / 2;
 		}
-
-		/* each leaf's centroid is the mean of its vectors; codes against it */
+		/* each half's centroid is the mean of its vectors */
 		for (int s = 0; s < 2; s++)
 		{
-			float *xs = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(count[s], 1));
+			float *xs = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(n, 1));
 			int k = 0;
 
 			for (int i = 0; i < n; i++)
 				if (side[i] == s)
 					memcpy(xs + (Size) k++ * dims, x + (Size) i * dims, sizeof(float) * dims);
-			mean_vector(xs, k, dims, centroids + (Size) s * dims);
-			fresh[s] = palloc(sizeof(char *) * Max(k, 1));
-			for (int i = 0; i < n; i++)
-				if (side[i] == s)
-					fresh[s][nfresh[s]++] = reencode(postings[i], x + (Size) i * dims,
-					                                 centroids + (Size) s * dims, &meta);
+			if (k > 0)
+				mean_vector(xs, k, dims, centroids + (Size) s * dims);
 			pfree(xs);
 		}
 
-		/* the new chains, then the new tree, all unreachable until published */
-		for (int s = 0; s < 2; s++)
+		/*
+		 * Reassignment (SPFresh's LIRE): rows of the nearest leaves that are
+		 * now closer to a half than to their own centroid move to it, and rows
+		 * of the split leaf closer to a neighbour go there. Without it, rows
+		 * that reached a region before it had a leaf of its own (a new cluster
+		 * routed to whatever leaf was least far) stay scattered over the
+		 * leaves they landed in. Neighbours' heads are held like the leaf's
+		 * (only a split-lock holder takes two heads: no deadlock with inserts).
+		 */
 		{
-			nl[s].leaf_id = meta.next_leaf_id + s;
-			nl[s].head_block = write_chain(index, fresh[s], nfresh[s], VidxMetaPostingSize(&meta),
-			                               per_page, nl[s].leaf_id);
-			nl[s].centroid = centroids + (Size) s * dims;
-			nl[s].count = nfresh[s];
+			void *search = palloc(vidx_tree_search_size(cache->tree));
+			float key;
+
+			vidx_tree_search_begin(search, cache->tree, VIDX_METRIC_L2, vidx_tree_centroid(node));
+			range[0] = n;
+			for (int c = 0; c < VIDX_SPLIT_NEIGHBOURS + 1 && nnb < VIDX_SPLIT_NEIGHBOURS; c++)
+			{
+				int32 b = vidx_tree_search_next(search, cache->tree, &key);
+				const VidxTreeNode *bn;
+				Buffer nbuf;
+				VidxPageOpaque no;
+				int got;
+
+				if (b < 0)
+					break;
+				if (b == leaf)
+					continue;
+				bn = vidx_tree_node(cache->tree, b);
+				nbuf = ReadBuffer(index, bn->head_block);
+				LockBuffer(nbuf, BUFFER_LOCK_EXCLUSIVE);
+				no = VidxPageGetOpaque(BufferGetPage(nbuf));
+				if (!vidx_page_is(BufferGetPage(nbuf), VIDX_PAGE_POSTING) ||
+				    no->head != bn->head_block || no->leaf_id != bn->leaf_id ||
+				    (no->flags & VIDX_CHAIN_REPLACED))
+				{
+					UnlockReleaseBuffer(nbuf);
+					continue;
+				}
+				got = copy_chain(index, nbuf, VidxMetaPostingSize(&meta), &postings, total, &cap);
+				x = repalloc_huge(x, sizeof(float) * dims * (Size) Max(got, 1));
+				nb_dropped[nnb] = got - total;
+				got = total + load_vectors(index, heap, cache, &meta, postings + total,
+				                           got - total, x + (Size) total * dims);
+				nb_dropped[nnb] -= got - total;
+				nb_head[nnb] = bn->head_block;
+				retired[1 + nnb].hbuf = nbuf;
+				retired[1 + nnb].leaf_id = bn->leaf_id;
+				memcpy(centroids + (Size) (2 + nnb) * dims, vidx_tree_centroid(bn),
+				       sizeof(float) * dims);
+				total = got;
+				nnb++;
+				range[nnb] = total;
+			}
+			pfree(search);
 		}
-		blob = MemoryContextAllocHuge(cxt, vidx_tree_replace_bound(cache->tree));
-		vidx_core_check(vidx_tree_replace_leaf(
-		                    cache->tree, cache->tree_size, leaf, nl, 2, tree_fanout(index), blob,
-		                    vidx_tree_replace_bound(cache->tree), &blob_size, err, sizeof(err)),
+		dest = palloc(sizeof(int32) * Max(total, 1));
+		vidx_assign(x, total, dims, centroids, 2 + nnb, dest, 1);
+		/* the leaf's rows keep their 2-means side unless a neighbour is nearer */
+		for (int i = 0; i < n; i++)
+			if (dest[i] < 2)
+				dest[i] = side[i];
+		/* a neighbour that neither loses nor gains a row keeps its chain */
+		for (int j = 0; j < nnb; j++)
+			keep_nb[j] = true;
+		for (int i = 0; i < total; i++)
+		{
+			int from = -1;
+
+			for (int j = 0; j < nnb && from < 0; j++)
+				if (i >= range[j] && i < range[j + 1])
+					from = j;
+			if (from >= 0 && dest[i] >= 2)
+				dest[i] = 2 + from; /* (only the halves are new: no moves between neighbours) */
+			if (from >= 0 && dest[i] != 2 + from)
+			{
+				keep_nb[from] = false;
+				moved++;
+			}
+			if (from < 0 && dest[i] >= 2)
+			{
+				keep_nb[dest[i] - 2] = false;
+				moved++;
+			}
+		}
+		for (int j = 0; j < nnb; j++)
+			if (!keep_nb[j])
+			{
+				retired[nretired++] = retired[1 + j];
+				dropped += nb_dropped[j]; /* (a kept chain keeps its unseen rows) */
+			}
+			else
+				UnlockReleaseBuffer(retired[1 + j].hbuf);
+
+		/* the new chains (codes against their centroids), unreachable until published */
+		for (int d = 0; d < 2 + nnb; d++)
+		{
+			char **fresh;
+			int k = 0;
+
+			if (d >= 2 && keep_nb[d - 2])
+				continue;
+			fresh = palloc(sizeof(char *) * Max(total, 1));
+			for (int i = 0; i < total; i++)
+				if (dest[i] == d)
+				{
+					bool own = d >= 2 && i >= range[d - 2] && i < range[d - 1];
+
+					/* (a neighbour's own rows keep their codes: same centroid) */
+					fresh[k++] = own ? postings[i]
+					                 : reencode(postings[i], x + (Size) i * dims,
+					                            centroids + (Size) d * dims, &meta);
+				}
+			nl[nnew].leaf_id = meta.next_leaf_id + nnew;
+			nl[nnew].head_block = write_chain(index, fresh, k, VidxMetaPostingSize(&meta),
+			                                  per_page, nl[nnew].leaf_id);
+			nl[nnew].centroid = centroids + (Size) d * dims;
+			nl[nnew].count = k;
+			replaces[nnew] = d < 2 ? head : nb_head[d - 2];
+			nnew++;
+			pfree(fresh);
+		}
+
+		/* the new tree: the leaf by its halves, each changed neighbour by its new chain */
+		blob_cap = next_cap = vidx_tree_replace_bound(cache->tree);
+		blob = MemoryContextAllocHuge(cxt, blob_cap);
+		next_blob = MemoryContextAllocHuge(cxt, next_cap);
+		vidx_core_check(vidx_tree_replace_leaf(cache->tree, cache->tree_size, leaf, nl, 2,
+		                                       tree_fanout(index), blob, blob_cap, &blob_size, err,
+		                                       sizeof(err)),
 		                "leaf split", err);
+		for (int k = 2; k < nnew; k++)
+		{
+			char *tmp;
+			size_t tmp_cap;
+
+			if (vidx_tree_replace_bound(blob) > next_cap)
+			{
+				next_cap = vidx_tree_replace_bound(blob);
+				next_blob = repalloc_huge(next_blob, next_cap);
+			}
+			vidx_core_check(vidx_tree_replace_leaf(blob, blob_size, leaf_of_head(blob, replaces[k]),
+			                                       &nl[k], 1, tree_fanout(index), next_blob,
+			                                       next_cap, &blob_size, err, sizeof(err)),
+			                "leaf split", err);
+			tmp = blob;
+			blob = next_blob;
+			next_blob = tmp;
+			tmp_cap = blob_cap;
+			blob_cap = next_cap;
+			next_cap = tmp_cap;
+		}
 		tree_start = write_tree(index, blob, blob_size, meta.tree_version + 1, &tree_pages);
 
-		retired.hbuf = hbuf;
-		retired.leaf_id = node->leaf_id;
-		publish(index, &meta, blob, blob_size, tree_start, tree_pages, &retired, 1, 2, dropped,
-		        false);
+		retired[0].hbuf = hbuf;
+		retired[0].leaf_id = node->leaf_id;
+		publish(index, &meta, blob, blob_size, tree_start, tree_pages, retired, nretired,
+		        (uint32) nnew, dropped, false);
 		freed_pages = true;
+		for (int r = 1; r < nretired; r++)
+			UnlockReleaseBuffer(retired[r].hbuf);
 		elog(DEBUG1,
-		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) into leaves %u (%d) and %u "
-		     "(%d); tree version %u, %u leaves",
-		     retired.leaf_id, RelationGetRelationName(index), n + dropped, dropped, nl[0].leaf_id,
-		     nfresh[0], nl[1].leaf_id, nfresh[1], meta.tree_version + 1,
-		     ((const VidxTreeHeader *) blob)->nleaves);
+		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) into leaves %u (%u) and %u "
+		     "(%u), %d rows moved between it and %d of %d neighbours; tree version %u, %u leaves",
+		     retired[0].leaf_id, RelationGetRelationName(index), n + dropped, dropped,
+		     nl[0].leaf_id, nl[0].count, nl[1].leaf_id, nl[1].count, moved, nretired - 1, nnb,
+		     meta.tree_version + 1, ((const VidxTreeHeader *) blob)->nleaves);
 	}
 	UnlockReleaseBuffer(hbuf);
 
