@@ -36,7 +36,7 @@
 #define VIDX_SPLIT_ITERATIONS 10
 #define VIDX_SPLIT_SEED UINT64CONST(0x73706c6974) /* "split" */
 /* The nearest leaves whose rows a split may reassign (SPFresh's LIRE). */
-#define VIDX_SPLIT_NEIGHBOURS 4
+#define VIDX_SPLIT_NEIGHBOURS 8
 
 int64
 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta)
