@@ -13,6 +13,12 @@ client count `pgbench -n -M prepared -c C -j min(C, 2) -T D --log`:
          chosen by \\set qid random(...)) per transaction, LIMIT 10
   mixed  knn.sql weight 9 + bench/pgbench/insert.sql weight 1: inserts of new
          vectors (a query vector plus noise) into the indexed table
+  insert insert.sql alone
+
+With --initial-rows N the table starts with the data set's first N rows only
+(0: the index is created on an empty table), so the inserts grow the index and
+its leaves split while pgbench runs: each run reports the splits and merges it
+saw (vidx_stats before and after), beside the insert latency percentiles.
 
 TPS and latency percentiles (p50/p95/p99, per script) come from pgbench's
 per-transaction logs. Results: bench/results/pgbench_<dataset>/results.json
@@ -74,7 +80,8 @@ def summarize(rows, duration):
         l2 = lat[rows[:, 0] == s]
         per[int(s)] = {"transactions": int(len(l2)), "tps": len(l2) / duration,
                        "p50_ms": float(np.percentile(l2, 50)), "p95_ms": float(np.percentile(l2, 95)),
-                       "p99_ms": float(np.percentile(l2, 99))}
+                       "p99_ms": float(np.percentile(l2, 99)), "p999_ms": float(np.percentile(l2, 99.9)),
+                       "max_ms": float(l2.max())}
     out["per_script"] = per
     return out
 
@@ -92,6 +99,8 @@ def main(argv=None):
                     "data's value range)")
     ap.add_argument("--probes", type=int, default=None, help="vidx.probes for the pgbench sessions")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--initial-rows", type=int, default=None,
+                    help="rows of the data set in the table when the index is built (default: all)")
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
@@ -115,7 +124,8 @@ def main(argv=None):
         cur.execute(f"DROP SEQUENCE IF EXISTS {tbl}_ins")
         cur.execute(f"CREATE TABLE {tbl} (id bigint, embedding real[])")
         cur.execute(f"ALTER TABLE {tbl} ALTER COLUMN embedding SET STORAGE EXTERNAL")
-        cur.execute(f"INSERT INTO {tbl} SELECT id, embedding FROM {a.dataset}")
+        initial = len(base) if a.initial_rows is None else min(a.initial_rows, len(base))
+        cur.execute(f"INSERT INTO {tbl} SELECT id, embedding FROM {a.dataset} ORDER BY id LIMIT {initial}")
         cur.execute(f"CREATE SEQUENCE {tbl}_ins START {len(base) + 1}")
         cur.execute(f"VACUUM ANALYZE {tbl}")
     b = bl.create_index(a.dsn, tbl, f"{tbl}_vidx", a.metric, verbose=True)
@@ -144,14 +154,20 @@ def main(argv=None):
         if wl == "knn":
             files = ["-f", scripts["knn.sql"] + "@1"]
             names = {0: "knn"}
+        elif wl == "insert":
+            files = ["-f", scripts["insert.sql"] + "@1"]
+            names = {0: "insert"}
         else:
             files = ["-f", scripts["knn.sql"] + "@9", "-f", scripts["insert.sql"] + f"@{a.insert_weight}"]
             names = {0: "knn", 1: "insert"}
         for c in [int(x) for x in a.clients.split(",")]:
             prefix = os.path.join(tmp, f"log_{wl}_c{c}")
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT count(*) FROM {tbl}")
-                rows_before = cur.fetchone()[0]
+            def tree_counts():
+                with conn.cursor() as cur:
+                    cur.execute(f"SELECT count(*), vidx_stats('{tbl}_vidx')::jsonb FROM {tbl}")
+                    n, st = cur.fetchone()
+                return n, int(st.get("splits", 0)), int(st.get("merges", 0)), int(st.get("leaves", 0))
+            rows_before, splits_before, merges_before, leaves_before = tree_counts()
             cmd = ["pgbench", "-n", "-M", "prepared", "-c", str(c), "-j", str(min(c, 2)),
                    "-T", str(a.duration), "--log", f"--log-prefix={prefix}", "-P", "10"] + files
             if a.dsn:
@@ -164,12 +180,17 @@ def main(argv=None):
                 return 1
             s = summarize(parse_logs(prefix), a.duration)
             s["per_script"] = {names.get(k, str(k)): v for k, v in s.get("per_script", {}).items()}
+            rows_after, splits_after, merges_after, leaves_after = tree_counts()
             s.update(workload=wl, clients=c, threads=min(c, 2), duration=a.duration,
-                     rows_before=rows_before, started=t0,
+                     rows_before=rows_before, rows_after=rows_after,
+                     splits=splits_after - splits_before, merges=merges_after - merges_before,
+                     leaves_before=leaves_before, leaves_after=leaves_after, started=t0,
                      pgbench_summary=[ln for ln in p.stdout.splitlines() if ln.startswith(("tps", "latency",
                                                                                            "number of"))])
             res["runs"].append(s)
             ks = s["per_script"].get("knn", {})
+            bl.log(f"  rows {rows_before:,} -> {rows_after:,}, leaves {leaves_before} -> {leaves_after}, "
+                   f"{s['splits']} splits, {s['merges']} merges")
             bl.log(f"  TPS {s['tps']:.1f}; k-NN p50 {ks.get('p50_ms', 0):.2f} p95 {ks.get('p95_ms', 0):.2f} "
                    f"p99 {ks.get('p99_ms', 0):.2f} ms" + (
                        f"; insert p50 {s['per_script']['insert']['p50_ms']:.2f} p99 "
@@ -197,14 +218,18 @@ def write_md(out, res):
          "`pgbench -n -M prepared -c C -j min(C,2) -T D --log`; percentiles from the per-transaction logs.",
          f"Index build on the copy: {res['build_s']:.1f} s. vidx_verify after the runs: "
          f"{res.get('vidx_verify_after')}.", "",
-         "| workload | clients | TPS | k-NN p50 ms | k-NN p95 ms | k-NN p99 ms | insert TPS | insert p50 ms | insert p99 ms |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "| workload | clients | TPS | k-NN p50 ms | k-NN p95 ms | k-NN p99 ms | insert TPS | insert p50 ms | "
+         "insert p99 ms | insert max ms | rows before -> after | leaves before -> after | splits | merges |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         k = r["per_script"].get("knn", {})
         i = r["per_script"].get("insert")
         L.append(f"| {r['workload']} | {r['clients']} | {r['tps']:.1f} | {k.get('p50_ms', 0):.2f} | "
                  f"{k.get('p95_ms', 0):.2f} | {k.get('p99_ms', 0):.2f} | "
-                 + (f"{i['tps']:.1f} | {i['p50_ms']:.2f} | {i['p99_ms']:.2f} |" if i else " | | |"))
+                 + (f"{i['tps']:.1f} | {i['p50_ms']:.2f} | {i['p99_ms']:.2f} | {i.get('max_ms', 0):.1f} |"
+                    if i else " | | | |")
+                 + f" {r.get('rows_before', 0):,} -> {r.get('rows_after', 0):,} | {r.get('leaves_before', '')} -> "
+                   f"{r.get('leaves_after', '')} | {r.get('splits', '')} | {r.get('merges', '')} |")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(L) + "\n")
 

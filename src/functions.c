@@ -296,6 +296,14 @@ check_stats_privilege(Oid relid)
 }
 
 PG_FUNCTION_INFO_V1(vidx_stats);
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64 x = *(const int64 *) a, y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
 Datum
 vidx_stats(PG_FUNCTION_ARGS)
 {
@@ -311,6 +319,8 @@ vidx_stats(PG_FUNCTION_ARGS)
 	int64 beyond = 0;
 	int64 no_slot = 0;
 	uint32 nnodes = 0;
+	int64 *sizes = NULL; /* postings of each leaf, for the percentiles */
+	int nsizes = 0;
 	const char *sidecar = NULL;
 	char *path;
 
@@ -326,6 +336,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 		sidecar = vidx_sidecar_state(index, &meta, &ws.records);
 		ws.count_beyond = (sidecar == NULL); /* an unusable file serves no posting */
 		nnodes = h->nnodes;
+		sizes = palloc(sizeof(int64) * Max(h->nnodes, 1));
 		for (uint32 i = 0; i < h->nnodes; i++)
 		{
 			const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
@@ -343,6 +354,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 			if (min_leaf < 0 || cs.postings < min_leaf)
 				min_leaf = cs.postings;
 			max_leaf = Max(max_leaf, cs.postings);
+			sizes[nsizes++] = cs.postings;
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
@@ -370,9 +382,19 @@ vidx_stats(PG_FUNCTION_ARGS)
 	                 total, posting_pages);
 	appendStringInfo(&buf,
 	                 ", \"leaf_size\": {\"min\": " INT64_FORMAT
-	                 ", \"avg\": %.1f, \"max\": " INT64_FORMAT ", \"empty\": " INT64_FORMAT "}",
+	                 ", \"avg\": %.1f, \"max\": " INT64_FORMAT ", \"empty\": " INT64_FORMAT,
 	                 Max(min_leaf, 0), meta.nleaves > 0 ? (double) total / meta.nleaves : 0.0,
 	                 max_leaf, empty_leaves);
+	if (nsizes > 0)
+	{
+		qsort(sizes, nsizes, sizeof(int64), cmp_int64);
+		appendStringInfo(&buf,
+		                 ", \"p10\": " INT64_FORMAT ", \"p50\": " INT64_FORMAT
+		                 ", \"p90\": " INT64_FORMAT,
+		                 sizes[(int64) nsizes * 10 / 100], sizes[nsizes / 2],
+		                 sizes[Min((int64) nsizes * 90 / 100, nsizes - 1)]);
+	}
+	appendStringInfoChar(&buf, '}');
 	appendStringInfo(&buf, ", \"code_bytes\": %d, \"refine_bits\": %u, \"posting_bytes\": %zu",
 	                 vidx_code_words(meta.dims) * 8, meta.refine_bits, VidxMetaPostingSize(&meta));
 

@@ -7,7 +7,7 @@
 \set schema vidx_t13
 \ir ../pgtap_setup.sql
 
-SELECT plan(22);
+SELECT plan(23);
 
 -- 40 Gaussian clusters of 64 dimensions; rows are inserted in cluster-mixed order.
 SELECT setseed(0.1313);
@@ -64,6 +64,12 @@ SELECT cmp_ok((vidx_stats('empty_built_v')->>'leaves')::int, '>=', 70,
               'built empty, 20,000 rows inserted: at least 70 leaves (a build makes 141)');
 SELECT cmp_ok((vidx_stats('empty_built_v')->'leaf_size'->>'max')::int, '<=', 300,
               'no leaf holds more than about twice the target size');
+SELECT ok((s->'leaf_size'->>'p10')::int <= (s->'leaf_size'->>'p50')::int
+          AND (s->'leaf_size'->>'p50')::int <= (s->'leaf_size'->>'p90')::int
+          AND (s->'leaf_size'->>'p50')::int BETWEEN (s->>'target_leaf_size')::int / 2
+                                                AND 2 * (s->>'target_leaf_size')::int,
+          format('leaf size percentiles: %s, target %s', s->'leaf_size', s->>'target_leaf_size'))
+  FROM vidx_stats('empty_built_v') s;
 SELECT ok(vidx_verify('empty_built_v'), 'vidx_verify: the grown index is consistent');
 SELECT is(f.*, ROW(60000::bigint, 60000::bigint), 'every row found once at full probes')
   FROM full_scan_rows('empty_built') f;
