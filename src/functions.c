@@ -388,11 +388,10 @@ vidx_stats(PG_FUNCTION_ARGS)
 	if (nsizes > 0)
 	{
 		qsort(sizes, nsizes, sizeof(int64), cmp_int64);
-		appendStringInfo(&buf,
-		                 ", \"p10\": " INT64_FORMAT ", \"p50\": " INT64_FORMAT
-		                 ", \"p90\": " INT64_FORMAT,
-		                 sizes[(int64) nsizes * 10 / 100], sizes[nsizes / 2],
-		                 sizes[Min((int64) nsizes * 90 / 100, nsizes - 1)]);
+		appendStringInfo(
+		    &buf, ", \"p10\": " INT64_FORMAT ", \"p50\": " INT64_FORMAT ", \"p90\": " INT64_FORMAT,
+		    sizes[(int64) nsizes * 10 / 100], sizes[nsizes / 2],
+		    sizes[Min((int64) nsizes * 90 / 100, nsizes - 1)]);
 	}
 	appendStringInfoChar(&buf, '}');
 	appendStringInfo(&buf, ", \"code_bytes\": %d, \"refine_bits\": %u, \"posting_bytes\": %zu",

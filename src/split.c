@@ -23,6 +23,7 @@
 #include "access/xact.h"
 #include "commands/vacuum.h"
 #include "miscadmin.h"
+#include "portability/instr_time.h"
 #include "storage/indexfsm.h"
 #include "storage/lmgr.h"
 #include "utils/memutils.h"
@@ -655,9 +656,11 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	int cap;
 	int dropped;
 	bool freed_pages;
+	instr_time t[6]; /* start, leaf read, neighbours read, chains, tree, published */
 
 	if (!ConditionalLockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock))
 		return;
+	INSTR_TIME_SET_CURRENT(t[0]);
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx split", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 
@@ -689,6 +692,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	dropped = n;
 	n = load_vectors(index, heap, cache, &meta, postings, n, x);
 	dropped -= n;
+	INSTR_TIME_SET_CURRENT(t[1]);
 	if (n < VIDX_MIN_LEAF_SIZE)
 	{
 		/* mostly rows no one can see: VACUUM will empty the leaf instead */
@@ -709,6 +713,12 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		int range[VIDX_SPLIT_NEIGHBOURS + 1]; /* neighbour j's rows: range[j] .. range[j+1] - 1 */
 		int total = n;
 		int32 *dest; /* 0, 1: the halves; 2 + j: neighbour j */
+		int *vrow =
+		    palloc(sizeof(int) * Max(n, 1)); /* a neighbour's row: its vector in xn, or -1 */
+		bool *alive = palloc(sizeof(bool) * Max(n, 1)); /* a neighbour's row: seen by someone */
+		int xn_cap = 1024;
+		int nx = 0;
+		float *xn = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) xn_cap);
 		bool keep_nb[VIDX_SPLIT_NEIGHBOURS];
 		BlockNumber nb_head[VIDX_SPLIT_NEIGHBOURS];
 		int nb_dropped[VIDX_SPLIT_NEIGHBOURS];
@@ -725,7 +735,8 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		BlockNumber tree_start;
 		uint32 tree_pages;
 
-		/* 2-means on a seeded sample (every k-th vector), then every vector to its nearer centroid */
+		/* 2-means on a seeded sample (every k-th vector), then every vector to its nearer centroid
+		 */
 		if (nsample < n)
 		{
 			sample = palloc(sizeof(float) * dims * (Size) nsample);
@@ -770,6 +781,9 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		 * routed to whatever leaf was least far) stay scattered over the
 		 * leaves they landed in. Neighbours' heads are held like the leaf's
 		 * (only a split-lock holder takes two heads: no deadlock with inserts).
+		 * A neighbour's row r from centroid c can be nearer a half h only if
+		 * ||r - c|| > ||c - h|| / 2 (triangle inequality); the posting holds
+		 * ||r - c||, so only those rows' vectors are read.
 		 */
 		{
 			void *search = palloc(vidx_tree_search_size(cache->tree));
@@ -784,6 +798,10 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 				Buffer nbuf;
 				VidxPageOpaque no;
 				int got;
+				double reach;
+				char **cand;
+				int ncand = 0;
+				int kept;
 
 				if (b < 0)
 					break;
@@ -801,11 +819,44 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 					continue;
 				}
 				got = copy_chain(index, nbuf, VidxMetaPostingSize(&meta), &postings, total, &cap);
-				x = repalloc_huge(x, sizeof(float) * dims * (Size) Max(got, 1));
-				nb_dropped[nnb] = got - total;
-				got = total + load_vectors(index, heap, cache, &meta, postings + total,
-				                           got - total, x + (Size) total * dims);
-				nb_dropped[nnb] -= got - total;
+				vrow = repalloc(vrow, sizeof(int) * Max(got, 1));
+				alive = repalloc(alive, sizeof(bool) * Max(got, 1));
+				reach =
+				    Min(sqrt((double) vidx_l2sq(vidx_tree_centroid(bn), centroids, dims)),
+				        sqrt((double) vidx_l2sq(vidx_tree_centroid(bn), centroids + dims, dims))) /
+				    2;
+				cand = palloc(sizeof(char *) * Max(got - total, 1));
+				for (int i = total; i < got; i++)
+				{
+					vrow[i] = -1;
+					alive[i] = true;
+					if (((VidxPosting *) postings[i])->norm > reach)
+						cand[ncand++] = postings[i];
+				}
+				if (nx + ncand > xn_cap)
+				{
+					xn_cap = Max(2 * xn_cap, nx + ncand);
+					xn = repalloc_huge(xn, sizeof(float) * dims * (Size) xn_cap);
+				}
+				kept = load_vectors(index, heap, cache, &meta, cand, ncand, xn + (Size) nx * dims);
+				/* (load_vectors keeps the order: the survivors are found by pointer) */
+				{
+					int k = 0;
+
+					for (int i = total; i < got; i++)
+					{
+						if (((VidxPosting *) postings[i])->norm <= reach)
+							continue;
+						/* candidate: kept if it is the next survivor */
+						if (k < kept && cand[k] == postings[i])
+							vrow[i] = nx + k++;
+						else
+							alive[i] = false;
+					}
+				}
+				nx += kept;
+				nb_dropped[nnb] = ncand - kept;
+				pfree(cand);
 				nb_head[nnb] = bn->head_block;
 				retired[1 + nnb].hbuf = nbuf;
 				retired[1 + nnb].leaf_id = bn->leaf_id;
@@ -817,12 +868,29 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			}
 			pfree(search);
 		}
+		INSTR_TIME_SET_CURRENT(t[2]);
 		dest = palloc(sizeof(int32) * Max(total, 1));
-		vidx_assign(x, total, dims, centroids, 2 + nnb, dest, 1);
-		/* the leaf's rows keep their 2-means side unless a neighbour is nearer */
+		/* the leaf's rows: their 2-means side, unless a neighbour is nearer */
+		vidx_assign(x, n, dims, centroids, 2 + nnb, dest, 1);
 		for (int i = 0; i < n; i++)
 			if (dest[i] < 2)
 				dest[i] = side[i];
+		/* a neighbour's rows: stay, or go to the nearer half if it is nearer than their centroid */
+		for (int j = 0; j < nnb; j++)
+			for (int i = range[j]; i < range[j + 1]; i++)
+			{
+				const float *v = vrow[i] >= 0 ? xn + (Size) vrow[i] * dims : NULL;
+				float dn, d0, d1;
+
+				dest[i] = 2 + j;
+				if (v == NULL)
+					continue;
+				dn = vidx_l2sq(v, centroids + (Size) (2 + j) * dims, dims);
+				d0 = vidx_l2sq(v, centroids, dims);
+				d1 = vidx_l2sq(v, centroids + dims, dims);
+				if (Min(d0, d1) < dn)
+					dest[i] = d0 <= d1 ? 0 : 1;
+			}
 		/* a neighbour that neither loses nor gains a row keeps its chain */
 		for (int j = 0; j < nnb; j++)
 			keep_nb[j] = true;
@@ -833,8 +901,6 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			for (int j = 0; j < nnb && from < 0; j++)
 				if (i >= range[j] && i < range[j + 1])
 					from = j;
-			if (from >= 0 && dest[i] >= 2)
-				dest[i] = 2 + from; /* (only the halves are new: no moves between neighbours) */
 			if (from >= 0 && dest[i] != 2 + from)
 			{
 				keep_nb[from] = false;
@@ -865,24 +931,30 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 				continue;
 			fresh = palloc(sizeof(char *) * Max(total, 1));
 			for (int i = 0; i < total; i++)
-				if (dest[i] == d)
-				{
-					bool own = d >= 2 && i >= range[d - 2] && i < range[d - 1];
+			{
+				bool own = d >= 2 && i >= range[d - 2] && i < range[d - 1];
+				const float *v;
 
-					/* (a neighbour's own rows keep their codes: same centroid) */
-					fresh[k++] = own ? postings[i]
-					                 : reencode(postings[i], x + (Size) i * dims,
-					                            centroids + (Size) d * dims, &meta);
+				if (dest[i] != d || (i >= n && !alive[i]))
+					continue;
+				if (own)
+				{
+					fresh[k++] = postings[i]; /* (same centroid: the code stands) */
+					continue;
 				}
+				v = i < n ? x + (Size) i * dims : xn + (Size) vrow[i] * dims;
+				fresh[k++] = reencode(postings[i], v, centroids + (Size) d * dims, &meta);
+			}
 			nl[nnew].leaf_id = meta.next_leaf_id + nnew;
-			nl[nnew].head_block = write_chain(index, fresh, k, VidxMetaPostingSize(&meta),
-			                                  per_page, nl[nnew].leaf_id);
+			nl[nnew].head_block = write_chain(index, fresh, k, VidxMetaPostingSize(&meta), per_page,
+			                                  nl[nnew].leaf_id);
 			nl[nnew].centroid = centroids + (Size) d * dims;
 			nl[nnew].count = k;
 			replaces[nnew] = d < 2 ? head : nb_head[d - 2];
 			nnew++;
 			pfree(fresh);
 		}
+		INSTR_TIME_SET_CURRENT(t[3]);
 
 		/* the new tree: the leaf by its halves, each changed neighbour by its new chain */
 		blob_cap = next_cap = vidx_tree_replace_bound(cache->tree);
@@ -914,6 +986,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			next_cap = tmp_cap;
 		}
 		tree_start = write_tree(index, blob, blob_size, meta.tree_version + 1, &tree_pages);
+		INSTR_TIME_SET_CURRENT(t[4]);
 
 		retired[0].hbuf = hbuf;
 		retired[0].leaf_id = node->leaf_id;
@@ -922,12 +995,19 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		freed_pages = true;
 		for (int r = 1; r < nretired; r++)
 			UnlockReleaseBuffer(retired[r].hbuf);
+		INSTR_TIME_SET_CURRENT(t[5]);
+		for (int i = 5; i > 0; i--)
+			INSTR_TIME_SUBTRACT(t[i], t[i - 1]);
 		elog(DEBUG1,
 		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) into leaves %u (%u) and %u "
-		     "(%u), %d rows moved between it and %d of %d neighbours; tree version %u, %u leaves",
+		     "(%u), %d rows moved between it and %d of %d neighbours; tree version %u, %u leaves; "
+		     "ms: leaf %.1f, neighbours %.1f, chains %.1f, tree %.1f (%u pages), publish %.1f",
 		     retired[0].leaf_id, RelationGetRelationName(index), n + dropped, dropped,
 		     nl[0].leaf_id, nl[0].count, nl[1].leaf_id, nl[1].count, moved, nretired - 1, nnb,
-		     meta.tree_version + 1, ((const VidxTreeHeader *) blob)->nleaves);
+		     meta.tree_version + 1, ((const VidxTreeHeader *) blob)->nleaves,
+		     INSTR_TIME_GET_MILLISEC(t[1]), INSTR_TIME_GET_MILLISEC(t[2]),
+		     INSTR_TIME_GET_MILLISEC(t[3]), INSTR_TIME_GET_MILLISEC(t[4]), tree_pages,
+		     INSTR_TIME_GET_MILLISEC(t[5]));
 	}
 	UnlockReleaseBuffer(hbuf);
 
