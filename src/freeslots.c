@@ -20,15 +20,17 @@
  *
  * Why a reused record is safe (src/README.md, "Sidecar slots"): a slot is
  * pushed only after its posting's deletion is WAL-logged, and only if its
- * record is still valid for the posting (heap TID and vector hash); an
- * insert that takes it flushes WAL up to the free-slot page's LSN (which
- * covers the push, so the deletion) before it overwrites the record, so no
- * crash can bring the posting back pointing at the new record. A stale
- * posting that reads it anyway (a replaced chain's copy) fails the record's
- * check and reads the table.
+ * record is still valid for the posting (heap TID and vector hash). A push
+ * stamps the page with the WAL insert position (flush_lsn, past those
+ * deletions); an insert that takes a slot flushes WAL up to it before it
+ * overwrites the record, so no crash can bring the posting back pointing at
+ * the new record. (Not the page LSN: takes move it, and a bulk insert would
+ * then flush WAL once per row.) A stale posting that reads the record anyway
+ * (a replaced chain's copy) fails the record's check and reads the table.
  */
 #include "vidx.h"
 
+#include "access/xlog.h"
 #include "storage/bufmgr.h"
 #include "storage/indexfsm.h"
 #include "utils/rel.h"
@@ -91,14 +93,17 @@ push_slots(Relation index, const uint32 *slots, int n)
 			fbuf = vidx_new_buffer(index);
 			fpage = GenericXLogRegisterBuffer(state, fbuf, GENERIC_XLOG_FULL_IMAGE);
 			vidx_init_page(fpage, VIDX_PAGE_FREESLOTS);
+			((PageHeader) fpage)->pd_lower += offsetof(VidxFreeSlots, slots);
 			VidxPageGetOpaque(fpage)->next = meta->free_slot_page;
 			meta->free_slot_page = BufferGetBlockNumber(fbuf);
 			meta->free_slot_pages++;
 		}
 		have = VidxPageGetNSlots(fpage);
 		k = Min(n, (int) VIDX_SLOTS_PER_PAGE - have);
-		memcpy(VidxPageGetSlots(fpage) + have, slots, sizeof(uint32) * k);
+		memcpy(VidxPageGetFreeSlots(fpage)->slots + have, slots, sizeof(uint32) * k);
 		((PageHeader) fpage)->pd_lower += sizeof(uint32) * k;
+		/* past the deletions of these slots' postings, all WAL-logged by now */
+		VidxPageGetFreeSlots(fpage)->flush_lsn = GetXLogInsertRecPtr();
 		meta->free_slots += k;
 		GenericXLogFinish(state);
 		UnlockReleaseBuffer(fbuf);
@@ -164,11 +169,10 @@ vidx_take_free_slot(Relation index, GenericXLogState *state, VidxMetaPage meta, 
 
 	Assert(meta->free_slots > 0);
 	*fbuf = lock_free_slot_page(index, meta->free_slot_page);
-	/* the last record that changed the page: it pushed every slot on it */
-	*flush_lsn = PageGetLSN(BufferGetPage(*fbuf));
 	fpage = GenericXLogRegisterBuffer(state, *fbuf, 0);
+	*flush_lsn = VidxPageGetFreeSlots(fpage)->flush_lsn;
 	n = VidxPageGetNSlots(fpage);
-	slot = VidxPageGetSlots(fpage)[n - 1];
+	slot = VidxPageGetFreeSlots(fpage)->slots[n - 1];
 	((PageHeader) fpage)->pd_lower -= sizeof(uint32);
 	meta->free_slots--;
 	if (n == 1)

@@ -640,7 +640,7 @@ read_free_slots(WalkState *ws, bool mark_pages, int64 *nslots)
 			                errmsg("index \"%s\": block %u of the free-slot list is not a "
 			                       "free-slot page, or holds more slots than the metapage counts",
 			                       name, blkno)));
-		memcpy(slots + n, VidxPageGetSlots(page), sizeof(uint32) * k);
+		memcpy(slots + n, VidxPageGetFreeSlots(page)->slots, sizeof(uint32) * k);
 		n += k;
 		npages++;
 		blkno = VidxPageGetOpaque(page)->next;

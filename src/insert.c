@@ -77,9 +77,9 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 
 	/*
 	 * WAL before data: the record of a freed slot is overwritten only once the
-	 * deletion of its posting is on disk (the free-slot page's LSN is at or
-	 * after the push, which follows the deletion), so that no crash can bring
-	 * the posting back pointing at another row's record.
+	 * deletion of its posting is on disk (flush_lsn of its free-slot page is
+	 * past it; usually flushed already), so that no crash can bring the
+	 * posting back pointing at another row's record.
 	 */
 	if (!XLogRecPtrIsInvalid(flush_lsn) && RelationNeedsWAL(index))
 		XLogFlush(flush_lsn);

@@ -70,17 +70,27 @@ typedef struct VidxGraveEntry
 #define VidxPageGetGraves(page) ((VidxGraveEntry *) PageGetContents(page))
 
 /*
- * A free-slot page holds uint32 sidecar slots in its contents, up to
- * pd_lower (so that GenericXLog logs them): at least one, at most
- * VIDX_SLOTS_PER_PAGE. The pages are a stack from the metapage's
- * free_slot_page, linked by next (freeslots.c).
+ * The contents of a free-slot page: uint32 sidecar slots up to pd_lower (so
+ * that GenericXLog logs them), at least one, at most VIDX_SLOTS_PER_PAGE.
+ * The pages are a stack from the metapage's free_slot_page, linked by next
+ * (freeslots.c).
  */
+typedef struct VidxFreeSlots
+{
+	/* WAL past the deletions of the postings whose slots are here: flushed before reuse */
+	XLogRecPtr flush_lsn;
+	uint32 slots[FLEXIBLE_ARRAY_MEMBER];
+} VidxFreeSlots;
+
 #define VIDX_SLOTS_PER_PAGE                                                                        \
-	((BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData))) /            \
+	((BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)) -             \
+	  offsetof(VidxFreeSlots, slots)) /                                                            \
 	 sizeof(uint32))
-#define VidxPageGetSlots(page) ((uint32 *) PageGetContents(page))
+#define VidxPageGetFreeSlots(page) ((VidxFreeSlots *) PageGetContents(page))
 #define VidxPageGetNSlots(page)                                                                    \
-	((int) ((((PageHeader) (page))->pd_lower - MAXALIGN(SizeOfPageHeaderData)) / sizeof(uint32)))
+	(((int) ((PageHeader) (page))->pd_lower - (int) MAXALIGN(SizeOfPageHeaderData) -               \
+	  (int) offsetof(VidxFreeSlots, slots)) /                                                      \
+	 (int) sizeof(uint32))
 
 /* The metapage, block 0. */
 typedef struct VidxMetaPageData
