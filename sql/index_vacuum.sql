@@ -17,11 +17,12 @@ SET enable_seqscan = off;
 SET vidx.probes = 20;
 SELECT count(*) AS all_rows FROM (SELECT id FROM vac ORDER BY v <-> '{0,1,3}' LIMIT 100000) s;
 
--- New rows reuse the freed space: the index does not grow. They also reuse
--- the heap line pointers that VACUUM freed, so a posting left behind would
--- now point at a new row: a scan would return that row twice.
+-- New rows reuse the freed space: the index does not grow (but for the two
+-- pages that listed the 2,500 freed sidecar slots). They also reuse the heap
+-- line pointers that VACUUM freed, so a posting left behind would now point
+-- at a new row: a scan would return that row twice.
 INSERT INTO vac SELECT i, ARRAY[sin(i), cos(i), i % 7]::real[] FROM generate_series(5001, 7000) i;
-SELECT pg_relation_size('vac_idx') / current_setting('block_size')::int <= :pages_before AS no_growth;
+SELECT pg_relation_size('vac_idx') / current_setting('block_size')::int <= :pages_before + 2 AS no_growth;
 SELECT (s->>'postings')::int AS postings FROM vidx_stats('vac_idx') s;
 SELECT count(*) AS rows, count(DISTINCT id) AS distinct_rows
 FROM (SELECT id FROM vac ORDER BY v <-> '{0,1,3}' LIMIT 100000) s;

@@ -223,6 +223,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	meta->npostings = ntuples;
 	meta->graveyard = InvalidBlockNumber;
 	meta->graves = 0;
+	meta->free_slot_page = InvalidBlockNumber;
 	((PageHeader) w->page.data)->pd_lower =
 	    ((char *) meta + sizeof(VidxMetaPageData)) - (char *) w->page.data;
 	emit_page(w);

@@ -76,10 +76,28 @@ typedef struct WalkState
 	uint64 records;      /* ... against its records as last counted */
 	uint64 slots_used;   /* 1 + the highest slot of a posting seen (0: none) */
 	bool slot_none_seen; /* a posting without a sidecar slot was seen */
+	/* verify: the free slots read before the walk (sorted), and the posting slots among them */
+	uint32 *free_slots;
+	int64 nfree_slots;
+	uint32 *suspects;
+	int64 nsuspects;
+	int64 suspects_cap;
+	/* verify: free-slot pages found outside every chain */
+	BlockNumber *slot_pages;
+	int nslot_pages;
 } WalkState;
 
 #define OWNER_TREE PG_UINT32_MAX
-#define OWNER_GRAVE (PG_UINT32_MAX - 1) /* a replaced chain or tree version */
+#define OWNER_GRAVE (PG_UINT32_MAX - 1)     /* a replaced chain or tree version */
+#define OWNER_FREESLOTS (PG_UINT32_MAX - 2) /* a free-slot page */
+
+static int
+cmp_uint32(const void *a, const void *b)
+{
+	uint32 x = *(const uint32 *) a, y = *(const uint32 *) b;
+
+	return (x > y) - (x < y);
+}
 
 /* Reads the relation's size again and grows ws->owner to it. */
 static void
@@ -166,6 +184,19 @@ walk_page(WalkState *ws, const VidxTreeNode *node, BlockNumber blkno, Page page,
 			continue;
 		}
 		ws->slots_used = Max(ws->slots_used, (uint64) p->slot + 1);
+		if (ws->nfree_slots > 0 &&
+		    bsearch(&p->slot, ws->free_slots, ws->nfree_slots, sizeof(uint32), cmp_uint32) != NULL)
+		{
+			/* free before the walk: an insert may have taken it since, else corruption */
+			if (ws->nsuspects == ws->suspects_cap)
+			{
+				ws->suspects_cap = Max(64, 2 * ws->suspects_cap);
+				ws->suspects = ws->suspects == NULL
+				                   ? palloc(sizeof(uint32) * ws->suspects_cap)
+				                   : repalloc(ws->suspects, sizeof(uint32) * ws->suspects_cap);
+			}
+			ws->suspects[ws->nsuspects++] = p->slot;
+		}
 		if (ws->verify && ws->check_sidecar && !vidx_sidecar_check(ws->index, ws->meta, p))
 			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
 			                errmsg("index \"%s\": the sidecar has no valid record for heap "
@@ -272,6 +303,7 @@ walk_init(WalkState *ws, Relation index, const VidxMetaPageData *meta, bool veri
 	ws->check_sidecar = check_sidecar;
 	ws->nblocks = RelationGetNumberOfBlocks(index);
 	ws->owner = palloc0(sizeof(uint32) * Max(ws->nblocks, 1));
+	ws->slot_pages = palloc(sizeof(BlockNumber) * 64);
 }
 
 /*
@@ -418,9 +450,11 @@ vidx_stats(PG_FUNCTION_ARGS)
 	escape_json(&buf, path + strlen(DataDir) + 1);
 	appendStringInfo(&buf,
 	                 ", \"records\": " UINT64_FORMAT ", \"next_slot\": " UINT64_FORMAT
+	                 ", \"free_slots\": " UINT64_FORMAT ", \"free_slot_pages\": %u"
 	                 ", \"postings_without_record\": " INT64_FORMAT
 	                 ", \"postings_without_slot\": " INT64_FORMAT "}}",
-	                 ws.records, meta.next_slot, beyond + no_slot, no_slot);
+	                 ws.records, meta.next_slot, meta.free_slots, meta.free_slot_pages,
+	                 beyond + no_slot, no_slot);
 
 	relation_close(index, AccessShareLock);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
@@ -544,6 +578,14 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 	UnlockReleaseBuffer(buf);
 	if (is_new)
 		return; /* free, or a crash between extending the relation and linking the page */
+	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_FREESLOTS)
+	{
+		/* must be in the free-slot list read after this loop (check_free_slot_pages) */
+		if (ws->nslot_pages % 64 == 0)
+			ws->slot_pages = repalloc(ws->slot_pages, sizeof(BlockNumber) * (ws->nslot_pages + 64));
+		ws->slot_pages[ws->nslot_pages++] = blkno;
+		return;
+	}
 	/*
 	 * Unreachable, for VACUUM to free: a split cut short by a crash before it
 	 * was published (leaf ids not handed out yet, a later tree version), or
@@ -566,6 +608,127 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 		ereport(ERROR,
 		        (errcode(ERRCODE_INDEX_CORRUPTED),
 		         errmsg("index \"%s\": block %u is in use but belongs to no chain", name, blkno)));
+}
+
+/*
+ * Reads the free sidecar slots (sorted) under the metapage's share lock:
+ * inserts take slots under its exclusive lock, and VACUUM, which frees them,
+ * is excluded by the split lock. Checks each page (a free-slot page in
+ * range, holding 1 to VIDX_SLOTS_PER_PAGE slots), each slot (below
+ * next_slot, listed once) and the metapage's counts. With mark_pages, the
+ * pages must be in no chain, tree or graveyard, and are marked as the list's.
+ */
+static uint32 *
+read_free_slots(WalkState *ws, bool mark_pages, int64 *nslots)
+{
+	const char *name = RelationGetRelationName(ws->index);
+	Buffer mbuf = ReadBuffer(ws->index, VIDX_METAPAGE_BLKNO);
+	VidxMetaPageData meta;
+	uint32 *slots;
+	int64 n = 0;
+	uint32 npages = 0;
+
+	LockBuffer(mbuf, BUFFER_LOCK_SHARE);
+	memcpy(&meta, VidxPageGetMeta(BufferGetPage(mbuf)), sizeof(VidxMetaPageData));
+	if (meta.free_slots > (uint64) meta.free_slot_pages * VIDX_SLOTS_PER_PAGE)
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": the metapage counts " UINT64_FORMAT
+		                       " free sidecar slots on %u pages",
+		                       name, meta.free_slots, meta.free_slot_pages)));
+	slots = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * Max(meta.free_slots, 1));
+	for (BlockNumber blkno = meta.free_slot_page; BlockNumberIsValid(blkno);)
+	{
+		Buffer buf;
+		Page page;
+		int k;
+
+		if (blkno >= ws->nblocks)
+			reread_nblocks(ws);
+		if (npages == meta.free_slot_pages || blkno == VIDX_METAPAGE_BLKNO ||
+		    blkno >= ws->nblocks || (mark_pages && ws->owner[blkno] != 0))
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": free-slot page %u is out of range, in use or "
+			                       "past the %u pages the metapage counts",
+			                       name, blkno, meta.free_slot_pages)));
+		if (mark_pages)
+			ws->owner[blkno] = OWNER_FREESLOTS;
+		buf = ReadBuffer(ws->index, blkno);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		page = BufferGetPage(buf);
+		k = vidx_page_is(page, VIDX_PAGE_FREESLOTS) ? VidxPageGetNSlots(page) : 0;
+		if (k < 1 || k > (int) VIDX_SLOTS_PER_PAGE || (uint64) (n + k) > meta.free_slots)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u of the free-slot list is not a "
+			                       "free-slot page, or holds more slots than the metapage counts",
+			                       name, blkno)));
+		memcpy(slots + n, VidxPageGetFreeSlots(page)->slots, sizeof(uint32) * k);
+		n += k;
+		npages++;
+		blkno = VidxPageGetOpaque(page)->next;
+		UnlockReleaseBuffer(buf);
+	}
+	UnlockReleaseBuffer(mbuf);
+	if ((uint64) n != meta.free_slots || npages != meta.free_slot_pages)
+		ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+		                errmsg("index \"%s\": the free-slot list holds " INT64_FORMAT
+		                       " slots on %u pages, the metapage counts " UINT64_FORMAT " on %u",
+		                       name, n, npages, meta.free_slots, meta.free_slot_pages)));
+	qsort(slots, n, sizeof(uint32), cmp_uint32);
+	for (int64 i = 0; i < n; i++)
+	{
+		if (slots[i] >= meta.next_slot)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": free sidecar slot %u was never handed out "
+			                       "(next slot " UINT64_FORMAT ")",
+			                       name, slots[i], meta.next_slot)));
+		if (i > 0 && slots[i] == slots[i - 1])
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": sidecar slot %u is listed twice as free", name,
+			                       slots[i])));
+	}
+	*nslots = n;
+	return slots;
+}
+
+/*
+ * After the walks: no posting of the current tree has a free slot, and every
+ * free-slot page is in the list. A posting whose slot was free before the
+ * walk may have been inserted since (an insert took the slot); if the slot
+ * is still free now, it was free throughout (no slot is freed meanwhile).
+ * Likewise a free-slot page seen outside the list may have been emptied and
+ * freed since, but not added to the list.
+ */
+static void
+check_free_slots(WalkState *ws)
+{
+	const char *name = RelationGetRelationName(ws->index);
+	int64 n;
+	uint32 *after = read_free_slots(ws, true, &n);
+
+	for (int64 i = 0; i < ws->nsuspects; i++)
+		if (bsearch(&ws->suspects[i], after, n, sizeof(uint32), cmp_uint32) != NULL)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": sidecar slot %u is free, but a posting of the "
+			                       "current tree has it",
+			                       name, ws->suspects[i])));
+	for (int i = 0; i < ws->nslot_pages; i++)
+	{
+		BlockNumber blkno = ws->slot_pages[i];
+		Buffer buf;
+		bool listed_page;
+
+		if (ws->owner[blkno] != 0)
+			continue;
+		buf = ReadBuffer(ws->index, blkno);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		listed_page = vidx_page_is(BufferGetPage(buf), VIDX_PAGE_FREESLOTS);
+		UnlockReleaseBuffer(buf);
+		if (listed_page)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u is a free-slot page outside the "
+			                       "free-slot list",
+			                       name, blkno)));
+	}
 }
 
 PG_FUNCTION_INFO_V1(vidx_verify);
@@ -611,6 +774,7 @@ vidx_verify(PG_FUNCTION_ARGS)
 
 	if (check_sidecar)
 		vidx_sidecar_refresh(index, &meta);
+	ws.free_slots = read_free_slots(&ws, false, &ws.nfree_slots);
 	/* by leaf id: ids are unique and below next_leaf_id */
 	leaves = palloc0(sizeof(VidxTreeNode *) * meta.next_leaf_id);
 	ends = palloc(sizeof(BlockNumber) * meta.next_leaf_id);
@@ -642,6 +806,7 @@ vidx_verify(PG_FUNCTION_ARGS)
 			check_unowned_page(&ws, blkno, leaves, ends);
 		CHECK_FOR_INTERRUPTS();
 	}
+	check_free_slots(&ws);
 
 	/*
 	 * Slots: a posting's slot was taken from the metapage (WAL-logged) before

@@ -1,15 +1,17 @@
 /*
  * insert.c: aminsert. Route the vector down the tree to its nearest leaf,
- * encode it against that leaf's centroid, take a sidecar slot from the
- * metapage, write the sidecar record, then append the posting to the leaf's
- * chain.
+ * encode it against that leaf's centroid, take a sidecar slot (one VACUUM
+ * freed, else a new one from the metapage), write the sidecar record, then
+ * append the posting to the leaf's chain.
  *
- * Locking: at most one metapage lock, never together with another lock; on a
- * chain, the head page first, then chain pages in chain order, then a new
- * page. Every page change goes through GenericXLog.
+ * Locking: at most one metapage lock, never together with another lock but
+ * the free-slot page a slot is taken from (freeslots.c); on a chain, the
+ * head page first, then chain pages in chain order, then a new page. Every
+ * page change goes through GenericXLog.
  */
 #include "vidx.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "storage/bufmgr.h"
@@ -17,17 +19,20 @@
 #include "utils/rel.h"
 
 /*
- * Takes a sidecar slot, or VIDX_SLOT_NONE once all are used (until REINDEX);
- * on an index that has no dimensions yet, the first vector fixes them.
- * Returns the metapage as updated.
+ * Takes a sidecar slot: one VACUUM freed, else a new one, else VIDX_SLOT_NONE
+ * once all are used (until REINDEX); on an index that has no dimensions yet,
+ * the first vector fixes them. Returns the metapage as updated.
  */
 static uint64
 take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 {
 	Buffer buf = ReadBuffer(index, VIDX_METAPAGE_BLKNO);
+	Buffer fbuf = InvalidBuffer;
+	XLogRecPtr flush_lsn = InvalidXLogRecPtr;
 	GenericXLogState *state;
 	VidxMetaPage meta;
 	uint64 slot = VIDX_SLOT_NONE;
+	bool fresh = false;
 	const char *why = NULL;
 
 	LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
@@ -43,24 +48,41 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 		UnlockReleaseBuffer(buf);
 		vidx_check_dims(dims, have, index);
 	}
-	if (meta->next_slot < VIDX_SLOT_NONE)
+	if (meta->free_slots > 0)
+		slot = vidx_take_free_slot(index, state, meta, &fbuf, &flush_lsn);
+	else if (meta->next_slot < VIDX_SLOT_NONE)
+	{
 		slot = meta->next_slot++;
+		fresh = true;
+	}
 	/* An estimate between VACUUMs (an insert may fail after this), which set it exactly. */
 	meta->npostings++;
 	memcpy(meta_out, meta, sizeof(VidxMetaPageData));
 	GenericXLogFinish(state);
+	if (BufferIsValid(fbuf))
+		vidx_take_free_slot_done(index, fbuf);
 
 	/*
-	 * Slot 0 goes to the first insert into an index that has no record: built
-	 * on an empty table, or an unlogged index reset by crash recovery, whose
-	 * file (if any) is of an earlier build. Start a new one before any later
-	 * slot is handed out.
+	 * Slot 0, new, goes to the first insert into an index that has no record:
+	 * built on an empty table, or an unlogged index reset by crash recovery,
+	 * whose file (if any) is of an earlier build. Start a new one before any
+	 * later slot is handed out. (Slot 0 freed by VACUUM and taken again is not
+	 * a new start.)
 	 */
-	if (slot == 0)
+	if (slot == 0 && fresh)
 		why = vidx_sidecar_start(index, meta_out);
 	UnlockReleaseBuffer(buf);
 	if (why != NULL)
 		vidx_sidecar_warn(index, why);
+
+	/*
+	 * WAL before data: the record of a freed slot is overwritten only once the
+	 * deletion of its posting is on disk (flush_lsn of its free-slot page is
+	 * past it; usually flushed already), so that no crash can bring the
+	 * posting back pointing at another row's record.
+	 */
+	if (!XLogRecPtrIsInvalid(flush_lsn) && RelationNeedsWAL(index))
+		XLogFlush(flush_lsn);
 	return slot;
 }
 

@@ -421,7 +421,7 @@ vidx_sidecar_warn_full(Relation index)
 	                RelationGetRelationName(index), VIDX_SLOT_NONE),
 	         errdetail("Query results are unaffected: their full vectors are read from the "
 	                   "table instead, which is slower. Every inserted or non-HOT-updated row "
-	                   "takes a slot; slots of deleted rows are not reused."),
+	                   "takes a slot; VACUUM frees the slots of deleted rows for reuse."),
 	         errhint("REINDEX INDEX %s; compacts the sidecar.", qualified_name(index))));
 }
 
@@ -663,7 +663,8 @@ vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer 
  * Reads the vectors of n postings from their sidecar records into out (n x
  * dims) with pread: a leaf split reads a few hundred records, and remapping
  * a file that inserts keep growing would cost more than that. found[i] is
- * false where the record is missing or not valid for its posting.
+ * false where the record is missing or not valid for its posting. With out
+ * NULL, only checks the records (VACUUM, before it frees their slots).
  */
 void
 vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
@@ -704,7 +705,8 @@ vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
 		v = vidx_sidecar_record_vector(rec, meta->dims, p->heap_block, p->heap_offset, p->vhash);
 		if (v != NULL)
 		{
-			memcpy(out + (Size) i * meta->dims, v, sizeof(float) * meta->dims);
+			if (out != NULL)
+				memcpy(out + (Size) i * meta->dims, v, sizeof(float) * meta->dims);
 			found[i] = true;
 		}
 	}

@@ -11,8 +11,8 @@
  * chain. Chains a split replaced (in the graveyard) are skipped: no current
  * scan or insert uses them, and they are freed whole. The cleanup frees the
  * graveyard entries no snapshot can still read and sets the metapage's
- * posting count exactly. Sidecar slots of removed postings are not reused;
- * REINDEX compacts the sidecar.
+ * posting count exactly. The sidecar slots of the postings removed from the
+ * current tree's chains are freed for inserts to reuse (freeslots.c).
  */
 #include "vidx.h"
 
@@ -61,6 +61,73 @@ update_head(Relation index, BlockNumber head, uint32 removed, BufferAccessStrate
 	UnlockReleaseBuffer(buf);
 }
 
+/* A leaf of the current tree version, by its head. */
+typedef struct CurrentLeaf
+{
+	BlockNumber head;
+	uint32 leaf_id;
+} CurrentLeaf;
+
+static int
+cmp_leaf(const void *a, const void *b)
+{
+	BlockNumber x = ((const CurrentLeaf *) a)->head, y = ((const CurrentLeaf *) b)->head;
+
+	return (x > y) - (x < y);
+}
+
+/* The current tree's leaves, sorted by head (under the split lock: the version holds still). */
+static int
+current_leaves(Relation index, CurrentLeaf **leaves)
+{
+	VidxMetaPageData meta;
+	const VidxTreeHeader *h;
+	VidxTreeCache *cache;
+	int n = 0;
+
+	vidx_read_meta(index, &meta);
+	if (meta.dims == 0)
+	{
+		*leaves = palloc(sizeof(CurrentLeaf));
+		return 0;
+	}
+	cache = vidx_get_tree(index, &meta);
+	h = (const VidxTreeHeader *) cache->tree;
+	*leaves = palloc(sizeof(CurrentLeaf) * Max(h->nleaves, 1));
+	for (uint32 i = 0; i < h->nnodes; i++)
+	{
+		const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
+
+		if (node->nchildren == 0 && n < (int) h->nleaves)
+		{
+			(*leaves)[n].head = node->head_block;
+			(*leaves)[n].leaf_id = node->leaf_id;
+			n++;
+		}
+	}
+	qsort(*leaves, n, sizeof(CurrentLeaf), cmp_leaf);
+	return n;
+}
+
+/*
+ * Whether a posting page is one of the current tree's chains, whose postings
+ * alone own their slots: a replaced chain shares them with its copies, and so
+ * does an unpublished split's chain (left by a crash) before VACUUM frees it.
+ */
+static bool
+in_current_tree(Page page, const CurrentLeaf *leaves, int nleaves)
+{
+	CurrentLeaf key;
+	const CurrentLeaf *hit;
+
+	key.head = VidxPageGetOpaque(page)->head;
+	hit = bsearch(&key, leaves, nleaves, sizeof(CurrentLeaf), cmp_leaf);
+	return hit != NULL && hit->leaf_id == VidxPageGetOpaque(page)->leaf_id;
+}
+
+/* Removed postings whose slots bulkdelete frees at a time (their headers are copied). */
+#define FREE_SLOTS_BATCH 4096
+
 /* Whether a posting page belongs to a chain of the current tree version. */
 static bool
 current_chain(Page page, const BlockNumber *graves, int ngraves)
@@ -84,6 +151,10 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 	int ntally = 0;
 	BlockNumber *graves;
 	int ngraves;
+	CurrentLeaf *leaves;
+	int nleaves;
+	VidxPosting *freed = palloc(sizeof(VidxPosting) * (FREE_SLOTS_BATCH + MaxOffsetNumber));
+	int nfreed = 0;
 
 	if (stats == NULL)
 		stats = palloc0(sizeof(IndexBulkDeleteResult));
@@ -91,6 +162,7 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 	nblocks = RelationGetNumberOfBlocks(index);
 	tally = palloc(sizeof(HeadTally) * Max(nblocks, 1));
 	ngraves = vidx_graveyard_heads(index, &graves);
+	nleaves = current_leaves(index, &leaves);
 
 	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 	{
@@ -99,6 +171,7 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		OffsetNumber deletable[MaxOffsetNumber];
 		int ndeletable = 0;
 		OffsetNumber maxoff;
+		bool owns_slots;
 
 		vacuum_delay_point();
 		buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, info->strategy);
@@ -110,6 +183,7 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 			continue;
 		}
 
+		owns_slots = in_current_tree(page, leaves, nleaves);
 		maxoff = PageGetMaxOffsetNumber(page);
 		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
 		{
@@ -119,7 +193,11 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 
 			ItemPointerSet(&tid, p->heap_block, p->heap_offset);
 			if (callback(&tid, callback_state))
+			{
 				deletable[ndeletable++] = off;
+				if (owns_slots && p->slot != VIDX_SLOT_NONE)
+					freed[nfreed++] = *p;
+			}
 			else
 				stats->num_index_tuples++;
 		}
@@ -137,7 +215,14 @@ vidx_bulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 			ntally++;
 		}
 		UnlockReleaseBuffer(buf);
+		/* (after their deletions are WAL-logged: a crash can leak slots, never free one twice) */
+		if (nfreed >= FREE_SLOTS_BATCH)
+		{
+			vidx_free_slots(index, freed, nfreed);
+			nfreed = 0;
+		}
 	}
+	vidx_free_slots(index, freed, nfreed);
 
 	/* Every chain that lost postings: its count, and inserts back at its start. */
 	qsort(tally, ntally, sizeof(HeadTally), cmp_tally);

@@ -31,6 +31,7 @@
 #define VIDX_PAGE_POSTING 3
 #define VIDX_PAGE_FREE 4      /* recycled, in the free space map: may be reused */
 #define VIDX_PAGE_GRAVEYARD 5 /* entries for replaced chains (VidxGraveEntry) */
+#define VIDX_PAGE_FREESLOTS 6 /* sidecar slots VACUUM freed, for inserts to reuse */
 
 typedef struct VidxPageOpaqueData
 {
@@ -68,6 +69,29 @@ typedef struct VidxGraveEntry
 	 sizeof(VidxGraveEntry))
 #define VidxPageGetGraves(page) ((VidxGraveEntry *) PageGetContents(page))
 
+/*
+ * The contents of a free-slot page: uint32 sidecar slots up to pd_lower (so
+ * that GenericXLog logs them), at least one, at most VIDX_SLOTS_PER_PAGE.
+ * The pages are a stack from the metapage's free_slot_page, linked by next
+ * (freeslots.c).
+ */
+typedef struct VidxFreeSlots
+{
+	/* WAL past the deletions of the postings whose slots are here: flushed before reuse */
+	XLogRecPtr flush_lsn;
+	uint32 slots[FLEXIBLE_ARRAY_MEMBER];
+} VidxFreeSlots;
+
+#define VIDX_SLOTS_PER_PAGE                                                                        \
+	((BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)) -             \
+	  offsetof(VidxFreeSlots, slots)) /                                                            \
+	 sizeof(uint32))
+#define VidxPageGetFreeSlots(page) ((VidxFreeSlots *) PageGetContents(page))
+#define VidxPageGetNSlots(page)                                                                    \
+	(((int) ((PageHeader) (page))->pd_lower - (int) MAXALIGN(SizeOfPageHeaderData) -               \
+	  (int) offsetof(VidxFreeSlots, slots)) /                                                      \
+	 (int) sizeof(uint32))
+
 /* The metapage, block 0. */
 typedef struct VidxMetaPageData
 {
@@ -97,6 +121,14 @@ typedef struct VidxMetaPageData
 	 */
 	BlockNumber graveyard;
 	uint32 graves; /* entries in use */
+	/*
+	 * Sidecar slots VACUUM freed (their postings removed from the current
+	 * tree), which inserts take before next_slot: the top free-slot page
+	 * (InvalidBlockNumber: none), the pages and the slots listed.
+	 */
+	BlockNumber free_slot_page;
+	uint32 free_slot_pages;
+	uint64 free_slots;
 } VidxMetaPageData;
 
 /*
@@ -248,7 +280,7 @@ extern const char *vidx_sidecar_start(Relation index, const VidxMetaPageData *me
  */
 extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid,
                                   uint32 slot, uint32 vhash, const float *query, double *distance);
-/* The vectors of n postings from their sidecar records (found[i]: valid). */
+/* The vectors of n postings from their sidecar records (found[i]: valid; out may be NULL). */
 extern void vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
                                       const VidxPosting *const *postings, int n, float *out,
                                       bool *found);
@@ -277,6 +309,26 @@ extern void vidx_sidecar_init(void);
 extern void vidx_sidecar_sweep(Relation index);
 /* vidx_sweep_sidecars(): the same sweep on demand; returns the files removed. */
 extern int vidx_sidecar_sweep_all(void);
+
+/* ---------- free sidecar slots (freeslots.c) ---------- */
+
+/*
+ * Lists the slots of postings VACUUM removed from the current tree's chains
+ * for reuse: those whose sidecar record is still valid for the posting (the
+ * header of each, VidxPosting, is what is read). Takes the metapage lock:
+ * call it holding no buffer lock.
+ */
+extern void vidx_free_slots(Relation index, const VidxPosting *postings, int n);
+/*
+ * For an insert holding the metapage exclusively, registered in state as
+ * *meta: takes the top free slot, registering its page in state. *fbuf is
+ * that page (locked; give it to vidx_take_free_slot_done after
+ * GenericXLogFinish), *flush_lsn the WAL position to flush before the
+ * slot's record is overwritten.
+ */
+extern uint32 vidx_take_free_slot(Relation index, GenericXLogState *state, VidxMetaPage meta,
+                                  Buffer *fbuf, XLogRecPtr *flush_lsn);
+extern void vidx_take_free_slot_done(Relation index, Buffer fbuf);
 
 /* ---------- access-method callbacks ---------- */
 

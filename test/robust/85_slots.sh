@@ -6,8 +6,9 @@
 # (with its record); later inserts and updates succeed with one WARNING per
 # session that names the index and says REINDEX compacts the sidecar; their
 # postings have no record, which vidx_stats counts and vidx_verify accepts;
-# k-NN queries through the index give the exact rows; VACUUM works; REINDEX
-# gives every posting a record again.
+# k-NN queries through the index give the exact rows; VACUUM frees the slots
+# of the postings it removes, and the next insert takes one (with its record,
+# no WARNING); REINDEX gives every posting a record again.
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
 NAME=rbst_slots
@@ -77,10 +78,17 @@ check "VACUUM" q $PORT "VACUUM s"
 check_eq "after VACUUM: postings" "$(q $PORT "SELECT vidx_stats('s_v')->>'postings'")" 990
 check_eq "after VACUUM: k-NN queries with the exact rows" "$(exact_queries 2>&1)" "22 of 22"
 check_eq "after VACUUM: vidx_verify(s_v, true)" "$(q $PORT "SELECT vidx_verify('s_v', true)" 2>&1)" t
+check_eq "after VACUUM: the slots of the 200 removed postings that had one are free" "$(stat free_slots)" 200
+check_eq "after VACUUM: postings without a slot (20 of the 209 removed)" "$(stat postings_without_slot)" 189
+q $PORT "INSERT INTO s VALUES (1101, '{0.25,0.5,0.75,1}')" 2>"$W/insert4"
+check_eq "an insert takes a freed slot: no WARNING" "$(warnings "$W/insert4")" 0
+check_eq "... free slots left" "$(stat free_slots)" 199
+check_eq "... postings without a slot unchanged" "$(stat postings_without_slot)" 189
+check_eq "... vidx_verify(s_v, true): its record is valid" "$(q $PORT "SELECT vidx_verify('s_v', true)" 2>&1)" t
 
 log "REINDEX"
 check "REINDEX" q $PORT "REINDEX INDEX s_v"
-check_eq "after REINDEX: next slot" "$(stat next_slot)" 990
+check_eq "after REINDEX: next slot" "$(stat next_slot)" 991
 check_eq "after REINDEX: postings without a record" "$(stat postings_without_record)" 0
 q $PORT "INSERT INTO s VALUES (2000, '{1,2,3,4}')" 2>"$W/insert3"
 check_eq "after REINDEX: an insert gives no WARNING" "$(warnings "$W/insert3")" 0
