@@ -260,17 +260,25 @@ set_npostings(Relation index, uint64 n)
 }
 
 /*
- * Frees what no version reaches: pages of a split that a crash cut short
- * before it was published (chains with a leaf id not handed out yet, tree
- * pages of a later version), tree pages of earlier versions left by a crash
- * before they were freed; and records every free or new page in the free
- * space map, which crashes may have lost. Runs with the split lock.
+ * Frees what no version reaches: chains of a split or merge that a crash cut
+ * short before it was published (posting pages that belong neither to a leaf
+ * of the current tree nor to the graveyard: their leaf ids may have been
+ * handed out again since, by a later split), tree pages of another version
+ * (a later one never published, earlier ones a crash kept from being
+ * freed); and records every free or new page in the free space map, which
+ * crashes may have lost. Runs with the split lock, after the merges: the
+ * tree and the graveyard hold still, and inserts only add pages to current
+ * chains.
  */
 static void
 reclaim_pages(Relation index, BufferAccessStrategy strategy)
 {
 	VidxMetaPageData meta;
 	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
+	CurrentLeaf *leaves;
+	int nleaves = current_leaves(index, &leaves);
+	BlockNumber *graves;
+	int ngraves = vidx_graveyard_heads(index, &graves);
 
 	vidx_read_meta(index, &meta);
 	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
@@ -278,16 +286,22 @@ reclaim_pages(Relation index, BufferAccessStrategy strategy)
 		Buffer buf;
 		Page page;
 		VidxPageOpaque o;
+		bool orphan_chain;
 
 		vacuum_delay_point();
 		buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
 		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
 		page = BufferGetPage(buf);
 		o = VidxPageGetOpaque(page);
+		/* (not in the graveyard: current_chain) */
+		orphan_chain = vidx_page_is(page, VIDX_PAGE_POSTING) &&
+		               (meta.dims == 0 ? o->leaf_id >= meta.next_leaf_id
+		                               : !in_current_tree(page, leaves, nleaves) &&
+		                                     current_chain(page, graves, ngraves));
 		if (PageIsNew(page) || vidx_page_is(page, VIDX_PAGE_FREE))
 			RecordFreeIndexPage(index, blkno);
 		else if ((vidx_page_is(page, VIDX_PAGE_TREE) && o->leaf_id != meta.tree_version) ||
-		         (vidx_page_is(page, VIDX_PAGE_POSTING) && o->leaf_id >= meta.next_leaf_id))
+		         orphan_chain)
 			vidx_free_page(index, buf);
 		UnlockReleaseBuffer(buf);
 	}
