@@ -18,12 +18,15 @@
 #include "vidx.h"
 
 #include <math.h>
+#include <signal.h>
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "storage/indexfsm.h"
 #include "storage/lmgr.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -348,6 +351,39 @@ graveyard_add(Page gpage, BlockNumber first, uint32 leaf_id, uint64 safe_xid)
 	elog(ERROR, "vidx: graveyard page is full"); /* chosen for its room, under the split lock */
 }
 
+/* ---------- fault injection (vidx.debug_split, for the tests) ---------- */
+
+int vidx_debug_split = VIDX_DEBUG_SPLIT_OFF;
+
+/*
+ * At the point vidx.debug_split names: a crash point flushes the WAL written
+ * so far (so recovery starts exactly there) and kills this backend with
+ * SIGKILL, as kill -9 would; the postmaster then restarts the server through
+ * crash recovery. A wait point waits until no one holds advisory lock
+ * VIDX_DEBUG_LOCK_KEY (a heavyweight lock: the isolation tester sees it).
+ */
+void
+vidx_debug_split_point(VidxDebugSplit point)
+{
+	LOCKTAG tag;
+
+	if (vidx_debug_split != (int) point)
+		return;
+	if (point == VIDX_DEBUG_WAIT_BEFORE_PUBLISH || point == VIDX_DEBUG_WAIT_IN_VACUUM)
+	{
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (VIDX_DEBUG_LOCK_KEY >> 32),
+		                     (uint32) VIDX_DEBUG_LOCK_KEY, 1);
+		(void) LockAcquire(&tag, ExclusiveLock, true, false);
+		LockRelease(&tag, ExclusiveLock, true);
+		return;
+	}
+	XLogFlush(GetXLogInsertRecPtr());
+	elog(LOG, "vidx: vidx.debug_split = %s: killing this backend",
+	     GetConfigOption("vidx.debug_split", false, false));
+	kill(MyProcPid, SIGKILL);
+	elog(PANIC, "vidx: vidx.debug_split: SIGKILL did not end the backend");
+}
+
 /* ---------- the split ---------- */
 
 /* A split leaves at least 1/VIDX_SPLIT_MIN_SHARE of the postings on each side. */
@@ -631,6 +667,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			nl[s].head_block = heads[s];
 			nl[s].leaf_id = ids[s];
 		}
+		vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_CHAINS);
 		fanout = vidx_index_options(index)->fanout > 0 ? vidx_index_options(index)->fanout
 		                                               : VIDX_DEFAULT_FANOUT;
 		blob = MemoryContextAllocHuge(cxt, vidx_tree_replace_bound(cache->tree));
@@ -639,6 +676,8 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		                                       &blob_size, err, sizeof(err)),
 		                "leaf split", err);
 		tree_start = write_tree(index, blob, blob_size, meta.tree_version + 1, &tree_pages);
+		vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_TREE);
+		vidx_debug_split_point(VIDX_DEBUG_WAIT_BEFORE_PUBLISH);
 
 		/*
 		 * Publication: one WAL record switches the version, retires the old
@@ -687,6 +726,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			UnlockReleaseBuffer(mbuf);
 			UnlockReleaseBuffer(gbuf);
 		}
+		vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_PUBLISH);
 		/*
 		 * The old tree's pages are free at once: readers read tree pages under
 		 * the metapage's share lock (vidx_get_tree), so none reads this
