@@ -234,6 +234,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 		p->slot = (uint32) slot;
 		p->vhash = vidx_vector_hash(v, dims);
 
+		vidx_debug_split_point(VIDX_DEBUG_WAIT_AFTER_ROUTE);
 		npostings = append_to_chain(index, head, node->leaf_id, p, psize);
 		if (npostings >= 0)
 			break;

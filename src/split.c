@@ -369,7 +369,8 @@ vidx_debug_split_point(VidxDebugSplit point)
 
 	if (vidx_debug_split != (int) point)
 		return;
-	if (point == VIDX_DEBUG_WAIT_BEFORE_PUBLISH || point == VIDX_DEBUG_WAIT_IN_VACUUM)
+	if (point == VIDX_DEBUG_WAIT_BEFORE_PUBLISH || point == VIDX_DEBUG_WAIT_IN_VACUUM ||
+	    point == VIDX_DEBUG_WAIT_AFTER_ROUTE)
 	{
 		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (VIDX_DEBUG_LOCK_KEY >> 32),
 		                     (uint32) VIDX_DEBUG_LOCK_KEY, 1);

@@ -37,6 +37,7 @@ static const struct config_enum_entry debug_split_options[] = {
     {"crash_after_publish", VIDX_DEBUG_CRASH_AFTER_PUBLISH, false},
     {"wait_before_publish", VIDX_DEBUG_WAIT_BEFORE_PUBLISH, false},
     {"wait_in_vacuum", VIDX_DEBUG_WAIT_IN_VACUUM, false},
+    {"wait_after_route", VIDX_DEBUG_WAIT_AFTER_ROUTE, false},
     {NULL, 0, false},
 };
 
@@ -109,7 +110,8 @@ _PG_init(void)
 	    "session kills its backend (SIGKILL, after flushing the WAL) at that point, so the server "
 	    "goes through crash recovery. wait_before_publish: a split waits for "
 	    "pg_advisory_lock(1986618488) before its publication, holding the leaf; "
-	    "wait_in_vacuum: VACUUM waits for it holding the split lock.",
+	    "wait_in_vacuum: VACUUM waits for it holding the split lock; wait_after_route: an "
+	    "insert waits for it after choosing its leaf.",
 	    &vidx_debug_split, VIDX_DEBUG_SPLIT_OFF, debug_split_options, PGC_SUSET, GUC_NOT_IN_SAMPLE,
 	    NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");

@@ -152,6 +152,7 @@ typedef enum VidxDebugSplit
 	VIDX_DEBUG_CRASH_AFTER_PUBLISH, /* ... after the publication, before the old tree is freed */
 	VIDX_DEBUG_WAIT_BEFORE_PUBLISH, /* wait for VIDX_DEBUG_LOCK_KEY after the tree pages */
 	VIDX_DEBUG_WAIT_IN_VACUUM,      /* VACUUM waits for it, holding the split lock */
+	VIDX_DEBUG_WAIT_AFTER_ROUTE,    /* an insert waits for it between routing and its leaf */
 } VidxDebugSplit;
 /* pg_advisory_lock(1986618488) ("vidx") holds the waits of vidx.debug_split */
 #define VIDX_DEBUG_LOCK_KEY INT64CONST(0x76696478)

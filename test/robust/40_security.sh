@@ -134,7 +134,7 @@ enums=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -c "LOAD 'vidx'" -c "SEL
 log "vidx settings: $settings"
 check "the vidx settings are visible once the library is loaded" bash -c "echo '$settings' | grep -q 'vidx.probes'"
 check_eq "no vidx setting is a free-form string" "$strings" 0
-check_eq "the enum settings take fixed values" "$enums" "vidx.debug_split=off|crash_after_chains|crash_after_tree|crash_after_publish|wait_before_publish|wait_in_vacuum vidx.iterative_scan=strict_order|relaxed_order"
+check_eq "the enum settings take fixed values" "$enums" "vidx.debug_split=off|crash_after_chains|crash_after_tree|crash_after_publish|wait_before_publish|wait_in_vacuum|wait_after_route vidx.iterative_scan=strict_order|relaxed_order"
 enum_path=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -v VERBOSITY=verbose -c "LOAD 'vidx'" \
 	-c "SET vidx.iterative_scan = '/tmp/x'" 2>&1 | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/SQLSTATE \1/p' | head -1)
 check_eq "an enum setting refuses a path (22023)" "$enum_path" "SQLSTATE 22023"
