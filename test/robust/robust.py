@@ -21,10 +21,11 @@ Subcommands:
            types, tree version, and the pages no version reaches that VACUUM
            must free (a split cut short before its publication, or after it
            but before the old tree was freed).
-  scan-check  runs k-NN scans in a loop (as splits happen): each must return
-           each row at most once, in non-decreasing distance; at full probes,
-           in a REPEATABLE READ transaction, exactly the rows a sequential scan
-           of the same snapshot sees.
+  scan-check  runs k-NN scans in a loop (as splits happen), some paused
+           between their first rows and the rest: each must return each row
+           at most once, in non-decreasing distance unless relaxed; those
+           without a LIMIT (all leaves, or probes 1 in relaxed order),
+           exactly the rows a sequential scan of the same snapshot sees.
 
 Vectors are a deterministic function of (id, version, dims), so any client can
 recompute what a committed row must hold.
@@ -410,47 +411,58 @@ def cmd_pages(a):
 # ----------------------------------------------------------------- scan-check
 
 def cmd_scan_check(a):
-    """Scans while others write: rows at most once, distances non-decreasing; at full
-    probes, the snapshot's rows exactly."""
+    """Scans while others write and split leaves, in three kinds by turn:
+    all leaves, strict order, every row; probes 1, relaxed order, every row,
+    paused after the first rows (later rounds read leaves after splits and
+    VACUUMs); probes 1-10, strict order, a LIMIT, paused. Each returns a row
+    at most once; strict ones in non-decreasing distance; "every row" ones
+    exactly the rows a sequential scan of the same snapshot sees."""
     conn = connect(a.port, a.db, autocommit=False)
-    cur = conn.cursor()
     rnd = random.Random(a.seed)
-    r = {"scans": 0, "full_scans": 0, "rows": 0, "duplicates": 0, "out_of_order": 0,
-         "full_missing": 0, "full_extra": 0, "errors": 0, "examples": []}
+    r = {"scans": 0, "complete_scans": 0, "rows": 0, "duplicates": 0, "out_of_order": 0,
+         "missing": 0, "extra": 0, "errors": 0, "examples": []}
     deadline = time.time() + a.seconds
     n = 0
     while time.time() < deadline:
-        full = n % a.full_every == 0
+        kind = n % 3
         n += 1
         q = [round(rnd.uniform(-3, 3), 4) for _ in range(a.dims)]
+        probes = {0: 1000000, 1: 1}.get(kind, rnd.choice([1, 2, 10]))
+        limit = "" if kind < 2 else f"LIMIT {rnd.choice([10, 100, 1000])}"
         try:
+            cur = conn.cursor()
             cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             cur.execute("SET LOCAL enable_seqscan = off")
             cur.execute("SET LOCAL enable_bitmapscan = off")
-            cur.execute(f"SET LOCAL vidx.probes = {1000000 if full else rnd.choice([1, 2, 10])}")
-            limit = 100000000 if full else rnd.choice([10, 100, 1000])
-            cur.execute(f"SELECT id, v <-> %s::real[] FROM {a.table} ORDER BY v <-> %s::real[] LIMIT {limit}",
-                        (q, q))
-            got = cur.fetchall()
+            cur.execute(f"SET LOCAL vidx.probes = {probes}")
+            cur.execute("SET LOCAL vidx.iterative_scan = "
+                        + ("relaxed_order" if kind == 1 else "strict_order"))
+            sc = conn.cursor(name="scan")
+            sc.execute(f"SELECT id, v <-> %s::real[] FROM {a.table} ORDER BY v <-> %s::real[] {limit}", (q, q))
+            got = sc.fetchmany(10)
+            if kind > 0:
+                time.sleep(a.pause)
+            got += sc.fetchall()
+            sc.close()
             ids = [i for i, _ in got]
             dup = len(ids) - len(set(ids))
-            bad = sum(1 for x, y in zip(got, got[1:]) if y[1] < x[1])
+            bad = 0 if kind == 1 else sum(1 for x, y in zip(got, got[1:]) if y[1] < x[1])
             r["duplicates"] += dup
             r["out_of_order"] += bad
             if (dup or bad) and len(r["examples"]) < 5:
-                r["examples"].append(f"scan {n}: {dup} duplicates, {bad} out of order (limit {limit})")
-            if full:
+                r["examples"].append(f"scan {n} (probes {probes} {limit}): {dup} duplicates, {bad} out of order")
+            if kind < 2:
                 cur.execute("SET LOCAL enable_seqscan = on")
                 cur.execute("SET LOCAL enable_indexscan = off")
                 cur.execute(f"SELECT id FROM {a.table} WHERE v IS NOT NULL")
                 table_ids = {i for (i,) in cur.fetchall()}
                 miss = len(table_ids - set(ids))
                 extra = len(set(ids) - table_ids)
-                r["full_missing"] += miss
-                r["full_extra"] += extra
-                r["full_scans"] += 1
+                r["missing"] += miss
+                r["extra"] += extra
+                r["complete_scans"] += 1
                 if (miss or extra) and len(r["examples"]) < 5:
-                    r["examples"].append(f"full scan {n}: {miss} missing, {extra} extra of {len(table_ids)}")
+                    r["examples"].append(f"scan {n} (probes {probes}): {miss} missing, {extra} extra of {len(table_ids)}")
             conn.commit()
             r["scans"] += 1
             r["rows"] += len(got)
@@ -460,8 +472,8 @@ def cmd_scan_check(a):
                 r["examples"].append(f"scan {n}: {str(e).strip()}")
             conn.rollback()
     print(json.dumps(r))
-    bad = r["duplicates"] or r["out_of_order"] or r["full_missing"] or r["full_extra"] or r["errors"]
-    return 1 if bad or r["full_scans"] == 0 else 0
+    bad = r["duplicates"] or r["out_of_order"] or r["missing"] or r["extra"] or r["errors"]
+    return 1 if bad or r["complete_scans"] == 0 else 0
 
 
 def main():
@@ -525,7 +537,7 @@ def main():
     k.add_argument("--table", default="t")
     k.add_argument("--dims", type=int, required=True)
     k.add_argument("--seconds", type=float, default=60)
-    k.add_argument("--full-every", type=int, default=10, help="every n-th scan reads all leaves")
+    k.add_argument("--pause", type=float, default=0.3, help="seconds between a scan's first rows and the rest")
     k.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     return {"writer": cmd_writer, "check": cmd_check, "verify-loop": cmd_verify_loop,
