@@ -540,6 +540,14 @@ def main():
     k.add_argument("--pause", type=float, default=0.3, help="seconds between a scan's first rows and the rest")
     k.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
+    if a.cmd == "check":
+        # a check that cannot finish (the index raised an error) is a failed check,
+        # never one that printed no "not ok" line
+        try:
+            return cmd_check(a)
+        except (psycopg.Error, OSError) as e:
+            print(f"not ok - the check raised: {str(e).strip()}")
+            return 1
     return {"writer": cmd_writer, "check": cmd_check, "verify-loop": cmd_verify_loop,
             "sync": cmd_sync, "compare": cmd_compare, "pages": cmd_pages,
             "scan-check": cmd_scan_check}[a.cmd](a)
