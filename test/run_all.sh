@@ -12,7 +12,7 @@
 # 5. sharding:          test/shard/run.sh (3 shards + coordinator, ports 5460-5463)
 # 6. robustness:        test/run_robust.sh (crash, replica, restore, concurrency,
 #                       bad input, fuzzing, security, format version; own clusters on
-#                       ports 5440-5459; about 10 minutes on 2 cores)
+#                       ports 5440-5459; about 13 minutes on 2 cores)
 #
 # Needs root (make install; pg_virtualenv starts the server as postgres) and the
 # packages that .ci/run installs. Exits non-zero if any step fails.
