@@ -1,6 +1,7 @@
 # vidx: PGXS build of the extension (C glue + C++ core).
 #   make && make install        build and install into the PostgreSQL that pg_config names
-#   make installcheck           pg_regress tests (sql/ + expected/) against a running server
+#   make installcheck           pg_regress tests (sql/ + expected/) and isolation tests (specs/ +
+#                               expected/) against a running server
 # The core's unit tests and micro-benchmarks are built by CMake (see CMakeLists.txt).
 
 EXTENSION = vidx
@@ -16,6 +17,9 @@ OBJS = $(GLUE_OBJS) $(CORE_OBJS)
 
 REGRESS = vector_ops index_basic index_options index_vacuum index_batch index_costs index_numeric
 REGRESS_OPTS = --load-extension=vidx
+# isolation tester (specs/ + expected/): splits against concurrent sessions
+ISOLATION = split
+ISOLATION_OPTS = --load-extension=vidx
 
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wno-declaration-after-statement

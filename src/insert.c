@@ -201,6 +201,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	const VidxTreeNode *node;
 	BlockNumber head;
 	int64 npostings;
+	uint32 routed_version;
 
 	/* A NULL vector is simply not indexed. */
 	if (isnull[0])
@@ -256,12 +257,24 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 		p->slot = (uint32) slot;
 		p->vhash = vidx_vector_hash(v, dims);
 
+		vidx_debug_split_point(VIDX_DEBUG_WAIT_AFTER_ROUTE);
 		npostings = append_to_chain(index, head, node->leaf_id, p, psize);
 		if (npostings >= 0)
 			break;
-		/* a split replaced the leaf: route again in the current tree */
+		/*
+		 * A split replaced the leaf: route again in the current tree. The
+		 * publication that marks a head replaced changes the tree version in
+		 * the same WAL record; if it has not, the head is damaged (routing
+		 * again would find it again, forever).
+		 */
 		pfree(search);
+		routed_version = meta.tree_version;
 		vidx_read_meta(index, &meta);
+		if (meta.tree_version == routed_version)
+			ereport(ERROR, (errcode(ERRCODE_INDEX_CORRUPTED),
+			                errmsg("index \"%s\": block %u is not the head of the chain of leaf %u",
+			                       RelationGetRelationName(index), head, node->leaf_id),
+			                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 	}
 
 	/* The leaf passed twice its target size: split it (if no split or VACUUM runs). */

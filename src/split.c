@@ -18,14 +18,17 @@
 #include "vidx.h"
 
 #include <math.h>
+#include <signal.h>
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/vacuum.h"
 #include "miscadmin.h"
 #include "portability/instr_time.h"
 #include "storage/indexfsm.h"
 #include "storage/lmgr.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -361,6 +364,40 @@ graveyard_add(Page gpage, BlockNumber first, uint32 leaf_id, uint64 safe_xid)
 	elog(ERROR, "vidx: graveyard page is full"); /* chosen for its room, under the split lock */
 }
 
+/* ---------- fault injection (vidx.debug_split, for the tests) ---------- */
+
+int vidx_debug_split = VIDX_DEBUG_SPLIT_OFF;
+
+/*
+ * At the point vidx.debug_split names: a crash point flushes the WAL written
+ * so far (so recovery starts exactly there) and kills this backend with
+ * SIGKILL, as kill -9 would; the postmaster then restarts the server through
+ * crash recovery. A wait point waits until no one holds advisory lock
+ * VIDX_DEBUG_LOCK_KEY (a heavyweight lock: the isolation tester sees it).
+ */
+void
+vidx_debug_split_point(VidxDebugSplit point)
+{
+	LOCKTAG tag;
+
+	if (vidx_debug_split != (int) point)
+		return;
+	if (point == VIDX_DEBUG_WAIT_BEFORE_PUBLISH || point == VIDX_DEBUG_WAIT_IN_VACUUM ||
+	    point == VIDX_DEBUG_WAIT_AFTER_ROUTE)
+	{
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (VIDX_DEBUG_LOCK_KEY >> 32),
+		                     (uint32) VIDX_DEBUG_LOCK_KEY, 1);
+		(void) LockAcquire(&tag, ExclusiveLock, true, false);
+		LockRelease(&tag, ExclusiveLock, true);
+		return;
+	}
+	XLogFlush(GetXLogInsertRecPtr());
+	elog(LOG, "vidx: vidx.debug_split = %s: killing this backend",
+	     GetConfigOption("vidx.debug_split", false, false));
+	kill(MyProcPid, SIGKILL);
+	elog(PANIC, "vidx: vidx.debug_split: SIGKILL did not end the backend");
+}
+
 /* ---------- how a leaf divides ---------- */
 
 /* A split leaves at least 1/VIDX_SPLIT_MIN_SHARE of the postings on each side. */
@@ -630,6 +667,8 @@ publish(Relation index, const VidxMetaPageData *meta, const char *blob, size_t b
 			    VIDX_CHAIN_REPLACED;
 		GenericXLogFinish(state);
 	}
+
+	vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_PUBLISH);
 
 	/*
 	 * The old tree's pages are free at once: readers read tree pages under
@@ -964,6 +1003,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			pfree(fresh);
 		}
 		INSTR_TIME_SET_CURRENT(t[3]);
+		vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_CHAINS);
 
 		/* the new tree: the leaf by its halves, each changed neighbour by its new chain */
 		blob_cap = next_cap = vidx_tree_replace_bound(cache->tree);
@@ -996,6 +1036,8 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		}
 		tree_start = write_tree(index, blob, blob_size, meta.tree_version + 1, &tree_pages);
 		INSTR_TIME_SET_CURRENT(t[4]);
+		vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_TREE);
+		vidx_debug_split_point(VIDX_DEBUG_WAIT_BEFORE_PUBLISH);
 
 		retired[0].hbuf = hbuf;
 		retired[0].leaf_id = node->leaf_id;

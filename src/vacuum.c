@@ -317,6 +317,7 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 		return stats;
 
 	LockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
+	vidx_debug_split_point(VIDX_DEBUG_WAIT_IN_VACUUM);
 	nblocks = RelationGetNumberOfBlocks(index);
 	if (stats == NULL)
 	{

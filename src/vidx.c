@@ -30,6 +30,17 @@ static const struct config_enum_entry iterative_scan_options[] = {
     {NULL, 0, false},
 };
 
+static const struct config_enum_entry debug_split_options[] = {
+    {"off", VIDX_DEBUG_SPLIT_OFF, false},
+    {"crash_after_chains", VIDX_DEBUG_CRASH_AFTER_CHAINS, false},
+    {"crash_after_tree", VIDX_DEBUG_CRASH_AFTER_TREE, false},
+    {"crash_after_publish", VIDX_DEBUG_CRASH_AFTER_PUBLISH, false},
+    {"wait_before_publish", VIDX_DEBUG_WAIT_BEFORE_PUBLISH, false},
+    {"wait_in_vacuum", VIDX_DEBUG_WAIT_IN_VACUUM, false},
+    {"wait_after_route", VIDX_DEBUG_WAIT_AFTER_ROUTE, false},
+    {NULL, 0, false},
+};
+
 static int vidx_max_scan_threads = 4;
 static int vidx_build_threads = 0;
 static relopt_kind vidx_relopt_kind;
@@ -93,6 +104,16 @@ _PG_init(void)
 	    "0 derives it from the machine: a quarter of the RAM divided by max_connections, "
 	    "between 64 MB and 1 GB. The tree a query needs is always loaded.",
 	    &vidx_tree_cache_mb, 0, 0, INT_MAX / 2, PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
+	DefineCustomEnumVariable(
+	    "vidx.debug_split", "Fault injection for vidx's tests: do not use",
+	    "crash_after_chains, crash_after_tree, crash_after_publish: the next split of this "
+	    "session kills its backend (SIGKILL, after flushing the WAL) at that point, so the server "
+	    "goes through crash recovery. wait_before_publish: a split waits for "
+	    "pg_advisory_lock(1986618488) before its publication, holding the leaf; "
+	    "wait_in_vacuum: VACUUM waits for it holding the split lock; wait_after_route: an "
+	    "insert waits for it after choosing its leaf.",
+	    &vidx_debug_split, VIDX_DEBUG_SPLIT_OFF, debug_split_options, PGC_SUSET, GUC_NOT_IN_SAMPLE,
+	    NULL, NULL, NULL);
 	MarkGUCPrefixReserved("vidx");
 
 	vidx_sidecar_init();

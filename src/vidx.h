@@ -174,6 +174,21 @@ extern int vidx_iterative_scan;
 #define VIDX_ITERATIVE_STRICT 0
 #define VIDX_ITERATIVE_RELAXED 1
 
+/* vidx.debug_split: fault injection for the tests (split.c) */
+extern int vidx_debug_split;
+typedef enum VidxDebugSplit
+{
+	VIDX_DEBUG_SPLIT_OFF,
+	VIDX_DEBUG_CRASH_AFTER_CHAINS,  /* kill -9 of the backend after the new chains' records */
+	VIDX_DEBUG_CRASH_AFTER_TREE,    /* ... after the new tree pages' records */
+	VIDX_DEBUG_CRASH_AFTER_PUBLISH, /* ... after the publication, before the old tree is freed */
+	VIDX_DEBUG_WAIT_BEFORE_PUBLISH, /* wait for VIDX_DEBUG_LOCK_KEY after the tree pages */
+	VIDX_DEBUG_WAIT_IN_VACUUM,      /* VACUUM waits for it, holding the split lock */
+	VIDX_DEBUG_WAIT_AFTER_ROUTE,    /* an insert waits for it between routing and its leaf */
+} VidxDebugSplit;
+/* pg_advisory_lock(1986618488) ("vidx") holds the waits of vidx.debug_split */
+#define VIDX_DEBUG_LOCK_KEY INT64CONST(0x76696478)
+
 /* ---------- vectors (vector.c) ---------- */
 
 /*
@@ -361,6 +376,7 @@ extern int vidx_merge_small_leaves(Relation index, Relation heap);
 extern int vidx_recycle_graveyard(Relation index);
 extern int vidx_graveyard_heads(Relation index, BlockNumber **heads);
 extern void vidx_free_page(Relation index, Buffer buf);
+extern void vidx_debug_split_point(VidxDebugSplit point);
 
 /* batch.c */
 extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, Relation *index);

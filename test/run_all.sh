@@ -7,12 +7,12 @@
 # 2. extension:         make && make install (PGXS, into the pg_config on PATH)
 # 3. test data:         Fashion-MNIST subset exported by bench/fmnist.py (build/testdata/)
 # 4. SQL tests, inside ONE throw-away cluster made by pg_virtualenv:
-#      make installcheck     (pg_regress: sql/ + expected/)
+#      make installcheck     (pg_regress: sql/ + expected/; isolation tester: specs/ + expected/)
 #      pg_prove test/t/*.sql (pgTAP)
 # 5. sharding:          test/shard/run.sh (3 shards + coordinator, ports 5460-5463)
 # 6. robustness:        test/run_robust.sh (crash, replica, restore, concurrency,
 #                       bad input, fuzzing, security, format version; own clusters on
-#                       ports 5440-5459; about 10 minutes on 2 cores)
+#                       ports 5440-5459; about 13 minutes on 2 cores)
 #
 # Needs root (make install; pg_virtualenv starts the server as postgres) and the
 # packages that .ci/run installs. Exits non-zero if any step fails.
@@ -42,19 +42,21 @@ if [ "${1:-}" = "--in-cluster" ]; then
 	echo "==== [cluster] PostgreSQL $(psql -XAtc 'SHOW server_version') on port $PGPORT ===="
 
 	echo
-	echo "==== [cluster] make installcheck (pg_regress) ===="
-	rm -f regression.diffs regression.out
+	echo "==== [cluster] make installcheck (pg_regress, isolation tester) ===="
+	rm -rf regression.diffs regression.out output_iso
 	t=$(date +%s)
 	if make installcheck; then
 		echo "installcheck=PASS $(($(date +%s) - t))" >>"$status_file"
 	else
 		rc=1
 		echo "installcheck=FAIL $(($(date +%s) - t))" >>"$status_file"
-		if [ -f regression.diffs ]; then
-			echo "---- regression.diffs ----"
-			cat regression.diffs
-			echo "---- end of regression.diffs ----"
-		fi
+		for f in regression.diffs output_iso/regression.diffs; do
+			if [ -f $f ]; then
+				echo "---- $f ----"
+				cat $f
+				echo "---- end of $f ----"
+			fi
+		done
 	fi
 
 	echo
@@ -167,7 +169,7 @@ elapsed=$(($(date +%s) - t))
 for step in installcheck pg_prove; do
 	st=$(sed -n "s/^$step=//p" "$status_file" | tail -1)
 	case $step in
-	installcheck) label="make installcheck (pg_regress)" ;;
+	installcheck) label="make installcheck (regress+iso)" ;;
 	pg_prove) label="pg_prove test/t (pgTAP)" ;;
 	esac
 	# a step that left no status line did not run (cluster failed to start?)

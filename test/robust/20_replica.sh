@@ -3,7 +3,10 @@
 # same k-NN queries with the same rows as the primary, while and after the
 # primary takes a stream of inserts, updates, deletes and a VACUUM; after
 # pg_promote() it accepts writes, its index stays exact, and REINDEX gives it a
-# full sidecar again.
+# full sidecar again. An index created empty on the primary and grown by leaf
+# splits (with VACUUMs freeing the replaced chains) is the same on the
+# standby: the same tree version and splits, the same rows at default and
+# full probes, vidx_verify true.
 #
 # The standby's sidecar is whatever pg_basebackup copied (the sidecar is not
 # WAL-logged): rows written later have no valid record there, so the standby
@@ -112,6 +115,39 @@ done
 
 check "final VACUUM on the primary" q $P "VACUUM t"
 compare "after the final VACUUM" default
+
+# ---------------------------------------------------------------- splits
+# An index created empty on the primary grows by leaf splits (many tree
+# versions, new chains, graveyard); VACUUMs free the replaced chains. The
+# standby replays all of it: the same tree, so the same rows at full and at
+# default probes, and vidx_verify passes there.
+log "splits: gr built empty on the primary; 4 writers grow it, with VACUUMs between rounds"
+GJ=$W/journal.gr
+: >"$GJ"
+q $P "CREATE TABLE gr (id bigint PRIMARY KEY, v real[]); CREATE INDEX gr_v ON gr USING vidx (v)"
+for round in 1 2 3; do
+	robust_py writer --port $P --table gr --dims $DIMS --journal "$GJ" --clients 4 --id-base $((round * 100000000)) \
+		--seed $((20 + round)) --insert-weight 8 --update-weight 1 --delete-weight 1 --batch 10 --max-ops 600 >"$W/gwriter.$round" 2>&1
+	check "splits round $round: the writers saw no SQL error" grep -q '"sql_errors": 0' "$W/gwriter.$round"
+	check "splits round $round: VACUUM on the primary" q $P "VACUUM gr"
+done
+gstats() { q "$1" "SELECT format('tree_version %s, splits %s, leaves %s, replaced_awaiting_free %s', s->>'tree_version', s->>'splits', s->>'leaves', s->>'replaced_awaiting_free') FROM vidx_stats('gr_v') s"; }
+log "splits: primary $(gstats $P)"
+check "splits: leaves split on the primary" test "$(q $P "SELECT (vidx_stats('gr_v')->>'splits')::int")" -gt 30
+check "splits: the standby caught up" robust_py sync --primary $P --standby $S --timeout 300
+check_eq "splits: the standby's tree is the primary's (vidx_stats)" "$(gstats $S)" "$(gstats $P)"
+check_eq "splits: vidx_verify on the standby" "$(q $S "SELECT vidx_verify('gr_v', false)")" t
+out=$(robust_py compare --port1 $P --port2 $S --table gr --dims $DIMS --queries 20 --k 10 --probes 10 2>&1)
+if [ $? = 0 ]; then ok "splits: default settings (probes 10, k 10): identical rows $(echo "$out" | cut -c1-60)"; else not_ok "splits: default settings: rows differ: $out"; fi
+out=$(robust_py compare --port1 $P --port2 $S --table gr --dims $DIMS --queries 10 --k 100 --probes 1000000 --exact 2>&1)
+if [ $? = 0 ]; then ok "splits: exact settings (all leaves, k 100): identical rows $(echo "$out" | cut -c1-60)"; else not_ok "splits: exact settings: rows differ: $out"; fi
+out=$(robust_py check --port $S --table gr --index gr_v --dims $DIMS --journal "$GJ" --queries 2 --sample 100 --no-sidecar 2>&1)
+if echo "$out" | grep -q "^not ok"; then
+	echo "$out" | sed "s/^/# [splits standby] /"
+	not_ok "splits: exact-recall check on the standby"
+else
+	ok "splits: exact-recall check on the standby: $(echo "$out" | sed -n 's/^COUNTS //p')"
+fi
 
 # ---------------------------------------------------------------- promotion
 log "promotion"

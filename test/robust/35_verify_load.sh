@@ -83,6 +83,16 @@ for case in link-past-end cycle last hint orphan; do
 	cluster_stop $NAME
 	cp "$W/c_v.orig" "$cfile"
 done
+# An insert routed to a leaf whose head is damaged fails (it used to route
+# again, forever, as if a split had replaced the leaf); every row of c is
+# inserted again, so some route to that leaf.
+want=$("$PY" "$ROBUST_DIR/patch_index.py" corrupt "$cfile" head-free)
+cluster_start $NAME
+got=$(timeout 60 psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -v VERBOSITY=verbose -c "INSERT INTO c SELECT id + 10000, v FROM c" 2>&1 | head -1)
+check "corrupt (head-free): an insert into the leaf fails, XX002 '$want' (got: $got)" reports "${got/XX002: /}" "$want"
+check "corrupt (head-free): with SQLSTATE XX002" bash -c "echo '$got' | grep -q XX002"
+cluster_stop $NAME
+cp "$W/c_v.orig" "$cfile"
 cluster_start $NAME
 check_eq "the undamaged copy verifies" "$(q $PORT "SELECT vidx_verify('c_v', true)" 2>&1)" t
 check "server log: no backend died" log_clean $NAME

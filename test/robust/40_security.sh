@@ -129,15 +129,18 @@ args=$(q $PORT "SELECT string_agg(DISTINCT format_type(t, NULL), ',') FROM pg_pr
 check "no function of the extension takes a text argument ($args)" bash -c "! echo '$args' | grep -qE 'text|character|cstring|name'"
 settings=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -c "LOAD 'vidx'" -c "SELECT string_agg(name || ':' || vartype, ' ') FROM pg_settings WHERE name LIKE 'vidx.%'")
 strings=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -c "LOAD 'vidx'" -c "SELECT count(*) FROM pg_settings WHERE name LIKE 'vidx.%' AND vartype = 'string'")
-# An enum takes only the values it lists: vidx.iterative_scan.
+# An enum takes only the values it lists: vidx.iterative_scan, vidx.debug_split.
 enums=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -c "LOAD 'vidx'" -c "SELECT string_agg(name || '=' || array_to_string(enumvals, '|'), ' ' ORDER BY name) FROM pg_settings WHERE name LIKE 'vidx.%' AND vartype = 'enum'")
 log "vidx settings: $settings"
 check "the vidx settings are visible once the library is loaded" bash -c "echo '$settings' | grep -q 'vidx.probes'"
 check_eq "no vidx setting is a free-form string" "$strings" 0
-check_eq "the only enum setting takes fixed values" "$enums" "vidx.iterative_scan=strict_order|relaxed_order"
+check_eq "the enum settings take fixed values" "$enums" "vidx.debug_split=off|crash_after_chains|crash_after_tree|crash_after_publish|wait_before_publish|wait_in_vacuum|wait_after_route vidx.iterative_scan=strict_order|relaxed_order"
 enum_path=$(psql -X -q -At -h $SOCKDIR -p $PORT -U postgres -v VERBOSITY=verbose -c "LOAD 'vidx'" \
 	-c "SET vidx.iterative_scan = '/tmp/x'" 2>&1 | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/SQLSTATE \1/p' | head -1)
 check_eq "an enum setting refuses a path (22023)" "$enum_path" "SQLSTATE 22023"
+# (the operator loads the library, so the setting is defined when SET runs)
+check_eq "alice may not set the fault injection vidx.debug_split (42501)" \
+	"$(qa alice "SELECT '{1}'::real[] <-> '{2}'::real[]; SET vidx.debug_split = crash_after_tree" | tail -1)" "SQLSTATE 42501"
 check_eq "an index option naming a path is rejected (22023)" \
 	"$(qa postgres "CREATE INDEX ON t USING vidx (v) WITH (path = '/tmp/x')")" "SQLSTATE 22023"
 check_eq "an index option naming a file is rejected (22023)" \

@@ -12,6 +12,7 @@ that normal use reaches only after billions of inserts or never.
         last           its head says another page is the last one
         hint           its head's insert hint is a page of another chain
         orphan         its head links past its second page, which no chain reaches
+        head-free      its head is marked free (an insert routed to the leaf must fail)
 
 With --checksums (the cluster has data checksums), each page's checksum is
 checked against PostgreSQL's algorithm before the change and recomputed after.
@@ -27,6 +28,7 @@ NEXT_SLOT = META + 56     # offsetof(VidxMetaPageData, next_slot)
 PD_CHECKSUM = 8           # offsetof(PageHeaderData, pd_checksum)
 PD_SPECIAL = 16           # offsetof(PageHeaderData, pd_special)
 POSTING = 3               # VIDX_PAGE_POSTING
+FREE = 4                  # VIDX_PAGE_FREE
 PAGE_ID = 0xFF8A
 INVALID = 0xFFFFFFFF
 # VidxPageOpaqueData: next, head, last, insert_hint, leaf_id, npostings (uint32),
@@ -126,7 +128,7 @@ def main():
     n.add_argument("--checksums", action="store_true")
     c = sub.add_parser("corrupt")
     c.add_argument("file")
-    c.add_argument("case", choices=["link-past-end", "cycle", "last", "hint", "orphan"])
+    c.add_argument("case", choices=["link-past-end", "cycle", "last", "hint", "orphan", "head-free"])
     c.add_argument("--checksums", action="store_true")
     a = p.parse_args()
     f = IndexFile(a.file, a.checksums)
@@ -161,6 +163,9 @@ def main():
     elif a.case == "orphan":
         f.set_opaque(head, next=chain[2])
         print("block %d is in use but belongs to no chain" % second)
+    elif a.case == "head-free":
+        f.set_opaque(head, page_type=FREE)
+        print("block %d is not the head of the chain of leaf %d" % (head, leaf))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,15 @@ Subcommands:
            the sidecar grew (an insert ran meanwhile).
   sync     waits until a standby has replayed the primary's current WAL position.
   compare  runs the same k-NN queries on two servers and compares the rows.
+  pages    reads an index's pages (pageinspect) and prints what is in them: page
+           types, tree version, and the pages no version reaches that VACUUM
+           must free (a split cut short before its publication, or after it
+           but before the old tree was freed).
+  scan-check  runs k-NN scans in a loop (as splits happen), some paused
+           between their first rows and the rest: each must return each row
+           at most once, in non-decreasing distance unless relaxed; those
+           without a LIMIT (all leaves, or probes 1 in relaxed order),
+           exactly the rows a sequential scan of the same snapshot sees.
 
 Vectors are a deterministic function of (id, version, dims), so any client can
 recompute what a committed row must hold.
@@ -25,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import struct
 import sys
 import threading
 import time
@@ -354,6 +364,118 @@ def cmd_compare(a):
     return 0 if same == a.queries and len(r1) == len(r2) else 1
 
 
+# ----------------------------------------------------------------- pages
+
+# VidxMetaPageData (src/vidx.h) after the page header; VidxPageOpaqueData at pd_special
+META = struct.Struct("<4I2Q6I2Q2I3Q2I")
+META_FIELDS = ("magic", "version", "dims", "metric", "build_id", "rotation_seed", "tree_start",
+               "tree_pages", "tree_bytes", "tree_version", "nleaves", "levels", "next_slot",
+               "built_tuples", "refine_bits", "next_leaf_id", "npostings", "splits", "merges",
+               "graveyard", "graves")
+OPAQUE = struct.Struct("<6I4H")
+PAGE_TYPES = {1: "meta", 2: "tree", 3: "posting", 4: "free", 5: "graveyard"}
+
+
+def cmd_pages(a):
+    conn = connect(a.port, a.db)
+    cur = conn.cursor()
+    cur.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+    cur.execute("SELECT pg_relation_size(%s::regclass) / 8192", (a.index,))
+    nblocks = cur.fetchone()[0]
+    pages = []
+    for blk in range(nblocks):
+        cur.execute("SELECT get_raw_page(%s, %s)", (a.index, blk))
+        pages.append(bytes(cur.fetchone()[0]))
+    meta = dict(zip(META_FIELDS, META.unpack_from(pages[0], 24)))
+    r = {"blocks": nblocks, "tree_version": meta["tree_version"], "next_leaf_id": meta["next_leaf_id"],
+         "splits": meta["splits"], "types": {}, "new_chain_pages": 0, "new_tree_pages": 0,
+         "old_tree_pages": 0}
+    for page in pages:
+        if not any(page):
+            r["types"]["new"] = r["types"].get("new", 0) + 1
+            continue
+        special = struct.unpack_from("<H", page, 16)[0]
+        o = OPAQUE.unpack_from(page, special)
+        kind = PAGE_TYPES.get(o[7], "other")
+        r["types"][kind] = r["types"].get(kind, 0) + 1
+        if kind == "posting" and o[4] >= meta["next_leaf_id"]:
+            r["new_chain_pages"] += 1      # a chain of a split not published
+        elif kind == "tree" and o[4] > meta["tree_version"]:
+            r["new_tree_pages"] += 1       # the tree of a split not published
+        elif kind == "tree" and o[4] < meta["tree_version"]:
+            r["old_tree_pages"] += 1       # an earlier version not freed
+    print(json.dumps(r))
+    return 0
+
+
+# ----------------------------------------------------------------- scan-check
+
+def cmd_scan_check(a):
+    """Scans while others write and split leaves, in three kinds by turn:
+    all leaves, strict order, every row; probes 1, relaxed order, every row,
+    paused after the first rows (later rounds read leaves after splits and
+    VACUUMs); probes 1-10, strict order, a LIMIT, paused. Each returns a row
+    at most once; strict ones in non-decreasing distance; "every row" ones
+    exactly the rows a sequential scan of the same snapshot sees."""
+    conn = connect(a.port, a.db, autocommit=False)
+    rnd = random.Random(a.seed)
+    r = {"scans": 0, "complete_scans": 0, "rows": 0, "duplicates": 0, "out_of_order": 0,
+         "missing": 0, "extra": 0, "errors": 0, "examples": []}
+    deadline = time.time() + a.seconds
+    n = 0
+    while time.time() < deadline:
+        kind = n % 3
+        n += 1
+        q = [round(rnd.uniform(-3, 3), 4) for _ in range(a.dims)]
+        probes = {0: 1000000, 1: 1}.get(kind, rnd.choice([1, 2, 10]))
+        limit = "" if kind < 2 else f"LIMIT {rnd.choice([10, 100, 1000])}"
+        try:
+            cur = conn.cursor()
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            cur.execute("SET LOCAL enable_seqscan = off")
+            cur.execute("SET LOCAL enable_bitmapscan = off")
+            cur.execute(f"SET LOCAL vidx.probes = {probes}")
+            cur.execute("SET LOCAL vidx.iterative_scan = "
+                        + ("relaxed_order" if kind == 1 else "strict_order"))
+            sc = conn.cursor(name="scan")
+            sc.execute(f"SELECT id, v <-> %s::real[] FROM {a.table} ORDER BY v <-> %s::real[] {limit}", (q, q))
+            got = sc.fetchmany(10)
+            if kind > 0:
+                time.sleep(a.pause)
+            got += sc.fetchall()
+            sc.close()
+            ids = [i for i, _ in got]
+            dup = len(ids) - len(set(ids))
+            bad = 0 if kind == 1 else sum(1 for x, y in zip(got, got[1:]) if y[1] < x[1])
+            r["duplicates"] += dup
+            r["out_of_order"] += bad
+            if (dup or bad) and len(r["examples"]) < 5:
+                r["examples"].append(f"scan {n} (probes {probes} {limit}): {dup} duplicates, {bad} out of order")
+            if kind < 2:
+                cur.execute("SET LOCAL enable_seqscan = on")
+                cur.execute("SET LOCAL enable_indexscan = off")
+                cur.execute(f"SELECT id FROM {a.table} WHERE v IS NOT NULL")
+                table_ids = {i for (i,) in cur.fetchall()}
+                miss = len(table_ids - set(ids))
+                extra = len(set(ids) - table_ids)
+                r["missing"] += miss
+                r["extra"] += extra
+                r["complete_scans"] += 1
+                if (miss or extra) and len(r["examples"]) < 5:
+                    r["examples"].append(f"scan {n} (probes {probes}): {miss} missing, {extra} extra of {len(table_ids)}")
+            conn.commit()
+            r["scans"] += 1
+            r["rows"] += len(got)
+        except psycopg.Error as e:
+            r["errors"] += 1
+            if len(r["examples"]) < 5:
+                r["examples"].append(f"scan {n}: {str(e).strip()}")
+            conn.rollback()
+    print(json.dumps(r))
+    bad = r["duplicates"] or r["out_of_order"] or r["missing"] or r["extra"] or r["errors"]
+    return 1 if bad or r["complete_scans"] == 0 else 0
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -405,9 +527,30 @@ def main():
     m.add_argument("--probes", type=int, default=10)
     m.add_argument("--exact", action="store_true")
     m.add_argument("--rerank", type=int, default=0)
+    g = sub.add_parser("pages")
+    g.add_argument("--port", type=int, required=True)
+    g.add_argument("--db", default="postgres")
+    g.add_argument("--index", required=True)
+    k = sub.add_parser("scan-check")
+    k.add_argument("--port", type=int, required=True)
+    k.add_argument("--db", default="postgres")
+    k.add_argument("--table", default="t")
+    k.add_argument("--dims", type=int, required=True)
+    k.add_argument("--seconds", type=float, default=60)
+    k.add_argument("--pause", type=float, default=0.3, help="seconds between a scan's first rows and the rest")
+    k.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
+    if a.cmd == "check":
+        # a check that cannot finish (the index raised an error) is a failed check,
+        # never one that printed no "not ok" line
+        try:
+            return cmd_check(a)
+        except (psycopg.Error, OSError) as e:
+            print(f"not ok - the check raised: {str(e).strip()}")
+            return 1
     return {"writer": cmd_writer, "check": cmd_check, "verify-loop": cmd_verify_loop,
-            "sync": cmd_sync, "compare": cmd_compare}[a.cmd](a)
+            "sync": cmd_sync, "compare": cmd_compare, "pages": cmd_pages,
+            "scan-check": cmd_scan_check}[a.cmd](a)
 
 
 if __name__ == "__main__":
