@@ -587,18 +587,22 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 		return;
 	}
 	/*
-	 * Unreachable, for VACUUM to free: a split cut short by a crash before it
-	 * was published (leaf ids not handed out yet, a later tree version), or
-	 * tree pages of an earlier version left by a crash before they were freed.
+	 * Unreachable, for VACUUM to free: what a split or merge cut short by a
+	 * crash before it was published wrote (tree pages, whatever version they
+	 * carry: a later split publishes the same version number; chains whose
+	 * leaf ids were not handed out then, and may have been since), tree pages
+	 * of an earlier version left by a crash before they were freed. The
+	 * current version's tree pages were marked; a page of a current chain
+	 * names its leaf's head.
 	 */
-	if (opaque.page_id == VIDX_PAGE_ID &&
-	    ((opaque.page_type == VIDX_PAGE_POSTING && opaque.leaf_id >= ws->meta->next_leaf_id) ||
-	     (opaque.page_type == VIDX_PAGE_TREE && opaque.leaf_id != ws->meta->tree_version)))
+	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_TREE)
+		return;
+	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING &&
+	    (opaque.leaf_id >= ws->meta->next_leaf_id || leaves[opaque.leaf_id] == NULL ||
+	     leaves[opaque.leaf_id]->head_block != opaque.head))
 		return;
 
-	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING &&
-	    opaque.leaf_id < ws->meta->next_leaf_id && leaves[opaque.leaf_id] != NULL &&
-	    leaves[opaque.leaf_id]->head_block == opaque.head)
+	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING)
 	{
 		ChainStats cs = {0, 0, 0, 0};
 

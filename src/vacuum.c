@@ -263,12 +263,11 @@ set_npostings(Relation index, uint64 n)
  * Frees what no version reaches: chains of a split or merge that a crash cut
  * short before it was published (posting pages that belong neither to a leaf
  * of the current tree nor to the graveyard: their leaf ids may have been
- * handed out again since, by a later split), tree pages of another version
- * (a later one never published, earlier ones a crash kept from being
- * freed); and records every free or new page in the free space map, which
- * crashes may have lost. Runs with the split lock, after the merges: the
- * tree and the graveyard hold still, and inserts only add pages to current
- * chains.
+ * handed out again since, by a later split), tree pages outside the current
+ * version's list (one never published, whose version number a later split
+ * may have taken since; earlier ones a crash kept from being freed); and records every free or new
+ * page in the free space map, which crashes may have lost. Runs with the split lock, after the
+ * merges: the tree and the graveyard hold still, and inserts only add pages to current chains.
  */
 static void
 reclaim_pages(Relation index, BufferAccessStrategy strategy)
@@ -279,8 +278,21 @@ reclaim_pages(Relation index, BufferAccessStrategy strategy)
 	int nleaves = current_leaves(index, &leaves);
 	BlockNumber *graves;
 	int ngraves = vidx_graveyard_heads(index, &graves);
+	bool *current_tree = palloc0(sizeof(bool) * Max(nblocks, 1));
 
 	vidx_read_meta(index, &meta);
+	/* the current version's tree pages (a cut-short split's may carry its version number) */
+	for (BlockNumber blkno = meta.tree_start;
+	     BlockNumberIsValid(blkno) && blkno < nblocks && !current_tree[blkno];)
+	{
+		Buffer buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		current_tree[blkno] = vidx_page_is(BufferGetPage(buf), VIDX_PAGE_TREE);
+		blkno =
+		    current_tree[blkno] ? VidxPageGetOpaque(BufferGetPage(buf))->next : InvalidBlockNumber;
+		UnlockReleaseBuffer(buf);
+	}
 	for (BlockNumber blkno = 1; blkno < nblocks; blkno++)
 	{
 		Buffer buf;
@@ -300,8 +312,7 @@ reclaim_pages(Relation index, BufferAccessStrategy strategy)
 		                                     current_chain(page, graves, ngraves));
 		if (PageIsNew(page) || vidx_page_is(page, VIDX_PAGE_FREE))
 			RecordFreeIndexPage(index, blkno);
-		else if ((vidx_page_is(page, VIDX_PAGE_TREE) && o->leaf_id != meta.tree_version) ||
-		         orphan_chain)
+		else if ((vidx_page_is(page, VIDX_PAGE_TREE) && !current_tree[blkno]) || orphan_chain)
 			vidx_free_page(index, buf);
 		UnlockReleaseBuffer(buf);
 	}

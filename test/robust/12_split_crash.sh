@@ -8,7 +8,9 @@
 #      (SIGKILL after flushing the WAL) and the postmaster restarts the server
 #      through crash recovery. Then: the index's pages show the split cut
 #      short at that point (new chains, new tree, or the old tree not freed);
-#      exact-recall + journal check, vidx_verify; VACUUM frees those pages,
+#      exact-recall + journal check, vidx_verify; another split before VACUUM
+#      (it hands the same leaf ids and tree version out again), checked the
+#      same way; VACUUM frees those pages,
 #      and the check passes again; inserts split that leaf again.
 #   B. kill -9 of the whole server 3 times while 4 writers insert into a table
 #      whose index was created empty (splits all the time); after each
@@ -99,6 +101,12 @@ for point in crash_after_chains crash_after_tree crash_after_publish; do
 		check "$label: the old tree is not freed yet" test "$(fields "$p" old_tree_pages)" -ge 1 ;;
 	esac
 	checkall "$label" t "$JOURNAL"
+	# a split before VACUUM hands the cut-short split's leaf ids and tree version out again
+	s0=$(q $PORT "SELECT (vidx_stats('t_v')->>'splits')::int")
+	check "$label: a split before VACUUM" q $PORT "INSERT INTO t SELECT -i - $round * 100000 - 50000, $TRIGGER_ROW FROM generate_series(1, 400) i"
+	check "$label: (it split: $s0 -> $(q $PORT "SELECT vidx_stats('t_v')->>'splits'") splits)" \
+		test "$(q $PORT "SELECT (vidx_stats('t_v')->>'splits')::int")" -gt "$s0"
+	checkall "$label-resplit" t "$JOURNAL"
 	check "$label: VACUUM" q $PORT "VACUUM t"
 	p=$(pages t_v)
 	echo "# [$label] pages after VACUUM: $p"
