@@ -277,7 +277,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 			                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 	}
 
-	/* The leaf passed 1.4 times its target size: split it (if no split or VACUUM runs). */
+	/* The leaf passed twice its target size: split it (if no split or VACUUM runs). */
 	if (vidx_leaf_needs_split(index, &meta, (uint32) npostings))
 		vidx_maybe_split(index, heap, head);
 

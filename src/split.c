@@ -1,10 +1,9 @@
 /*
- * split.c: the tree follows its table. A leaf that passes 1.4 times the
- * target leaf size (which follows the row count) is split in two by 2-means
- * over its own vectors, and rows of its nearest leaves that are nearer a new
- * half move to it; the tree gets a new version with the new leaves in place
+ * split.c: the tree grows with its table. A leaf that passes twice the target
+ * leaf size (which follows the row count) is split in two by 2-means over its
+ * own vectors; the tree gets a new version with the two leaves in its place
  * (core/tree_edit.cpp: a parent past fanout splits in turn, the root gains a
- * level). VACUUM merges leaves that deletes left small. The design, and why it is safe, is in docs/growth.md; in short:
+ * level). The design, and why it is safe, is in docs/growth.md; in short:
  *
  *  - one split at a time per index, never during VACUUM: a heavyweight lock
  *    on the metapage's block number, taken conditionally here (a busy index
