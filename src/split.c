@@ -41,14 +41,6 @@
 #define VIDX_SPLIT_SEED UINT64CONST(0x73706c6974) /* "split" */
 /* The nearest leaves whose rows a split may reassign (SPFresh's LIRE). */
 #define VIDX_SPLIT_NEIGHBOURS 8
-/*
- * A leaf splits past this % of the target size. Leaves then hold between
- * about 0.7 and 1.4 times the target, about the target on average, so an
- * index that grew has as many leaves as a build of its rows (splitting at 2x
- * left 0.73x the leaves: at 1M x 128, fewer leaves than the data's 1,000
- * clusters, and recall@10 0.963 against 0.994 for a REINDEX).
- */
-#define VIDX_SPLIT_AT_PCT 140
 
 int64
 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta)
@@ -63,8 +55,7 @@ vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta)
 bool
 vidx_leaf_needs_split(Relation index, const VidxMetaPageData *meta, uint32 npostings)
 {
-	return meta->dims > 0 &&
-	       (int64) npostings > vidx_target_leaf_size(index, meta) * VIDX_SPLIT_AT_PCT / 100;
+	return meta->dims > 0 && (int64) npostings > 2 * vidx_target_leaf_size(index, meta);
 }
 
 /* ---------- writing new chains and tree versions ---------- */
@@ -1078,8 +1069,8 @@ done:
 
 /* A leaf under 1/VIDX_MERGE_BELOW of the target size merges into its nearest sibling... */
 #define VIDX_MERGE_BELOW 2
-/* ... if the two hold at most VIDX_MERGE_UPTO_PCT % of the target size (below a split's). */
-#define VIDX_MERGE_UPTO_PCT 120
+/* ... if the two hold at most VIDX_MERGE_UPTO_PCT % of the target size. */
+#define VIDX_MERGE_UPTO_PCT 150
 /* Pairs merged into one tree version (their heads are held until it is published). */
 #define VIDX_MERGE_BATCH 8
 /* The nearest leaves considered as a small leaf's partner. */
