@@ -54,6 +54,19 @@ BEGIN
   END LOOP;
 END $$;
 
+-- recall@10 of the table's index as its history left it, its pages, then the
+-- same after a REINDEX of the same rows (the comparison every section makes)
+CREATE FUNCTION against_reindex(tbl text, OUT grown float8, OUT rebuilt float8,
+                                OUT grown_pages bigint, OUT rebuilt_pages bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+  grown := recall10(tbl);
+  grown_pages := pg_relation_size(tbl || '_v') / 8192;
+  EXECUTE format('REINDEX INDEX %I', tbl || '_v');
+  rebuilt := recall10(tbl);
+  rebuilt_pages := pg_relation_size(tbl || '_v') / 8192;
+END $$;
+
 -- ------------------------------------------------ from an empty table
 CREATE TABLE empty_built (id int PRIMARY KEY, v real[]) WITH (autovacuum_enabled = off);
 CREATE INDEX empty_built_v ON empty_built USING vidx (v);
@@ -73,16 +86,11 @@ SELECT ok((s->'leaf_size'->>'p10')::int <= (s->'leaf_size'->>'p50')::int
 SELECT ok(vidx_verify('empty_built_v'), 'vidx_verify: the grown index is consistent');
 SELECT is(f.*, ROW(60000::bigint, 60000::bigint), 'every row found once at full probes')
   FROM full_scan_rows('empty_built') f;
-CREATE TABLE r_empty WITH (autovacuum_enabled = off) AS SELECT recall10('empty_built') AS grown,
-  pg_relation_size('empty_built_v') / 8192 AS grown_pages;
-REINDEX INDEX empty_built_v;
-ALTER TABLE r_empty ADD COLUMN rebuilt float8;
-UPDATE r_empty SET rebuilt = recall10('empty_built');
+CREATE TABLE r_empty AS SELECT * FROM against_reindex('empty_built');
 SELECT cmp_ok(grown, '>=', rebuilt - 0.02, format('recall@10 at the defaults: grown %s, REINDEX %s', grown, rebuilt))
   FROM r_empty;
-SELECT cmp_ok(grown_pages, '<=', 2 * pg_relation_size('empty_built_v') / 8192,
-              format('freed pages are reused: grown %s pages, REINDEX %s', grown_pages,
-                     pg_relation_size('empty_built_v') / 8192))
+SELECT cmp_ok(grown_pages, '<=', 2 * rebuilt_pages,
+              format('freed pages are reused: grown %s pages, REINDEX %s', grown_pages, rebuilt_pages))
   FROM r_empty;
 
 -- ------------------------------------------------ 10x growth after a build
@@ -96,12 +104,8 @@ SELECT cmp_ok((vidx_stats('grown10_v')->>'splits')::int, '>', 0, 'leaves were sp
 SELECT ok(vidx_verify('grown10_v'), 'vidx_verify after 10x growth');
 SELECT is(f.*, ROW(60000::bigint, 60000::bigint), '10x growth: every row found once at full probes')
   FROM full_scan_rows('grown10') f;
-CREATE TABLE r_10 WITH (autovacuum_enabled = off) AS SELECT recall10('grown10') AS grown;
-REINDEX INDEX grown10_v;
-ALTER TABLE r_10 ADD COLUMN rebuilt float8;
-UPDATE r_10 SET rebuilt = recall10('grown10');
 SELECT cmp_ok(grown, '>=', rebuilt - 0.02, format('10x growth, recall@10: grown %s, REINDEX %s', grown, rebuilt))
-  FROM r_10;
+  FROM against_reindex('grown10');
 
 -- ------------------------------------------------ a cursor opened before the splits
 CREATE TABLE cur (id int PRIMARY KEY, v real[]) WITH (autovacuum_enabled = off);
@@ -156,12 +160,8 @@ SELECT cmp_ok((vidx_stats('churn_v')->>'leaves')::int, '<=', :leaves_built * 13 
 SELECT ok(vidx_verify('churn_v'), 'vidx_verify after churn');
 SELECT is(f.*, ROW(60000::bigint, 60000::bigint), 'churn: every row found once at full probes')
   FROM full_scan_rows('churn') f;
-CREATE TABLE r_churn WITH (autovacuum_enabled = off) AS SELECT recall10('churn') AS grown;
-REINDEX INDEX churn_v;
-ALTER TABLE r_churn ADD COLUMN rebuilt float8;
-UPDATE r_churn SET rebuilt = recall10('churn');
 SELECT cmp_ok(grown, '>=', rebuilt - 0.02, format('churn, recall@10: history %s, REINDEX %s', grown, rebuilt))
-  FROM r_churn;
+  FROM against_reindex('churn');
 
 SELECT * FROM finish();
 DROP SCHEMA vidx_t13 CASCADE;
