@@ -1,5 +1,5 @@
 /*
- * scan.c: index scans (ORDER BY col <op> query LIMIT k) and planner costs.
+ * scan.c: index scans (ORDER BY col <op> query LIMIT k): the AM scan callbacks.
  *
  * A scan walks the tree best-first, so leaves come in order of their
  * centroid's distance to the query. The first round reads vidx.probes leaves
@@ -22,250 +22,20 @@
  * failed) is skipped: approximation may miss a row, never reorder rows. Only
  * vidx.iterative_scan = relaxed_order, an opt-in, returns such rows anyway.
  */
-#include "vidx.h"
+#include "scan.h"
 
 #include <float.h>
 #include <math.h>
 
-#include "access/relscan.h"
 #include "access/tableam.h"
-#include "access/xact.h"
 #include "catalog/index.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
-#include "optimizer/optimizer.h"
 #include "pgstat.h"
 #include "utils/float.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
-#include "utils/selfuncs.h"
 #include "utils/snapmgr.h"
-
-/* A posting seen by the scan, kept after its page lock is released. */
-typedef struct Candidate
-{
-	float est;   /* estimated score */
-	float lower; /* lower bound of its score */
-	uint32 heap_block;
-	uint16 heap_offset;
-	bool rescored;
-	uint32 slot;  /* sidecar slot */
-	uint32 vhash; /* hash of the full vector */
-} Candidate;
-
-/*
- * Candidate arrays outlive the scan in a per-backend scratch area: freeing
- * them at every query would hand the memory back to the kernel (glibc trims
- * the heap) and fault it in again at the next one, which cost more than the
- * scan itself. One scan at a time owns it; a nested scan allocates its own.
- * A scan that ends with an error never calls endscan, so transaction end
- * frees the area for the next scan.
- */
-typedef struct ScanScratch
-{
-	bool in_use;
-	Candidate *cands;
-	int64 *by_est;
-	int64 *by_lower;
-	int64 capacity;
-} ScanScratch;
-
-static ScanScratch scratch;
-
-/* Above this many candidates a scan gives its arrays back when it ends. */
-#define VIDX_SCRATCH_KEEP (1024 * 1024)
-
-/*
- * Re-scoring reads each candidate's full vector from a different place of the
- * sidecar: a cache and TLB miss per record. The next few candidates (in
- * lower-bound order) are taken from the heap together and their records
- * prefetched, so the misses overlap instead of coming one after another.
- */
-#define VIDX_LOOKAHEAD 8
-
-/* A re-scored row waiting to be returned. */
-typedef struct ScanResult
-{
-	double score;    /* exact, in estimator score space (heap key) */
-	double distance; /* exact, as the operator returns it */
-	ItemPointerData tid;
-} ScanResult;
-
-typedef struct VidxScanOpaqueData
-{
-	MemoryContext cxt;      /* reset at every rescan */
-	MemoryContext scan_cxt; /* lives as long as the scan */
-	bool owns_scratch;      /* cands, by_est, by_lower are the backend's scratch */
-	bool started;
-	bool empty;        /* the index has no dimensions yet */
-	bool null_query;   /* no query vector: every row, unordered */
-	bool exact_mode;   /* the query is beyond what codes represent: score every row exactly */
-	bool exact_bounds; /* the first round reads every leaf: bounds that always hold */
-	bool leaves_done;
-	int32 next_leaf; /* exact and null-query modes read leaves in node order from here */
-	VidxMetaPageData meta;
-	VidxTreeCache *tree; /* the tree version the scan works on (pinned), from its first round */
-	float *query;        /* as given (for exact distances) */
-	float *qrot;         /* in index space */
-	void *search;        /* tree search state */
-	void *prep;          /* per-leaf query preparation */
-
-	/*
-	 * The pool: candidates of every round read so far (the array is kept
-	 * across rescans), and min-heaps of the indexes of those not re-scored
-	 * yet (re-scored ones are shed lazily): by lower bound, the order they
-	 * are re-scored in and what any of them could still score; by estimate,
-	 * only under a re-scoring budget (vidx.rerank > 0), for what they are
-	 * expected to score.
-	 */
-	Candidate *cands;
-	int64 ncands;
-	int64 cands_capacity;
-	int64 *by_lower;
-	int64 nby_lower;
-	int64 *by_est;
-	int64 nby_est;
-	/* the next candidates by lower bound, popped early so their vectors can be prefetched */
-	int64 ahead[VIDX_LOOKAHEAD];
-	int nahead;
-	int ahead_pos;
-
-	/* min-heap of re-scored rows by exact score (kept across rescans) */
-	ScanResult *results;
-	int64 nresults;
-	int64 results_capacity;
-
-	int rerank;  /* vidx.rerank when the scan began: 0 = no budget */
-	bool strict; /* vidx.iterative_scan = strict_order when the scan began */
-	int64 rescored;
-	int64 returned;
-	int64 round_rescored; /* re-scored and returned when this round began: */
-	int64 round_returned; /* under a budget, every round has one of its own */
-	int64 pool;           /* candidates read so far, all rounds */
-	int64 out_of_order;   /* re-scored rows closer than a row already returned: skipped
-	                       * (strict_order) or returned anyway (relaxed_order) */
-	int rounds;           /* rounds of leaves read */
-	double last_distance; /* distance of the last row returned; rows never go back */
-
-	/*
-	 * With refinement codes: the bound_cap smallest upper bounds of the
-	 * scores seen so far (a max-heap, in cxt). A posting is refined only if
-	 * its lower bound is below the largest of them: anything else would need
-	 * that many better rows to be returned first.
-	 */
-	float *uppers;
-	int nuppers;
-	int uppers_cap;
-
-	/* leaves of the current round (in cxt) */
-	int32 *round;
-	int round_capacity;
-
-	/* fallback to the table, set up on first use */
-	VidxTableReader *table;
-} VidxScanOpaqueData;
-
-typedef VidxScanOpaqueData *VidxScanOpaque;
-
-/* ---------- two small binary heaps ---------- */
-
-static inline float
-cand_key(const VidxScanOpaque so, int64 id, bool by_lower)
-{
-	return by_lower ? so->cands[id].lower : so->cands[id].est;
-}
-
-static void
-id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
-{
-	int64 x = h[i];
-	float kx = cand_key(so, x, by_lower);
-
-	for (;;)
-	{
-		int64 c = 2 * i + 1;
-
-		if (c >= n)
-			break;
-		if (c + 1 < n && cand_key(so, h[c + 1], by_lower) < cand_key(so, h[c], by_lower))
-			c++;
-		if (!(cand_key(so, h[c], by_lower) < kx))
-			break;
-		h[i] = h[c];
-		i = c;
-	}
-	h[i] = x;
-}
-
-static int64
-id_pop(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
-{
-	int64 top = h[0];
-
-	h[0] = h[--*n];
-	if (*n > 0)
-		id_sift_down(so, h, *n, 0, by_lower);
-	return top;
-}
-
-/* The top of a heap of candidate ids after shedding re-scored ones, or -1. */
-static int64
-heap_top(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
-{
-	while (*n > 0 && so->cands[h[0]].rescored)
-		(void) id_pop(so, h, n, by_lower);
-	return *n > 0 ? h[0] : -1;
-}
-
-static void
-result_push(VidxScanOpaque so, double score, double distance, ItemPointer tid)
-{
-	int64 i;
-
-	if (so->nresults == so->results_capacity)
-	{
-		so->results_capacity = Max(64, so->results_capacity * 2);
-		so->results =
-		    so->results == NULL
-		        ? MemoryContextAlloc(so->scan_cxt, sizeof(ScanResult) * so->results_capacity)
-		        : repalloc(so->results, sizeof(ScanResult) * so->results_capacity);
-	}
-	i = so->nresults++;
-	while (i > 0 && score < so->results[(i - 1) / 2].score)
-	{
-		so->results[i] = so->results[(i - 1) / 2];
-		i = (i - 1) / 2;
-	}
-	so->results[i].score = score;
-	so->results[i].distance = distance;
-	so->results[i].tid = *tid;
-}
-
-static ScanResult
-result_pop(VidxScanOpaque so)
-{
-	ScanResult top = so->results[0];
-	ScanResult x = so->results[--so->nresults];
-	int64 n = so->nresults;
-	int64 i = 0;
-
-	for (;;)
-	{
-		int64 c = 2 * i + 1;
-
-		if (c >= n)
-			break;
-		if (c + 1 < n && so->results[c + 1].score < so->results[c].score)
-			c++;
-		if (!(so->results[c].score < x.score))
-			break;
-		so->results[i] = so->results[c];
-		i = c;
-	}
-	if (n > 0)
-		so->results[i] = x;
-	return top;
-}
 
 /* ---------- scan callbacks ---------- */
 
@@ -277,15 +47,7 @@ vidx_beginscan(Relation index, int nkeys, int norderbys)
 
 	so->cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx scan", ALLOCSET_DEFAULT_SIZES);
 	so->scan_cxt = CurrentMemoryContext;
-	if (!scratch.in_use)
-	{
-		scratch.in_use = true;
-		so->owns_scratch = true;
-		so->cands = scratch.cands;
-		so->by_est = scratch.by_est;
-		so->by_lower = scratch.by_lower;
-		so->cands_capacity = scratch.capacity;
-	}
+	vidx_pool_take_scratch(so);
 	if (norderbys > 0)
 	{
 		scan->xs_orderbyvals = palloc0(sizeof(Datum) * norderbys);
@@ -400,290 +162,6 @@ table_vector(IndexScanDesc scan, ItemPointer tid)
 	return vidx_table_reader_vector(so->table, tid, scan->xs_snapshot, so->meta.dims);
 }
 
-/* Room for n more candidates; the arrays grow by doubling and never shrink during a scan. */
-static void
-reserve_candidates(VidxScanOpaque so, int64 n)
-{
-	MemoryContext cxt = so->owns_scratch ? TopMemoryContext : so->scan_cxt;
-	int64 capacity;
-
-	if (so->ncands + n <= so->cands_capacity)
-		return;
-	capacity = Max(so->cands_capacity * 2, so->ncands + n + 1024);
-	if (so->cands == NULL)
-	{
-		so->cands = MemoryContextAllocHuge(cxt, sizeof(Candidate) * capacity);
-		so->by_est = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
-		so->by_lower = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
-	}
-	else
-	{
-		so->cands = repalloc_huge(so->cands, sizeof(Candidate) * capacity);
-		so->by_est = repalloc_huge(so->by_est, sizeof(int64) * capacity);
-		so->by_lower = repalloc_huge(so->by_lower, sizeof(int64) * capacity);
-	}
-	so->cands_capacity = capacity;
-	if (so->owns_scratch)
-	{
-		scratch.cands = so->cands;
-		scratch.by_est = so->by_est;
-		scratch.by_lower = so->by_lower;
-		scratch.capacity = capacity;
-	}
-}
-
-static void
-scratch_release(VidxScanOpaque so)
-{
-	if (so->owns_scratch)
-	{
-		if (scratch.capacity > VIDX_SCRATCH_KEEP)
-		{
-			pfree(scratch.cands);
-			pfree(scratch.by_est);
-			pfree(scratch.by_lower);
-			scratch.cands = NULL;
-			scratch.by_est = scratch.by_lower = NULL;
-			scratch.capacity = 0;
-		}
-		scratch.in_use = false;
-		so->owns_scratch = false;
-	}
-	else if (so->cands != NULL)
-	{
-		pfree(so->cands);
-		pfree(so->by_est);
-		pfree(so->by_lower);
-	}
-	so->cands = NULL;
-	so->by_est = so->by_lower = NULL;
-	so->cands_capacity = 0;
-}
-
-static void
-scratch_xact_callback(XactEvent event, void *arg)
-{
-	/*
-	 * No scan outlives its transaction (a holdable cursor is run to the end
-	 * before commit), so whoever owned the scratch is gone; a scan that failed,
-	 * also inside a subtransaction, never released it.
-	 */
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-	    event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
-	{
-		scratch.in_use = false;
-		vidx_tree_unpin_all();
-	}
-}
-
-void
-vidx_scan_init(void)
-{
-	RegisterXactCallback(scratch_xact_callback, NULL);
-}
-
-/*
- * A chain is read in groups of up to VIDX_GROUP_PAGES pages that stay pinned
- * and share-locked together while their postings are estimated (on
- * vidx.scan_threads threads when the group is large enough to pay for them),
- * then copied into the candidates and released. A group never spans two
- * chains: an insert holds its chain's head while it locks further pages of
- * that chain, so a scan holding pages of one chain while waiting for another
- * chain's page could close a cycle with two inserts and another scan.
- */
-#define VIDX_GROUP_PAGES 32
-/* Fewer postings than this are estimated in the calling thread. */
-#define VIDX_PARALLEL_MIN_POSTINGS 2048
-
-typedef struct PageGroup
-{
-	Buffer bufs[VIDX_GROUP_PAGES];
-	VidxEstimateTask tasks[VIDX_GROUP_PAGES];
-	int npages;
-	int ntasks;
-	int nptrs;
-	/* VIDX_GROUP_PAGES * MaxIndexTuplesPerPage each, allocated once per backend */
-	const VidxPosting **ptrs;
-	float *est;
-	float *lower;
-} PageGroup;
-
-static PageGroup group;
-
-/*
- * Rows a scan is expected to re-score, for the refinement cut and the
- * planner: the budget if there is one; else a typical ORDER BY ... LIMIT.
- */
-#define VIDX_TYPICAL_RESCORED 100
-
-static int
-expected_rescored(VidxScanOpaque so)
-{
-	return so->rerank > 0 ? so->rerank : VIDX_TYPICAL_RESCORED;
-}
-
-/* Keeps the uppers_cap smallest upper bounds; returns the largest kept (+inf until full). */
-static float
-note_upper(VidxScanOpaque so, float upper)
-{
-	float *h = so->uppers;
-
-	if (so->nuppers < so->uppers_cap)
-	{
-		int i = so->nuppers++;
-
-		while (i > 0 && h[(i - 1) / 2] < upper)
-		{
-			h[i] = h[(i - 1) / 2];
-			i = (i - 1) / 2;
-		}
-		h[i] = upper;
-	}
-	else if (upper < h[0])
-	{
-		int i = 0, n = so->nuppers;
-
-		for (;;)
-		{
-			int c = 2 * i + 1;
-
-			if (c >= n)
-				break;
-			if (c + 1 < n && h[c + 1] > h[c])
-				c++;
-			if (!(h[c] > upper))
-				break;
-			h[i] = h[c];
-			i = c;
-		}
-		h[i] = upper;
-	}
-	return so->nuppers < so->uppers_cap ? get_float4_infinity() : h[0];
-}
-
-/*
- * Refines the group's postings that can still matter (lower bound below the
- * cut), while their pages are locked: the refinement codes live there.
- */
-static void
-refine_group(VidxScanOpaque so, const void *prep)
-{
-	float cut;
-
-	if (so->uppers == NULL)
-	{
-		so->uppers_cap = Min(expected_rescored(so) + 16, 100000);
-		so->uppers = MemoryContextAlloc(so->cxt, sizeof(float) * so->uppers_cap);
-		so->nuppers = 0;
-	}
-	cut = so->nuppers < so->uppers_cap ? get_float4_infinity() : so->uppers[0];
-	for (int i = 0; i < group.nptrs; i++)
-	{
-		float est = group.est[i];
-		float lower = group.lower[i];
-
-		if (lower <= cut)
-		{
-			vidx_rabitq_refine(prep, group.ptrs[i], &est, &lower);
-			group.est[i] = est;
-			group.lower[i] = lower;
-		}
-		/* the bounds are about symmetric around the estimate */
-		cut = note_upper(so, 2 * est - lower);
-	}
-}
-
-static void
-flush_group(VidxScanOpaque so, const void *prep)
-{
-	bool estimated = !so->null_query && !so->exact_mode;
-
-	if (group.nptrs > 0 && estimated)
-	{
-		vidx_rabitq_estimate_tasks(
-		    group.tasks, group.ntasks,
-		    group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_thread_count() : 1);
-		if (so->meta.refine_bits > 0)
-			refine_group(so, prep);
-	}
-	reserve_candidates(so, group.nptrs);
-	for (int i = 0; i < group.nptrs; i++)
-	{
-		Candidate *c = &so->cands[so->ncands++];
-		const VidxPosting *p = group.ptrs[i];
-
-		/* Unestimated candidates: no bound, so none is returned before all are scored. */
-		c->lower = estimated ? group.lower[i] : -get_float4_infinity();
-		c->est = estimated ? group.est[i] : 0;
-		c->heap_block = p->heap_block;
-		c->heap_offset = p->heap_offset;
-		c->rescored = false;
-		c->slot = p->slot;
-		c->vhash = p->vhash;
-	}
-	for (int i = 0; i < group.npages; i++)
-		UnlockReleaseBuffer(group.bufs[i]);
-	group.npages = group.ntasks = group.nptrs = 0;
-}
-
-/* Reads one leaf's chain and estimates every live posting. */
-static void
-scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
-{
-	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-	Relation index = scan->indexRelation;
-	BlockNumber blkno = node->head_block;
-
-	if (group.ptrs == NULL)
-	{
-		Size n = (Size) VIDX_GROUP_PAGES * MaxIndexTuplesPerPage;
-
-		group.ptrs = MemoryContextAlloc(TopMemoryContext, sizeof(VidxPosting *) * n);
-		group.est = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
-		group.lower = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
-	}
-	/* A scan that failed inside a group left it set; the abort released its buffers. */
-	group.npages = group.ntasks = group.nptrs = 0;
-	while (BlockNumberIsValid(blkno))
-	{
-		Buffer buf = ReadBuffer(index, blkno);
-		Page page;
-		VidxPageOpaque opaque;
-		OffsetNumber maxoff;
-		int first = group.nptrs;
-
-		LockBuffer(buf, BUFFER_LOCK_SHARE);
-		group.bufs[group.npages++] = buf;
-		page = BufferGetPage(buf);
-		opaque = VidxPageGetOpaque(page);
-		/* a page of this leaf's chain, else one recycled since the scan's tree version */
-		if (!vidx_page_is(page, VIDX_PAGE_POSTING) || opaque->head != node->head_block ||
-		    opaque->leaf_id != node->leaf_id)
-			vidx_version_gone(index, blkno, "posting");
-		maxoff = PageGetMaxOffsetNumber(page);
-		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
-		{
-			ItemId iid = PageGetItemId(page, off);
-
-			if (ItemIdIsUsed(iid))
-				group.ptrs[group.nptrs++] = (const VidxPosting *) PageGetItem(page, iid);
-		}
-		if (group.nptrs > first)
-		{
-			VidxEstimateTask *t = &group.tasks[group.ntasks++];
-
-			t->prep = prep;
-			t->postings = &group.ptrs[first];
-			t->n = group.nptrs - first;
-			t->est = &group.est[first];
-			t->lower = &group.lower[first];
-		}
-		blkno = opaque->next;
-		if (group.npages == VIDX_GROUP_PAGES || !BlockNumberIsValid(blkno))
-			flush_group(so, prep);
-	}
-}
-
 /* The next leaf node in node order (exact and null-query modes), or -1. */
 static int32
 next_leaf_in_order(VidxScanOpaque so, const void *tree)
@@ -698,45 +176,6 @@ next_leaf_in_order(VidxScanOpaque so, const void *tree)
 			return i;
 	}
 	return -1;
-}
-
-/*
- * Drops the re-scored candidates from the pool (their rows are in the results
- * heap or were returned), so that a deep scan holds only what it has not
- * scored yet. build_heaps follows; the look-ahead goes back into the heaps.
- */
-static void
-compact_pool(VidxScanOpaque so)
-{
-	int64 m = 0;
-
-	for (int64 i = 0; i < so->ncands; i++)
-		if (!so->cands[i].rescored)
-			so->cands[m++] = so->cands[i];
-	so->ncands = m;
-	so->nby_lower = so->nby_est = 0;
-	so->nahead = so->ahead_pos = 0;
-}
-
-/*
- * Builds the heaps over the whole pool (every candidate in it is not
- * re-scored yet): Floyd's construction, linear in the pool.
- */
-static void
-build_heaps(VidxScanOpaque so)
-{
-	for (int64 i = 0; i < so->ncands; i++)
-		so->by_lower[i] = i;
-	so->nby_lower = so->ncands;
-	for (int64 i = so->nby_lower / 2 - 1; i >= 0; i--)
-		id_sift_down(so, so->by_lower, so->nby_lower, i, true);
-	if (so->rerank > 0)
-	{
-		memcpy(so->by_est, so->by_lower, sizeof(int64) * so->ncands);
-		so->nby_est = so->ncands;
-		for (int64 i = so->nby_est / 2 - 1; i >= 0; i--)
-			id_sift_down(so, so->by_est, so->nby_est, i, false);
-	}
 }
 
 /*
@@ -758,7 +197,7 @@ next_round(IndexScanDesc scan)
 	int nleaves = 0;
 
 	if (!so->null_query && so->started)
-		compact_pool(so);
+		vidx_pool_compact(so);
 	first = so->ncands;
 
 	if (!so->started)
@@ -834,7 +273,7 @@ next_round(IndexScanDesc scan)
 			if (so->exact_bounds)
 				vidx_query_prep_exact_bounds(so->prep);
 		}
-		scan_leaf(scan, node, so->prep);
+		vidx_scan_leaf(scan, node, so->prep);
 		CHECK_FOR_INTERRUPTS();
 	}
 	so->pool += so->ncands - first;
@@ -842,7 +281,7 @@ next_round(IndexScanDesc scan)
 	so->round_rescored = so->rescored;
 	so->round_returned = so->returned;
 	if (!so->null_query)
-		build_heaps(so);
+		vidx_pool_build_heaps(so);
 }
 
 /* An exact distance (operator value) in the estimator's score space. */
@@ -890,63 +329,7 @@ rescore(IndexScanDesc scan, Candidate *c)
 		distance = vidx_distance(metric, v, so->query, so->meta.dims);
 	}
 	so->rescored++;
-	result_push(so, distance_to_score(metric, distance), distance, &tid);
-}
-
-/* Lowest lower bound of the candidates not re-scored yet, or +inf. */
-static float
-min_lower_left(VidxScanOpaque so)
-{
-	int64 top = heap_top(so, so->by_lower, &so->nby_lower, true);
-	float m = top >= 0 ? so->cands[top].lower : get_float4_infinity();
-
-	for (int i = so->ahead_pos; i < so->nahead; i++)
-		m = Min(m, so->cands[so->ahead[i]].lower);
-	return m;
-}
-
-/* Lowest estimate of the candidates not re-scored yet (under a budget only), or +inf. */
-static float
-min_estimate_left(VidxScanOpaque so)
-{
-	int64 top = heap_top(so, so->by_est, &so->nby_est, false);
-	float m = top >= 0 ? so->cands[top].est : get_float4_infinity();
-
-	for (int i = so->ahead_pos; i < so->nahead; i++)
-		m = Min(m, so->cands[so->ahead[i]].est);
-	return m;
-}
-
-/* Candidates not re-scored yet? */
-static inline bool
-more_to_rescore(VidxScanOpaque so)
-{
-	return so->ahead_pos < so->nahead || heap_top(so, so->by_lower, &so->nby_lower, true) >= 0;
-}
-
-/*
- * The next candidate to re-score: the lowest lower bound first, which settles
- * each row with the fewest exact distances (every candidate whose bound is
- * below a row must be re-scored before it anyway). Refills the look-ahead and
- * prefetches its records.
- */
-static Candidate *
-next_to_rescore(IndexScanDesc scan)
-{
-	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
-
-	if (so->ahead_pos == so->nahead)
-	{
-		so->nahead = so->ahead_pos = 0;
-		while (so->nahead < VIDX_LOOKAHEAD && heap_top(so, so->by_lower, &so->nby_lower, true) >= 0)
-		{
-			Candidate *c = &so->cands[id_pop(so, so->by_lower, &so->nby_lower, true)];
-
-			so->ahead[so->nahead++] = c - so->cands;
-			vidx_sidecar_prefetch(scan->indexRelation, &so->meta, c->slot);
-		}
-	}
-	return &so->cands[so->ahead[so->ahead_pos++]];
+	vidx_result_push(so, distance_to_score(metric, distance), distance, &tid);
 }
 
 /*
@@ -978,11 +361,11 @@ best_row_settled(VidxScanOpaque so)
 {
 	double best = so->results[0].score;
 
-	if (!more_to_rescore(so) || best <= min_lower_left(so))
+	if (!vidx_pool_more_to_rescore(so) || best <= vidx_pool_min_lower(so))
 		return true;
 	return so->rerank > 0 &&
 	       so->rescored - so->round_rescored >= so->returned - so->round_returned + so->rerank &&
-	       best <= min_estimate_left(so);
+	       best <= vidx_pool_min_estimate(so);
 }
 
 bool
@@ -1018,7 +401,7 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 		/* A row closer than one already returned would break the order: it is missed. */
 		while (so->strict && so->nresults > 0 && so->results[0].distance < so->last_distance)
 		{
-			(void) result_pop(so);
+			(void) vidx_result_pop(so);
 			so->out_of_order++;
 		}
 		if (want_next_round(so))
@@ -1028,7 +411,7 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 		}
 		if (so->nresults > 0 && best_row_settled(so))
 		{
-			ScanResult r = result_pop(so);
+			ScanResult r = vidx_result_pop(so);
 
 			scan->xs_heaptid = r.tid;
 			/* Exact: the executor need not recheck, vidx_search reports it. */
@@ -1040,9 +423,9 @@ vidx_gettuple(IndexScanDesc scan, ScanDirection dir)
 				so->last_distance = r.distance;
 			break;
 		}
-		if (more_to_rescore(so))
+		if (vidx_pool_more_to_rescore(so))
 		{
-			rescore(scan, next_to_rescore(scan));
+			rescore(scan, vidx_pool_next_to_rescore(scan));
 			continue;
 		}
 		if (so->leaves_done)
@@ -1072,64 +455,9 @@ vidx_endscan(IndexScanDesc scan)
 	     (long) so->rescored, (long) so->returned, (long) so->out_of_order,
 	     so->strict ? "skipped" : "returned");
 	MemoryContextDelete(so->cxt);
-	scratch_release(so);
+	vidx_pool_release(so);
 	if (so->results)
 		pfree(so->results);
 	pfree(so);
 	scan->opaque = NULL;
-}
-
-/* ---------- planner costs ---------- */
-
-void
-vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *indexStartupCost,
-                  Cost *indexTotalCost, Selectivity *indexSelectivity, double *indexCorrelation,
-                  double *indexPages)
-{
-	GenericCosts costs;
-	IndexOptInfo *index = path->indexinfo;
-	double ratio = 1.0;
-	int nleaves = 1;
-	Relation rel;
-	VidxMetaPageData meta;
-
-	/* The index only serves ORDER BY distance: never a plain or filtered scan. */
-	if (path->indexorderbys == NIL)
-	{
-		*indexStartupCost = get_float8_infinity();
-		*indexTotalCost = get_float8_infinity();
-		*indexSelectivity = 0;
-		*indexCorrelation = 0;
-		*indexPages = 0;
-		return;
-	}
-
-	/*
-	 * Planning must not fail on an index that scans cannot read (another
-	 * format version, a bad metapage): then cost it as reading every page, so
-	 * that another plan wins; a scan of it still raises the error.
-	 */
-	rel = index_open(index->indexoid, NoLock);
-	if (!vidx_try_read_meta(rel, &meta))
-		meta.nleaves = 1;
-	index_close(rel, NoLock);
-	if (meta.nleaves > 0)
-		nleaves = meta.nleaves;
-	ratio = Min(1.0, (double) vidx_probes / nleaves);
-
-	MemSet(&costs, 0, sizeof(costs));
-	costs.numIndexTuples = Max(1.0, index->tuples * ratio);
-	genericcostestimate(root, path, loop_count, &costs);
-
-	/* Every probed page is read before the first row comes out. */
-	costs.numIndexPages = Max(1.0, index->pages * ratio);
-	/* Exact re-scoring: at most the budget, and never more rows than there are. */
-	*indexStartupCost =
-	    costs.indexTotalCost + Min((double) (vidx_rerank > 0 ? vidx_rerank : VIDX_TYPICAL_RESCORED),
-	                               costs.numIndexTuples) *
-	                               cpu_operator_cost * Max(1, meta.dims / 16);
-	*indexTotalCost = *indexStartupCost;
-	*indexSelectivity = costs.indexSelectivity;
-	*indexCorrelation = 0;
-	*indexPages = costs.numIndexPages;
 }

@@ -117,6 +117,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("vidx");
 
 	vidx_sidecar_init();
+	vidx_sidecar_gc_init();
 	vidx_scan_init();
 }
 

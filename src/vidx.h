@@ -274,7 +274,10 @@ extern float *vidx_table_reader_vector(VidxTableReader *r, ItemPointer tid, Snap
                                        int dims);
 extern void vidx_table_reader_end(VidxTableReader *r);
 
-/* ---------- sidecar (sidecar.c) ---------- */
+/* ---------- sidecar (sidecar.c: file I/O; sidecar_gc.c: removal) ---------- */
+
+/* The sidecar files' directory, under $PGDATA. */
+#define VIDX_SIDECAR_DIR "vidx"
 
 extern char *vidx_sidecar_path(Relation index);
 extern void vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id);
@@ -315,11 +318,20 @@ extern const char *vidx_sidecar_state(Relation index, const VidxMetaPageData *me
                                       uint64 *records);
 /* Maps (or remaps) the index's sidecar for a scan; warns once if it is unusable. */
 extern void vidx_sidecar_refresh(Relation index, const VidxMetaPageData *meta);
-/* Registers the callbacks that remove sidecars of dropped or rebuilt indexes. */
+/* Installs the SIGBUS guard of the read-only mappings. */
 extern void vidx_sidecar_init(void);
+/* Registers the callbacks that remove sidecars of dropped or rebuilt indexes (sidecar_gc.c). */
+extern void vidx_sidecar_gc_init(void);
+/*
+ * Unlinks path when the transaction ends: at commit if at_commit, else at
+ * abort (a subtransaction abort settles its own entries).
+ */
+extern void vidx_sidecar_schedule_unlink(const char *path, bool at_commit);
+/* The first use of a sidecar in a backend sweeps once (not during recovery). */
+extern void vidx_sidecar_sweep_once(void);
 /*
  * Called by a build: schedules the files of the index's earlier relfilenodes
- * for removal at commit and removes files no index uses any more (see sidecar.c).
+ * for removal at commit and removes files no index uses any more (see sidecar_gc.c).
  */
 extern void vidx_sidecar_sweep(Relation index);
 /* vidx_sweep_sidecars(): the same sweep on demand; returns the files removed. */

@@ -47,7 +47,7 @@ NSHARDS = 3
 K = 10
 ID_STEP = 2  # loaded ids are even; the insert test uses odd ids in every range
 # "Full probes": every leaf. vidx.rerank enters the shard planner's cost of the
-# index scan (scan.c: rerank * cpu_operator_cost * dims/16, not capped by the
+# index scan (scan_cost.c: rerank * cpu_operator_cost * dims/16, not capped by the
 # row count), so 1,000,000 would make the shards pick Seq Scan + Sort. A budget
 # of a shard's row count (4,000) makes the order exact by construction and
 # still leaves the index scan cheapest (test 15 checks that it is used).

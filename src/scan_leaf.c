@@ -1,0 +1,208 @@
+/*
+ * scan_leaf.c: reading a leaf's chain for a scan.
+ *
+ * The chain's pages are share-locked in groups; their postings are estimated
+ * from their codes in place (on several threads for large groups), refined
+ * where refinement codes exist and can still matter, and copied into the
+ * scan's pool of candidates before the group is released.
+ */
+#include "scan.h"
+
+#include "utils/float.h"
+#include "utils/memutils.h"
+
+/*
+ * A chain is read in groups of up to VIDX_GROUP_PAGES pages that stay pinned
+ * and share-locked together while their postings are estimated (on
+ * vidx.scan_threads threads when the group is large enough to pay for them),
+ * then copied into the candidates and released. A group never spans two
+ * chains: an insert holds its chain's head while it locks further pages of
+ * that chain, so a scan holding pages of one chain while waiting for another
+ * chain's page could close a cycle with two inserts and another scan.
+ */
+#define VIDX_GROUP_PAGES 32
+/* Fewer postings than this are estimated in the calling thread. */
+#define VIDX_PARALLEL_MIN_POSTINGS 2048
+
+typedef struct PageGroup
+{
+	Buffer bufs[VIDX_GROUP_PAGES];
+	VidxEstimateTask tasks[VIDX_GROUP_PAGES];
+	int npages;
+	int ntasks;
+	int nptrs;
+	/* VIDX_GROUP_PAGES * MaxIndexTuplesPerPage each, allocated once per backend */
+	const VidxPosting **ptrs;
+	float *est;
+	float *lower;
+} PageGroup;
+
+static PageGroup group;
+
+static int
+expected_rescored(VidxScanOpaque so)
+{
+	return so->rerank > 0 ? so->rerank : VIDX_TYPICAL_RESCORED;
+}
+
+/* Keeps the uppers_cap smallest upper bounds; returns the largest kept (+inf until full). */
+static float
+note_upper(VidxScanOpaque so, float upper)
+{
+	float *h = so->uppers;
+
+	if (so->nuppers < so->uppers_cap)
+	{
+		int i = so->nuppers++;
+
+		while (i > 0 && h[(i - 1) / 2] < upper)
+		{
+			h[i] = h[(i - 1) / 2];
+			i = (i - 1) / 2;
+		}
+		h[i] = upper;
+	}
+	else if (upper < h[0])
+	{
+		int i = 0, n = so->nuppers;
+
+		for (;;)
+		{
+			int c = 2 * i + 1;
+
+			if (c >= n)
+				break;
+			if (c + 1 < n && h[c + 1] > h[c])
+				c++;
+			if (!(h[c] > upper))
+				break;
+			h[i] = h[c];
+			i = c;
+		}
+		h[i] = upper;
+	}
+	return so->nuppers < so->uppers_cap ? get_float4_infinity() : h[0];
+}
+
+/*
+ * Refines the group's postings that can still matter (lower bound below the
+ * cut), while their pages are locked: the refinement codes live there.
+ */
+static void
+refine_group(VidxScanOpaque so, const void *prep)
+{
+	float cut;
+
+	if (so->uppers == NULL)
+	{
+		so->uppers_cap = Min(expected_rescored(so) + 16, 100000);
+		so->uppers = MemoryContextAlloc(so->cxt, sizeof(float) * so->uppers_cap);
+		so->nuppers = 0;
+	}
+	cut = so->nuppers < so->uppers_cap ? get_float4_infinity() : so->uppers[0];
+	for (int i = 0; i < group.nptrs; i++)
+	{
+		float est = group.est[i];
+		float lower = group.lower[i];
+
+		if (lower <= cut)
+		{
+			vidx_rabitq_refine(prep, group.ptrs[i], &est, &lower);
+			group.est[i] = est;
+			group.lower[i] = lower;
+		}
+		/* the bounds are about symmetric around the estimate */
+		cut = note_upper(so, 2 * est - lower);
+	}
+}
+
+static void
+flush_group(VidxScanOpaque so, const void *prep)
+{
+	bool estimated = !so->null_query && !so->exact_mode;
+
+	if (group.nptrs > 0 && estimated)
+	{
+		vidx_rabitq_estimate_tasks(
+		    group.tasks, group.ntasks,
+		    group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_thread_count() : 1);
+		if (so->meta.refine_bits > 0)
+			refine_group(so, prep);
+	}
+	vidx_pool_reserve(so, group.nptrs);
+	for (int i = 0; i < group.nptrs; i++)
+	{
+		Candidate *c = &so->cands[so->ncands++];
+		const VidxPosting *p = group.ptrs[i];
+
+		/* Unestimated candidates: no bound, so none is returned before all are scored. */
+		c->lower = estimated ? group.lower[i] : -get_float4_infinity();
+		c->est = estimated ? group.est[i] : 0;
+		c->heap_block = p->heap_block;
+		c->heap_offset = p->heap_offset;
+		c->rescored = false;
+		c->slot = p->slot;
+		c->vhash = p->vhash;
+	}
+	for (int i = 0; i < group.npages; i++)
+		UnlockReleaseBuffer(group.bufs[i]);
+	group.npages = group.ntasks = group.nptrs = 0;
+}
+
+/* Reads one leaf's chain and estimates every live posting. */
+void
+vidx_scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
+{
+	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
+	Relation index = scan->indexRelation;
+	BlockNumber blkno = node->head_block;
+
+	if (group.ptrs == NULL)
+	{
+		Size n = (Size) VIDX_GROUP_PAGES * MaxIndexTuplesPerPage;
+
+		group.ptrs = MemoryContextAlloc(TopMemoryContext, sizeof(VidxPosting *) * n);
+		group.est = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
+		group.lower = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
+	}
+	/* A scan that failed inside a group left it set; the abort released its buffers. */
+	group.npages = group.ntasks = group.nptrs = 0;
+	while (BlockNumberIsValid(blkno))
+	{
+		Buffer buf = ReadBuffer(index, blkno);
+		Page page;
+		VidxPageOpaque opaque;
+		OffsetNumber maxoff;
+		int first = group.nptrs;
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		group.bufs[group.npages++] = buf;
+		page = BufferGetPage(buf);
+		opaque = VidxPageGetOpaque(page);
+		/* a page of this leaf's chain, else one recycled since the scan's tree version */
+		if (!vidx_page_is(page, VIDX_PAGE_POSTING) || opaque->head != node->head_block ||
+		    opaque->leaf_id != node->leaf_id)
+			vidx_version_gone(index, blkno, "posting");
+		maxoff = PageGetMaxOffsetNumber(page);
+		for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
+		{
+			ItemId iid = PageGetItemId(page, off);
+
+			if (ItemIdIsUsed(iid))
+				group.ptrs[group.nptrs++] = (const VidxPosting *) PageGetItem(page, iid);
+		}
+		if (group.nptrs > first)
+		{
+			VidxEstimateTask *t = &group.tasks[group.ntasks++];
+
+			t->prep = prep;
+			t->postings = &group.ptrs[first];
+			t->n = group.nptrs - first;
+			t->est = &group.est[first];
+			t->lower = &group.lower[first];
+		}
+		blkno = opaque->next;
+		if (group.npages == VIDX_GROUP_PAGES || !BlockNumberIsValid(blkno))
+			flush_group(so, prep);
+	}
+}

@@ -1,0 +1,327 @@
+/*
+ * scan_pool.c: a scan's pool of candidates and the order it takes them in.
+ *
+ * The candidates of every round read so far, with two min-heaps of the
+ * indexes of those not re-scored yet (by lower bound; by estimate, under a
+ * re-scoring budget), the look-ahead popped from the first so that their
+ * sidecar records can be prefetched, and the min-heap of re-scored rows by
+ * exact score. The arrays live in a per-backend scratch area between scans.
+ */
+#include "scan.h"
+
+#include "access/xact.h"
+#include "utils/float.h"
+#include "utils/memutils.h"
+
+/*
+ * Candidate arrays outlive the scan in a per-backend scratch area: freeing
+ * them at every query would hand the memory back to the kernel (glibc trims
+ * the heap) and fault it in again at the next one, which cost more than the
+ * scan itself. One scan at a time owns it; a nested scan allocates its own.
+ * A scan that ends with an error never calls endscan, so transaction end
+ * frees the area for the next scan.
+ */
+typedef struct ScanScratch
+{
+	bool in_use;
+	Candidate *cands;
+	int64 *by_est;
+	int64 *by_lower;
+	int64 capacity;
+} ScanScratch;
+
+static ScanScratch scratch;
+
+/* Above this many candidates a scan gives its arrays back when it ends. */
+#define VIDX_SCRATCH_KEEP (1024 * 1024)
+
+void
+vidx_pool_take_scratch(VidxScanOpaque so)
+{
+	if (!scratch.in_use)
+	{
+		scratch.in_use = true;
+		so->owns_scratch = true;
+		so->cands = scratch.cands;
+		so->by_est = scratch.by_est;
+		so->by_lower = scratch.by_lower;
+		so->cands_capacity = scratch.capacity;
+	}
+}
+
+/* ---------- two small binary heaps ---------- */
+
+static inline float
+cand_key(const VidxScanOpaque so, int64 id, bool by_lower)
+{
+	return by_lower ? so->cands[id].lower : so->cands[id].est;
+}
+
+static void
+id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
+{
+	int64 x = h[i];
+	float kx = cand_key(so, x, by_lower);
+
+	for (;;)
+	{
+		int64 c = 2 * i + 1;
+
+		if (c >= n)
+			break;
+		if (c + 1 < n && cand_key(so, h[c + 1], by_lower) < cand_key(so, h[c], by_lower))
+			c++;
+		if (!(cand_key(so, h[c], by_lower) < kx))
+			break;
+		h[i] = h[c];
+		i = c;
+	}
+	h[i] = x;
+}
+
+static int64
+id_pop(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
+{
+	int64 top = h[0];
+
+	h[0] = h[--*n];
+	if (*n > 0)
+		id_sift_down(so, h, *n, 0, by_lower);
+	return top;
+}
+
+/* The top of a heap of candidate ids after shedding re-scored ones, or -1. */
+static int64
+heap_top(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
+{
+	while (*n > 0 && so->cands[h[0]].rescored)
+		(void) id_pop(so, h, n, by_lower);
+	return *n > 0 ? h[0] : -1;
+}
+
+void
+vidx_result_push(VidxScanOpaque so, double score, double distance, ItemPointer tid)
+{
+	int64 i;
+
+	if (so->nresults == so->results_capacity)
+	{
+		so->results_capacity = Max(64, so->results_capacity * 2);
+		so->results =
+		    so->results == NULL
+		        ? MemoryContextAlloc(so->scan_cxt, sizeof(ScanResult) * so->results_capacity)
+		        : repalloc(so->results, sizeof(ScanResult) * so->results_capacity);
+	}
+	i = so->nresults++;
+	while (i > 0 && score < so->results[(i - 1) / 2].score)
+	{
+		so->results[i] = so->results[(i - 1) / 2];
+		i = (i - 1) / 2;
+	}
+	so->results[i].score = score;
+	so->results[i].distance = distance;
+	so->results[i].tid = *tid;
+}
+
+ScanResult
+vidx_result_pop(VidxScanOpaque so)
+{
+	ScanResult top = so->results[0];
+	ScanResult x = so->results[--so->nresults];
+	int64 n = so->nresults;
+	int64 i = 0;
+
+	for (;;)
+	{
+		int64 c = 2 * i + 1;
+
+		if (c >= n)
+			break;
+		if (c + 1 < n && so->results[c + 1].score < so->results[c].score)
+			c++;
+		if (!(so->results[c].score < x.score))
+			break;
+		so->results[i] = so->results[c];
+		i = c;
+	}
+	if (n > 0)
+		so->results[i] = x;
+	return top;
+}
+
+/* Room for n more candidates; the arrays grow by doubling and never shrink during a scan. */
+void
+vidx_pool_reserve(VidxScanOpaque so, int64 n)
+{
+	MemoryContext cxt = so->owns_scratch ? TopMemoryContext : so->scan_cxt;
+	int64 capacity;
+
+	if (so->ncands + n <= so->cands_capacity)
+		return;
+	capacity = Max(so->cands_capacity * 2, so->ncands + n + 1024);
+	if (so->cands == NULL)
+	{
+		so->cands = MemoryContextAllocHuge(cxt, sizeof(Candidate) * capacity);
+		so->by_est = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
+		so->by_lower = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
+	}
+	else
+	{
+		so->cands = repalloc_huge(so->cands, sizeof(Candidate) * capacity);
+		so->by_est = repalloc_huge(so->by_est, sizeof(int64) * capacity);
+		so->by_lower = repalloc_huge(so->by_lower, sizeof(int64) * capacity);
+	}
+	so->cands_capacity = capacity;
+	if (so->owns_scratch)
+	{
+		scratch.cands = so->cands;
+		scratch.by_est = so->by_est;
+		scratch.by_lower = so->by_lower;
+		scratch.capacity = capacity;
+	}
+}
+
+void
+vidx_pool_release(VidxScanOpaque so)
+{
+	if (so->owns_scratch)
+	{
+		if (scratch.capacity > VIDX_SCRATCH_KEEP)
+		{
+			pfree(scratch.cands);
+			pfree(scratch.by_est);
+			pfree(scratch.by_lower);
+			scratch.cands = NULL;
+			scratch.by_est = scratch.by_lower = NULL;
+			scratch.capacity = 0;
+		}
+		scratch.in_use = false;
+		so->owns_scratch = false;
+	}
+	else if (so->cands != NULL)
+	{
+		pfree(so->cands);
+		pfree(so->by_est);
+		pfree(so->by_lower);
+	}
+	so->cands = NULL;
+	so->by_est = so->by_lower = NULL;
+	so->cands_capacity = 0;
+}
+
+static void
+scratch_xact_callback(XactEvent event, void *arg)
+{
+	/*
+	 * No scan outlives its transaction (a holdable cursor is run to the end
+	 * before commit), so whoever owned the scratch is gone; a scan that failed,
+	 * also inside a subtransaction, never released it.
+	 */
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+	    event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT)
+	{
+		scratch.in_use = false;
+		vidx_tree_unpin_all();
+	}
+}
+
+void
+vidx_scan_init(void)
+{
+	RegisterXactCallback(scratch_xact_callback, NULL);
+}
+
+/*
+ * Drops the re-scored candidates from the pool (their rows are in the results
+ * heap or were returned), so that a deep scan holds only what it has not
+ * scored yet. vidx_pool_build_heaps follows; the look-ahead goes back into the heaps.
+ */
+void
+vidx_pool_compact(VidxScanOpaque so)
+{
+	int64 m = 0;
+
+	for (int64 i = 0; i < so->ncands; i++)
+		if (!so->cands[i].rescored)
+			so->cands[m++] = so->cands[i];
+	so->ncands = m;
+	so->nby_lower = so->nby_est = 0;
+	so->nahead = so->ahead_pos = 0;
+}
+
+/*
+ * Builds the heaps over the whole pool (every candidate in it is not
+ * re-scored yet): Floyd's construction, linear in the pool.
+ */
+void
+vidx_pool_build_heaps(VidxScanOpaque so)
+{
+	for (int64 i = 0; i < so->ncands; i++)
+		so->by_lower[i] = i;
+	so->nby_lower = so->ncands;
+	for (int64 i = so->nby_lower / 2 - 1; i >= 0; i--)
+		id_sift_down(so, so->by_lower, so->nby_lower, i, true);
+	if (so->rerank > 0)
+	{
+		memcpy(so->by_est, so->by_lower, sizeof(int64) * so->ncands);
+		so->nby_est = so->ncands;
+		for (int64 i = so->nby_est / 2 - 1; i >= 0; i--)
+			id_sift_down(so, so->by_est, so->nby_est, i, false);
+	}
+}
+
+/* Lowest lower bound of the candidates not re-scored yet, or +inf. */
+float
+vidx_pool_min_lower(VidxScanOpaque so)
+{
+	int64 top = heap_top(so, so->by_lower, &so->nby_lower, true);
+	float m = top >= 0 ? so->cands[top].lower : get_float4_infinity();
+
+	for (int i = so->ahead_pos; i < so->nahead; i++)
+		m = Min(m, so->cands[so->ahead[i]].lower);
+	return m;
+}
+
+/* Lowest estimate of the candidates not re-scored yet (under a budget only), or +inf. */
+float
+vidx_pool_min_estimate(VidxScanOpaque so)
+{
+	int64 top = heap_top(so, so->by_est, &so->nby_est, false);
+	float m = top >= 0 ? so->cands[top].est : get_float4_infinity();
+
+	for (int i = so->ahead_pos; i < so->nahead; i++)
+		m = Min(m, so->cands[so->ahead[i]].est);
+	return m;
+}
+
+/* Candidates not re-scored yet? */
+bool
+vidx_pool_more_to_rescore(VidxScanOpaque so)
+{
+	return so->ahead_pos < so->nahead || heap_top(so, so->by_lower, &so->nby_lower, true) >= 0;
+}
+
+/*
+ * The next candidate to re-score: the lowest lower bound first, which settles
+ * each row with the fewest exact distances (every candidate whose bound is
+ * below a row must be re-scored before it anyway). Refills the look-ahead and
+ * prefetches its records.
+ */
+Candidate *
+vidx_pool_next_to_rescore(IndexScanDesc scan)
+{
+	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
+
+	if (so->ahead_pos == so->nahead)
+	{
+		so->nahead = so->ahead_pos = 0;
+		while (so->nahead < VIDX_LOOKAHEAD && heap_top(so, so->by_lower, &so->nby_lower, true) >= 0)
+		{
+			Candidate *c = &so->cands[id_pop(so, so->by_lower, &so->nby_lower, true)];
+
+			so->ahead[so->nahead++] = c - so->cands;
+			vidx_sidecar_prefetch(scan->indexRelation, &so->meta, c->slot);
+		}
+	}
+	return &so->cands[so->ahead[so->ahead_pos++]];
+}
