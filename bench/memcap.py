@@ -1,0 +1,418 @@
+"""Larger than memory (issue 12): vidx with PostgreSQL confined to a memory cgroup.
+
+Runs its own PostgreSQL cluster (initdb once into --pgdata) and, for each
+configuration in turn (uncapped first, then each --caps size), starts the
+postmaster inside a cgroup v1 memory group (/sys/fs/cgroup/memory/vidx_bench,
+memory.limit_in_bytes = the cap, or unlimited for "uncapped"; the page cache
+the server's processes read is charged to it), and measures:
+
+  build   DROP INDEX + CREATE INDEX (defaults) inside the configuration: time,
+          the group's peak usage (memory.max_usage_in_bytes), failcnt, OOM kills.
+  cold    server stopped, the page cache of the whole data directory evicted
+          (posix_fadvise POSIX_FADV_DONTNEED on every file: drop_caches is not
+          allowed here), server started: the first --cold-queries queries.
+  steady  for each setting: a new session, the sidecar's page cache evicted,
+          --warmup queries made of base rows (not the measured queries, so the
+          cache holds what other traffic left, not the answers), then the
+          --queries held-out queries one at a time: recall@10 against exact
+          ground truth, client p50/p99/QPS, server-side p50/p99 (EXPLAIN
+          ANALYZE's execution time on --server-sample queries), major faults
+          and bytes read by the group per query (memory.stat pgmajfault,
+          blkio.throttle.io_service_bytes).
+
+Uncapped runs call vidx_prewarm before the measured queries (everything fits);
+capped runs do not unless --prewarm-capped.
+
+  /usr/bin/python3 bench/memcap.py --dim 1024 --rows 1000000 --caps 2G,1G \\
+      --bindir /usr/lib/postgresql/15/bin
+
+Must run as root (cgroups, runuser). The table is loaded once (uncapped) and
+kept in --pgdata between runs; --fresh re-creates the cluster.
+Output: bench/results/memcap_d<D>_n<N>/result.{json,md}.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as bl  # noqa: E402
+import datagen  # noqa: E402
+
+CGROUP = "/sys/fs/cgroup/memory/vidx_bench"
+BLKIO = "/sys/fs/cgroup/blkio/vidx_bench"
+
+
+def parse_size(s):
+    s = s.strip().upper()
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30}
+    if s[-1] in mult:
+        return int(float(s[:-1]) * mult[s[-1]])
+    return int(s)
+
+
+def human(b):
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+# ------------------------------------------------------------- cgroup
+
+
+def cg_write(name, value, group=CGROUP):
+    with open(os.path.join(group, name), "w") as f:
+        f.write(str(value))
+
+
+def cg_read(name, group=CGROUP):
+    with open(os.path.join(group, name)) as f:
+        return f.read()
+
+
+def cg_stat():
+    """pgmajfault, cache, rss of the group (memory.stat) and bytes it read from disk."""
+    st = {}
+    for line in cg_read("memory.stat").splitlines():
+        k, v = line.split()
+        st[k] = int(v)
+    read = 0
+    try:
+        for line in cg_read("blkio.throttle.io_service_bytes", BLKIO).splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1] == "Read":
+                read += int(parts[2])
+    except OSError:
+        pass
+    oom = 0
+    for line in cg_read("memory.oom_control").splitlines():
+        if line.startswith("oom_kill "):
+            oom = int(line.split()[1])
+    return {"majfault": st.get("total_pgmajfault", st.get("pgmajfault", 0)),
+            "cache": st.get("total_cache", 0), "rss": st.get("total_rss", 0),
+            "read_bytes": read, "oom_kill": oom,
+            "usage": int(cg_read("memory.usage_in_bytes")),
+            "max_usage": int(cg_read("memory.max_usage_in_bytes")),
+            "failcnt": int(cg_read("memory.failcnt"))}
+
+
+def cg_setup(limit):
+    for g in (CGROUP, BLKIO):
+        os.makedirs(g, exist_ok=True)
+    procs = cg_read("cgroup.procs").split()
+    if procs:
+        raise SystemExit(f"{CGROUP} still has processes {procs}: stop the server first")
+    # the cap; -1 = unlimited. Lowering below current usage reclaims first.
+    cg_write("memory.limit_in_bytes", limit if limit else -1)
+    cg_write("memory.max_usage_in_bytes", 0)
+    cg_write("memory.failcnt", 0)
+
+
+def cg_reset_peak():
+    cg_write("memory.max_usage_in_bytes", 0)
+    cg_write("memory.failcnt", 0)
+
+
+# ------------------------------------------------------------- the cluster
+
+
+class Cluster:
+    def __init__(self, a):
+        self.bindir = a.bindir
+        self.pgdata = a.pgdata
+        self.port = a.port
+        self.log = os.path.join(os.path.dirname(a.pgdata), "memcap_server.log")
+        self.dsn = f"host=/tmp port={a.port} user=postgres dbname=postgres"
+        self.a = a
+
+    def pg(self, *args, check=True):
+        return subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(self.bindir, args[0]),
+                               *args[1:]], check=check, capture_output=True, text=True)
+
+    def init(self, fresh):
+        if fresh and os.path.exists(self.pgdata):
+            self.stop()
+            subprocess.run(["rm", "-rf", self.pgdata], check=True)
+        if os.path.exists(os.path.join(self.pgdata, "PG_VERSION")):
+            return
+        os.makedirs(os.path.dirname(self.pgdata), exist_ok=True)
+        subprocess.run(["chown", "postgres:postgres", os.path.dirname(self.pgdata)], check=True)
+        self.pg("initdb", "-D", self.pgdata, "-A", "trust", "-U", "postgres", "--no-sync")
+        with open(os.path.join(self.pgdata, "postgresql.conf"), "a") as f:
+            f.write(f"""
+# bench/memcap.py
+port = {self.port}
+unix_socket_directories = '/tmp'
+listen_addresses = ''
+shared_buffers = {self.a.shared_buffers}
+maintenance_work_mem = {self.a.maintenance_work_mem}
+work_mem = 64MB
+effective_cache_size = {self.a.shared_buffers}
+wal_level = minimal
+max_wal_senders = 0
+max_wal_size = 16GB
+checkpoint_timeout = 30min
+jit = off
+autovacuum = off
+""")
+
+    def running(self):
+        return self.pg("pg_ctl", "-D", self.pgdata, "status", check=False).returncode == 0
+
+    def stop(self):
+        if os.path.exists(os.path.join(self.pgdata, "postmaster.pid")):
+            self.pg("pg_ctl", "-D", self.pgdata, "-m", "fast", "-w", "-t", "600", "stop", check=False)
+
+    def start(self, in_cgroup):
+        cmd = (f"exec runuser -u postgres -- {self.bindir}/pg_ctl -D {self.pgdata} -l {self.log} "
+               f"-w -t 600 start")
+        if in_cgroup:
+            cmd = f"echo $$ > {CGROUP}/cgroup.procs && echo $$ > {BLKIO}/cgroup.procs && " + cmd
+        subprocess.run(["sh", "-c", cmd], check=True, capture_output=True)
+
+    def evict(self, only=None):
+        """Drops the page cache of the data directory's files (or of the files in `only`)."""
+        n = 0
+        paths = only or [os.path.join(r, f) for r, _, fs in os.walk(self.pgdata) for f in fs]
+        for p in paths:
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                n += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        return n
+
+    def sidecars(self):
+        out = []
+        for r, _, fs in os.walk(self.pgdata):
+            out += [os.path.join(r, f) for f in fs if f.endswith(".vsc")]
+        return out
+
+
+def resident(paths):
+    """Bytes of these files in the page cache (util-linux fincore)."""
+    if not paths:
+        return 0
+    r = subprocess.run(["fincore", "-b", "-n", "-o", "RES", *paths], capture_output=True, text=True)
+    return sum(int(x) for x in r.stdout.split() if x.isdigit())
+
+
+# ------------------------------------------------------------- measuring
+
+
+def server_side(conn, table, queries, settings, k=10):
+    """Execution time of EXPLAIN (ANALYZE, TIMING OFF) per query: p50/p99 ms on the server."""
+    t = []
+    with conn.cursor() as cur:
+        for name, value in settings.items():
+            cur.execute(f"SET {name} = {value}")
+        for q in queries:
+            cur.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) SELECT id FROM {table} "
+                        f"ORDER BY embedding <-> %b::real[] LIMIT {k}", (bl.vec_param(q),))
+            t.append(cur.fetchone()[0][0]["Execution Time"])
+        cur.execute("RESET ALL")
+    return {"server_p50_ms": float(np.percentile(t, 50)), "server_p99_ms": float(np.percentile(t, 99))}
+
+
+def run_setting(cl, table, index, base, Q, gt_d, settings, a, prewarm, warm_q):
+    conn = bl.connect(cl.dsn)
+    cl.evict(cl.sidecars())
+    with conn.cursor() as cur:
+        for name, value in settings.items():
+            cur.execute(f"SET {name} = {value}")
+        for q in warm_q:
+            cur.execute(f"SELECT id FROM {table} ORDER BY embedding <-> %b::real[] LIMIT 10",
+                        (bl.vec_param(q),))
+            cur.fetchall()
+        if prewarm:
+            cur.execute("SELECT vidx_prewarm(%s)", (index,))
+        cur.execute("RESET ALL")
+    s0 = cg_stat()
+    r, _ = bl.run_queries(conn, table, Q, "l2", 10, settings=settings, base=base, gt_dist=gt_d)
+    s1 = cg_stat()
+    r.update(server_side(conn, table, Q[:a.server_sample], settings))
+    r["majfault_per_query"] = (s1["majfault"] - s0["majfault"]) / len(Q)
+    r["read_kib_per_query"] = (s1["read_bytes"] - s0["read_bytes"]) / len(Q) / 1024
+    r["sidecar_resident"] = resident(cl.sidecars())
+    conn.close()
+    return r
+
+
+def main(argv=None):
+    bl.fast_blas()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--caps", default="2G,1G", help="cgroup sizes, after an uncapped run")
+    ap.add_argument("--no-uncapped", action="store_true")
+    ap.add_argument("--shared-buffers", default="512MB")
+    ap.add_argument("--maintenance-work-mem", default="256MB")
+    ap.add_argument("--probes-list", default="1,2,3,4,6")
+    ap.add_argument("--rerank", default="", help="also these vidx.rerank values at the --probes-list")
+    ap.add_argument("--warmup", type=int, default=500, help="base-row queries before each setting")
+    ap.add_argument("--cold-queries", type=int, default=100)
+    ap.add_argument("--cold-probes", type=int, default=2, help="vidx.probes of the cold-start queries")
+    ap.add_argument("--server-sample", type=int, default=200)
+    ap.add_argument("--prewarm-capped", action="store_true")
+    ap.add_argument("--no-build", action="store_true", help="keep the index (build only if missing)")
+    ap.add_argument("--bindir", default="/usr/lib/postgresql/15/bin")
+    ap.add_argument("--pgdata", default=os.path.join(bl.DATA_DIR, "memcap", "pgdata"))
+    ap.add_argument("--port", type=int, default=5497)
+    ap.add_argument("--fresh", action="store_true", help="re-create the cluster")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("memcap.py: run as root (cgroups, runuser)")
+
+    name = datagen.gen_name(a.dim, a.rows, a.seed)
+    # the set always has 1,000 queries (so runs with fewer share its files); --queries takes the first
+    datagen.cmd_gen(argparse.Namespace(name=None, dim=a.dim, rows=a.rows, queries=max(1000, a.queries), seed=a.seed,
+                                       spread=0.7, chunk=50_000, metrics="l2"))
+    base, Q, meta = bl.load_dataset(name)
+    _, gt_d = bl.ensure_gt(name, "l2")
+    Q = Q[:a.queries]
+    gt_d = gt_d[:a.queries]
+    warm_q = base[np.sort(np.random.default_rng(a.seed).choice(len(base), a.warmup, replace=False))]
+
+    out = a.out or os.path.join(bl.RESULTS_DIR, f"memcap_d{a.dim}_n{a.rows}")
+    res = {"command": "bench/memcap.py " + " ".join(argv or sys.argv[1:]), "dataset": meta, "configs": []}
+
+    cl = Cluster(a)
+    cl.stop()
+    cl.init(a.fresh)
+    table, index = "memcap_items", "memcap_items_vidx"
+
+    # load once, uncapped (the load is not what is measured)
+    cg_setup(0)
+    cl.start(in_cgroup=False)
+    conn = bl.connect(cl.dsn)
+    with conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vidx")
+    res["machine"] = bl.machine_info(conn)
+    if bl.table_rows(conn, table) != a.rows:
+        res["copy_s"] = round(bl.load_table(conn, table, base, chunk=10_000), 1)
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_table_size(%s)", (table,))
+        res["table_bytes"] = cur.fetchone()[0]
+    conn.close()
+    cl.stop()
+
+    configs = ([] if a.no_uncapped else [0]) + [parse_size(c) for c in a.caps.split(",") if c]
+    probes = [int(p) for p in a.probes_list.split(",")]
+    settings_list = [{"vidx.probes": p} for p in probes]
+    settings_list += [{"vidx.probes": p, "vidx.rerank": r} for r in a.rerank.split(",") if r for p in probes]
+    for cap in configs:
+        label = "uncapped" if cap == 0 else f"cap {human(cap)}"
+        bl.log(f"== {label}")
+        c = {"cap_bytes": cap, "label": label}
+        cl.evict()
+        cg_setup(cap)
+        cl.start(in_cgroup=True)
+        conn = bl.connect(cl.dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (index,))
+            exists = cur.fetchone()[0]
+        conn.close()
+        if not (a.no_build and exists):
+            cg_reset_peak()
+            s0 = cg_stat()
+            b = bl.create_index(cl.dsn, table, index, "l2")
+            s1 = cg_stat()
+            c["build"] = {"build_s": round(b["build_s"], 1), "backend": b["build_backend"],
+                          "peak_usage": s1["max_usage"], "failcnt": s1["failcnt"],
+                          "oom_kill": s1["oom_kill"] - s0["oom_kill"],
+                          "majfault": s1["majfault"] - s0["majfault"]}
+            bl.log(f"  build {c['build']['build_s']} s, group peak {human(s1['max_usage'])}, "
+                   f"failcnt {s1['failcnt']}, oom kills {c['build']['oom_kill']}")
+        conn = bl.connect(cl.dsn)
+        c["index"] = bl.index_info(conn, index)
+        conn.close()
+
+        # cold: server restarted with nothing of its files cached
+        cl.stop()
+        cl.evict()
+        cg_setup(cap)
+        cl.start(in_cgroup=True)
+        conn = bl.connect(cl.dsn)
+        s0 = cg_stat()
+        cold_settings = {"vidx.probes": a.cold_probes}
+        r, _ = bl.run_queries(conn, table, Q[:a.cold_queries], "l2", 10, settings=cold_settings,
+                              base=base, gt_dist=gt_d[:a.cold_queries], warmup=0)
+        s1 = cg_stat()
+        r["majfault_per_query"] = (s1["majfault"] - s0["majfault"]) / a.cold_queries
+        r["read_kib_per_query"] = (s1["read_bytes"] - s0["read_bytes"]) / a.cold_queries / 1024
+        r["settings"] = cold_settings
+        c["cold"] = r
+        conn.close()
+        bl.log(f"  cold ({r['settings']}): first {a.cold_queries} queries p50 {r['p50_ms']:.2f} "
+               f"p99 {r['p99_ms']:.2f} ms, {r['majfault_per_query']:.1f} major faults/query")
+
+        cg_reset_peak()
+        c["steady"] = []
+        for st in settings_list:
+            r = run_setting(cl, table, index, base, Q, gt_d, st, a, prewarm=(cap == 0 or a.prewarm_capped),
+                            warm_q=warm_q)
+            r["settings"] = st
+            c["steady"].append(r)
+            bl.log(f"  {st}: recall@10 {r['recall@10']:.3f}, p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+                   f"(server {r['server_p50_ms']:.2f}/{r['server_p99_ms']:.2f}), QPS {r['qps']:.0f}, "
+                   f"{r['majfault_per_query']:.1f} majflt/q, {r['read_kib_per_query']:.0f} KiB read/q")
+        s = cg_stat()
+        c["query_peak_usage"] = s["max_usage"]
+        c["query_failcnt"] = s["failcnt"]
+        c["oom_kill_total"] = s["oom_kill"]
+        res["configs"].append(c)
+        cl.stop()
+        bl.write_json(os.path.join(out, "result.json"), res)
+    cg_setup(0)
+    write_md(out, res, a)
+    bl.log(f"wrote {out}/result.md")
+
+
+def write_md(out, res, a):
+    m = res["machine"]
+    L = [f"# vidx larger than memory: {a.rows:,} x {a.dim} (clustered, unit-normalized, L2)", "",
+         f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM; {m.get('postgres', '')}; "
+         f"commit {m['commit']}{' (dirty)' if m['tree_dirty'] else ''}; {m['date_utc']}.",
+         f"Server: shared_buffers {a.shared_buffers}, maintenance_work_mem {a.maintenance_work_mem}; "
+         f"the postmaster runs in a cgroup v1 memory group of the given size (page cache charged).",
+         f"Command: `{res['command']}`", "",
+         "Steady state: per setting a new session, the sidecar's page cache evicted, "
+         f"{a.warmup} base-row queries, then {a.queries} held-out queries; server = EXPLAIN ANALYZE execution time "
+         f"of {a.server_sample} of them.", ""]
+    L += ["| config | build s | build peak | failcnt | index | cold start: first queries p50/p99 ms (majflt/q) |",
+          "|---|---|---|---|---|---|"]
+    for c in res["configs"]:
+        b = c.get("build", {})
+        cold = c["cold"]
+        L.append(f"| {c['label']} | {b.get('build_s', 'kept')} | {human(b['peak_usage']) if b else ''} | "
+                 f"{b.get('failcnt', '')} | {human(c['index'].get('index_bytes', 0)) if c.get('index') else ''} | "
+                 f"{cold['p50_ms']:.1f} / {cold['p99_ms']:.1f} ({cold['majfault_per_query']:.0f}), recall@10 {cold['recall@10']:.3f} |")
+    L += ["", "| config | setting | recall@10 | p50 ms | p99 ms | server p50/p99 ms | QPS | majflt/q | KiB read/q |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for c in res["configs"]:
+        for r in c["steady"]:
+            st = ", ".join(f"{k.split('.')[1]} {v}" for k, v in r["settings"].items())
+            L.append(f"| {c['label']} | {st} | {r['recall@10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['server_p50_ms']:.2f} / {r['server_p99_ms']:.2f} | {r['qps']:.0f} | "
+                     f"{r['majfault_per_query']:.1f} | {r['read_kib_per_query']:.0f} |")
+    L += ["", "| config | query peak usage | failcnt | OOM kills |", "|---|---|---|---|"]
+    for c in res["configs"]:
+        L.append(f"| {c['label']} | {human(c['query_peak_usage'])} | {c['query_failcnt']} | {c['oom_kill_total']} |")
+    with open(os.path.join(out, "result.md"), "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+if __name__ == "__main__":
+    main()
