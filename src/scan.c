@@ -99,6 +99,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->leaves_done = false;
 	so->ncands = so->nby_est = so->nby_lower = 0;
 	so->nahead = so->ahead_pos = 0;
+	so->sidecar_io = false;
 	so->nresults = 0;
 	so->rescored = 0;
 	so->returned = 0;

@@ -35,6 +35,12 @@ typedef struct Candidate
  * prefetched, so the misses overlap instead of coming one after another.
  */
 #define VIDX_LOOKAHEAD 8
+/*
+ * When the sidecar does not fit in memory, a record not in the page cache
+ * costs a disk read (about 0.1 ms): the next this many candidates have their
+ * reads started (vidx_sidecar_willneed), so that they run in parallel.
+ */
+#define VIDX_IO_LOOKAHEAD 32
 
 /* A re-scored row waiting to be returned. */
 typedef struct ScanResult
@@ -79,9 +85,10 @@ typedef struct VidxScanOpaqueData
 	int64 *by_est;
 	int64 nby_est;
 	/* the next candidates by lower bound, popped early so their vectors can be prefetched */
-	int64 ahead[VIDX_LOOKAHEAD];
+	int64 ahead[VIDX_IO_LOOKAHEAD];
 	int nahead;
 	int ahead_pos;
+	bool sidecar_io; /* a record was not in the page cache: read ahead from disk */
 
 	/* min-heap of re-scored rows by exact score (kept across rescans) */
 	ScanResult *results;

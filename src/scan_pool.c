@@ -304,24 +304,39 @@ vidx_pool_more_to_rescore(VidxScanOpaque so)
 /*
  * The next candidate to re-score: the lowest lower bound first, which settles
  * each row with the fewest exact distances (every candidate whose bound is
- * below a row must be re-scored before it anyway). Refills the look-ahead and
- * prefetches its records.
+ * below a row must be re-scored before it anyway). Tops up the look-ahead and
+ * prefetches its records (from disk, once one was found not cached).
  */
 Candidate *
 vidx_pool_next_to_rescore(IndexScanDesc scan)
 {
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
+	Relation index = scan->indexRelation;
 
-	if (so->ahead_pos == so->nahead)
+	/* a sliding window: the look-ahead is topped up at each step */
+	if (so->ahead_pos > 0)
 	{
-		so->nahead = so->ahead_pos = 0;
-		while (so->nahead < VIDX_LOOKAHEAD && heap_top(so, so->by_lower, &so->nby_lower, true) >= 0)
-		{
-			Candidate *c = &so->cands[id_pop(so, so->by_lower, &so->nby_lower, true)];
+		memmove(so->ahead, so->ahead + so->ahead_pos, sizeof(int64) * (so->nahead - so->ahead_pos));
+		so->nahead -= so->ahead_pos;
+		so->ahead_pos = 0;
+	}
+	while (so->nahead < (so->sidecar_io ? VIDX_IO_LOOKAHEAD : VIDX_LOOKAHEAD) &&
+	       heap_top(so, so->by_lower, &so->nby_lower, true) >= 0)
+	{
+		Candidate *c = &so->cands[id_pop(so, so->by_lower, &so->nby_lower, true)];
 
-			so->ahead[so->nahead++] = c - so->cands;
-			vidx_sidecar_prefetch(scan->indexRelation, &so->meta, c->slot);
+		so->ahead[so->nahead++] = c - so->cands;
+		if (!so->sidecar_io && !vidx_sidecar_resident(index, &so->meta, c->slot))
+		{
+			/* from now on, start the reads of the whole look-ahead */
+			so->sidecar_io = true;
+			for (int i = 0; i < so->nahead - 1; i++)
+				vidx_sidecar_willneed(index, &so->meta, so->cands[so->ahead[i]].slot);
 		}
+		if (so->sidecar_io)
+			vidx_sidecar_willneed(index, &so->meta, c->slot);
+		else
+			vidx_sidecar_prefetch(index, &so->meta, c->slot);
 	}
 	return &so->cands[so->ahead[so->ahead_pos++]];
 }

@@ -515,6 +515,11 @@ refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m, bool gr
 		return "the sidecar file cannot be mapped";
 	}
 	m->length = st.st_size;
+	/*
+	 * Records are read one by one, in no order: without this, a page fault
+	 * on a file that is not cached reads 128 kB around the record.
+	 */
+	(void) madvise(m->base, m->length, MADV_RANDOM);
 	m->usable = vidx_sidecar_header_check(&header, meta->dims, index->rd_node.dbNode,
 	                                      RelationGetRelid(index), index->rd_node.relNode,
 	                                      meta->build_id, err, sizeof(err)) == VIDX_OK;
@@ -722,8 +727,14 @@ vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta)
 	if (!m->usable || m->base == NULL)
 		return 0;
 #ifdef MADV_POPULATE_READ
+	/* read ahead in large blocks while populating; the mapping is MADV_RANDOM otherwise */
+	(void) madvise(m->base, m->length, MADV_SEQUENTIAL);
 	if (madvise(m->base, m->length, MADV_POPULATE_READ) == 0)
+	{
+		(void) madvise(m->base, m->length, MADV_RANDOM);
 		return (int64) m->length;
+	}
+	(void) madvise(m->base, m->length, MADV_RANDOM);
 #endif
 	path = vidx_sidecar_path(index);
 	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
@@ -766,6 +777,70 @@ vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot)
 		return;
 	for (size_t o = 0; o < record_size; o += 64)
 		__builtin_prefetch(m->base + offset + o, 0, 1);
+}
+
+/*
+ * The page-aligned range of the mapping that holds a slot's record, or false
+ * (no record, sidecar unusable, or beyond the mapping). A 1024-d record plus
+ * its header straddles two 4 kB pages.
+ */
+static bool
+record_pages(Relation index, const VidxMetaPageData *meta, uint32 slot, char **start, size_t *len)
+{
+	const char *why;
+	SidecarMap *m;
+	size_t record_size = vidx_sidecar_record_size(meta->dims);
+	size_t offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) slot * record_size;
+	size_t page = (size_t) sysconf(_SC_PAGESIZE);
+	size_t first;
+
+	if (slot == VIDX_SLOT_NONE)
+		return false;
+	m = lookup_map(index, meta, &why);
+	if (!m->usable || offset + record_size > m->length)
+		return false;
+	first = offset & ~(page - 1);
+	*start = m->base + first;
+	*len = offset + record_size - first;
+	return true;
+}
+
+/*
+ * Whether a record is in the page cache (mincore: no fault, no read). A scan
+ * asks for its first records; one that is not tells it the sidecar does not
+ * fit in memory, and it switches to reading ahead (vidx_sidecar_willneed).
+ */
+bool
+vidx_sidecar_resident(Relation index, const VidxMetaPageData *meta, uint32 slot)
+{
+	char *start;
+	size_t len;
+	unsigned char pages[4] = {1, 1, 1, 1};
+
+	if (!record_pages(index, meta, slot, &start, &len) || len > 4 * (size_t) sysconf(_SC_PAGESIZE))
+		return true;
+	if (mincore(start, len, pages) != 0)
+		return true;
+	for (size_t i = 0; i * (size_t) sysconf(_SC_PAGESIZE) < len; i++)
+		if (!(pages[i] & 1))
+			return false;
+	return true;
+}
+
+/*
+ * Starts reading a record from disk without waiting (MADV_WILLNEED on its
+ * pages: the kernel queues the reads and returns), so that the reads of the
+ * records a scan will re-score next run in parallel instead of one page
+ * fault after another. A no-op for pages already cached.
+ */
+void
+vidx_sidecar_willneed(Relation index, const VidxMetaPageData *meta, uint32 slot)
+{
+	char *start;
+	size_t len;
+
+	if (record_pages(index, meta, slot, &start, &len))
+		(void) madvise(start, len, MADV_WILLNEED);
 }
 
 bool

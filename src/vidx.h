@@ -305,6 +305,9 @@ extern void vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *me
 /* Whether the posting has a valid sidecar record. */
 extern int64 vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta);
 extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot);
+/* Whether a slot's record is in the page cache; starting its read from disk without waiting. */
+extern bool vidx_sidecar_resident(Relation index, const VidxMetaPageData *meta, uint32 slot);
+extern void vidx_sidecar_willneed(Relation index, const VidxMetaPageData *meta, uint32 slot);
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);
