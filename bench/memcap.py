@@ -17,11 +17,12 @@ the server's processes read is charged to it), and measures:
           --queries held-out queries one at a time: recall@10 against exact
           ground truth, client p50/p99/QPS, server-side p50/p99 (EXPLAIN
           ANALYZE's execution time on --server-sample queries), major faults
-          and bytes read by the group per query (memory.stat pgmajfault,
-          blkio.throttle.io_service_bytes).
+          and bytes the backend read from disk per query (memory.stat
+          pgmajfault, /proc/PID/io read_bytes).
 
-Uncapped runs call vidx_prewarm before the measured queries (everything fits);
-capped runs do not unless --prewarm-capped.
+Each setting's session starts with vidx_prewarm (index pages into shared
+buffers, then as much of the sidecar as the memory left allows) unless
+--no-prewarm.
 
   /usr/bin/python3 bench/memcap.py --dim 1024 --rows 1000000 --caps 2G,1G \\
       --bindir /usr/lib/postgresql/15/bin
@@ -35,7 +36,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -44,7 +44,6 @@ import benchlib as bl  # noqa: E402
 import datagen  # noqa: E402
 
 CGROUP = "/sys/fs/cgroup/memory/vidx_bench"
-BLKIO = "/sys/fs/cgroup/blkio/vidx_bench"
 
 
 def parse_size(s):
@@ -73,34 +72,25 @@ def cg_read(name, group=CGROUP):
 
 
 def cg_stat():
-    """pgmajfault, cache, rss of the group (memory.stat) and bytes it read from disk."""
+    """pgmajfault, cache, rss, usage, peak, failcnt and OOM kills of the group."""
     st = {}
     for line in cg_read("memory.stat").splitlines():
         k, v = line.split()
         st[k] = int(v)
-    read = 0
-    try:
-        for line in cg_read("blkio.throttle.io_service_bytes", BLKIO).splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1] == "Read":
-                read += int(parts[2])
-    except OSError:
-        pass
     oom = 0
     for line in cg_read("memory.oom_control").splitlines():
         if line.startswith("oom_kill "):
             oom = int(line.split()[1])
     return {"majfault": st.get("total_pgmajfault", st.get("pgmajfault", 0)),
             "cache": st.get("total_cache", 0), "rss": st.get("total_rss", 0),
-            "read_bytes": read, "oom_kill": oom,
+            "oom_kill": oom,
             "usage": int(cg_read("memory.usage_in_bytes")),
             "max_usage": int(cg_read("memory.max_usage_in_bytes")),
             "failcnt": int(cg_read("memory.failcnt"))}
 
 
 def cg_setup(limit):
-    for g in (CGROUP, BLKIO):
-        os.makedirs(g, exist_ok=True)
+    os.makedirs(CGROUP, exist_ok=True)
     procs = cg_read("cgroup.procs").split()
     if procs:
         raise SystemExit(f"{CGROUP} still has processes {procs}: stop the server first")
@@ -169,7 +159,7 @@ autovacuum = off
         cmd = (f"exec runuser -u postgres -- {self.bindir}/pg_ctl -D {self.pgdata} -l {self.log} "
                f"-w -t 600 start")
         if in_cgroup:
-            cmd = f"echo $$ > {CGROUP}/cgroup.procs && echo $$ > {BLKIO}/cgroup.procs && " + cmd
+            cmd = f"echo $$ > {CGROUP}/cgroup.procs && " + cmd
         subprocess.run(["sh", "-c", cmd], check=True, capture_output=True)
 
     def evict(self, only=None):
@@ -209,40 +199,63 @@ def resident(paths):
 # ------------------------------------------------------------- measuring
 
 
+def proc_io(pid):
+    """Bytes this process caused to be read from storage (/proc/PID/io read_bytes)."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
 def server_side(conn, table, queries, settings, k=10):
-    """Execution time of EXPLAIN (ANALYZE, TIMING OFF) per query: p50/p99 ms on the server."""
-    t = []
+    """EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) per query: execution time p50/p99 ms on the
+    server, and shared buffers read (not hit) per query: the index's pages, and the
+    table's heap and TOAST pages of the rows returned (the executor computes each
+    returned row's distance from its stored vector)."""
+    t, reads = [], []
     with conn.cursor() as cur:
         for name, value in settings.items():
             cur.execute(f"SET {name} = {value}")
         for q in queries:
-            cur.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) SELECT id FROM {table} "
+            cur.execute(f"EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, FORMAT JSON) SELECT id FROM {table} "
                         f"ORDER BY embedding <-> %b::real[] LIMIT {k}", (bl.vec_param(q),))
-            t.append(cur.fetchone()[0][0]["Execution Time"])
+            plan = cur.fetchone()[0][0]
+            t.append(plan["Execution Time"])
+            reads.append(plan["Plan"].get("Shared Read Blocks", 0))
         cur.execute("RESET ALL")
-    return {"server_p50_ms": float(np.percentile(t, 50)), "server_p99_ms": float(np.percentile(t, 99))}
+    return {"server_p50_ms": float(np.percentile(t, 50)), "server_p99_ms": float(np.percentile(t, 99)),
+            "server_queries": len(t), "shared_read_per_query": float(np.mean(reads))}
 
 
 def run_setting(cl, table, index, base, Q, gt_d, settings, a, prewarm, warm_q):
     conn = bl.connect(cl.dsn)
     cl.evict(cl.sidecars())
+    warmed = None
     with conn.cursor() as cur:
+        if prewarm:
+            cur.execute("SELECT sidecar_bytes FROM vidx_prewarm(%s)", (index,))
+            warmed = cur.fetchone()[0]
         for name, value in settings.items():
             cur.execute(f"SET {name} = {value}")
         for q in warm_q:
             cur.execute(f"SELECT id FROM {table} ORDER BY embedding <-> %b::real[] LIMIT 10",
                         (bl.vec_param(q),))
             cur.fetchall()
-        if prewarm:
-            cur.execute("SELECT vidx_prewarm(%s)", (index,))
         cur.execute("RESET ALL")
-    s0 = cg_stat()
-    r, _ = bl.run_queries(conn, table, Q, "l2", 10, settings=settings, base=base, gt_dist=gt_d)
-    s1 = cg_stat()
-    r.update(server_side(conn, table, Q[:a.server_sample], settings))
-    r["majfault_per_query"] = (s1["majfault"] - s0["majfault"]) / len(Q)
-    r["read_kib_per_query"] = (s1["read_bytes"] - s0["read_bytes"]) / len(Q) / 1024
+    # server-side times and buffers on the first queries, the client-side run on
+    # the others: no measured query finds its own records cached by an earlier pass
+    ns = a.server_sample
+    r = server_side(conn, table, Q[:ns], settings)
+    pid = bl.backend_pid(conn)
+    s0, io0 = cg_stat(), proc_io(pid)
+    rc, _ = bl.run_queries(conn, table, Q[ns:], "l2", 10, settings=settings, base=base, gt_dist=gt_d[ns:])
+    s1, io1 = cg_stat(), proc_io(pid)
+    r.update(rc)
+    r["majfault_per_query"] = (s1["majfault"] - s0["majfault"]) / len(Q[ns:])
+    r["read_kib_per_query"] = (io1 - io0) / len(Q[ns:]) / 1024
     r["sidecar_resident"] = resident(cl.sidecars())
+    r["prewarmed_sidecar_bytes"] = warmed
     conn.close()
     return r
 
@@ -264,12 +277,16 @@ def main(argv=None):
     ap.add_argument("--cold-queries", type=int, default=100)
     ap.add_argument("--cold-probes", type=int, default=2, help="vidx.probes of the cold-start queries")
     ap.add_argument("--server-sample", type=int, default=200)
-    ap.add_argument("--prewarm-capped", action="store_true")
+    ap.add_argument("--no-prewarm", action="store_true",
+                    help="no vidx_prewarm at the start of each setting's session (it warms what fits)")
     ap.add_argument("--no-build", action="store_true", help="keep the index (build only if missing)")
     ap.add_argument("--bindir", default="/usr/lib/postgresql/15/bin")
     ap.add_argument("--pgdata", default=os.path.join(bl.DATA_DIR, "memcap", "pgdata"))
     ap.add_argument("--port", type=int, default=5497)
     ap.add_argument("--fresh", action="store_true", help="re-create the cluster")
+    ap.add_argument("--storage", default="external", choices=["external", "plain"],
+                    help="storage of the vector column: external (TOAST, uncompressed: each row returned "
+                         "costs a heap, a TOAST index and a TOAST page) or plain (in the heap row)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -285,13 +302,14 @@ def main(argv=None):
     gt_d = gt_d[:a.queries]
     warm_q = base[np.sort(np.random.default_rng(a.seed).choice(len(base), a.warmup, replace=False))]
 
-    out = a.out or os.path.join(bl.RESULTS_DIR, f"memcap_d{a.dim}_n{a.rows}")
+    out = a.out or os.path.join(bl.RESULTS_DIR, f"memcap_d{a.dim}_n{a.rows}" + ("_plain" if a.storage == "plain" else ""))
     res = {"command": "bench/memcap.py " + " ".join(argv or sys.argv[1:]), "dataset": meta, "configs": []}
 
     cl = Cluster(a)
     cl.stop()
     cl.init(a.fresh)
-    table, index = "memcap_items", "memcap_items_vidx"
+    table = "memcap_items" + ("_plain" if a.storage == "plain" else "")
+    index = table + "_vidx"
 
     # load once, uncapped (the load is not what is measured)
     cg_setup(0)
@@ -301,7 +319,7 @@ def main(argv=None):
         cur.execute("CREATE EXTENSION IF NOT EXISTS vidx")
     res["machine"] = bl.machine_info(conn)
     if bl.table_rows(conn, table) != a.rows:
-        res["copy_s"] = round(bl.load_table(conn, table, base, chunk=10_000), 1)
+        res["copy_s"] = round(bl.load_table(conn, table, base, chunk=10_000, storage=a.storage.upper()), 1)
     with conn.cursor() as cur:
         cur.execute("SELECT pg_table_size(%s)", (table,))
         res["table_bytes"] = cur.fetchone()[0]
@@ -345,29 +363,34 @@ def main(argv=None):
         cg_setup(cap)
         cl.start(in_cgroup=True)
         conn = bl.connect(cl.dsn)
-        s0 = cg_stat()
+        pid = bl.backend_pid(conn)
+        s0, io0 = cg_stat(), proc_io(pid)
         cold_settings = {"vidx.probes": a.cold_probes}
         r, _ = bl.run_queries(conn, table, Q[:a.cold_queries], "l2", 10, settings=cold_settings,
                               base=base, gt_dist=gt_d[:a.cold_queries], warmup=0)
-        s1 = cg_stat()
+        s1, io1 = cg_stat(), proc_io(pid)
         r["majfault_per_query"] = (s1["majfault"] - s0["majfault"]) / a.cold_queries
-        r["read_kib_per_query"] = (s1["read_bytes"] - s0["read_bytes"]) / a.cold_queries / 1024
+        r["read_kib_per_query"] = (io1 - io0) / a.cold_queries / 1024
         r["settings"] = cold_settings
         c["cold"] = r
         conn.close()
         bl.log(f"  cold ({r['settings']}): first {a.cold_queries} queries p50 {r['p50_ms']:.2f} "
-               f"p99 {r['p99_ms']:.2f} ms, {r['majfault_per_query']:.1f} major faults/query")
+               f"p99 {r['p99_ms']:.2f} ms, {r['majfault_per_query']:.1f} major faults, "
+               f"{r['read_kib_per_query']:.0f} KiB read per query")
 
         cg_reset_peak()
         c["steady"] = []
         for st in settings_list:
-            r = run_setting(cl, table, index, base, Q, gt_d, st, a, prewarm=(cap == 0 or a.prewarm_capped),
+            r = run_setting(cl, table, index, base, Q, gt_d, st, a, prewarm=not a.no_prewarm,
                             warm_q=warm_q)
             r["settings"] = st
             c["steady"].append(r)
+            if r.get("prewarmed_sidecar_bytes") is not None:
+                bl.log(f"  vidx_prewarm: {human(r['prewarmed_sidecar_bytes'])} of the sidecar")
             bl.log(f"  {st}: recall@10 {r['recall@10']:.3f}, p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
                    f"(server {r['server_p50_ms']:.2f}/{r['server_p99_ms']:.2f}), QPS {r['qps']:.0f}, "
-                   f"{r['majfault_per_query']:.1f} majflt/q, {r['read_kib_per_query']:.0f} KiB read/q")
+                   f"{r['majfault_per_query']:.1f} majflt/q, {r['read_kib_per_query']:.0f} KiB read/q, "
+                   f"{r['shared_read_per_query']:.1f} shared reads/q")
         s = cg_stat()
         c["query_peak_usage"] = s["max_usage"]
         c["query_failcnt"] = s["failcnt"]
@@ -385,12 +408,14 @@ def write_md(out, res, a):
     L = [f"# vidx larger than memory: {a.rows:,} x {a.dim} (clustered, unit-normalized, L2)", "",
          f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM; {m.get('postgres', '')}; "
          f"commit {m['commit']}{' (dirty)' if m['tree_dirty'] else ''}; {m['date_utc']}.",
-         f"Server: shared_buffers {a.shared_buffers}, maintenance_work_mem {a.maintenance_work_mem}; "
+         f"Server: shared_buffers {a.shared_buffers}, maintenance_work_mem {a.maintenance_work_mem}; vector column storage "
+         f"{a.storage.upper()} (table {human(res['table_bytes'])}); "
          f"the postmaster runs in a cgroup v1 memory group of the given size (page cache charged).",
          f"Command: `{res['command']}`", "",
          "Steady state: per setting a new session, the sidecar's page cache evicted, "
-         f"{a.warmup} base-row queries, then {a.queries} held-out queries; server = EXPLAIN ANALYZE execution time "
-         f"of {a.server_sample} of them.", ""]
+         f"{'' if a.no_prewarm else 'vidx_prewarm, '}{a.warmup} base-row queries; then the first {a.server_sample} held-out queries under EXPLAIN (ANALYZE, BUFFERS) "
+         f"(server p50/p99, shared reads/q) and the other {a.queries - a.server_sample} one at a time from the client "
+         "(recall, p50/p99, QPS, major faults and KiB the backend read from disk per query, /proc/PID/io).", ""]
     L += ["| config | build s | build peak | failcnt | index | cold start: first queries p50/p99 ms (majflt/q) |",
           "|---|---|---|---|---|---|"]
     for c in res["configs"]:
@@ -399,14 +424,14 @@ def write_md(out, res, a):
         L.append(f"| {c['label']} | {b.get('build_s', 'kept')} | {human(b['peak_usage']) if b else ''} | "
                  f"{b.get('failcnt', '')} | {human(c['index'].get('index_bytes', 0)) if c.get('index') else ''} | "
                  f"{cold['p50_ms']:.1f} / {cold['p99_ms']:.1f} ({cold['majfault_per_query']:.0f}), recall@10 {cold['recall@10']:.3f} |")
-    L += ["", "| config | setting | recall@10 | p50 ms | p99 ms | server p50/p99 ms | QPS | majflt/q | KiB read/q |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    L += ["", "| config | setting | recall@10 | p50 ms | p99 ms | server p50/p99 ms | QPS | majflt/q | KiB read/q | shared reads/q |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for c in res["configs"]:
         for r in c["steady"]:
             st = ", ".join(f"{k.split('.')[1]} {v}" for k, v in r["settings"].items())
             L.append(f"| {c['label']} | {st} | {r['recall@10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['server_p50_ms']:.2f} / {r['server_p99_ms']:.2f} | {r['qps']:.0f} | "
-                     f"{r['majfault_per_query']:.1f} | {r['read_kib_per_query']:.0f} |")
+                     f"{r['majfault_per_query']:.1f} | {r['read_kib_per_query']:.0f} | {r['shared_read_per_query']:.1f} |")
     L += ["", "| config | query peak usage | failcnt | OOM kills |", "|---|---|---|---|"]
     for c in res["configs"]:
         L.append(f"| {c['label']} | {human(c['query_peak_usage'])} | {c['query_failcnt']} | {c['oom_kill_total']} |")

@@ -100,6 +100,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->ncands = so->nby_est = so->nby_lower = 0;
 	so->nahead = so->ahead_pos = 0;
 	so->sidecar_io = false;
+	so->nnear_top = 0;
 	so->nresults = 0;
 	so->rescored = 0;
 	so->returned = 0;
@@ -300,6 +301,28 @@ distance_to_score(VidxMetric metric, double distance)
 	}
 }
 
+/*
+ * Prefetches the heap page of a re-scored row if it is among the best
+ * VIDX_HEAP_PREFETCH of the scan so far: it will likely be returned, and the
+ * executor will read it.
+ */
+static void
+prefetch_if_near_top(IndexScanDesc scan, double score, BlockNumber heap_block)
+{
+	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
+	int i;
+
+	if (scan->heapRelation == NULL ||
+	    (so->nnear_top == VIDX_HEAP_PREFETCH && score >= so->near_top[VIDX_HEAP_PREFETCH - 1]))
+		return;
+	i = Min(so->nnear_top, VIDX_HEAP_PREFETCH - 1);
+	so->nnear_top = Min(so->nnear_top + 1, VIDX_HEAP_PREFETCH);
+	for (; i > 0 && so->near_top[i - 1] > score; i--)
+		so->near_top[i] = so->near_top[i - 1];
+	so->near_top[i] = score;
+	PrefetchBuffer(scan->heapRelation, MAIN_FORKNUM, heap_block);
+}
+
 /* Re-scores a candidate exactly and queues it, unless its row is gone. */
 static void
 rescore(IndexScanDesc scan, Candidate *c)
@@ -330,6 +353,8 @@ rescore(IndexScanDesc scan, Candidate *c)
 		distance = vidx_distance(metric, v, so->query, so->meta.dims);
 	}
 	so->rescored++;
+	if (so->sidecar_io)
+		prefetch_if_near_top(scan, distance_to_score(metric, distance), c->heap_block);
 	vidx_result_push(so, distance_to_score(metric, distance), distance, &tid);
 }
 

@@ -41,6 +41,13 @@ typedef struct Candidate
  * reads started (vidx_sidecar_willneed), so that they run in parallel.
  */
 #define VIDX_IO_LOOKAHEAD 32
+/*
+ * In the same case the table is likely not cached either, and the executor
+ * reads each row returned (it computes the ORDER BY distance from the stored
+ * vector): a re-scored row among the best this many so far has its heap page
+ * prefetched, so those reads overlap too.
+ */
+#define VIDX_HEAP_PREFETCH 10
 
 /* A re-scored row waiting to be returned. */
 typedef struct ScanResult
@@ -89,6 +96,9 @@ typedef struct VidxScanOpaqueData
 	int nahead;
 	int ahead_pos;
 	bool sidecar_io; /* a record was not in the page cache: read ahead from disk */
+	/* best scores re-scored so far, ascending (in sidecar_io mode): their heap pages are prefetched */
+	double near_top[VIDX_HEAP_PREFETCH];
+	int nnear_top;
 
 	/* min-heap of re-scored rows by exact score (kept across rescans) */
 	ScanResult *results;

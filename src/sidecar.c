@@ -707,55 +707,164 @@ vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
 	CloseTransientFile(fd);
 }
 
+/* A value from a "key value" file (/proc/meminfo, memory.stat), or -1. */
+static int64
+stat_value(const char *path, const char *key)
+{
+	FILE *f = AllocateFile(path, "r");
+	char line[256];
+	size_t keylen = strlen(key);
+	int64 value = -1;
+
+	if (f == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strncmp(line, key, keylen) == 0 && (line[keylen] == ' ' || line[keylen] == ':'))
+		{
+			value = strtoll(line + keylen + 1 + strspn(line + keylen + 1, " :"), NULL, 10);
+			break;
+		}
+	FreeFile(f);
+	return value;
+}
+
+/* The number a file starts with (0 for "max"), or -1. */
+static int64
+file_number(const char *path)
+{
+	FILE *f = AllocateFile(path, "r");
+	char line[64];
+	int64 value = -1;
+
+	if (f == NULL)
+		return -1;
+	if (fgets(line, sizeof(line), f) != NULL)
+		value = strtoll(line, NULL, 10);
+	FreeFile(f);
+	return value;
+}
+
+/* The memory limit of this process's cgroup (v1 or v2) and what it cannot reclaim, or false. */
+static bool
+cgroup_memory(int64 *limit, int64 *unreclaimable)
+{
+	FILE *f = AllocateFile("/proc/self/cgroup", "r");
+	char line[1024];
+	char path[MAXPGPATH];
+	bool found = false;
+
+	if (f == NULL)
+		return false;
+	while (!found && fgets(line, sizeof(line), f) != NULL)
+	{
+		char *group = strchr(line, '/');
+
+		if (group == NULL)
+			continue;
+		group[strcspn(group, "\n")] = '\0';
+		if (strstr(line, ":memory:") != NULL)
+		{
+			/* cgroup v1 */
+			snprintf(path, sizeof(path), "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", group);
+			*limit = file_number(path);
+			snprintf(path, sizeof(path), "/sys/fs/cgroup/memory%s/memory.stat", group);
+			*unreclaimable = Max(0, stat_value(path, "total_rss")) + Max(0, stat_value(path, "total_shmem"));
+			found = true;
+		}
+		else if (strncmp(line, "0::", 3) == 0)
+		{
+			/* cgroup v2 */
+			snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.max", group);
+			*limit = file_number(path);
+			snprintf(path, sizeof(path), "/sys/fs/cgroup%s/memory.stat", group);
+			*unreclaimable = Max(0, stat_value(path, "anon")) + Max(0, stat_value(path, "shmem"));
+			found = true;
+		}
+	}
+	FreeFile(f);
+	/* no limit: "max" (v2, read as 0) or a huge number (v1) */
+	return found && *limit > 0 && *limit < ((int64) 1 << 50);
+}
+
 /*
- * Brings the sidecar into the kernel's page cache and, in one pass, maps it
- * into this backend with its page table filled in, so that the first queries
- * of this session take no page fault per record (MADV_POPULATE_READ, Linux
- * 5.14). Where that is unavailable, reads the file sequentially instead.
- * Returns the bytes brought in; 0 if the sidecar is missing or unusable.
+ * Bytes of page cache a prewarm may fill: three quarters of what the kernel
+ * says is available and, inside a memory cgroup, of the group's limit less
+ * what it cannot reclaim (process memory, shared buffers), so that warming a
+ * sidecar larger than memory neither evicts what queries need nor pushes the
+ * group into reclaim.
+ */
+static int64
+page_cache_budget(void)
+{
+	int64 available = stat_value("/proc/meminfo", "MemAvailable");
+	int64 limit;
+	int64 unreclaimable;
+	int64 budget = available > 0 ? available * 1024 / 4 * 3 : INT64_MAX; /* meminfo is in kB */
+
+	if (cgroup_memory(&limit, &unreclaimable))
+		budget = Min(budget, Max(0, limit - unreclaimable) / 4 * 3);
+	return budget;
+}
+
+/*
+ * Brings the sidecar into the kernel's page cache and maps it into this
+ * backend with its page table filled in, so that the first queries of this
+ * session take no page fault per record (MADV_POPULATE_READ, Linux 5.14;
+ * elsewhere the file is read). Only as much as fits (page_cache_budget),
+ * from the start. Returns the bytes brought in; 0 if the sidecar is missing
+ * or unusable.
  */
 int64
 vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta)
 {
 	const char *why;
 	SidecarMap *m = lookup_map(index, meta, &why);
+	const size_t step = 64 * 1024 * 1024;
+	size_t length;
+	size_t done = 0;
 	char *path;
 	char *chunk;
-	int64 total = 0;
 	int fd;
 
 	if (!m->usable || m->base == NULL)
 		return 0;
+	length = Min(m->length, (size_t) page_cache_budget());
 #ifdef MADV_POPULATE_READ
 	/* read ahead in large blocks while populating; the mapping is MADV_RANDOM otherwise */
-	(void) madvise(m->base, m->length, MADV_SEQUENTIAL);
-	if (madvise(m->base, m->length, MADV_POPULATE_READ) == 0)
+	(void) madvise(m->base, length, MADV_SEQUENTIAL);
+	while (done < length)
 	{
-		(void) madvise(m->base, m->length, MADV_RANDOM);
-		return (int64) m->length;
+		size_t n = Min(step, length - done);
+
+		if (madvise(m->base + done, n, MADV_POPULATE_READ) != 0)
+			break;
+		done += n;
+		CHECK_FOR_INTERRUPTS();
 	}
 	(void) madvise(m->base, m->length, MADV_RANDOM);
+	if (done == length)
+		return (int64) done;
 #endif
 	path = vidx_sidecar_path(index);
 	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
 	pfree(path);
 	if (fd < 0)
-		return 0;
+		return (int64) done;
 	chunk = palloc(1024 * 1024);
-	for (;;)
+	while (done < length)
 	{
-		ssize_t n = read(fd, chunk, 1024 * 1024);
+		ssize_t n = pg_pread(fd, chunk, Min(1024 * 1024, length - done), done);
 
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
-		total += n;
+		done += n;
 		CHECK_FOR_INTERRUPTS();
 	}
 	CloseTransientFile(fd);
 	pfree(chunk);
-	return total;
+	return (int64) done;
 }
 
 /*
