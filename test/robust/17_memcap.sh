@@ -5,6 +5,7 @@
 # cannot all stay cached:
 #   - CREATE INDEX on 100,000 x 256 clustered rows succeeds inside the cap;
 #   - the group hit its limit (failcnt > 0: the test did run under pressure)
+#     and vidx_prewarm warms only part of the sidecar (what fits);
 #     and nothing was OOM-killed (memory.oom_control, server log);
 #   - after the page cache of the data directory is evicted
 #     (posix_fadvise DONTNEED), queries return every row in order and
@@ -87,6 +88,9 @@ echo "# sidecar $sidecar: $sidecar_bytes bytes; group peak $(cg memory.max_usage
 check "the sidecar ($((sidecar_bytes / 1048576)) MB) is larger than the cap ($CAP_MB MB)" \
 	test "$sidecar_bytes" -gt $((CAP_MB * 1024 * 1024))
 check "the group hit its limit during the build (failcnt $(cg memory.failcnt))" test "$(cg memory.failcnt)" -gt 0
+warmed=$(q $PORT "SELECT sidecar_bytes FROM vidx_prewarm('t_v')")
+check "vidx_prewarm warms only what fits in the group ($warmed of $sidecar_bytes sidecar bytes)" \
+	test "$warmed" -gt 0 -a "$warmed" -lt $((CAP_MB * 1024 * 1024 / 2))
 
 # recall and order after the page cache is evicted: the scan reads the sidecar from disk
 recall_check() { # recall_check LABEL
