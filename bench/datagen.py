@@ -141,7 +141,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("gen", help="clustered unit-normalized set + ground truth")
-    p.add_argument("--dim", type=int, default=128, choices=[128, 768, 1024, 1536])
+    p.add_argument("--dim", type=int, default=128, choices=[128, 384, 768, 1024, 1536])
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=42)

@@ -11,8 +11,8 @@ the server's processes read is charged to it), and measures:
   cold    server stopped, the page cache of the whole data directory evicted
           (posix_fadvise POSIX_FADV_DONTNEED on every file: drop_caches is not
           allowed here), server started: the first --cold-queries queries.
-  steady  for each setting: a new session, the sidecar's page cache evicted,
-          --warmup queries made of base rows (not the measured queries, so the
+  steady  for each setting: server restarted, the page cache of its files
+          evicted, vidx_prewarm, --warmup queries made of base rows (not the measured queries, so the
           cache holds what other traffic left, not the answers), then the
           --queries held-out queries one at a time: recall@10 against exact
           ground truth, client p50/p99/QPS, server-side p50/p99 (EXPLAIN
@@ -229,8 +229,12 @@ def server_side(conn, table, queries, settings, k=10):
 
 
 def run_setting(cl, table, index, base, Q, gt_d, settings, a, prewarm, warm_q):
+    # every setting from the same start: server restarted (shared buffers empty),
+    # the page cache of all its files evicted
+    cl.stop()
+    cl.evict()
+    cl.start(in_cgroup=True)
     conn = bl.connect(cl.dsn)
-    cl.evict(cl.sidecars())
     warmed = None
     with conn.cursor() as cur:
         if prewarm:
@@ -412,7 +416,7 @@ def write_md(out, res, a):
          f"{a.storage.upper()} (table {human(res['table_bytes'])}); "
          f"the postmaster runs in a cgroup v1 memory group of the given size (page cache charged).",
          f"Command: `{res['command']}`", "",
-         "Steady state: per setting a new session, the sidecar's page cache evicted, "
+         "Steady state: per setting the server restarted and the page cache of its files evicted, "
          f"{'' if a.no_prewarm else 'vidx_prewarm, '}{a.warmup} base-row queries; then the first {a.server_sample} held-out queries under EXPLAIN (ANALYZE, BUFFERS) "
          f"(server p50/p99, shared reads/q) and the other {a.queries - a.server_sample} one at a time from the client "
          "(recall, p50/p99, QPS, major faults and KiB the backend read from disk per query, /proc/PID/io).", ""]
