@@ -11,8 +11,9 @@ the server's processes read is charged to it), and measures:
   cold    server stopped, the page cache of the whole data directory evicted
           (posix_fadvise POSIX_FADV_DONTNEED on every file: drop_caches is not
           allowed here), server started: the first --cold-queries queries.
-  steady  for each setting: server restarted, the page cache of its files
-          evicted, vidx_prewarm, --warmup queries made of base rows (not the measured queries, so the
+  steady  for each setting (capped): server restarted, the page cache of its
+          files evicted (uncapped, the all-cached reference: the table read
+          into the page cache once), vidx_prewarm, --warmup queries of base rows (not the measured queries, so the
           cache holds what other traffic left, not the answers), then the
           --queries held-out queries one at a time: recall@10 against exact
           ground truth, client p50/p99/QPS, server-side p50/p99 (EXPLAIN
@@ -228,12 +229,14 @@ def server_side(conn, table, queries, settings, k=10):
             "server_queries": len(t), "shared_read_per_query": float(np.mean(reads))}
 
 
-def run_setting(cl, table, index, base, Q, gt_d, settings, a, prewarm, warm_q):
-    # every setting from the same start: server restarted (shared buffers empty),
-    # the page cache of all its files evicted
-    cl.stop()
-    cl.evict()
-    cl.start(in_cgroup=True)
+def run_setting(cl, table, index, base, Q, gt_d, settings, a, prewarm, warm_q, capped):
+    # capped: every setting from the same start, the server restarted (shared
+    # buffers empty) and the page cache of all its files evicted. Uncapped is
+    # the all-cached reference: the table was read into the page cache once.
+    if capped:
+        cl.stop()
+        cl.evict()
+        cl.start(in_cgroup=True)
     conn = bl.connect(cl.dsn)
     warmed = None
     with conn.cursor() as cur:
@@ -384,9 +387,16 @@ def main(argv=None):
 
         cg_reset_peak()
         c["steady"] = []
+        if cap == 0:
+            conn = bl.connect(cl.dsn)
+            with conn.cursor() as cur:
+                cur.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+                cur.execute("SELECT pg_prewarm(%s, 'read')", (table,))
+                bl.log(f"  uncapped: the table read into the page cache ({cur.fetchone()[0]:,} blocks)")
+            conn.close()
         for st in settings_list:
             r = run_setting(cl, table, index, base, Q, gt_d, st, a, prewarm=not a.no_prewarm,
-                            warm_q=warm_q)
+                            warm_q=warm_q, capped=cap != 0)
             r["settings"] = st
             c["steady"].append(r)
             if r.get("prewarmed_sidecar_bytes") is not None:
@@ -416,7 +426,8 @@ def write_md(out, res, a):
          f"{a.storage.upper()} (table {human(res['table_bytes'])}); "
          f"the postmaster runs in a cgroup v1 memory group of the given size (page cache charged).",
          f"Command: `{res['command']}`", "",
-         "Steady state: per setting the server restarted and the page cache of its files evicted, "
+         "Steady state: capped, per setting the server restarted and the page cache of its files evicted "
+         "(uncapped, all cached: the table read into the page cache once), "
          f"{'' if a.no_prewarm else 'vidx_prewarm, '}{a.warmup} base-row queries; then the first {a.server_sample} held-out queries under EXPLAIN (ANALYZE, BUFFERS) "
          f"(server p50/p99, shared reads/q) and the other {a.queries - a.server_sample} one at a time from the client "
          "(recall, p50/p99, QPS, major faults and KiB the backend read from disk per query, /proc/PID/io).", ""]
