@@ -13,13 +13,14 @@ the server's processes read is charged to it), and measures:
           allowed here), server started: the first --cold-queries queries.
   steady  for each setting (capped): server restarted, the page cache of its
           files evicted (uncapped, the all-cached reference: the table read
-          into the page cache once), vidx_prewarm, --warmup queries of base rows (not the measured queries, so the
-          cache holds what other traffic left, not the answers), then the
-          --queries held-out queries one at a time: recall@10 against exact
-          ground truth, client p50/p99/QPS, server-side p50/p99 (EXPLAIN
-          ANALYZE's execution time on --server-sample queries), major faults
-          and bytes the backend read from disk per query (memory.stat
-          pgmajfault, /proc/PID/io read_bytes).
+          into the page cache once), vidx_prewarm, --warmup queries of base
+          rows (not the measured queries, so the cache holds what other
+          traffic left, not the answers); then the first --server-sample
+          held-out queries under EXPLAIN (ANALYZE, BUFFERS) (server-side
+          p50/p99, shared buffers read per query) and the others one at a
+          time from the client: recall@10 against exact ground truth, client
+          p50/p99/QPS, major faults and bytes the backend read from disk per
+          query (memory.stat pgmajfault, /proc/PID/io read_bytes).
 
 Each setting's session starts with vidx_prewarm (index pages into shared
 buffers, then as much of the sidecar as the memory left allows) unless
@@ -30,7 +31,7 @@ buffers, then as much of the sidecar as the memory left allows) unless
 
 Must run as root (cgroups, runuser). The table is loaded once (uncapped) and
 kept in --pgdata between runs; --fresh re-creates the cluster.
-Output: bench/results/memcap_d<D>_n<N>/result.{json,md}.
+Output: bench/results/memcap_d<D>_n<N>[_plain]/result.{json,md}.
 """
 
 import argparse
