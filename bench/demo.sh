@@ -24,24 +24,9 @@ section() {
 	echo "======================================================================"
 }
 
-PACKAGES=(
-	build-essential postgresql-15 postgresql-server-dev-15
-	dataset-fashion-mnist python3-numpy python3-psycopg
-)
-missing=()
-for p in "${PACKAGES[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	section "installing packages: ${missing[*]}"
-	if [ "$(id -u)" != 0 ]; then
-		echo "demo.sh: run as root to install packages (or install them first)" >&2
-		exit 2
-	fi
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq </dev/null
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
-fi
+# shellcheck source=test/packages.sh
+. test/packages.sh
+vidx_need_packages demo.sh "${VIDX_DEMO_PACKAGES[@]}"
 
 section "building and installing vidx"
 mkdir -p build

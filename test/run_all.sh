@@ -14,8 +14,10 @@
 #                       bad input, fuzzing, security, format version; own clusters on
 #                       ports 5440-5459; about 13 minutes on 2 cores)
 #
-# Needs root (make install; pg_virtualenv starts the server as postgres) and the
-# packages that .ci/run installs. Exits non-zero if any step fails.
+# Needs root (make install; pg_virtualenv starts the server as postgres). As
+# root it first installs, with apt, the packages of test/packages.sh that are
+# missing (the list .ci/run and bench/demo.sh use too); run as another user with
+# packages missing, it names them and stops. Exits non-zero if any step fails.
 #
 # Environment knobs:
 #   VIDX_TEST_ROWS=20000    Fashion-MNIST train rows for test/t/01 and 02
@@ -105,9 +107,12 @@ finish() {
 	exit "$FAILED"
 }
 
+# shellcheck source=test/packages.sh
+. "$ROOT/test/packages.sh"
+vidx_need_packages run_all.sh "${VIDX_TEST_PACKAGES[@]}"
 for tool in pg_config pg_virtualenv pg_prove cmake make; do
 	if ! command -v "$tool" >/dev/null; then
-		echo "run_all.sh: '$tool' not found; install the packages listed in .ci/run" >&2
+		echo "run_all.sh: '$tool' not found although the packages of test/packages.sh are installed" >&2
 		exit 2
 	fi
 done
