@@ -6,9 +6,9 @@
  * order, to the sidecar; it keeps nothing else per row. Then it reads the
  * vectors back from the sidecar (sequentially, from the page cache) instead of
  * holding them all in memory: a seeded sample, rotated, for the balanced
- * two-level k-means that gives the leaf centroids; then every vector, in
- * batches, rotated, assigned to its nearest leaf down the two levels and
- * encoded (core/build.cpp, on vidx_build_thread_count() threads of the core's
+ * k-means that gives the leaf centroids; then every vector, in batches,
+ * rotated, assigned to its exact nearest leaf centroid and encoded
+ * (core/build.cpp, on vidx_build_thread_count() threads of the core's
  * pool, on plain memory). The core groups the leaf centroids into the tree,
  * and the pages are written in one pass in block order:
  *
@@ -442,13 +442,11 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		return result;
 	}
 
-	/* Leaves: balanced two-level k-means on a sample. */
+	/* Leaves: balanced k-means on a sample. */
 	{
 		int64 nsample;
 		float *sample;
 		float *centroids;
-		int32 *group_start;
-		int ngroups;
 		int32 *assignment;
 		int fanout = opts->fanout > 0 ? opts->fanout : VIDX_DEFAULT_FANOUT;
 		Size psize = vidx_posting_size_refined(bs.dims, opts->refine_bits);
@@ -457,7 +455,6 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		char *records;
 		float *scratch;
 		int64 *offsets;
-		int64 visited = 0;
 		int threads = vidx_build_thread_count();
 
 		nleaves = opts->lists > 0 ? opts->lists : default_lists(bs.ntuples);
@@ -471,11 +468,9 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_KMEANS);
 		sample = sample_vectors(&bs, rotation, nsample, threads);
 		centroids = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * bs.dims * nleaves);
-		group_start = palloc(sizeof(int32) * (nleaves + 1));
 		vidx_core_check(vidx_kmeans_balanced(sample, nsample, bs.dims, nleaves,
 		                                     opts->kmeans_iterations, VIDX_KMEANS_SEED, centroids,
-		                                     group_start, &ngroups, threads, kmeans_progress, NULL,
-		                                     err, sizeof(err)),
+		                                     threads, kmeans_progress, NULL, err, sizeof(err)),
 		                "k-means", err);
 		pfree(sample);
 		CHECK_FOR_INTERRUPTS();
@@ -495,9 +490,9 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 
 			vidx_sidecar_build_read(i, n, records);
 			vidx_core_check(vidx_build_encode(records, n, rsize, bs.dims, opts->refine_bits,
-			                                  bs.metric, rotation, centroids, group_start, ngroups,
-			                                  (uint32) i, scratch, postings + psize * i,
-			                                  assignment + i, &visited, threads, err, sizeof(err)),
+			                                  bs.metric, rotation, centroids, nleaves, (uint32) i,
+			                                  scratch, postings + psize * i, assignment + i, threads,
+			                                  err, sizeof(err)),
 			                "encoding", err);
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i + n);
 			CHECK_FOR_INTERRUPTS();
@@ -505,9 +500,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		vidx_sidecar_build_end();
 		pfree(records);
 		pfree(scratch);
-		elog(DEBUG1,
-		     "vidx build: %d leaves in %d groups, %.2f groups scanned per vector, %d threads",
-		     nleaves, ngroups, (double) visited / bs.ntuples, threads);
+		elog(DEBUG1, "vidx build: %d leaves, %d threads", nleaves, threads);
 
 		counts = palloc0(sizeof(uint32) * nleaves);
 		for (int64 i = 0; i < bs.ntuples; i++)
@@ -534,7 +527,6 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		pfree(offsets);
 		pfree(assignment);
 		pfree(centroids);
-		pfree(group_start);
 		pfree(rotation);
 	}
 

@@ -117,7 +117,7 @@ BM_estimate(benchmark::State &st)
 	std::vector<char> prep(vidx_query_prep_size(d));
 	std::vector<float> est(n), lower(n);
 
-	vidx_query_prep(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d);
+	vidx_query_prep_refined(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d, 0);
 	for (auto _ : st)
 	{
 		vidx_rabitq_estimate(prep.data(), ptrs.data(), n, est.data(), lower.data());
@@ -160,7 +160,7 @@ BM_estimate_tasks(benchmark::State &st)
 	std::vector<float> est(total), lower(total);
 	std::vector<VidxEstimateTask> tasks(ntasks);
 
-	vidx_query_prep(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d);
+	vidx_query_prep_refined(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d, 0);
 	for (int t = 0; t < ntasks; t++)
 		tasks[t] = VidxEstimateTask{prep.data(), ptrs.data() + (size_t) t * n, n,
 		                            est.data() + (size_t) t * n, lower.data() + (size_t) t * n};
@@ -188,7 +188,7 @@ BM_query_prep(benchmark::State &st)
 
 	for (auto _ : st)
 	{
-		vidx_query_prep(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d);
+		vidx_query_prep_refined(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d, 0);
 		benchmark::DoNotOptimize(prep.data());
 	}
 }

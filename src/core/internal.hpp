@@ -170,6 +170,9 @@ void means_from_order(const float *points, int dims, int k, const int64_t *count
 void update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,
                   float *centroids, int threads);
 
+/* Bytes of a tree blob of nnodes nodes of dims dimensions (header included). */
+size_t tree_blob_size(int dims, int nnodes) noexcept;
+
 /*
  * The k-means driver behind vidx_kmeans, on up to `threads` threads; throws
  * std::bad_alloc on OOM. Returns a VIDX status; err gets a message on error.

@@ -805,13 +805,6 @@ vidx_query_prep_size(int dims) noexcept
 }
 
 extern "C" void
-vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
-                int dims) noexcept
-{
-	vidx_query_prep_refined(prep, metric, q_rot, c_rot, dims, 0);
-}
-
-extern "C" void
 vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
                         int dims, int refine_bits) noexcept
 {

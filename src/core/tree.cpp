@@ -198,7 +198,7 @@ tree_build(const float *leaf_centroids, const uint32_t *counts, int nleaves, int
 	for (const auto &lv : levels)
 		nnodes += (uint32_t) lv.size();
 	const size_t nsize = node_size_for(dims);
-	const size_t size = vidx_tree_blob_size(dims, (int) nnodes);
+	const size_t size = vidx::tree_blob_size(dims, (int) nnodes);
 	void *blob = std::calloc(1, size);
 
 	if (blob == nullptr)
@@ -454,8 +454,8 @@ vidx_tree_free(void *blob) noexcept
 	std::free(blob);
 }
 
-extern "C" size_t
-vidx_tree_blob_size(int dims, int nnodes) noexcept
+size_t
+vidx::tree_blob_size(int dims, int nnodes) noexcept
 {
 	if (dims < 0)
 		dims = 0;

@@ -307,7 +307,7 @@ size_t
 encode(const Editor &ed, void *out)
 {
 	const int dims = ed.dims;
-	const size_t nsize = vidx_tree_blob_size(dims, 1) - sizeof(VidxTreeHeader);
+	const size_t nsize = vidx::tree_blob_size(dims, 1) - sizeof(VidxTreeHeader);
 	std::vector<int32_t> order{ed.root};
 	std::vector<uint32_t> depth{0};
 	uint32_t leaves = 0, levels = 0;
@@ -323,7 +323,7 @@ encode(const Editor &ed, void *out)
 	for (size_t k = 0; k < order.size(); k++)
 		id[order[k]] = (uint32_t) k;
 
-	const size_t size = vidx_tree_blob_size(dims, (int) order.size());
+	const size_t size = vidx::tree_blob_size(dims, (int) order.size());
 
 	std::memset(out, 0, size);
 	VidxTreeHeader *hdr = static_cast<VidxTreeHeader *>(out);
@@ -457,7 +457,7 @@ vidx_tree_replace_bound(const void *tree) noexcept
 	const VidxTreeHeader *h = static_cast<const VidxTreeHeader *>(tree);
 
 	/* one more leaf, one sibling per level split, a new root */
-	return vidx_tree_blob_size((int) h->dims, (int) h->nnodes + (int) h->levels + 3);
+	return vidx::tree_blob_size((int) h->dims, (int) h->nnodes + (int) h->levels + 3);
 }
 
 extern "C" int

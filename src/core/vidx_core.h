@@ -125,7 +125,7 @@ extern "C"
 	{
 		uint32_t heap_block; /* heap TID */
 		uint16_t heap_offset;
-		uint16_t flags; /* VIDX_POSTING_* */
+		uint16_t flags; /* 0: no flag is in use */
 		uint32_t slot;  /* sidecar slot */
 		uint32_t vhash; /* vidx_vector_hash of the original vector */
 		float norm;     /* ||r||, r = x_rot - c_rot (residual to leaf centroid) */
@@ -134,8 +134,6 @@ extern "C"
 		uint32_t reserved;
 		/* followed by vidx_code_words(dims) uint64_t: bit i = (r_i > 0) */
 	} VidxPosting;
-
-#define VIDX_POSTING_DEAD 0x0001
 
 	int vidx_code_words(int dims) VIDX_NOEXCEPT;      /* ceil(dims / 64) */
 	size_t vidx_posting_size(int dims) VIDX_NOEXCEPT; /* sizeof(VidxPosting) + 8 * words */
@@ -164,12 +162,10 @@ extern "C"
 	/*
 	 * Per-leaf query preparation: the rotated query's residual to the leaf
 	 * centroid, quantized to 4 bits per dimension (bit planes), plus the scalars
-	 * the estimator needs. Caller memory of vidx_query_prep_size(dims) bytes.
+	 * the estimator needs, for postings that carry refinement codes of
+	 * refine_bits (0: none). Caller memory of vidx_query_prep_size(dims) bytes.
 	 */
 	size_t vidx_query_prep_size(int dims) VIDX_NOEXCEPT;
-	void vidx_query_prep(void *prep, VidxMetric metric, const float *q_rot, const float *c_rot,
-	                     int dims) VIDX_NOEXCEPT;
-	/* The same for postings that carry refinement codes of refine_bits. */
 	void vidx_query_prep_refined(void *prep, VidxMetric metric, const float *q_rot,
 	                             const float *c_rot, int dims, int refine_bits) VIDX_NOEXCEPT;
 
@@ -244,16 +240,12 @@ extern "C"
 	/*
 	 * The leaves: k-means on the sample with bounded leaf sizes (clusters
 	 * above 3x the mean size are split with 2-means while the smallest
-	 * cluster gives up its slot; k stays exact). Writes k centroids grouped
-	 * by group: group g holds the leaves group_start[g] .. group_start[g+1]-1
-	 * (group_start: caller memory of k + 1 entries), *ngroups groups (1 unless
-	 * the two-level variant of core/build.cpp is compiled in). Deterministic
-	 * for a seed, whatever the thread count.
+	 * cluster gives up its slot; k stays exact). Writes k centroids.
+	 * Deterministic for a seed, whatever the thread count.
 	 */
 	int vidx_kmeans_balanced(const float *points, int64_t n, int dims, int k, int iterations,
-	                         uint64_t seed, float *centroids, int32_t *group_start, int *ngroups,
-	                         int threads, VidxProgressFn progress, void *progress_arg, char *err,
-	                         size_t errlen) VIDX_NOEXCEPT;
+	                         uint64_t seed, float *centroids, int threads, VidxProgressFn progress,
+	                         void *progress_arg, char *err, size_t errlen) VIDX_NOEXCEPT;
 
 	/*
 	 * The vectors of n sidecar records (record_size bytes apart), normalized
@@ -265,19 +257,15 @@ extern "C"
 
 	/*
 	 * Encodes a batch of n sidecar records (slots first_slot ..): rotates them
-	 * into scratch (n x dims), assigns each to its exact nearest leaf centroid
-	 * (groups from vidx_kmeans_hier, visited nearest first and skipped by their
-	 * radius bound) into assignment, and writes n postings of
+	 * into scratch (n x dims), assigns each to its exact nearest of the
+	 * nleaves leaf centroids into assignment, and writes n postings of
 	 * vidx_posting_size_refined(dims, refine_bits) bytes (heap TID and hash
-	 * from the record).
-	 * groups_visited (may be NULL) is increased by the groups scanned.
-	 * The results do not depend on the thread count.
+	 * from the record). The results do not depend on the thread count.
 	 */
 	int vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims,
 	                      int refine_bits, VidxMetric metric, const void *rotation,
-	                      const float *centroids, const int32_t *group_start, int ngroups,
-	                      uint32_t first_slot, float *scratch, void *postings, int32_t *assignment,
-	                      int64_t *groups_visited, int threads, char *err,
+	                      const float *centroids, int nleaves, uint32_t first_slot, float *scratch,
+	                      void *postings, int32_t *assignment, int threads, char *err,
 	                      size_t errlen) VIDX_NOEXCEPT;
 
 	/*
@@ -334,7 +322,6 @@ extern "C"
 	                      int dims, int fanout, uint64_t seed, size_t *blob_size, int threads,
 	                      char *err, size_t errlen) VIDX_NOEXCEPT;
 	void vidx_tree_free(void *blob) VIDX_NOEXCEPT;
-	size_t vidx_tree_blob_size(int dims, int nnodes) VIDX_NOEXCEPT;
 	/*
 	 * A leaf for vidx_tree_replace_leaf. Leaf ids are labels, unique within a
 	 * tree (an index never gives the same id to two chains), not positions.
@@ -437,21 +424,6 @@ extern "C"
 	 */
 	const float *vidx_sidecar_record_vector(const void *rec, int dims, uint32_t heap_block,
 	                                        uint16_t heap_offset, uint32_t vhash) VIDX_NOEXCEPT;
-
-	/* ---------- top-k ---------- */
-
-	/* A candidate found by the scan: a score and an opaque 64-bit payload. */
-	typedef struct VidxCandidate
-	{
-		float score;
-		float lower;
-		uint64_t payload;
-	} VidxCandidate;
-
-	/* Sorts candidates by score ascending (ties by payload, for determinism). */
-	void vidx_candidates_sort(VidxCandidate *c, int64_t n) VIDX_NOEXCEPT;
-	/* Partially sorts so that the k best are first, in order; the rest in any order. */
-	void vidx_candidates_select(VidxCandidate *c, int64_t n, int64_t k) VIDX_NOEXCEPT;
 
 #ifdef __cplusplus
 }

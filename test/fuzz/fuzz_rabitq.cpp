@@ -1,4 +1,4 @@
-// libFuzzer target: vidx_query_prep with an arbitrary finite query and
+// libFuzzer target: vidx_query_prep_refined with an arbitrary finite query and
 // centroid (the glue rejects NaN/infinite queries), then vidx_rabitq_estimate
 // over arbitrary postings (corrupt index pages are arbitrary bytes).
 #include <cmath>
@@ -39,7 +39,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		c[i] = finite(b);
 	}
 	std::vector<uint64_t> prep(vidx_query_prep_size(dims) / 8 + 1);
-	vidx_query_prep(prep.data(), metric, q.data(), c.data(), dims);
+	vidx_query_prep_refined(prep.data(), metric, q.data(), c.data(), dims, 0);
 	size_t ps = vidx_posting_size(dims);
 	std::vector<uint64_t> pages(ps * n / 8 + 1);
 	size_t used = 8 * (size_t) dims < size ? 8 * (size_t) dims : size;

@@ -9,7 +9,7 @@
 # the script exit non-zero. Targets:
 #   fuzz_tree     vidx_tree_check on arbitrary blobs, then tree search if accepted
 #   fuzz_sidecar  vidx_sidecar_header_check, vidx_sidecar_record_vector
-#   fuzz_rabitq   vidx_query_prep + vidx_rabitq_estimate on arbitrary postings
+#   fuzz_rabitq   vidx_query_prep_refined + vidx_rabitq_estimate on arbitrary postings
 set -uo pipefail
 cd "$(dirname "$(readlink -f "$0")")/../.."
 SECS=${1:-${VIDX_FUZZ_SECONDS:-45}}

@@ -10,25 +10,21 @@
 namespace
 {
 
-struct Hier
+struct Leaves
 {
 	std::vector<float> cent;
-	std::vector<int32_t> gstart;
-	int ngroups = 0;
 };
 
-Hier
-hier(const std::vector<float> &pts, int64_t n, int d, int k, uint64_t seed,
-     int threads = vt::THREADS)
+Leaves
+balanced(const std::vector<float> &pts, int64_t n, int d, int k, uint64_t seed,
+         int threads = vt::THREADS)
 {
-	Hier h;
+	Leaves h;
 	char err[256] = "";
 
 	h.cent.resize((size_t) k * d);
-	h.gstart.resize((size_t) k + 1);
-	EXPECT_EQ(VIDX_OK,
-	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, seed, h.cent.data(), h.gstart.data(),
-	                               &h.ngroups, threads, nullptr, nullptr, err, sizeof(err)))
+	EXPECT_EQ(VIDX_OK, vidx_kmeans_balanced(pts.data(), n, d, k, 10, seed, h.cent.data(), threads,
+	                                        nullptr, nullptr, err, sizeof(err)))
 	    << err;
 	return h;
 }
@@ -58,7 +54,7 @@ skewed(int64_t n, int d, int clusters, uint64_t seed)
 }
 
 std::vector<int64_t>
-sizes(const std::vector<float> &pts, int64_t n, int d, const Hier &h, int k)
+sizes(const std::vector<float> &pts, int64_t n, int d, const Leaves &h, int k)
 {
 	std::vector<int32_t> a(n);
 	std::vector<int64_t> s(k, 0);
@@ -67,20 +63,6 @@ sizes(const std::vector<float> &pts, int64_t n, int d, const Hier &h, int k)
 	for (int64_t i = 0; i < n; i++)
 		s[a[i]]++;
 	return s;
-}
-
-TEST(BuildKMeans, GroupsCoverAllLeaves)
-{
-	const int d = 16, k = 200;
-	const int64_t n = 20000;
-	auto pts = skewed(n, d, 30, 3);
-	Hier h = hier(pts, n, d, k, 11);
-
-	ASSERT_GE(h.ngroups, 1);
-	EXPECT_EQ(0, h.gstart[0]);
-	EXPECT_EQ(k, h.gstart[h.ngroups]);
-	for (int g = 0; g < h.ngroups; g++)
-		EXPECT_LT(h.gstart[g], h.gstart[g + 1]) << "group " << g << " is empty";
 }
 
 /* 40% of the points in one tight blob (k-means++ seeds it once or twice), the rest in 60 clusters.
@@ -111,7 +93,7 @@ TEST(BuildKMeans, LeafSizesAreBounded)
 	const int d = 16, k = 150;
 	const int64_t n = 30000;
 	auto pts = one_big_blob(n, d, 5);
-	Hier h = hier(pts, n, d, k, 13);
+	Leaves h = balanced(pts, n, d, k, 13);
 	auto s = sizes(pts, n, d, h, k);
 	int64_t mx = *std::max_element(s.begin(), s.end());
 
@@ -120,7 +102,7 @@ TEST(BuildKMeans, LeafSizesAreBounded)
 	std::vector<float> flat((size_t) k * d);
 	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, 13, flat.data(), vt::THREADS, nullptr,
 	                               nullptr, nullptr, 0));
-	Hier f;
+	Leaves f;
 	f.cent = flat;
 	auto fs = sizes(pts, n, d, f, k);
 	EXPECT_GT((double) *std::max_element(fs.begin(), fs.end()), 3.5 * (double) n / k);
@@ -153,15 +135,14 @@ TEST(BuildKMeans, BalancingReportsProgressAndCancels)
 	const int64_t n = 30000;
 	auto pts = one_big_blob(n, d, 5);
 	std::vector<float> cent((size_t) k * d);
-	std::vector<int32_t> gs(k + 1);
-	int ng = 0, kmeans_calls = 0, all_calls = 0;
+	int kmeans_calls = 0, all_calls = 0;
 	char err[128];
 
 	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS,
 	                               count_calls, &kmeans_calls, err, sizeof(err)));
 	ASSERT_EQ(VIDX_OK,
-	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), gs.data(), &ng,
-	                               vt::THREADS, count_calls, &all_calls, err, sizeof(err)));
+	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS,
+	                               count_calls, &all_calls, err, sizeof(err)));
 	/* The same k-means, then balancing, which reports between its steps. */
 	EXPECT_GT(all_calls, kmeans_calls + 1);
 
@@ -170,19 +151,18 @@ TEST(BuildKMeans, BalancingReportsProgressAndCancels)
 
 	c.at = kmeans_calls + 1;
 	EXPECT_EQ(VIDX_E_CANCELLED,
-	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), gs.data(), &ng,
-	                               vt::THREADS, cancel_at, &c, err, sizeof(err)));
+	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS, cancel_at,
+	                               &c, err, sizeof(err)));
 	EXPECT_EQ(c.at, c.calls);
 }
 
-TEST(BuildKMeans, SmallKIsFlatAndBalanced)
+TEST(BuildKMeans, SmallKIsBalanced)
 {
 	const int d = 8, k = 20;
 	const int64_t n = 4000;
 	auto pts = one_big_blob(n, d, 7);
-	Hier h = hier(pts, n, d, k, 1);
+	Leaves h = balanced(pts, n, d, k, 1);
 
-	EXPECT_EQ(1, h.ngroups);
 	/* Few leaves per natural cluster: the final reassignment may regrow a leaf past the cap. */
 	auto s = sizes(pts, n, d, h, k);
 	EXPECT_LE((double) *std::max_element(s.begin(), s.end()), 5.0 * (double) n / k);
@@ -193,10 +173,10 @@ TEST(BuildKMeans, DeterministicAcrossThreadCounts)
 	const int d = 12, k = 120;
 	const int64_t n = 15000;
 	auto pts = skewed(n, d, 20, 9);
-	Hier a = hier(pts, n, d, k, 5, 1), b = hier(pts, n, d, k, 5, 2), c = hier(pts, n, d, k, 6, 2);
+	Leaves a = balanced(pts, n, d, k, 5, 1), b = balanced(pts, n, d, k, 5, 2),
+	       c = balanced(pts, n, d, k, 6, 2);
 
 	EXPECT_EQ(0, std::memcmp(a.cent.data(), b.cent.data(), a.cent.size() * 4));
-	EXPECT_EQ(a.gstart, b.gstart);
 	EXPECT_NE(0, std::memcmp(a.cent.data(), c.cent.data(), a.cent.size() * 4));
 }
 
@@ -205,16 +185,13 @@ TEST(BuildKMeans, FewPoints)
 	const int d = 4, k = 100;
 	const int64_t n = 100;
 	auto pts = vt::gaussian((size_t) n * d, 1);
-	Hier h = hier(pts, n, d, k, 1);
+	Leaves h = balanced(pts, n, d, k, 1);
 
-	EXPECT_EQ(1, h.ngroups);
-	EXPECT_EQ(k, h.gstart[1]);
-	int32_t gs[2];
-	int ng;
+	EXPECT_EQ((size_t) k * d, h.cent.size());
 	float c[4];
 	char err[128];
-	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans_balanced(pts.data(), 0, d, 1, 10, 1, c, gs, &ng,
-	                                               vt::THREADS, nullptr, nullptr, err, 128));
+	EXPECT_EQ(VIDX_E_INVALID, vidx_kmeans_balanced(pts.data(), 0, d, 1, 10, 1, c, vt::THREADS,
+	                                               nullptr, nullptr, err, 128));
 }
 
 /* Sidecar records of n vectors. */
@@ -243,21 +220,18 @@ TEST(BuildEncode, ExactNearestLeafAndSameCodes)
 	/* Rotated points, then the clustering in rotated space. */
 	std::vector<float> r((size_t) n * d);
 	vidx_build_rotate(recs.data(), n, rs, d, VIDX_METRIC_L2, rot.data(), r.data(), vt::THREADS);
-	Hier h = hier(r, n, d, k, 3);
+	Leaves h = balanced(r, n, d, k, 3);
 
 	std::vector<float> scratch((size_t) n * d);
 	std::vector<char> post(ps * n);
 	std::vector<int32_t> a(n);
-	int64_t visited = 0;
 	char err[256] = "";
 
 	ASSERT_EQ(VIDX_OK,
 	          vidx_build_encode(recs.data(), n, rs, d, 0, VIDX_METRIC_L2, rot.data(), h.cent.data(),
-	                            h.gstart.data(), h.ngroups, 1000, scratch.data(), post.data(),
-	                            a.data(), &visited, vt::THREADS, err, sizeof(err)))
+	                            k, 1000, scratch.data(), post.data(), a.data(), vt::THREADS, err,
+	                            sizeof(err)))
 	    << err;
-	EXPECT_GT(visited, 0);
-	EXPECT_LE(visited, n * h.ngroups);
 
 	std::vector<int32_t> flat(n);
 	vidx_assign(r.data(), n, d, h.cent.data(), k, flat.data(), vt::THREADS);

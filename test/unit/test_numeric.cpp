@@ -572,12 +572,9 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 			vidx_build_rotate(recs.data(), n, rs, d, m, rot.data(), r.data(), 2);
 			for (float e : r)
 				ASSERT_TRUE(std::isfinite(e));
-			std::vector<int32_t> gstart(k + 1);
-			int ngroups = 0;
 			char err[256] = "";
-			ASSERT_EQ(VIDX_OK,
-			          vidx_kmeans_balanced(r.data(), n, d, k, 10, 5, cent.data(), gstart.data(),
-			                               &ngroups, 2, nullptr, nullptr, err, sizeof(err)))
+			ASSERT_EQ(VIDX_OK, vidx_kmeans_balanced(r.data(), n, d, k, 10, 5, cent.data(), 2,
+			                                        nullptr, nullptr, err, sizeof(err)))
 			    << err;
 			for (float e : cent)
 				ASSERT_TRUE(std::isfinite(e)) << "d=" << d << " metric=" << m;
@@ -586,9 +583,8 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 			std::vector<char> post(ps * n);
 			std::vector<int32_t> a(n);
 			ASSERT_EQ(VIDX_OK,
-			          vidx_build_encode(recs.data(), n, rs, d, 0, m, rot.data(), cent.data(),
-			                            gstart.data(), ngroups, 0, scratch.data(), post.data(),
-			                            a.data(), nullptr, 2, err, sizeof(err)))
+			          vidx_build_encode(recs.data(), n, rs, d, 0, m, rot.data(), cent.data(), k, 0,
+			                            scratch.data(), post.data(), a.data(), 2, err, sizeof(err)))
 			    << err;
 			std::vector<uint32_t> counts(k, 0);
 			for (int64_t i = 0; i < n; i++)
@@ -621,7 +617,7 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 					const VidxPosting *p =
 					    reinterpret_cast<const VidxPosting *>(post.data() + ps * i);
 					float est, lower;
-					vidx_query_prep(prep.data(), m, q, vidx_tree_centroid(nd), d);
+					vidx_query_prep_refined(prep.data(), m, q, vidx_tree_centroid(nd), d, 0);
 					vidx_rabitq_estimate(prep.data(), &p, 1, &est, &lower);
 					ASSERT_TRUE(std::isfinite(est) && std::isfinite(lower)) << "row " << i;
 					if (m != VIDX_METRIC_IP)
@@ -766,11 +762,9 @@ TEST(Numeric, TreeCheckRejectsOverflowedCentroids)
 	for (int i = 0; i < n; i++)
 		vidx_rotation_apply(rot.data(), &pts[(size_t) i * d], &pts[(size_t) i * d]);
 	std::vector<float> cent(4 * d);
-	std::vector<int32_t> gstart(5);
-	int ngroups;
 	char err[256] = "";
-	(void) vidx_kmeans_balanced(pts.data(), n, d, 4, 10, 5, cent.data(), gstart.data(), &ngroups, 2,
-	                            nullptr, nullptr, err, sizeof(err));
+	(void) vidx_kmeans_balanced(pts.data(), n, d, 4, 10, 5, cent.data(), 2, nullptr, nullptr, err,
+	                            sizeof(err));
 	size_t size = 0;
 	void *tree = vidx_tree_build(cent.data(), nullptr, 4, d, 2, 9, &size, 2, err, sizeof(err));
 	ASSERT_NE(nullptr, tree);

@@ -91,7 +91,7 @@ TEST(RaBitQ, EstimatorMatchesExactInnerProduct)
 		for (int i = 0; i < n; i++)
 			vidx_rabitq_encode(xs.data() + (size_t) i * d, c.data(), d, ps.at(i));
 		std::vector<char> prep(vidx_query_prep_size(d));
-		vidx_query_prep(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d);
+		vidx_query_prep_refined(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d, 0);
 		std::vector<float> est(n), lower(n);
 		vidx_rabitq_estimate(prep.data(), ps.ptrs.data(), n, est.data(), lower.data());
 

@@ -75,17 +75,14 @@ pool_workers()
 struct Outputs
 {
 	std::vector<float> kmeans, balanced, rotated, scratch, est, lower;
-	std::vector<int32_t> gstart, assign, enc_assign;
+	std::vector<int32_t> assign, enc_assign;
 	std::vector<char> postings, tree;
-	int ngroups = 0;
-	int64_t visited = 0;
 
 	bool operator==(const Outputs &o) const
 	{
 		return kmeans == o.kmeans && balanced == o.balanced && rotated == o.rotated &&
-		       scratch == o.scratch && est == o.est && lower == o.lower && gstart == o.gstart &&
-		       assign == o.assign && enc_assign == o.enc_assign && postings == o.postings &&
-		       tree == o.tree && ngroups == o.ngroups && visited == o.visited;
+		       scratch == o.scratch && est == o.est && lower == o.lower && assign == o.assign &&
+		       enc_assign == o.enc_assign && postings == o.postings && tree == o.tree;
 	}
 };
 
@@ -103,10 +100,8 @@ run_all(int threads)
 	                               nullptr, err, sizeof(err)))
 	    << err;
 	o.balanced.resize((size_t) k * d);
-	o.gstart.resize(k + 1);
-	EXPECT_EQ(VIDX_OK,
-	          vidx_kmeans_balanced(pts.data(), n, d, k, 8, 3, o.balanced.data(), o.gstart.data(),
-	                               &o.ngroups, threads, nullptr, nullptr, err, sizeof(err)))
+	EXPECT_EQ(VIDX_OK, vidx_kmeans_balanced(pts.data(), n, d, k, 8, 3, o.balanced.data(), threads,
+	                                        nullptr, nullptr, err, sizeof(err)))
 	    << err;
 	o.assign.resize(n);
 	vidx_assign(pts.data(), n, d, o.balanced.data(), k, o.assign.data(), threads);
@@ -126,9 +121,9 @@ run_all(int threads)
 	o.postings.resize(ps * n);
 	o.enc_assign.resize(n);
 	EXPECT_EQ(VIDX_OK, vidx_build_encode(recs.data(), n, rs, d, 4, VIDX_METRIC_L2, rot.data(),
-	                                     o.balanced.data(), o.gstart.data(), o.ngroups, 7,
-	                                     o.scratch.data(), o.postings.data(), o.enc_assign.data(),
-	                                     &o.visited, threads, err, sizeof(err)))
+	                                     o.balanced.data(), k, 7, o.scratch.data(),
+	                                     o.postings.data(), o.enc_assign.data(), threads, err,
+	                                     sizeof(err)))
 	    << err;
 
 	size_t size = 0;
@@ -145,7 +140,7 @@ run_all(int threads)
 	std::vector<const VidxPosting *> ptrs(n);
 	std::vector<VidxEstimateTask> tasks;
 
-	vidx_query_prep(prep.data(), VIDX_METRIC_L2, o.rotated.data(), o.balanced.data(), d);
+	vidx_query_prep_refined(prep.data(), VIDX_METRIC_L2, o.rotated.data(), o.balanced.data(), d, 0);
 	for (int64_t i = 0; i < n; i++)
 		ptrs[i] = reinterpret_cast<const VidxPosting *>(o.postings.data() + ps * i);
 	o.est.resize(n);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 
+#include "internal.hpp"
 #include "test_util.hpp"
 
 namespace
@@ -76,7 +77,7 @@ TEST(Tree, BuildCheckAndSearchOrder)
 		t.blob = vidx_tree_build(leaves.data(), nullptr, cs.nleaves, cs.dims, cs.fanout, 1, &t.size,
 		                         vt::THREADS, err, sizeof(err));
 		ASSERT_NE(t.blob, nullptr) << err;
-		ASSERT_EQ(t.size, vidx_tree_blob_size(cs.dims, vidx_tree_node(t.blob, 0)
+		ASSERT_EQ(t.size, vidx::tree_blob_size(cs.dims, vidx_tree_node(t.blob, 0)
 		                                                   ? ((VidxTreeHeader *) t.blob)->nnodes
 		                                                   : 0));
 		ASSERT_EQ(VIDX_OK, vidx_tree_check(t.blob, t.size, err, sizeof(err))) << err;
