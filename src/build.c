@@ -179,8 +179,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	int nleaves = th->nleaves;
 	Size psize = vidx_posting_size_refined(dims, refine_bits);
 	int per_page = vidx_postings_per_page(dims, refine_bits);
-	uint32 tree_pages =
-	    (uint32) ((tree_size + VIDX_TREE_PAGE_CAPACITY - 1) / VIDX_TREE_PAGE_CAPACITY);
+	uint32 tree_pages = vidx_tree_pages(tree_size);
 	BlockNumber *heads = palloc(sizeof(BlockNumber) * nleaves);
 	BlockNumber next_head = 1 + tree_pages;
 	VidxMetaPage meta;
@@ -190,7 +189,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	for (int l = 0; l < nleaves; l++)
 	{
 		heads[l] = next_head;
-		next_head += Max(1, (counts[l] + per_page - 1) / per_page);
+		next_head += vidx_chain_pages(counts[l], per_page);
 	}
 	for (uint32 i = 0; i < th->nnodes; i++)
 	{
@@ -247,7 +246,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 	/* Posting chains. */
 	for (int l = 0; l < nleaves; l++)
 	{
-		int npages = Max(1, (counts[l] + per_page - 1) / per_page);
+		int npages = vidx_chain_pages(counts[l], per_page);
 		uint32 left = counts[l];
 
 		CHECK_FOR_INTERRUPTS();
@@ -454,7 +453,6 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		void *rotation;
 		char *records;
 		float *scratch;
-		int64 *offsets;
 		int threads = vidx_build_thread_count();
 
 		nleaves = opts->lists > 0 ? opts->lists : default_lists(bs.ntuples);
@@ -502,9 +500,13 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		pfree(scratch);
 		elog(DEBUG1, "vidx build: %d leaves, %d threads", nleaves, threads);
 
-		counts = palloc0(sizeof(uint32) * nleaves);
-		for (int64 i = 0; i < bs.ntuples; i++)
-			counts[assignment[i]]++;
+		/* Postings in leaf order (a counting sort of the slots; postings stay in place). */
+		counts = palloc(sizeof(uint32) * nleaves);
+		order = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * bs.ntuples);
+		vidx_core_check(vidx_build_order(assignment, bs.ntuples, nleaves, counts, order, err,
+		                                 sizeof(err)),
+		                "ordering", err);
+		pfree(assignment);
 
 		{
 			void *blob = vidx_tree_build(centroids, counts, nleaves, bs.dims, fanout,
@@ -516,16 +518,6 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		}
 		CHECK_FOR_INTERRUPTS();
 
-		/* Postings in leaf order (a counting sort of the slots; postings stay in place). */
-		offsets = palloc(sizeof(int64) * (nleaves + 1));
-		offsets[0] = 0;
-		for (int l = 0; l < nleaves; l++)
-			offsets[l + 1] = offsets[l] + counts[l];
-		order = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * bs.ntuples);
-		for (int64 i = 0; i < bs.ntuples; i++)
-			order[offsets[assignment[i]]++] = (uint32) i;
-		pfree(offsets);
-		pfree(assignment);
 		pfree(centroids);
 		pfree(rotation);
 	}

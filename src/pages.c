@@ -18,7 +18,7 @@ int
 vidx_postings_per_page(int dims, int refine_bits)
 {
 	Size item = MAXALIGN(vidx_posting_size_refined(dims, refine_bits));
-	Size space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData));
+	Size space = VIDX_PAGE_CONTENT_SIZE;
 
 	return (int) (space / (item + sizeof(ItemIdData)));
 }
@@ -172,8 +172,7 @@ void
 vidx_check_posting_fits(Relation index, int dims, int refine_bits)
 {
 	Size item = MAXALIGN(vidx_posting_size_refined(dims, refine_bits));
-	Size space = BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)) -
-	             sizeof(ItemIdData);
+	Size space = VIDX_PAGE_CONTENT_SIZE - sizeof(ItemIdData);
 
 	if (item > space)
 		ereport(

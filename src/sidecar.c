@@ -32,14 +32,25 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+/*
+ * The one place that spells a sidecar file's name (sidecar_gc.c's parse_name
+ * reads it back): <spc>_<db>_<relfilenode>.vsc, or ..._t<backend>.vsc for a
+ * temporary index, in $PGDATA/vidx.
+ */
+char *
+vidx_sidecar_path_for(Oid spc, Oid db, Oid relfilenode, bool temp)
+{
+	if (temp)
+		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR, spc, db, relfilenode,
+		                MyBackendId);
+	return psprintf("%s/%s/%u_%u_%u.vsc", DataDir, VIDX_SIDECAR_DIR, spc, db, relfilenode);
+}
+
 char *
 vidx_sidecar_path(Relation index)
 {
-	if (RelationUsesLocalBuffers(index))
-		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR, index->rd_node.spcNode,
-		                index->rd_node.dbNode, index->rd_node.relNode, MyBackendId);
-	return psprintf("%s/%s/%u_%u_%u.vsc", DataDir, VIDX_SIDECAR_DIR, index->rd_node.spcNode,
-	                index->rd_node.dbNode, index->rd_node.relNode);
+	return vidx_sidecar_path_for(index->rd_node.spcNode, index->rd_node.dbNode,
+	                             index->rd_node.relNode, RelationUsesLocalBuffers(index));
 }
 
 static void

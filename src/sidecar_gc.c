@@ -111,7 +111,10 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId 
 	}
 }
 
-/* The parts of a sidecar file name: <spc>_<db>_<relfilenode>.vsc or ..._t<backend>.vsc */
+/*
+ * The parts of a sidecar file name, as vidx_sidecar_path_for spells it:
+ * <spc>_<db>_<relfilenode>.vsc or ..._t<backend>.vsc
+ */
 typedef struct SidecarName
 {
 	Oid spc;
@@ -358,11 +361,8 @@ path_for_class(Form_pg_class cls)
 {
 	Oid spc = OidIsValid(cls->reltablespace) ? cls->reltablespace : MyDatabaseTableSpace;
 
-	if (cls->relpersistence == RELPERSISTENCE_TEMP)
-		return psprintf("%s/%s/%u_%u_%u_t%d.vsc", DataDir, VIDX_SIDECAR_DIR, spc, MyDatabaseId,
-		                cls->relfilenode, MyBackendId);
-	return psprintf("%s/%s/%u_%u_%u.vsc", DataDir, VIDX_SIDECAR_DIR, spc, MyDatabaseId,
-	                cls->relfilenode);
+	return vidx_sidecar_path_for(spc, MyDatabaseId, cls->relfilenode,
+	                             cls->relpersistence == RELPERSISTENCE_TEMP);
 }
 
 static object_access_hook_type prev_object_access_hook = NULL;

@@ -79,7 +79,7 @@ log_full_page(Relation index, Buffer buf, Page image)
 static BlockNumber
 write_chain(Relation index, char *const *postings, int n, Size psize, int per_page, uint32 leaf_id)
 {
-	int npages = Max(1, (n + per_page - 1) / per_page);
+	int npages = vidx_chain_pages(n, per_page);
 	Buffer hbuf = vidx_new_buffer(index);
 	BlockNumber head = BufferGetBlockNumber(hbuf);
 	BlockNumber next = InvalidBlockNumber;
@@ -119,7 +119,7 @@ write_chain(Relation index, char *const *postings, int n, Size psize, int per_pa
 static BlockNumber
 write_tree(Relation index, const char *blob, size_t size, uint32 version, uint32 *npages_out)
 {
-	uint32 npages = (uint32) ((size + VIDX_TREE_PAGE_CAPACITY - 1) / VIDX_TREE_PAGE_CAPACITY);
+	uint32 npages = vidx_tree_pages(size);
 	BlockNumber next = InvalidBlockNumber;
 	PGAlignedBlock image;
 

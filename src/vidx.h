@@ -55,6 +55,10 @@ typedef VidxPageOpaqueData *VidxPageOpaque;
 #define VIDX_PAGE_ID 0xFF8A
 #define VidxPageGetOpaque(page) ((VidxPageOpaque) PageGetSpecialPointer(page))
 
+/* Bytes of a vidx page between its header and its special space: what every page type holds. */
+#define VIDX_PAGE_CONTENT_SIZE                                                                     \
+	(BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)))
+
 /* A replaced chain waiting to be freed (its pages are linked by next). */
 typedef struct VidxGraveEntry
 {
@@ -64,9 +68,7 @@ typedef struct VidxGraveEntry
 } VidxGraveEntry;
 
 /* Entries of a graveyard page, in its contents. */
-#define VIDX_GRAVES_PER_PAGE                                                                       \
-	((BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData))) /            \
-	 sizeof(VidxGraveEntry))
+#define VIDX_GRAVES_PER_PAGE (VIDX_PAGE_CONTENT_SIZE / sizeof(VidxGraveEntry))
 #define VidxPageGetGraves(page) ((VidxGraveEntry *) PageGetContents(page))
 
 /*
@@ -83,9 +85,7 @@ typedef struct VidxFreeSlots
 } VidxFreeSlots;
 
 #define VIDX_SLOTS_PER_PAGE                                                                        \
-	((BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)) -             \
-	  offsetof(VidxFreeSlots, slots)) /                                                            \
-	 sizeof(uint32))
+	((VIDX_PAGE_CONTENT_SIZE - offsetof(VidxFreeSlots, slots)) / sizeof(uint32))
 #define VidxPageGetFreeSlots(page) ((VidxFreeSlots *) PageGetContents(page))
 #define VidxPageGetNSlots(page)                                                                    \
 	(((int) ((PageHeader) (page))->pd_lower - (int) MAXALIGN(SizeOfPageHeaderData) -               \
@@ -145,8 +145,21 @@ typedef VidxMetaPageData *VidxMetaPage;
 #define VidxPageGetMeta(page) ((VidxMetaPage) PageGetContents(page))
 
 /* Usable bytes of a tree page for the blob. */
-#define VIDX_TREE_PAGE_CAPACITY                                                                    \
-	(BLCKSZ - MAXALIGN(SizeOfPageHeaderData) - MAXALIGN(sizeof(VidxPageOpaqueData)))
+#define VIDX_TREE_PAGE_CAPACITY VIDX_PAGE_CONTENT_SIZE
+
+/* Tree pages that hold a tree blob of size bytes. */
+static inline uint32
+vidx_tree_pages(Size size)
+{
+	return (uint32) ((size + VIDX_TREE_PAGE_CAPACITY - 1) / VIDX_TREE_PAGE_CAPACITY);
+}
+
+/* Pages of a chain written with n postings, per_page to a page (a chain has at least its head). */
+static inline int
+vidx_chain_pages(int64 n, int per_page)
+{
+	return (int) Max(1, (n + per_page - 1) / per_page);
+}
 
 /* ---------- options and settings ---------- */
 
@@ -279,6 +292,8 @@ extern void vidx_table_reader_end(VidxTableReader *r);
 /* The sidecar files' directory, under $PGDATA. */
 #define VIDX_SIDECAR_DIR "vidx"
 
+/* The sidecar file of an index's storage (spc and db as in its RelFileNode). */
+extern char *vidx_sidecar_path_for(Oid spc, Oid db, Oid relfilenode, bool temp);
 extern char *vidx_sidecar_path(Relation index);
 extern void vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id);
 extern void vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v);

@@ -231,6 +231,36 @@ vidx_kmeans_balanced(const float *points, int64_t n, int dims, int k, int iterat
 	}
 }
 
+extern "C" int
+vidx_build_order(const int32_t *assignment, int64_t n, int nleaves, uint32_t *counts,
+                 uint32_t *order, char *err, size_t errlen) noexcept
+{
+	try
+	{
+		if (n < 0 || nleaves < 1 || (n > 0 && (assignment == nullptr || order == nullptr)) ||
+		    counts == nullptr)
+		{
+			vidx::set_err(err, errlen, "invalid build order arguments (n=%lld, nleaves=%d)",
+			              (long long) n, nleaves);
+			return VIDX_E_INVALID;
+		}
+		std::vector<int64_t> start((size_t) nleaves + 1);
+
+		vidx::group_by_cluster(assignment, n, nleaves, counts, start.data(), order);
+		return VIDX_OK;
+	}
+	catch (const std::bad_alloc &)
+	{
+		vidx::set_err(err, errlen, "out of memory ordering %lld postings by leaf", (long long) n);
+		return VIDX_E_NOMEM;
+	}
+	catch (...)
+	{
+		vidx::set_err(err, errlen, "internal error ordering postings by leaf");
+		return VIDX_E_INTERNAL;
+	}
+}
+
 extern "C" void
 vidx_build_rotate(const void *records, int64_t n, size_t record_size, int dims, VidxMetric metric,
                   const void *rotation, float *out, int threads) noexcept

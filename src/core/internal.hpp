@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <vector>
 
 #include "vidx_core.h"
 
@@ -157,14 +158,36 @@ round_up_float(double x)
 }
 
 /*
+ * Counting sort of points by cluster, in point order: count[k] (members of
+ * each cluster), start[k+1] (where each cluster's members begin in order),
+ * order[n] (the points of cluster 0, then of cluster 1, ...). The build's
+ * postings (Index = uint32_t) and k-means (int64_t) share it. May throw
+ * std::bad_alloc.
+ */
+template <class Count, class Index>
+void
+group_by_cluster(const int32_t *assign, int64_t n, int k, Count *count, int64_t *start,
+                 Index *order)
+{
+	for (int j = 0; j < k; j++)
+		count[j] = 0;
+	for (int64_t i = 0; i < n; i++)
+		count[assign[i]]++;
+	start[0] = 0;
+	for (int j = 0; j < k; j++)
+		start[j + 1] = start[j] + (int64_t) count[j];
+	std::vector<int64_t> pos(start, start + k);
+
+	for (int64_t i = 0; i < n; i++)
+		order[pos[assign[i]]++] = (Index) i;
+}
+
+/*
  * Centroid of each cluster: the mean of its members, summed in double in point
  * order (so the result does not depend on the thread count); clusters without
  * members keep their centroid. means_from_order takes the points grouped by
- * cluster (a counting sort: start[j]..start[j+1] in order).
+ * cluster (group_by_cluster: start[j]..start[j+1] in order).
  */
-/* Counting sort of points by cluster, in point order: count[k], start[k+1], order[n]. */
-void group_by_cluster(const int32_t *assign, int64_t n, int k, int64_t *count, int64_t *start,
-                      int64_t *order);
 void means_from_order(const float *points, int dims, int k, const int64_t *count,
                       const int64_t *start, const int64_t *order, float *centroids, int threads);
 void update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,

@@ -73,22 +73,6 @@ vidx::means_from_order(const float *points, int dims, int k, const int64_t *coun
 }
 
 void
-vidx::group_by_cluster(const int32_t *assign, int64_t n, int k, int64_t *count, int64_t *start,
-                       int64_t *order)
-{
-	std::fill(count, count + k, 0);
-	for (int64_t i = 0; i < n; i++)
-		count[assign[i]]++;
-	start[0] = 0;
-	for (int j = 0; j < k; j++)
-		start[j + 1] = start[j] + count[j];
-	std::vector<int64_t> pos(start, start + k);
-
-	for (int64_t i = 0; i < n; i++)
-		order[pos[assign[i]]++] = i;
-}
-
-void
 vidx::update_means(const float *points, int64_t n, int dims, int k, const int32_t *assign,
                    float *centroids, int threads)
 {

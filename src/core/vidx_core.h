@@ -269,6 +269,15 @@ extern "C"
 	                      size_t errlen) VIDX_NOEXCEPT;
 
 	/*
+	 * The build's postings in leaf order, a counting sort of assignment (n
+	 * leaves below nleaves): counts[nleaves] (postings per leaf) and order[n]
+	 * (the indexes of leaf 0's postings, then leaf 1's, ..., each in index
+	 * order). n must be below 2^32.
+	 */
+	int vidx_build_order(const int32_t *assignment, int64_t n, int nleaves, uint32_t *counts,
+	                     uint32_t *order, char *err, size_t errlen) VIDX_NOEXCEPT;
+
+	/*
 	 * Tree blob: the serialized hierarchical tree of centroids, stored verbatim in
 	 * the index's tree pages and searched in place. Node 0 is the root. The
 	 * children of an internal node are contiguous. Leaves carry leaf_id (0..nleaves-1,

@@ -276,4 +276,18 @@ TEST(BuildEncode, CosineNormalizesBeforeRotating)
 	}
 }
 
+TEST(BuildOrder, CountingSortByLeafKeepsSlotOrder)
+{
+	const int32_t a[] = {2, 0, 2, 1, 0, 2, 3, 0};
+	const int k = 5; /* leaf 4 has no posting */
+	std::vector<uint32_t> counts(k, 99), order(8, 99);
+	char err[128] = "";
+
+	ASSERT_EQ(VIDX_OK, vidx_build_order(a, 8, k, counts.data(), order.data(), err, sizeof(err)))
+	    << err;
+	EXPECT_EQ((std::vector<uint32_t>{3, 1, 3, 1, 0}), counts);
+	EXPECT_EQ((std::vector<uint32_t>{1, 4, 7, 3, 0, 2, 5, 6}), order);
+	EXPECT_EQ(VIDX_E_INVALID, vidx_build_order(a, 8, 0, counts.data(), order.data(), err, 128));
+}
+
 } // namespace
