@@ -8,7 +8,7 @@ EXTENSION = vidx
 MODULE_big = vidx
 DATA = sql/vidx--0.1.0.sql
 
-GLUE_OBJS = src/vidx.o src/vector.o src/pages.o src/sidecar.o src/sidecar_gc.o src/build.o \
+GLUE_OBJS = src/vidx.o src/vector.o src/pages.o src/tree_cache.o src/sidecar.o src/sidecar_gc.o src/build.o \
 	src/insert.o src/scan.o src/scan_pool.o src/scan_leaf.o src/scan_cost.o src/vacuum.o src/functions.o src/batch.o src/table.o src/split.o src/freeslots.o
 CORE_OBJS = src/core/distance.o src/core/rotation.o src/core/rabitq.o \
 	src/core/kmeans.o src/core/tree.o src/core/tree_edit.o src/core/sidecar_format.o \

@@ -22,6 +22,7 @@
 #include "vidx.h"
 
 #include <math.h>
+#include <unistd.h>
 
 #include "access/tableam.h"
 #include "access/xloginsert.h"
@@ -32,6 +33,7 @@
 #include "pgstat.h"
 #include "storage/smgr.h"
 #include "utils/memutils.h"
+#include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -50,6 +52,32 @@ typedef struct VidxBuildState
 
 /* Records read back from the sidecar per batch (about 32 MB at 1024 dimensions). */
 #define VIDX_BUILD_BATCH 8192
+
+/* ---------- settings ---------- */
+
+static int vidx_build_threads = 0;
+
+void
+vidx_build_init(void)
+{
+	DefineCustomIntVariable(
+	    "vidx.build_threads", "Threads a vidx index build uses",
+	    "0 takes max_parallel_maintenance_workers + 1, PostgreSQL's own bound on a maintenance "
+	    "command's parallelism. Never more than the online CPUs.",
+	    &vidx_build_threads, 0, 0, VIDX_MAX_THREADS, PGC_USERSET, 0, NULL, NULL, NULL);
+}
+
+int
+vidx_build_thread_count(void)
+{
+	int threads =
+	    vidx_build_threads > 0 ? vidx_build_threads : max_parallel_maintenance_workers + 1;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (cpus > 0 && threads > cpus)
+		threads = (int) cpus;
+	return threads;
+}
 
 /* Leaves from the row count: sqrt(N), at least 1. */
 static int

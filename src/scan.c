@@ -33,9 +33,64 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/float.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+
+/* ---------- settings ---------- */
+
+int vidx_probes = 10;
+int vidx_rerank = 0;
+int vidx_scan_threads = 1;
+int vidx_iterative_scan = VIDX_ITERATIVE_STRICT;
+
+static int vidx_max_scan_threads = 4;
+
+static const struct config_enum_entry iterative_scan_options[] = {
+    {"strict_order", VIDX_ITERATIVE_STRICT, false},
+    {"relaxed_order", VIDX_ITERATIVE_RELAXED, false},
+    {NULL, 0, false},
+};
+
+void
+vidx_scan_init(void)
+{
+	DefineCustomIntVariable("vidx.probes",
+	                        "Number of leaves a vidx scan reads before it returns rows",
+	                        "More probes: higher recall, slower queries.", &vidx_probes, 10, 1,
+	                        1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "vidx.rerank", "Re-scoring budget of a vidx scan, beyond the rows it returned (0 = none)",
+	    "Candidates are re-scored with their full vectors, lowest lower bound first; a row "
+	    "is returned once no candidate left can beat it by its error bound. With a budget, "
+	    "once this many more candidates than rows returned were re-scored, a row is "
+	    "returned once no candidate left is expected to beat it by its estimate.",
+	    &vidx_rerank, 0, 0, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable(
+	    "vidx.iterative_scan", "Order of the rows a vidx scan returns past its first leaves",
+	    "strict_order (the default): rows always come in order of distance; a row found "
+	    "later that is closer than one already returned is skipped. relaxed_order: no row "
+	    "found is skipped, but such rows come out of order (re-sort them in the query).",
+	    &vidx_iterative_scan, VIDX_ITERATIVE_STRICT, iterative_scan_options, PGC_USERSET, 0, NULL,
+	    NULL, NULL);
+	DefineCustomIntVariable(
+	    "vidx.scan_threads", "Threads a vidx scan may use to estimate a large group of postings",
+	    "Each backend starts its own threads: with many concurrent queries, keep the product "
+	    "of clients and threads at or below the number of cores.",
+	    &vidx_scan_threads, 1, 1, 64, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("vidx.max_scan_threads",
+	                        "Most threads any vidx scan uses, whatever vidx.scan_threads says",
+	                        "A scan uses min(vidx.scan_threads, vidx.max_scan_threads) threads.",
+	                        &vidx_max_scan_threads, 4, 1, 64, PGC_SIGHUP, 0, NULL, NULL, NULL);
+	vidx_pool_init();
+}
+
+int
+vidx_scan_thread_count(void)
+{
+	return Min(vidx_scan_threads, vidx_max_scan_threads);
+}
 
 /* ---------- scan callbacks ---------- */
 

@@ -145,6 +145,8 @@ typedef VidxScanOpaqueData *VidxScanOpaque;
 
 /* ---------- the candidate pool (scan_pool.c) ---------- */
 
+/* Registers the transaction callback that frees the scratch area after a failed scan. */
+extern void vidx_pool_init(void);
 /* Gives the scan the backend's scratch arrays if no other scan holds them. */
 extern void vidx_pool_take_scratch(VidxScanOpaque so);
 /* Room for n more candidates. */

@@ -226,7 +226,7 @@ scratch_xact_callback(XactEvent event, void *arg)
 }
 
 void
-vidx_scan_init(void)
+vidx_pool_init(void)
 {
 	RegisterXactCallback(scratch_xact_callback, NULL);
 }

@@ -359,6 +359,32 @@ graveyard_add(Page gpage, BlockNumber first, uint32 leaf_id, uint64 safe_xid)
 
 int vidx_debug_split = VIDX_DEBUG_SPLIT_OFF;
 
+static const struct config_enum_entry debug_split_options[] = {
+    {"off", VIDX_DEBUG_SPLIT_OFF, false},
+    {"crash_after_chains", VIDX_DEBUG_CRASH_AFTER_CHAINS, false},
+    {"crash_after_tree", VIDX_DEBUG_CRASH_AFTER_TREE, false},
+    {"crash_after_publish", VIDX_DEBUG_CRASH_AFTER_PUBLISH, false},
+    {"wait_before_publish", VIDX_DEBUG_WAIT_BEFORE_PUBLISH, false},
+    {"wait_in_vacuum", VIDX_DEBUG_WAIT_IN_VACUUM, false},
+    {"wait_after_route", VIDX_DEBUG_WAIT_AFTER_ROUTE, false},
+    {NULL, 0, false},
+};
+
+void
+vidx_split_init(void)
+{
+	DefineCustomEnumVariable(
+	    "vidx.debug_split", "Fault injection for vidx's tests: do not use",
+	    "crash_after_chains, crash_after_tree, crash_after_publish: the next split of this "
+	    "session kills its backend (SIGKILL, after flushing the WAL) at that point, so the server "
+	    "goes through crash recovery. wait_before_publish: a split waits for "
+	    "pg_advisory_lock(1986618488) before its publication, holding the leaf; "
+	    "wait_in_vacuum: VACUUM waits for it holding the split lock; wait_after_route: an "
+	    "insert waits for it after choosing its leaf.",
+	    &vidx_debug_split, VIDX_DEBUG_SPLIT_OFF, debug_split_options, PGC_SUSET, GUC_NOT_IN_SAMPLE,
+	    NULL, NULL, NULL);
+}
+
 /*
  * At the point vidx.debug_split names: a crash point flushes the WAL written
  * so far (so recovery starts exactly there) and kills this backend with

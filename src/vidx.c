@@ -1,10 +1,9 @@
 /*
- * vidx.c: module entry, access-method handler, index options, settings,
- * operator-class support functions, and the core error bridge.
+ * vidx.c: module entry (_PG_init: index options, then each module's own
+ * settings and callbacks), access-method handler, operator-class support
+ * functions, and the core error bridge.
  */
 #include "vidx.h"
-
-#include <unistd.h>
 
 #include "access/relscan.h"
 #include "catalog/pg_type.h"
@@ -18,31 +17,6 @@
 
 PG_MODULE_MAGIC;
 
-int vidx_probes = 10;
-int vidx_rerank = 0;
-int vidx_scan_threads = 1;
-int vidx_tree_cache_mb = 0;
-int vidx_iterative_scan = VIDX_ITERATIVE_STRICT;
-
-static const struct config_enum_entry iterative_scan_options[] = {
-    {"strict_order", VIDX_ITERATIVE_STRICT, false},
-    {"relaxed_order", VIDX_ITERATIVE_RELAXED, false},
-    {NULL, 0, false},
-};
-
-static const struct config_enum_entry debug_split_options[] = {
-    {"off", VIDX_DEBUG_SPLIT_OFF, false},
-    {"crash_after_chains", VIDX_DEBUG_CRASH_AFTER_CHAINS, false},
-    {"crash_after_tree", VIDX_DEBUG_CRASH_AFTER_TREE, false},
-    {"crash_after_publish", VIDX_DEBUG_CRASH_AFTER_PUBLISH, false},
-    {"wait_before_publish", VIDX_DEBUG_WAIT_BEFORE_PUBLISH, false},
-    {"wait_in_vacuum", VIDX_DEBUG_WAIT_IN_VACUUM, false},
-    {"wait_after_route", VIDX_DEBUG_WAIT_AFTER_ROUTE, false},
-    {NULL, 0, false},
-};
-
-static int vidx_max_scan_threads = 4;
-static int vidx_build_threads = 0;
 static relopt_kind vidx_relopt_kind;
 
 void _PG_init(void);
@@ -67,58 +41,14 @@ _PG_init(void)
 	add_int_reloption(vidx_relopt_kind, "kmeans_iterations", "Lloyd iterations of k-means at build",
 	                  VIDX_DEFAULT_ITERATIONS, 1, 1000, AccessExclusiveLock);
 
-	DefineCustomIntVariable("vidx.probes",
-	                        "Number of leaves a vidx scan reads before it returns rows",
-	                        "More probes: higher recall, slower queries.", &vidx_probes, 10, 1,
-	                        1000000, PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable(
-	    "vidx.rerank", "Re-scoring budget of a vidx scan, beyond the rows it returned (0 = none)",
-	    "Candidates are re-scored with their full vectors, lowest lower bound first; a row "
-	    "is returned once no candidate left can beat it by its error bound. With a budget, "
-	    "once this many more candidates than rows returned were re-scored, a row is "
-	    "returned once no candidate left is expected to beat it by its estimate.",
-	    &vidx_rerank, 0, 0, 1000000, PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomEnumVariable(
-	    "vidx.iterative_scan", "Order of the rows a vidx scan returns past its first leaves",
-	    "strict_order (the default): rows always come in order of distance; a row found "
-	    "later that is closer than one already returned is skipped. relaxed_order: no row "
-	    "found is skipped, but such rows come out of order (re-sort them in the query).",
-	    &vidx_iterative_scan, VIDX_ITERATIVE_STRICT, iterative_scan_options, PGC_USERSET, 0, NULL,
-	    NULL, NULL);
-	DefineCustomIntVariable(
-	    "vidx.scan_threads", "Threads a vidx scan may use to estimate a large group of postings",
-	    "Each backend starts its own threads: with many concurrent queries, keep the product "
-	    "of clients and threads at or below the number of cores.",
-	    &vidx_scan_threads, 1, 1, 64, PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("vidx.max_scan_threads",
-	                        "Most threads any vidx scan uses, whatever vidx.scan_threads says",
-	                        "A scan uses min(vidx.scan_threads, vidx.max_scan_threads) threads.",
-	                        &vidx_max_scan_threads, 4, 1, 64, PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable(
-	    "vidx.build_threads", "Threads a vidx index build uses",
-	    "0 takes max_parallel_maintenance_workers + 1, PostgreSQL's own bound on a maintenance "
-	    "command's parallelism. Never more than the online CPUs.",
-	    &vidx_build_threads, 0, 0, VIDX_MAX_THREADS, PGC_USERSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable(
-	    "vidx.tree_cache_mb", "Memory for the vidx trees (centroids) a backend keeps cached",
-	    "0 derives it from the machine: a quarter of the RAM divided by max_connections, "
-	    "between 64 MB and 1 GB. The tree a query needs is always loaded.",
-	    &vidx_tree_cache_mb, 0, 0, INT_MAX / 2, PGC_USERSET, GUC_UNIT_MB, NULL, NULL, NULL);
-	DefineCustomEnumVariable(
-	    "vidx.debug_split", "Fault injection for vidx's tests: do not use",
-	    "crash_after_chains, crash_after_tree, crash_after_publish: the next split of this "
-	    "session kills its backend (SIGKILL, after flushing the WAL) at that point, so the server "
-	    "goes through crash recovery. wait_before_publish: a split waits for "
-	    "pg_advisory_lock(1986618488) before its publication, holding the leaf; "
-	    "wait_in_vacuum: VACUUM waits for it holding the split lock; wait_after_route: an "
-	    "insert waits for it after choosing its leaf.",
-	    &vidx_debug_split, VIDX_DEBUG_SPLIT_OFF, debug_split_options, PGC_SUSET, GUC_NOT_IN_SAMPLE,
-	    NULL, NULL, NULL);
-	MarkGUCPrefixReserved("vidx");
-
+	/* Each module defines its own settings and callbacks. */
+	vidx_scan_init();
+	vidx_build_init();
+	vidx_tree_cache_init();
+	vidx_split_init();
 	vidx_sidecar_init();
 	vidx_sidecar_gc_init();
-	vidx_scan_init();
+	MarkGUCPrefixReserved("vidx");
 }
 
 /* ---------- options ---------- */
@@ -217,26 +147,6 @@ vidx_buildphasename(int64 phasenum)
 	default:
 		return NULL;
 	}
-}
-
-/* ---------- thread counts for the core ---------- */
-
-int
-vidx_build_thread_count(void)
-{
-	int threads =
-	    vidx_build_threads > 0 ? vidx_build_threads : max_parallel_maintenance_workers + 1;
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-
-	if (cpus > 0 && threads > cpus)
-		threads = (int) cpus;
-	return threads;
-}
-
-int
-vidx_scan_thread_count(void)
-{
-	return Min(vidx_scan_threads, vidx_max_scan_threads);
 }
 
 /* ---------- core error bridge ---------- */

@@ -177,11 +177,12 @@ typedef struct VidxOptions
 #define VIDX_DEFAULT_ITERATIONS 10
 #define VIDX_ROTATION_SEED UINT64CONST(0x5eed0f5151dc0de)
 
-extern int vidx_probes;
-extern int vidx_rerank;
-extern int vidx_scan_threads;
-extern int vidx_tree_cache_mb;
-extern int vidx_iterative_scan;
+/* Settings: each module defines its own in its init function, which _PG_init calls. */
+extern int vidx_probes;         /* scan.c */
+extern int vidx_rerank;         /* scan.c */
+extern int vidx_scan_threads;   /* scan.c */
+extern int vidx_iterative_scan; /* scan.c */
+extern int vidx_tree_cache_mb;  /* tree_cache.c */
 
 /* vidx.iterative_scan */
 #define VIDX_ITERATIVE_STRICT 0
@@ -226,7 +227,7 @@ extern void vidx_check_nonzero(const float *v, int dims);
  */
 extern void vidx_check_indexable(const float *v, int dims, int lbound, Relation index);
 
-/* ---------- relation helpers (vidx.c, pages.c) ---------- */
+/* ---------- relation helpers (vidx.c, pages.c, tree_cache.c) ---------- */
 
 extern VidxMetric vidx_index_metric(Relation index);
 extern VidxOptions *vidx_index_options(Relation index);
@@ -239,6 +240,8 @@ extern bool vidx_page_is(Page page, uint16 page_type);
 extern void vidx_version_gone(Relation index, BlockNumber blkno, const char *what)
     pg_attribute_noreturn();
 extern void vidx_read_meta(Relation index, VidxMetaPageData *meta);
+/* The error for a metapage that is not a vidx metapage of this format version. */
+extern void vidx_bad_meta(Relation index, const VidxMetaPageData *meta) pg_attribute_noreturn();
 extern void vidx_check_posting_fits(Relation index, int dims, int refine_bits);
 /*
  * Copies the metapage without raising an error: false (and *meta zeroed) if
@@ -247,7 +250,7 @@ extern void vidx_check_posting_fits(Relation index, int dims, int refine_bits);
 extern bool vidx_try_read_meta(Relation index, VidxMetaPageData *meta);
 
 /*
- * Per-backend cache of an index's tree blob and rotation, keyed by the index's
+ * Per-backend cache of an index's tree blob and rotation (tree_cache.c), keyed by the index's
  * relfilenode, build_id and tree_version. Valid until the next call for
  * another index or until the index changes; never freed by an error.
  */
@@ -268,6 +271,8 @@ extern VidxTreeCache *vidx_get_tree(Relation index, VidxMetaPageData *meta);
 extern void vidx_tree_pin(VidxTreeCache *c);
 extern void vidx_tree_unpin(VidxTreeCache *c);
 extern void vidx_tree_unpin_all(void);
+/* Defines vidx.tree_cache_mb. */
+extern void vidx_tree_cache_init(void);
 
 /* Prepares a vector for the index space: normalize (cosine), then rotate. */
 extern void vidx_to_index_space(const VidxTreeCache *cache, const float *v, float *out);
@@ -396,6 +401,7 @@ extern void vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey ord
                         int norderbys);
 extern bool vidx_gettuple(IndexScanDesc scan, ScanDirection dir);
 extern void vidx_endscan(IndexScanDesc scan);
+/* Defines the scan settings (vidx.probes, vidx.rerank, ...); registers the scratch callback. */
 extern void vidx_scan_init(void);
 
 /* split.c */
@@ -407,9 +413,8 @@ extern int vidx_recycle_graveyard(Relation index);
 extern int vidx_graveyard_heads(Relation index, BlockNumber **heads);
 extern void vidx_free_page(Relation index, Buffer buf);
 extern void vidx_debug_split_point(VidxDebugSplit point);
-
-/* batch.c */
-extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, Relation *index);
+/* Defines vidx.debug_split. */
+extern void vidx_split_init(void);
 
 /* Build progress subphases (pg_stat_progress_create_index). */
 #define VIDX_PHASE_LOAD 2
@@ -417,10 +422,12 @@ extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap, R
 #define VIDX_PHASE_ASSIGN 4
 #define VIDX_PHASE_WRITE 5
 
-/* ---------- thread counts for the core (vidx.c) ---------- */
+/* ---------- thread counts for the core (build.c, scan.c) ---------- */
 
 /* A build's: vidx.build_threads, else max_parallel_maintenance_workers + 1; at most the CPUs. */
 extern int vidx_build_thread_count(void);
+/* Defines vidx.build_threads. */
+extern void vidx_build_init(void);
 /* A scan's (for a large group of postings): min(vidx.scan_threads, vidx.max_scan_threads). */
 extern int vidx_scan_thread_count(void);
 
