@@ -1,5 +1,6 @@
 # vidx: PGXS build of the extension (C glue + C++ core).
 #   make && make install        build and install into the PostgreSQL that pg_config names
+#   make format                 clang-format the C/C++ sources (.clang-format)
 #   make installcheck           pg_regress tests (sql/ + expected/) and isolation tests (specs/ +
 #                               expected/) against a running server
 # The core's unit tests and micro-benchmarks are built by CMake (see CMakeLists.txt).
@@ -35,3 +36,18 @@ include $(PGXS)
 
 # The core's hot loops are worth more than PostgreSQL's default -O2.
 $(CORE_OBJS): CXXFLAGS += -O3
+
+# Formatting (.clang-format at the root; clang-format 14, Debian package clang-format):
+#   make format          rewrites the C and C++ sources in place
+#   make format-check    lists what is not formatted, fails if anything is
+CLANG_FORMAT ?= clang-format
+FORMAT_FILES = $(wildcard src/*.c src/*.h src/core/*.cpp src/core/*.hpp src/core/*.h \
+	test/unit/*.cpp test/unit/*.hpp test/fuzz/*.cpp bench/micro/*.cpp)
+
+format:
+	$(CLANG_FORMAT) -i $(FORMAT_FILES)
+
+format-check:
+	$(CLANG_FORMAT) --dry-run -Werror $(FORMAT_FILES)
+
+.PHONY: format format-check

@@ -517,8 +517,8 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			vidx_sidecar_build_read(i, n, records);
 			vidx_core_check(vidx_build_encode(records, n, rsize, bs.dims, opts->refine_bits,
 			                                  bs.metric, rotation, centroids, nleaves, (uint32) i,
-			                                  scratch, postings + psize * i, assignment + i, threads,
-			                                  err, sizeof(err)),
+			                                  scratch, postings + psize * i, assignment + i,
+			                                  threads, err, sizeof(err)),
 			                "encoding", err);
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i + n);
 			CHECK_FOR_INTERRUPTS();
@@ -531,9 +531,9 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		/* Postings in leaf order (a counting sort of the slots; postings stay in place). */
 		counts = palloc(sizeof(uint32) * nleaves);
 		order = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(uint32) * bs.ntuples);
-		vidx_core_check(vidx_build_order(assignment, bs.ntuples, nleaves, counts, order, err,
-		                                 sizeof(err)),
-		                "ordering", err);
+		vidx_core_check(
+		    vidx_build_order(assignment, bs.ntuples, nleaves, counts, order, err, sizeof(err)),
+		    "ordering", err);
 		pfree(assignment);
 
 		{

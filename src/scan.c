@@ -442,11 +442,11 @@ best_row_settled(VidxScanOpaque so)
 {
 	double best = so->results[0].score;
 
-	if (!vidx_pool_more_to_rescore(so) || best <= vidx_pool_min_lower(so))
+	if (!vidx_pool_more_to_rescore(so) || best <= vidx_pool_min_left(so, true))
 		return true;
 	return so->rerank > 0 &&
 	       so->rescored - so->round_rescored >= so->returned - so->round_returned + so->rerank &&
-	       best <= vidx_pool_min_estimate(so);
+	       best <= vidx_pool_min_left(so, false);
 }
 
 bool

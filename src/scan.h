@@ -155,8 +155,7 @@ extern void vidx_pool_reserve(VidxScanOpaque so, int64 n);
 extern void vidx_pool_release(VidxScanOpaque so);
 extern void vidx_pool_compact(VidxScanOpaque so);
 extern void vidx_pool_build_heaps(VidxScanOpaque so);
-extern float vidx_pool_min_lower(VidxScanOpaque so);
-extern float vidx_pool_min_estimate(VidxScanOpaque so);
+extern float vidx_pool_min_left(VidxScanOpaque so, bool by_lower);
 extern bool vidx_pool_more_to_rescore(VidxScanOpaque so);
 extern Candidate *vidx_pool_next_to_rescore(IndexScanDesc scan);
 /* The heap of re-scored rows, by exact score. */

@@ -270,27 +270,19 @@ vidx_pool_build_heaps(VidxScanOpaque so)
 	}
 }
 
-/* Lowest lower bound of the candidates not re-scored yet, or +inf. */
+/*
+ * Lowest lower bound (by_lower) or estimate (under a budget only) of the
+ * candidates not re-scored yet, or +inf.
+ */
 float
-vidx_pool_min_lower(VidxScanOpaque so)
+vidx_pool_min_left(VidxScanOpaque so, bool by_lower)
 {
-	int64 top = heap_top(so, so->by_lower, &so->nby_lower, true);
-	float m = top >= 0 ? so->cands[top].lower : get_float4_infinity();
+	int64 top = by_lower ? heap_top(so, so->by_lower, &so->nby_lower, true)
+	                     : heap_top(so, so->by_est, &so->nby_est, false);
+	float m = top >= 0 ? cand_key(so, top, by_lower) : get_float4_infinity();
 
 	for (int i = so->ahead_pos; i < so->nahead; i++)
-		m = Min(m, so->cands[so->ahead[i]].lower);
-	return m;
-}
-
-/* Lowest estimate of the candidates not re-scored yet (under a budget only), or +inf. */
-float
-vidx_pool_min_estimate(VidxScanOpaque so)
-{
-	int64 top = heap_top(so, so->by_est, &so->nby_est, false);
-	float m = top >= 0 ? so->cands[top].est : get_float4_infinity();
-
-	for (int i = so->ahead_pos; i < so->nahead; i++)
-		m = Min(m, so->cands[so->ahead[i]].est);
+		m = Min(m, cand_key(so, so->ahead[i], by_lower));
 	return m;
 }
 

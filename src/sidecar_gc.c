@@ -248,7 +248,8 @@ remove_if_index_gone(const char *path, Oid relid, const SidecarName *n)
  * exist, and the files of this database that no index uses any more. With an
  * index (called by its build), the files of that index's earlier relfilenodes
  * are scheduled for removal at commit instead. Files whose header cannot be
- * read are left alone (a build writes its header last). Directory errors are
+ * read are left alone: a build writes the header first, but only with its
+ * first buffer, so a file just created has none yet. Directory errors are
  * reported at elevel. Returns the number of files removed.
  */
 static int

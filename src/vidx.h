@@ -322,12 +322,17 @@ extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, 
 extern void vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
                                       const VidxPosting *const *postings, int n, float *out,
                                       bool *found);
-/* Whether the posting has a valid sidecar record. */
+/*
+ * Loads the sidecar (as much as fits in memory, from the start) into the page
+ * cache and this backend's mapping; returns the bytes.
+ */
 extern int64 vidx_sidecar_prewarm(Relation index, const VidxMetaPageData *meta);
+/* Hints the CPU to fetch the record of a slot about to be read (never faults). */
 extern void vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot);
 /* Whether a slot's record is in the page cache; starting its read from disk without waiting. */
 extern bool vidx_sidecar_resident(Relation index, const VidxMetaPageData *meta, uint32 slot);
 extern void vidx_sidecar_willneed(Relation index, const VidxMetaPageData *meta, uint32 slot);
+/* Whether the posting has a valid sidecar record. */
 extern bool vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p);
 /* Says once per backend and index that the sidecar cannot be used, and how to repair it. */
 extern void vidx_sidecar_warn(Relation index, const char *why);

@@ -4,6 +4,10 @@
  * Each kernel has an AVX-512, an AVX2+FMA and a portable version; the best
  * one the CPU supports is picked once at first use, so the same binary runs
  * everywhere. The kernels never allocate.
+ *
+ * The per-ISA versions of one kernel repeat each other's shape on purpose
+ * (same loop, other intrinsics and widths): a tool that looks for duplicated
+ * code lists them, and they stay apart, one function per instruction set.
  */
 #include <algorithm>
 #include <cmath>

@@ -47,7 +47,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	std::memcpy(pages.data(), data + used, rest < ps * n ? rest : ps * n);
 	std::vector<const VidxPosting *> postings(n);
 	for (int i = 0; i < n; i++)
-		postings[i] = reinterpret_cast<const VidxPosting *>(reinterpret_cast<const char *>(pages.data()) + ps * i);
+		postings[i] = reinterpret_cast<const VidxPosting *>(
+		    reinterpret_cast<const char *>(pages.data()) + ps * i);
 	std::vector<float> est(n), lower(n);
 	vidx_rabitq_estimate(prep.data(), postings.data(), n, est.data(), lower.data());
 	// a real posting of q encoded against c: its estimate must be finite

@@ -140,9 +140,8 @@ TEST(BuildKMeans, BalancingReportsProgressAndCancels)
 
 	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS,
 	                               count_calls, &kmeans_calls, err, sizeof(err)));
-	ASSERT_EQ(VIDX_OK,
-	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS,
-	                               count_calls, &all_calls, err, sizeof(err)));
+	ASSERT_EQ(VIDX_OK, vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS,
+	                                        count_calls, &all_calls, err, sizeof(err)));
 	/* The same k-means, then balancing, which reports between its steps. */
 	EXPECT_GT(all_calls, kmeans_calls + 1);
 
@@ -150,9 +149,8 @@ TEST(BuildKMeans, BalancingReportsProgressAndCancels)
 	CancelAt c;
 
 	c.at = kmeans_calls + 1;
-	EXPECT_EQ(VIDX_E_CANCELLED,
-	          vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(), vt::THREADS, cancel_at,
-	                               &c, err, sizeof(err)));
+	EXPECT_EQ(VIDX_E_CANCELLED, vidx_kmeans_balanced(pts.data(), n, d, k, 10, 13, cent.data(),
+	                                                 vt::THREADS, cancel_at, &c, err, sizeof(err)));
 	EXPECT_EQ(c.at, c.calls);
 }
 
@@ -227,10 +225,9 @@ TEST(BuildEncode, ExactNearestLeafAndSameCodes)
 	std::vector<int32_t> a(n);
 	char err[256] = "";
 
-	ASSERT_EQ(VIDX_OK,
-	          vidx_build_encode(recs.data(), n, rs, d, 0, VIDX_METRIC_L2, rot.data(), h.cent.data(),
-	                            k, 1000, scratch.data(), post.data(), a.data(), vt::THREADS, err,
-	                            sizeof(err)))
+	ASSERT_EQ(VIDX_OK, vidx_build_encode(recs.data(), n, rs, d, 0, VIDX_METRIC_L2, rot.data(),
+	                                     h.cent.data(), k, 1000, scratch.data(), post.data(),
+	                                     a.data(), vt::THREADS, err, sizeof(err)))
 	    << err;
 
 	std::vector<int32_t> flat(n);

@@ -120,10 +120,10 @@ run_all(int threads)
 	o.scratch.resize((size_t) n * d);
 	o.postings.resize(ps * n);
 	o.enc_assign.resize(n);
-	EXPECT_EQ(VIDX_OK, vidx_build_encode(recs.data(), n, rs, d, 4, VIDX_METRIC_L2, rot.data(),
-	                                     o.balanced.data(), k, 7, o.scratch.data(),
-	                                     o.postings.data(), o.enc_assign.data(), threads, err,
-	                                     sizeof(err)))
+	EXPECT_EQ(VIDX_OK,
+	          vidx_build_encode(recs.data(), n, rs, d, 4, VIDX_METRIC_L2, rot.data(),
+	                            o.balanced.data(), k, 7, o.scratch.data(), o.postings.data(),
+	                            o.enc_assign.data(), threads, err, sizeof(err)))
 	    << err;
 
 	size_t size = 0;

@@ -78,8 +78,8 @@ TEST(Tree, BuildCheckAndSearchOrder)
 		                         vt::THREADS, err, sizeof(err));
 		ASSERT_NE(t.blob, nullptr) << err;
 		ASSERT_EQ(t.size, vidx::tree_blob_size(cs.dims, vidx_tree_node(t.blob, 0)
-		                                                   ? ((VidxTreeHeader *) t.blob)->nnodes
-		                                                   : 0));
+		                                                    ? ((VidxTreeHeader *) t.blob)->nnodes
+		                                                    : 0));
 		ASSERT_EQ(VIDX_OK, vidx_tree_check(t.blob, t.size, err, sizeof(err))) << err;
 		const VidxTreeHeader *h = (const VidxTreeHeader *) t.blob;
 		EXPECT_EQ(h->nleaves, (uint32_t) cs.nleaves);
