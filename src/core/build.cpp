@@ -251,13 +251,9 @@ vidx_build_order(const int32_t *assignment, int64_t n, int nleaves, uint32_t *co
 	}
 	catch (const std::bad_alloc &)
 	{
+		/* the only exception the counting sort can throw (its k positions) */
 		vidx::set_err(err, errlen, "out of memory ordering %lld postings by leaf", (long long) n);
 		return VIDX_E_NOMEM;
-	}
-	catch (...)
-	{
-		vidx::set_err(err, errlen, "internal error ordering postings by leaf");
-		return VIDX_E_INTERNAL;
 	}
 }
 
