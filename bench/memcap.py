@@ -392,7 +392,12 @@ def main(argv=None):
             conn = bl.connect(cl.dsn)
             with conn.cursor() as cur:
                 cur.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-                cur.execute("SELECT pg_prewarm(%s, 'read')", (table,))
+                # the heap, its TOAST table and the TOAST index (out-of-line vectors)
+                cur.execute("SELECT sum(pg_prewarm(c, 'read')) FROM (SELECT %s::regclass AS c UNION ALL "
+                            "SELECT reltoastrelid::regclass FROM pg_class WHERE oid = %s::regclass "
+                            "AND reltoastrelid <> 0 UNION ALL SELECT i.indexrelid::regclass FROM pg_class t "
+                            "JOIN pg_index i ON i.indrelid = t.reltoastrelid WHERE t.oid = %s::regclass) r",
+                            (table, table, table))
                 bl.log(f"  uncapped: the table read into the page cache ({cur.fetchone()[0]:,} blocks)")
             conn.close()
         for st in settings_list:
