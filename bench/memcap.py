@@ -150,9 +150,6 @@ jit = off
 autovacuum = off
 """)
 
-    def running(self):
-        return self.pg("pg_ctl", "-D", self.pgdata, "status", check=False).returncode == 0
-
     def stop(self):
         if os.path.exists(os.path.join(self.pgdata, "postmaster.pid")):
             self.pg("pg_ctl", "-D", self.pgdata, "-m", "fast", "-w", "-t", "600", "stop", check=False)

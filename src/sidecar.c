@@ -907,11 +907,11 @@ vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot)
 static bool
 record_pages(Relation index, const VidxMetaPageData *meta, uint32 slot, char **start, size_t *len)
 {
+	static size_t page = 0;
 	const char *why;
 	SidecarMap *m;
 	size_t record_size = vidx_sidecar_record_size(meta->dims);
 	size_t offset = VIDX_SIDECAR_HEADER_SIZE + (size_t) slot * record_size;
-	size_t page = (size_t) sysconf(_SC_PAGESIZE);
 	size_t first;
 
 	if (slot == VIDX_SLOT_NONE)
@@ -919,6 +919,8 @@ record_pages(Relation index, const VidxMetaPageData *meta, uint32 slot, char **s
 	m = lookup_map(index, meta, &why);
 	if (!m->usable || offset + record_size > m->length)
 		return false;
+	if (page == 0)
+		page = (size_t) sysconf(_SC_PAGESIZE);
 	first = offset & ~(page - 1);
 	*start = m->base + first;
 	*len = offset + record_size - first;
@@ -926,25 +928,21 @@ record_pages(Relation index, const VidxMetaPageData *meta, uint32 slot, char **s
 }
 
 /*
- * Whether a record is in the page cache (mincore: no fault, no read). A scan
- * asks for its first records; one that is not tells it the sidecar does not
- * fit in memory, and it switches to reading ahead (vidx_sidecar_willneed).
+ * Whether a record's first page is in the page cache (mincore: no fault, no
+ * read). A scan asks for its first records; one that is not tells it the
+ * sidecar does not fit in memory, and it switches to reading ahead
+ * (vidx_sidecar_willneed).
  */
 bool
 vidx_sidecar_resident(Relation index, const VidxMetaPageData *meta, uint32 slot)
 {
 	char *start;
 	size_t len;
-	unsigned char pages[4] = {1, 1, 1, 1};
+	unsigned char first_page = 1;
 
-	if (!record_pages(index, meta, slot, &start, &len) || len > 4 * (size_t) sysconf(_SC_PAGESIZE))
+	if (!record_pages(index, meta, slot, &start, &len) || mincore(start, 1, &first_page) != 0)
 		return true;
-	if (mincore(start, len, pages) != 0)
-		return true;
-	for (size_t i = 0; i * (size_t) sysconf(_SC_PAGESIZE) < len; i++)
-		if (!(pages[i] & 1))
-			return false;
-	return true;
+	return (first_page & 1) != 0;
 }
 
 /*
