@@ -136,6 +136,22 @@ def cmd_fmnist(a):
     return 0
 
 
+def cmd_export(a):
+    """TSV files (text COPY format: id, vector) of a small clustered set for
+    the pgTAP tests; no ground truth (the tests compute it by exact scans)."""
+    g = Generator(a.dim, a.rows, a.seed, a.spread)
+    os.makedirs(a.out, exist_ok=True)
+    name = f"clustered_d{a.dim}"
+    for part, stream, n in (("base", 1, a.rows), ("query", 2, a.queries)):
+        x = g.chunk(stream, 0, n)
+        with open(os.path.join(a.out, f"{name}_{part}.tsv"), "w") as f:
+            for i in range(n):
+                # 6 digits: the tests compute their exact answers from the stored values
+                f.write(f"{i + 1}\t{{{','.join(f'{v:.6g}' for v in x[i].tolist())}}}\n")
+    bl.log(f"{name}: {a.rows:,} rows + {a.queries} queries (spread {a.spread}) -> {a.out}")
+    return 0
+
+
 def main(argv=None):
     bl.fast_blas()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,6 +166,14 @@ def main(argv=None):
     p.add_argument("--metrics", default="l2,ip,cos")
     p.add_argument("--name", help="dataset name (default clustered_d<D>_n<N>_s<seed>)")
     p.set_defaults(func=cmd_gen)
+    p = sub.add_parser("export", help="small clustered set as TSV for the pgTAP tests")
+    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--spread", type=float, default=0.7, help="within-cluster noise scale")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("fmnist", help="Fashion-MNIST base/queries + L2 ground truth")
     p.set_defaults(func=cmd_fmnist)
     a = ap.parse_args(argv)

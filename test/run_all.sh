@@ -5,7 +5,8 @@
 #
 # 1. core unit tests:   cmake + ctest (build/)
 # 2. extension:         make && make install (PGXS, into the pg_config on PATH)
-# 3. test data:         Fashion-MNIST subset exported by bench/fmnist.py (build/testdata/)
+# 3. test data:         Fashion-MNIST subset exported by bench/fmnist.py, clustered
+#                       sets of 64 and 1,536 dims by bench/datagen.py (build/testdata/)
 # 4. SQL tests, inside ONE throw-away cluster made by pg_virtualenv:
 #      make installcheck     (pg_regress: sql/ + expected/; isolation tester: specs/ + expected/)
 #      pg_prove test/t/*.sql (pgTAP)
@@ -148,10 +149,12 @@ else
 fi
 
 # 3. Test data -------------------------------------------------------------------
-section "3/6 test data (Fashion-MNIST subset -> $VIDX_TESTDATA)"
+section "3/6 test data (Fashion-MNIST subset, clustered sets -> $VIDX_TESTDATA)"
 t=$(date +%s)
 if "$PY" bench/fmnist.py export --rows "${VIDX_TEST_ROWS:-20000}" \
-	--queries "${VIDX_TEST_QUERIES:-100}" --out "$VIDX_TESTDATA"; then
+	--queries "${VIDX_TEST_QUERIES:-100}" --out "$VIDX_TESTDATA" &&
+	"$PY" bench/datagen.py export --dim 64 --rows 20000 --spread 1.0 --out "$VIDX_TESTDATA" &&
+	"$PY" bench/datagen.py export --dim 1536 --rows 10000 --spread 1.0 --out "$VIDX_TESTDATA"; then
 	record "test data export" PASS $(($(date +%s) - t))
 else
 	record "test data export" FAIL $(($(date +%s) - t))
