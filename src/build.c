@@ -56,6 +56,7 @@ typedef struct VidxBuildState
 /* ---------- settings ---------- */
 
 static int vidx_build_threads = 0;
+static bool debug_build_error = false; /* vidx.debug_build_error */
 
 void
 vidx_build_init(void)
@@ -65,6 +66,10 @@ vidx_build_init(void)
 	    "0 takes max_parallel_maintenance_workers + 1, PostgreSQL's own bound on a maintenance "
 	    "command's parallelism. Never more than the online CPUs.",
 	    &vidx_build_threads, 0, 0, VIDX_MAX_THREADS, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable(
+	    "vidx.debug_build_error", "Fault injection for vidx's tests: do not use",
+	    "A build raises an ERROR while it copies the tree the core built (test/robust/55).",
+	    &debug_build_error, false, PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 }
 
 int
@@ -325,6 +330,8 @@ tree_to_context(void *blob, size_t size)
 	{
 		copy = MemoryContextAllocHuge(CurrentMemoryContext, size);
 		memcpy(copy, blob, size);
+		if (debug_build_error)
+			elog(ERROR, "vidx: error injected while copying the tree (vidx.debug_build_error)");
 	}
 	PG_FINALLY();
 	{
