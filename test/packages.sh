@@ -15,13 +15,14 @@ VIDX_DEMO_PACKAGES=(
 # What the whole test suite needs (test/run_all.sh): the above, plus CMake and
 # GoogleTest (core unit tests), pgTAP and pg_prove, clang and its sanitizer
 # runtime (fuzzing, in the robustness suite), clang-format (make format),
-# Google Benchmark (bench/micro), matplotlib and faiss (bench/ scripts).
+# Google Benchmark (bench/micro), matplotlib and faiss (bench/ scripts), strace
+# (the robustness suite watches a build's fsync calls).
 VIDX_TEST_PACKAGES=(
 	"${VIDX_DEMO_PACKAGES[@]}"
 	cmake clang-format clang-14 libclang-rt-14-dev
 	postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
 	libgtest-dev libgmock-dev libbenchmark-dev
-	python3-matplotlib python3-faiss
+	python3-matplotlib python3-faiss strace
 )
 
 vidx_need_packages() {
