@@ -64,15 +64,58 @@ class Generator:
         return x
 
 
+class HardGenerator:
+    """Data shaped like real embeddings, hard for partition indexes (issue 13).
+
+    C = max(64, N/1000) clusters whose sizes follow Zipf's law (weight of the
+    r-th cluster ~ r^-zipf); centres ~ N(0, 1) in a random `subspace`-dim
+    subspace of the D dims (a seeded orthonormal basis); a vector is its
+    centre plus within-cluster Gaussian noise of scale `spread` in that
+    subspace (spread near 1: neighbouring clusters overlap), plus isotropic
+    noise over all D dims whose norm is `noise` times the subspace part's,
+    then normalized to unit length. Queries come from the same mixture
+    through another seed stream (never base rows)."""
+
+    def __init__(self, dim, rows, seed, spread=0.9, subspace=100, zipf=1.0, noise=0.35):
+        self.dim, self.rows, self.seed, self.spread = dim, rows, seed, spread
+        self.subspace, self.zipf, self.noise = min(subspace, dim), zipf, noise
+        rng = np.random.default_rng([seed, 0])
+        self.nclusters = max(64, rows // 1000)
+        basis, _ = np.linalg.qr(rng.standard_normal((dim, self.subspace)))
+        self.basis = basis.T.astype(np.float32)  # subspace x dim, orthonormal rows
+        self.centres = rng.standard_normal((self.nclusters, self.subspace), dtype=np.float32)
+        w = (1.0 + np.arange(self.nclusters)) ** -zipf
+        self.weights = w[rng.permutation(self.nclusters)] / w.sum()
+        # per-coordinate isotropic noise: norm = noise * the typical subspace norm
+        self.noise_sd = np.float32(noise * np.sqrt(self.subspace * (1 + spread ** 2) / dim))
+
+    def chunk(self, stream, index, n):
+        rng = np.random.default_rng([self.seed, stream, index])
+        lab = rng.choice(self.nclusters, size=n, p=self.weights)
+        z = rng.standard_normal((n, self.subspace), dtype=np.float32) * np.float32(self.spread)
+        z += self.centres[lab]
+        x = z @ self.basis
+        x += rng.standard_normal((n, self.dim), dtype=np.float32) * self.noise_sd
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+
 def cmd_gen(a):
-    name = a.name or gen_name(a.dim, a.rows, a.seed)
+    hard = a.cmd == "hard"
+    name = a.name or ("hard" if hard else "clustered") + gen_name(a.dim, a.rows, a.seed)[len("clustered"):]
     d = bl.dataset_dir(name)
     os.makedirs(d, exist_ok=True)
     meta_path = os.path.join(d, "meta.json")
-    meta = {"name": name, "generator": "clustered unit-normalized (bench/datagen.py gen)",
-            "dim": a.dim, "rows": a.rows, "queries": a.queries, "seed": a.seed,
+    meta = {"name": name, "dim": a.dim, "rows": a.rows, "queries": a.queries, "seed": a.seed,
             "spread": a.spread, "chunk": a.chunk}
-    g = Generator(a.dim, a.rows, a.seed, a.spread)
+    if hard:
+        meta.update(generator="hard: Zipf-sized overlapping clusters in a subspace, plus "
+                    "isotropic noise, unit-normalized (bench/datagen.py hard)",
+                    subspace=a.subspace, zipf=a.zipf, noise=a.noise)
+        g = HardGenerator(a.dim, a.rows, a.seed, a.spread, a.subspace, a.zipf, a.noise)
+    else:
+        meta["generator"] = "clustered unit-normalized (bench/datagen.py gen)"
+        g = Generator(a.dim, a.rows, a.seed, a.spread)
     meta["clusters"] = g.nclusters
     done = False
     if os.path.exists(meta_path):
@@ -165,6 +208,20 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=50_000, help="rows generated per chunk")
     p.add_argument("--metrics", default="l2,ip,cos")
     p.add_argument("--name", help="dataset name (default clustered_d<D>_n<N>_s<seed>)")
+    p.set_defaults(func=cmd_gen)
+    p = sub.add_parser("hard", help="hard set (issue 13): Zipf-sized overlapping clusters in a "
+                       "subspace plus noise, unit-normalized, + ground truth")
+    p.add_argument("--dim", type=int, default=1024)
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--spread", type=float, default=0.9, help="within-cluster noise (centres ~ N(0,1))")
+    p.add_argument("--subspace", type=int, default=100, help="dims of the clusters' subspace")
+    p.add_argument("--zipf", type=float, default=1.0, help="cluster sizes ~ rank^-zipf")
+    p.add_argument("--noise", type=float, default=0.35, help="isotropic noise norm / subspace norm")
+    p.add_argument("--chunk", type=int, default=50_000, help="rows generated per chunk")
+    p.add_argument("--metrics", default="l2,ip,cos")
+    p.add_argument("--name", help="dataset name (default hard_d<D>_n<N>_s<seed>)")
     p.set_defaults(func=cmd_gen)
     p = sub.add_parser("export", help="small clustered set as TSV for the pgTAP tests")
     p.add_argument("--dim", type=int, required=True)
