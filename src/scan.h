@@ -96,7 +96,8 @@ typedef struct VidxScanOpaqueData
 	int nahead;
 	int ahead_pos;
 	bool sidecar_io; /* a record was not in the page cache: read ahead from disk */
-	/* best scores re-scored so far, ascending (in sidecar_io mode): their heap pages are prefetched */
+	/* best scores re-scored so far, ascending (in sidecar_io mode): their heap pages are prefetched
+	 */
 	double near_top[VIDX_HEAP_PREFETCH];
 	int nnear_top;
 

@@ -29,7 +29,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	std::memcpy(rec.data(), data, size < rs ? size : rs);
 	VidxSidecarRecord r;
 	std::memcpy(&r, rec.data(), sizeof(r));
-	const float *v = vidx_sidecar_record_vector(rec.data(), dims, p[1], static_cast<uint16_t>(p[2]), p[3]);
+	const float *v =
+	    vidx_sidecar_record_vector(rec.data(), dims, p[1], static_cast<uint16_t>(p[2]), p[3]);
 	(void) v;
 	v = vidx_sidecar_record_vector(rec.data(), dims, r.heap_block, r.heap_offset, r.vhash);
 	if (v != nullptr)

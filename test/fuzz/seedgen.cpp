@@ -39,7 +39,8 @@ main(int argc, char **argv)
 					cents[i] = std::sin(i * 0.7f + dims);
 				size_t sz = 0;
 				char err[256];
-				void *blob = vidx_tree_build(cents.data(), nullptr, nleaves, dims, fanout, 42, &sz, 1, err, sizeof(err));
+				void *blob = vidx_tree_build(cents.data(), nullptr, nleaves, dims, fanout, 42, &sz,
+				                             1, err, sizeof(err));
 				if (!blob)
 					continue;
 				uint8_t metric = files % 3;
@@ -65,12 +66,14 @@ main(int argc, char **argv)
 	}
 	for (int dims : {3, 64, 130})
 	{
-		uint8_t head[4] = {static_cast<uint8_t>(dims - 1), static_cast<uint8_t>((dims - 1) >> 8), 0, 3};
+		uint8_t head[4] = {static_cast<uint8_t>(dims - 1), static_cast<uint8_t>((dims - 1) >> 8), 0,
+		                   3};
 		std::vector<float> qc(2 * dims);
 		for (int i = 0; i < 2 * dims; i++)
 			qc[i] = std::cos(i * 0.3f);
 		std::vector<char> buf(head, head + 4);
-		buf.insert(buf.end(), reinterpret_cast<char *>(qc.data()), reinterpret_cast<char *>(qc.data() + 2 * dims));
+		buf.insert(buf.end(), reinterpret_cast<char *>(qc.data()),
+		           reinterpret_cast<char *>(qc.data() + 2 * dims));
 		std::vector<float> q(dims), c(dims);
 		for (int i = 0; i < dims; i++)
 			q[i] = qc[2 * i], c[i] = qc[2 * i + 1];
@@ -78,7 +81,8 @@ main(int argc, char **argv)
 		for (int k = 0; k < 4; k++)
 		{
 			q[k % dims] += 0.5f;
-			vidx_rabitq_encode(q.data(), c.data(), dims, reinterpret_cast<VidxPosting *>(post.data()));
+			vidx_rabitq_encode(q.data(), c.data(), dims,
+			                   reinterpret_cast<VidxPosting *>(post.data()));
 			buf.insert(buf.end(), post.begin(), post.end());
 		}
 		put(dir + "/rabitq/seed" + std::to_string(dims), buf.data(), buf.size());
