@@ -155,6 +155,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->ncands = so->nby_est = so->nby_lower = 0;
 	so->nahead = so->ahead_pos = 0;
 	so->sidecar_io = false;
+	so->residency_asked = 0;
 	so->nnear_top = 0;
 	so->nresults = 0;
 	so->rescored = 0;

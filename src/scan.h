@@ -41,6 +41,8 @@ typedef struct Candidate
  * reads started (vidx_sidecar_willneed), so that they run in parallel.
  */
 #define VIDX_IO_LOOKAHEAD 32
+/* Records whose page-cache residency a scan asks first, then one in this many. */
+#define VIDX_RESIDENCY_SAMPLE 8
 /*
  * In the same case the table is likely not cached either, and the executor
  * reads each row returned (it computes the ORDER BY distance from the stored
@@ -96,6 +98,7 @@ typedef struct VidxScanOpaqueData
 	int nahead;
 	int ahead_pos;
 	bool sidecar_io; /* a record was not in the page cache: read ahead from disk */
+	uint32 residency_asked; /* records taken into the look-ahead while not in sidecar_io mode */
 	/* best scores re-scored so far, ascending (in sidecar_io mode): their heap pages are prefetched
 	 */
 	double near_top[VIDX_HEAP_PREFETCH];

@@ -318,7 +318,15 @@ vidx_pool_next_to_rescore(IndexScanDesc scan)
 		Candidate *c = &so->cands[id_pop(so, so->by_lower, &so->nby_lower, true)];
 
 		so->ahead[so->nahead++] = c - so->cands;
-		if (!so->sidecar_io && !vidx_sidecar_resident(index, &so->meta, c->slot))
+		/*
+		 * Ask the page cache (a mincore call) about the first records and then
+		 * one in VIDX_RESIDENCY_SAMPLE: a scan over a cached sidecar re-scores
+		 * hundreds, and a sidecar that does not fit shows within a few.
+		 */
+		if (!so->sidecar_io &&
+		    (so->residency_asked++ < VIDX_RESIDENCY_SAMPLE ||
+		     so->residency_asked % VIDX_RESIDENCY_SAMPLE == 0) &&
+		    !vidx_sidecar_resident(index, &so->meta, c->slot))
 		{
 			/* from now on, start the reads of the whole look-ahead */
 			so->sidecar_io = true;
