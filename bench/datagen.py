@@ -101,7 +101,7 @@ class HardGenerator:
 
 
 def cmd_gen(a):
-    hard = a.cmd == "hard"
+    hard = getattr(a, "cmd", "gen") == "hard"
     name = a.name or ("hard" if hard else "clustered") + gen_name(a.dim, a.rows, a.seed)[len("clustered"):]
     d = bl.dataset_dir(name)
     os.makedirs(d, exist_ok=True)
