@@ -97,7 +97,7 @@ typedef struct VidxScanOpaqueData
 	int64 ahead[VIDX_IO_LOOKAHEAD];
 	int nahead;
 	int ahead_pos;
-	bool sidecar_io; /* a record was not in the page cache: read ahead from disk */
+	bool sidecar_io;        /* a record was not in the page cache: read ahead from disk */
 	uint32 residency_asked; /* records taken into the look-ahead while not in sidecar_io mode */
 	/* best scores re-scored so far, ascending (in sidecar_io mode): their heap pages are prefetched
 	 */

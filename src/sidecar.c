@@ -28,6 +28,7 @@
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -357,6 +358,7 @@ typedef struct SidecarMap
 } SidecarMap;
 
 static SidecarMap maps[VIDX_SIDECAR_MAPS];
+static bool debug_sidecar_shrink = false; /* vidx.debug_sidecar_shrink */
 static uint64 map_clock = 0;
 
 typedef struct WarnedIndex
@@ -501,16 +503,27 @@ refresh_map(Relation index, const VidxMetaPageData *meta, SidecarMap *m, bool gr
 
 	unmap(m);
 	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
-	pfree(path);
 	if (fd < 0)
+	{
+		pfree(path);
 		return "the sidecar file cannot be opened";
+	}
 	/*
 	 * The size, identity and header of the file opened (it may have been
 	 * replaced since the stat). The header is read with pread, not from the
 	 * mapping: the file may shrink at any moment, and a read of the mapping
 	 * outside a guarded section would die of SIGBUS.
 	 */
-	if (fstat(fd, &st) != 0 || (size_t) st.st_size < VIDX_SIDECAR_HEADER_SIZE ||
+	if (fstat(fd, &st) != 0)
+	{
+		CloseTransientFile(fd);
+		pfree(path);
+		return "the sidecar file cannot be read";
+	}
+	if (debug_sidecar_shrink && truncate(path, 0) != 0)
+		elog(ERROR, "vidx: could not truncate \"%s\" (vidx.debug_sidecar_shrink): %m", path);
+	pfree(path);
+	if ((size_t) st.st_size < VIDX_SIDECAR_HEADER_SIZE ||
 	    pg_pread(fd, &header, sizeof(header), 0) != sizeof(header))
 	{
 		CloseTransientFile(fd);
@@ -987,4 +1000,9 @@ void
 vidx_sidecar_init(void)
 {
 	install_sigbus_handler();
+	DefineCustomBoolVariable(
+	    "vidx.debug_sidecar_shrink", "Fault injection for vidx's tests: do not use",
+	    "The next (re)mapping of a sidecar in this session truncates the file to 0 bytes between "
+	    "reading its size and reading its header (test/t/17_sidecar_shrink.sql).",
+	    &debug_sidecar_shrink, false, PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 }
