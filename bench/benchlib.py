@@ -406,11 +406,13 @@ def ensure_tables(conn, name, base, queries, verbose=True, storage="EXTERNAL"):
     return t
 
 
-def ensure_pgvector_table(conn, name, dim, verbose=True):
+def ensure_pgvector_table(conn, name, dim, verbose=True, vtype="vector"):
     """pgvector mode: <name>_pgv (id bigint, vec vector(dim)) made from <name>'s
-    real[] column (the same rows and values), unless it holds as many rows.
-    Creates the extensions vector and vidx_pgvector. Returns the table name."""
-    t = name + "_pgv"
+    real[] column (the same rows and values), unless it holds as many rows
+    (vtype "halfvec": <name>_pgh with a halfvec(dim) column, values rounded to
+    half precision). Creates the extensions vector and vidx_pgvector. Returns
+    the table name."""
+    t = name + ("_pgv" if vtype == "vector" else "_pgh")
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
         cur.execute("CREATE EXTENSION IF NOT EXISTS vidx_pgvector")
@@ -418,11 +420,11 @@ def ensure_pgvector_table(conn, name, dim, verbose=True):
         t0 = time.perf_counter()
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {t}")
-            cur.execute(f"CREATE TABLE {t} (id bigint, vec vector({int(dim)}))")
-            cur.execute(f"INSERT INTO {t} SELECT id, embedding::vector({int(dim)}) FROM {name} ORDER BY id")
+            cur.execute(f"CREATE TABLE {t} (id bigint, vec {vtype}({int(dim)}))")
+            cur.execute(f"INSERT INTO {t} SELECT id, embedding::{vtype}({int(dim)}) FROM {name} ORDER BY id")
             cur.execute(f"VACUUM ANALYZE {t}")
         if verbose:
-            log(f"  {t}: the vectors of {name} as pgvector vector({dim}) in {time.perf_counter() - t0:.1f} s")
+            log(f"  {t}: the vectors of {name} as pgvector {vtype}({dim}) in {time.perf_counter() - t0:.1f} s")
     return t
 
 

@@ -20,7 +20,7 @@ queries for recall@100. In the same run on the same data:
 
 With --pgvector (pgvector 0.8.6 and vidx_pgvector installed), in the same run
 on the same data and client path: the vectors go once into <dataset>_pgv
-(id, vec vector(D)); vidx on that vector column (vidx_pgvector, the same
+(id, vec vector(D)), or <dataset>_pgh with --pgv-type halfvec; vidx on that column (vidx_pgvector, the same
 probes x rerank sweep), then pgvector's HNSW (m = --hnsw-m, ef_construction
 = --hnsw-efc; hnsw.ef_search sweep --pgv-ef-search) and IVFFlat (lists =
 rows / 1000, at least 10, as pgvector's README advises up to 1M rows;
@@ -153,7 +153,9 @@ def faiss_refs(base, Q, metric, gt_d, a, results):
 def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
     """vidx (vidx_pgvector), pgvector HNSW and IVFFlat on one vector column."""
     n, d = base.shape
-    ptable = bl.ensure_pgvector_table(conn, table, d)
+    vt = a.pgv_type
+    ptable = bl.ensure_pgvector_table(conn, table, d, vtype=vt)
+    opclass = bl.PGV_OPCLASS[a.metric].replace("vector_", vt + "_")
     nq100 = res["k100_queries"]
     cpus = os.cpu_count()
     build_settings = {"max_parallel_maintenance_workers": max(0, cpus - 1),
@@ -170,19 +172,21 @@ def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
             continue
         index = f"{ptable}_idx"
         b = bl.create_index(a.dsn, ptable, index, a.metric, opts, column="vec", using=using,
-                            opclass=bl.PGV_OPCLASS[a.metric], settings=build_settings)
+                            opclass=opclass, settings=build_settings)
         info = bl.index_info(conn, index, vidx=(using == "vidx"))
-        res["builds"].append({"method": method, "options": opts, "build_s": b["build_s"],
+        res["builds"].append({"method": method, "column": f"{vt}({d})", "options": opts, "build_s": b["build_s"],
                               "build_backend": b["build_backend"], **info})
         qconn = bl.connect(a.dsn)
         for s in settings_list:
             r, _ = bl.run_queries(qconn, ptable, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
-                                  column="vec", qtype="vector")
+                                  column="vec", qtype=vt)
             if f"Index Scan using {index}" not in r["plan"]:
                 bl.log(f"  WARNING: plan without the index: {r['plan']}")
             r100, _ = bl.run_queries(qconn, ptable, Q[:nq100], a.metric, 100, s, base=base,
-                                     gt_dist=gt_d[:nq100], ks=(100,), column="vec", qtype="vector")
-            r.update({"method": method, "params": " ".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()),
+                                     gt_dist=gt_d[:nq100], ks=(100,), column="vec", qtype=vt)
+            r.update({"column": f"{vt}({d})", "method": (method if vt == "vector" else method.replace("-vector", "-halfvec")
+                                                          if "-vector" in method else method + "-halfvec"),
+                      "params": " ".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()),
                       "index_options": opts_label(opts), "recall@100": r100["recall@100"],
                       "k100_qps": r100["qps"], "build_s": b["build_s"], "index_bytes": info["index_bytes"],
                       "sidecar_bytes": info["sidecar_bytes"],
@@ -321,6 +325,8 @@ def main(argv=None):
                     help="also vidx on a pgvector vector column, pgvector HNSW and IVFFlat (see above)")
     ap.add_argument("--skip-real", action="store_true", help="no vidx index on the real[] column")
     ap.add_argument("--pgv-methods", default="", help="only these of vidx-vector,pgvector-hnsw,pgvector-ivfflat")
+    ap.add_argument("--pgv-type", default="vector", choices=("vector", "halfvec"),
+                    help="pgvector mode: the column type (halfvec: values rounded to half precision)")
     ap.add_argument("--pgv-ef-search", default="10,20,40,80,160,320")
     ap.add_argument("--ivf-lists", type=int, default=0, help="IVFFlat lists (default rows / 1000, >= 10)")
     ap.add_argument("--ivf-probes", default="1,2,4,8,16,32")
@@ -333,7 +339,8 @@ def main(argv=None):
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    out = a.out or os.path.join(bl.RESULTS_DIR, f"{a.dataset}_{a.metric}" + ("_pgvector" if a.pgvector else ""))
+    out = a.out or os.path.join(bl.RESULTS_DIR, f"{a.dataset}_{a.metric}" + (
+        ("_pgvector" if a.pgv_type == "vector" else "_pgvector_halfvec") if a.pgvector else ""))
     a.out_dir = out
     if a.replot:
         import json
