@@ -174,7 +174,8 @@ def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
         b = bl.create_index(a.dsn, ptable, index, a.metric, opts, column="vec", using=using,
                             opclass=opclass, settings=build_settings)
         info = bl.index_info(conn, index, vidx=(using == "vidx"))
-        res["builds"].append({"method": method, "column": f"{vt}({d})", "options": opts, "build_s": b["build_s"],
+        res["builds"].append({"method": method, "column": f"{vt}({d})", "options": opts,
+                              "loadavg_before_queries": list(os.getloadavg()), "build_s": b["build_s"],
                               "build_backend": b["build_backend"], **info})
         qconn = bl.connect(a.dsn)
         for s in settings_list:
@@ -237,7 +238,9 @@ def write_outputs(out, res):
         if b.get("method", "vidx") != "vidx" and b["method"] != "vidx-vector":
             L.append(f"- {b['method']} ({opts_label(b['options'])}): build {b['build_s']:.1f} s, index "
                      f"{b['index_bytes'] / 2**20:.1f} MiB ({b['index_bytes'] / ds['rows']:.0f} bytes/row), "
-                     f"build backend peak RSS {b['build_backend'].get('VmHWM_mib')} MiB")
+                     f"build backend peak RSS {b['build_backend'].get('VmHWM_mib')} MiB"
+                     + (f"; load average before its queries {', '.join(f'{x:.1f}' for x in b['loadavg_before_queries'])}"
+                        if b.get("loadavg_before_queries") else ""))
             continue
         L.append(f"- {b.get('method', 'vidx')} index ({opts_label(b['options'])}): build {b['build_s']:.1f} s, index "
                  f"{b['index_bytes'] / 2**20:.1f} MiB ({b['index_bytes'] / ds['rows']:.0f} bytes/row), sidecar "
