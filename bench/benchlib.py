@@ -493,6 +493,12 @@ def create_index(dsn, table, index, metric="l2", options=None, verbose=True, pol
     w = ""
     if options:
         w = " WITH (" + ", ".join(f"{k} = {v}" for k, v in options.items()) + ")"
+    if using != "vidx" and (settings or {}).get("max_parallel_maintenance_workers"):
+        # PostgreSQL plans build workers from the heap's size, which TOASTed
+        # vectors leave small: ask for them explicitly, as a pgvector user would
+        with conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE {table} SET (parallel_workers = "
+                        f"{int(settings['max_parallel_maintenance_workers'])})")
     sql = f"CREATE INDEX {index} ON {table} USING {using} ({column} {opclass or OPCLASS[metric]}){w}"
     if verbose:
         log(sql)
