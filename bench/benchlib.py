@@ -621,7 +621,7 @@ def run_queries(conn, table, queries, metric, k, settings=None, exact=False, bas
             cur.execute(sql, (params[i % len(params)],), prepare=True)
             cur.fetchall()
         cur.execute("EXPLAIN (COSTS OFF) " + sql, (params[0],))
-        plan = re.sub(r"'\{[^}]*\}'", "$1", " / ".join(r[0].strip() for r in cur.fetchall()))
+        plan = re.sub(r"'\{[^}]*\}'|'\[[^\]]*\]'", "$1", " / ".join(r[0].strip() for r in cur.fetchall()))
         lat = np.empty(len(params))
         rows = []
         t_all = time.perf_counter()

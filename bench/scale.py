@@ -397,6 +397,18 @@ def write_md(out, res):
               "| nprobe | recall@10 | p50 ms | p99 ms | QPS |", "|---|---|---|---|---|"]
         for r in fi["sweep"]:
             L.append(f"| {r['nprobe']} | {r['recall@10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.1f} |")
+    pv = res.get("pgvector")
+    if pv:
+        L += ["", "On a pgvector `vector` copy of the table (step 7, `--pgvector`), one index at a time, "
+              "the same client path:", "",
+              "| index | build s | index MiB | sidecar MiB | setting | recall@10 | p50 ms | p99 ms | QPS |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for m, e in pv.items():
+            for r in e["sweep"]:
+                L.append(f"| {m} | {e['build_s']} | {e['index_bytes'] / 2**20:.1f} | "
+                         f"{(e.get('sidecar_bytes') or 0) / 2**20:.0f} | "
+                         f"{', '.join(f'{k}={v}' for k, v in r['settings'].items())} | {r['recall@10']:.3f} | "
+                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.1f} |")
     with open(os.path.join(out, "result.md"), "w") as f:
         f.write("\n".join(L) + "\n")
 
