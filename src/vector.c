@@ -262,6 +262,8 @@ vidx_datum_to_vector(Relation index, Datum datum, Oid typid, int *dims, int *lbo
 		float *v = array_to_vector_internal(array, dims, what, true);
 
 		*lbound = ARR_LBOUND(array)[0];
+		if ((Pointer) array != DatumGetPointer(datum))
+			pfree(array); /* a detoasted copy: scans read many rows in one context */
 		return v;
 	}
 }

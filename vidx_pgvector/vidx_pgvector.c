@@ -100,6 +100,7 @@ vidx_pgvector_vector_read(PG_FUNCTION_ARGS)
 	memcpy(out->values, v->x, sizeof(float) * v->dim);
 	out->dims = v->dim;
 	out->lbound = 1;
+	PG_FREE_IF_COPY(raw, 0); /* a detoasted copy: scans read many rows in one context */
 	PG_RETURN_POINTER(out);
 }
 
@@ -120,5 +121,6 @@ vidx_pgvector_halfvec_read(PG_FUNCTION_ARGS)
 		out->values[i] = half_to_float(v->x[i]);
 	out->dims = v->dim;
 	out->lbound = 1;
+	PG_FREE_IF_COPY(raw, 0); /* a detoasted copy: scans read many rows in one context */
 	PG_RETURN_POINTER(out);
 }
