@@ -34,6 +34,21 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# The companion extension vidx_pgvector (operator classes for pgvector's vector
+# and halfvec; vidx_pgvector/) is built, installed and cleaned with vidx. It
+# needs no pgvector header to build; its tests need pgvector installed
+# (make -C vidx_pgvector installcheck; test/pgvector.sh installs 0.8.6).
+all: vidx-pgvector
+vidx-pgvector:
+	$(MAKE) -C vidx_pgvector
+install: vidx-pgvector-install
+vidx-pgvector-install: vidx-pgvector
+	$(MAKE) -C vidx_pgvector install
+clean: vidx-pgvector-clean
+vidx-pgvector-clean:
+	$(MAKE) -C vidx_pgvector clean
+.PHONY: vidx-pgvector vidx-pgvector-install vidx-pgvector-clean
+
 # The core's hot loops are worth more than PostgreSQL's default -O2.
 $(CORE_OBJS): CXXFLAGS += -O3
 
@@ -41,7 +56,7 @@ $(CORE_OBJS): CXXFLAGS += -O3
 #   make format          rewrites the C and C++ sources in place
 #   make format-check    lists what is not formatted, fails if anything is
 CLANG_FORMAT ?= clang-format
-FORMAT_FILES = $(wildcard src/*.c src/*.h src/core/*.cpp src/core/*.hpp src/core/*.h \
+FORMAT_FILES = $(wildcard src/*.c src/*.h vidx_pgvector/*.c src/core/*.cpp src/core/*.hpp src/core/*.h \
 	test/unit/*.cpp test/unit/*.hpp test/fuzz/*.cpp bench/micro/*.cpp)
 
 format:

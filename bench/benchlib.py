@@ -36,6 +36,9 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 METRICS = ("l2", "ip", "cos")
 OPERATOR = {"l2": "<->", "ip": "<#>", "cos": "<=>"}
 OPCLASS = {"l2": "vidx_l2_ops", "ip": "vidx_ip_ops", "cos": "vidx_cosine_ops"}
+# pgvector mode: the operator classes of vidx_pgvector (USING vidx) and of
+# pgvector's own hnsw and ivfflat have the same names.
+PGV_OPCLASS = {"l2": "vector_l2_ops", "ip": "vector_ip_ops", "cos": "vector_cosine_ops"}
 
 
 def fast_blas():
@@ -403,6 +406,28 @@ def ensure_tables(conn, name, base, queries, verbose=True, storage="EXTERNAL"):
     return t
 
 
+def ensure_pgvector_table(conn, name, dim, verbose=True, vtype="vector"):
+    """pgvector mode: <name>_pgv (id bigint, vec vector(dim)) made from <name>'s
+    real[] column (the same rows and values), unless it holds as many rows
+    (vtype "halfvec": <name>_pgh with a halfvec(dim) column, values rounded to
+    half precision). Creates the extensions vector and vidx_pgvector. Returns
+    the table name."""
+    t = name + ("_pgv" if vtype == "vector" else "_pgh")
+    with conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vidx_pgvector")
+    if table_rows(conn, t) != table_rows(conn, name):
+        t0 = time.perf_counter()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {t}")
+            cur.execute(f"CREATE TABLE {t} (id bigint, vec {vtype}({int(dim)}))")
+            cur.execute(f"INSERT INTO {t} SELECT id, embedding::{vtype}({int(dim)}) FROM {name} ORDER BY id")
+            cur.execute(f"VACUUM ANALYZE {t}")
+        if verbose:
+            log(f"  {t}: the vectors of {name} as pgvector {vtype}({dim}) in {time.perf_counter() - t0:.1f} s")
+    return t
+
+
 def backend_pid(conn):
     with conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
@@ -429,11 +454,13 @@ def data_directory(conn):
         return cur.fetchone()[0]
 
 
-def index_info(conn, index):
-    """Index size, vidx_stats and sidecar file size."""
+def index_info(conn, index, vidx=True):
+    """Index size, vidx_stats and sidecar file size (vidx=False: the size only)."""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_relation_size(%s::regclass)", (index,))
         size = cur.fetchone()[0]
+        if not vidx:
+            return {"index_bytes": size, "sidecar_bytes": 0, "stats": {}}
         cur.execute("SELECT vidx_stats(%s::regclass)", (index,))
         stats = cur.fetchone()[0]
     sc = stats.get("sidecar", {}) if isinstance(stats, dict) else {}
@@ -446,9 +473,12 @@ def index_info(conn, index):
     return {"index_bytes": size, "sidecar_bytes": sc_size, "stats": stats}
 
 
-def create_index(dsn, table, index, metric="l2", options=None, verbose=True, poll=2.0):
+def create_index(dsn, table, index, metric="l2", options=None, verbose=True, poll=2.0,
+                 column="embedding", using="vidx", opclass=None, settings=None):
     """CREATE INDEX in a fresh backend (so its VmHWM is the build's), with progress.
 
+    column/using/opclass: another column or access method (pgvector mode:
+    the vector column, USING hnsw or ivfflat); settings: SET before the build.
     Returns dict(build_s, backend_peak_rss ...).
     """
     import threading
@@ -457,11 +487,19 @@ def create_index(dsn, table, index, metric="l2", options=None, verbose=True, pol
         cur.execute(f"DROP INDEX IF EXISTS {index}")
         # every core, as the FAISS builds use (the default follows max_parallel_maintenance_workers)
         cur.execute(f"SET vidx.build_threads = {os.cpu_count()}")
+        for name, value in (settings or {}).items():
+            cur.execute(f"SET {name} = {value}")
     pid = backend_pid(conn)
     w = ""
     if options:
         w = " WITH (" + ", ".join(f"{k} = {v}" for k, v in options.items()) + ")"
-    sql = f"CREATE INDEX {index} ON {table} USING vidx (embedding {OPCLASS[metric]}){w}"
+    if using != "vidx" and (settings or {}).get("max_parallel_maintenance_workers"):
+        # PostgreSQL plans build workers from the heap's size, which TOASTed
+        # vectors leave small: ask for them explicitly, as a pgvector user would
+        with conn.cursor() as cur:
+            cur.execute(f"ALTER TABLE {table} SET (parallel_workers = "
+                        f"{int(settings['max_parallel_maintenance_workers'])})")
+    sql = f"CREATE INDEX {index} ON {table} USING {using} ({column} {opclass or OPCLASS[metric]}){w}"
     if verbose:
         log(sql)
     err = []
@@ -556,9 +594,12 @@ def trivial_query(conn, queries, n=2000):
 
 
 def run_queries(conn, table, queries, metric, k, settings=None, exact=False, base=None,
-                gt_dist=None, ks=(1, 10), warmup=1):
+                gt_dist=None, ks=(1, 10), warmup=1, column="embedding", qtype=None):
     """Queries one at a time through a prepared statement (binary real[] param).
 
+    column/qtype: pgvector mode queries the vector column with the same
+    binary real[] parameter cast to vector in SQL (qtype "vector"), so vidx
+    and pgvector's indexes run on the same client path.
     Returns latency percentiles, QPS, recall@k for k in ks (<= LIMIT k) and the
     rows returned.
     """
@@ -572,14 +613,15 @@ def run_queries(conn, table, queries, metric, k, settings=None, exact=False, bas
             cur.execute("SET enable_bitmapscan = off")
         # A prepared statement keeps its cached (generic) plan across SET
         # enable_indexscan = off, so the exact run gets its own statement text.
-        sql = (f"SELECT id FROM {table} ORDER BY embedding {op} %b::real[] LIMIT {int(k)}"
+        cast = f"::{qtype}" if qtype else ""
+        sql = (f"SELECT id FROM {table} ORDER BY {column} {op} %b::real[]{cast} LIMIT {int(k)}"
                + (" /* exact */" if exact else ""))
         params = [vec_param(q) for q in queries]
         for i in range(warmup):
             cur.execute(sql, (params[i % len(params)],), prepare=True)
             cur.fetchall()
         cur.execute("EXPLAIN (COSTS OFF) " + sql, (params[0],))
-        plan = re.sub(r"'\{[^}]*\}'", "$1", " / ".join(r[0].strip() for r in cur.fetchall()))
+        plan = re.sub(r"'\{[^}]*\}'|'\[[^\]]*\]'", "$1", " / ".join(r[0].strip() for r in cur.fetchall()))
         lat = np.empty(len(params))
         rows = []
         t_all = time.perf_counter()

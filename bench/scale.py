@@ -19,7 +19,14 @@ Steps, each printed as it goes and saved to bench/results/scale_<N>x<D>/:
  5. shared-buffer hits and reads per query (EXPLAIN (ANALYZE, BUFFERS)),
     backend RSS, disk used (table, index, sidecar, data file, WAL);
  6. references on the same data: exact sequential scan (a few queries) and,
-    with --faiss, FAISS IVFFlat (nlist = sqrt(N), one search thread).
+    with --faiss, FAISS IVFFlat (nlist = sqrt(N), one search thread);
+ 7. with --pgvector (pgvector 0.8.6 and vidx_pgvector installed), on the same
+    rows copied once into scale_items_pgv (id, vec vector(D)), one index at a
+    time, each queried on the same client path (binary real[] cast to
+    vector): vidx (vidx_pgvector), pgvector HNSW (m 16, ef_construction 64,
+    hnsw.ef_search up from 40 until recall@10 >= --target) and IVFFlat
+    (lists = rows / 1000, ivfflat.probes up until the target): build time,
+    index size, recall, QPS, p50/p99.
 
 Re-running skips the steps whose output exists (data, table); --rebuild drops
 the index first (it always rebuilds unless --keep-index).
@@ -65,6 +72,9 @@ def main(argv=None):
                     help="measure a cold session: skip SELECT vidx_prewarm(index) in the query session")
     ap.add_argument("--faiss", action="store_true", help="also FAISS IVFFlat on the same data")
     ap.add_argument("--nprobe", default="1,2,4,8", help="FAISS IVFFlat nprobe values")
+    ap.add_argument("--pgvector", action="store_true",
+                    help="step 7: vidx, pgvector HNSW and IVFFlat on a vector column of the same rows")
+    ap.add_argument("--pgv-methods", default="vidx,hnsw,ivfflat")
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -276,11 +286,59 @@ def main(argv=None):
 
     else:
         carry(["faiss_ivfflat"])
+    if a.pgvector:
+        pgvector_step(a, conn, table, base, Q, gt_d, res, save)
+    else:
+        carry(["pgvector"])
     res["total_s"] = round(time.perf_counter() - t_total, 1)
     save()
     write_md(out, res)
     bl.log(f"== done in {res['total_s']:.0f} s; results in {out}/result.json and result.md")
     return 0
+
+
+def pgvector_step(a, conn, table, base, Q, gt_d, res, save):
+    """Step 7: vidx, pgvector HNSW and IVFFlat on one vector column, same client path."""
+    bl.log("== 7. pgvector: vidx (vidx_pgvector), HNSW and IVFFlat on a vector column")
+    ptable = bl.ensure_pgvector_table(conn, table, a.dim)
+    out = res.setdefault("pgvector", {})
+    settings = {"max_parallel_maintenance_workers": max(0, os.cpu_count() - 1),
+                "maintenance_work_mem": "'8GB'"}
+    lists = max(10, a.rows // 1000)
+    plans = {"vidx": ("vidx", {}, [{"vidx.probes": p} for p in a.probes_list.split(",")]),
+             "hnsw": ("hnsw", {"m": 16, "ef_construction": 64},
+                      [{"hnsw.ef_search": ef} for ef in (40, 64, 100, 160, 250, 400)]),
+             "ivfflat": ("ivfflat", {"lists": lists},
+                         [{"ivfflat.probes": p} for p in (1, 2, 4, 8, 16, 32, 64) if p <= lists])}
+    for m in a.pgv_methods.split(","):
+        using, opts, sweep = plans[m]
+        index = f"{ptable}_idx"
+        b = bl.create_index(a.dsn, ptable, index, "l2", opts, column="vec", using=using,
+                            opclass="vector_l2_ops", settings=settings)
+        info = bl.index_info(conn, index, vidx=(using == "vidx"))
+        entry = {"build_s": round(b["build_s"], 1), "build_backend": b["build_backend"], "options": opts,
+                 "index_bytes": info["index_bytes"], "sidecar_bytes": info["sidecar_bytes"], "sweep": []}
+        out[m] = entry
+        bl.log(f"  {m}: build {entry['build_s']} s, index {info['index_bytes'] / 2**20:.0f} MiB")
+        qconn = bl.connect(a.dsn)
+        if using == "vidx":
+            with qconn.cursor() as cur:
+                cur.execute("SELECT * FROM vidx_prewarm(%s)", (index,))
+        for st in sweep:
+            r, _ = bl.run_queries(qconn, ptable, Q, "l2", 10, st, base=base, gt_dist=gt_d,
+                                  column="vec", qtype="vector")
+            r.update(settings=st)
+            entry["sweep"].append(r)
+            bl.log(f"  {m} {st}: recall@10 {r['recall@10']:.3f}  p50 {r['p50_ms']:.2f} ms  "
+                   f"p99 {r['p99_ms']:.2f} ms  QPS {r['qps']:.1f}  ({r['plan']})")
+            save()
+            if r["recall@10"] >= a.target:
+                entry["at_target"] = r
+                break
+        qconn.close()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP INDEX {index}")
+        save()
 
 
 def write_md(out, res):
@@ -339,6 +397,18 @@ def write_md(out, res):
               "| nprobe | recall@10 | p50 ms | p99 ms | QPS |", "|---|---|---|---|---|"]
         for r in fi["sweep"]:
             L.append(f"| {r['nprobe']} | {r['recall@10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.1f} |")
+    pv = res.get("pgvector")
+    if pv:
+        L += ["", "On a pgvector `vector` copy of the table (step 7, `--pgvector`), one index at a time, "
+              "the same client path:", "",
+              "| index | build s | index MiB | sidecar MiB | setting | recall@10 | p50 ms | p99 ms | QPS |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for m, e in pv.items():
+            for r in e["sweep"]:
+                L.append(f"| {m} | {e['build_s']} | {e['index_bytes'] / 2**20:.1f} | "
+                         f"{(e.get('sidecar_bytes') or 0) / 2**20:.0f} | "
+                         f"{', '.join(f'{k}={v}' for k, v in r['settings'].items())} | {r['recall@10']:.3f} | "
+                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:.1f} |")
     with open(os.path.join(out, "result.md"), "w") as f:
         f.write("\n".join(L) + "\n")
 

@@ -18,6 +18,18 @@ queries for recall@100. In the same run on the same data:
     with one thread, one query at a time from Python (builds use all cores,
     like vidx's build).
 
+With --pgvector (pgvector 0.8.6 and vidx_pgvector installed), in the same run
+on the same data and client path: the vectors go once into <dataset>_pgv
+(id, vec vector(D)), or <dataset>_pgh with --pgv-type halfvec; vidx on that column (vidx_pgvector, the same
+probes x rerank sweep), then pgvector's HNSW (m = --hnsw-m, ef_construction
+= --hnsw-efc; hnsw.ef_search sweep --pgv-ef-search) and IVFFlat (lists =
+rows / 1000, at least 10, as pgvector's README advises up to 1M rows;
+ivfflat.probes sweep --ivf-probes), one index on the column at a time, each
+built in a fresh backend with max_parallel_maintenance_workers = CPUs - 1
+and maintenance_work_mem = --pgv-maintenance-work-mem. Queries send the
+same binary real[] cast to vector in SQL. --skip-real leaves out vidx on the
+real[] column.
+
 Writes into --out (default bench/results/<dataset>_<metric>/):
   results.json  everything (machine, settings, commit, every measurement)
   results.csv   one row per method and setting
@@ -135,6 +147,63 @@ def faiss_refs(base, Q, metric, gt_d, a, results):
     del hnsw
 
 
+# ----------------------------------------------------------------- pgvector mode
+
+
+def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
+    """vidx (vidx_pgvector), pgvector HNSW and IVFFlat on one vector column."""
+    n, d = base.shape
+    vt = a.pgv_type
+    ptable = bl.ensure_pgvector_table(conn, table, d, vtype=vt)
+    opclass = bl.PGV_OPCLASS[a.metric].replace("vector_", vt + "_")
+    nq100 = res["k100_queries"]
+    cpus = os.cpu_count()
+    build_settings = {"max_parallel_maintenance_workers": max(0, cpus - 1),
+                      "maintenance_work_mem": f"'{a.pgv_maintenance_work_mem}'"}
+    ivf_lists = a.ivf_lists or max(10, n // 1000)
+    methods = [("vidx-vector", "vidx", {}, [{"vidx.probes": p, "vidx.rerank": rr}
+                                            for rr in a.rerank.split(",") for p in a.probes.split(",")]),
+               ("pgvector-hnsw", "hnsw", {"m": a.hnsw_m, "ef_construction": a.hnsw_efc},
+                [{"hnsw.ef_search": ef} for ef in a.pgv_ef_search.split(",")]),
+               ("pgvector-ivfflat", "ivfflat", {"lists": ivf_lists},
+                [{"ivfflat.probes": p} for p in a.ivf_probes.split(",") if int(p) <= ivf_lists])]
+    for method, using, opts, settings_list in methods:
+        if a.pgv_methods and method not in a.pgv_methods.split(","):
+            continue
+        index = f"{ptable}_idx"
+        b = bl.create_index(a.dsn, ptable, index, a.metric, opts, column="vec", using=using,
+                            opclass=opclass, settings=build_settings)
+        info = bl.index_info(conn, index, vidx=(using == "vidx"))
+        res["builds"].append({"method": method, "column": f"{vt}({d})", "options": opts,
+                              "loadavg_before_queries": list(os.getloadavg()), "build_s": b["build_s"],
+                              "build_backend": b["build_backend"], **info})
+        qconn = bl.connect(a.dsn)
+        for s in settings_list:
+            r, _ = bl.run_queries(qconn, ptable, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
+                                  column="vec", qtype=vt)
+            if f"Index Scan using {index}" not in r["plan"]:
+                bl.log(f"  WARNING: plan without the index: {r['plan']}")
+            r100, _ = bl.run_queries(qconn, ptable, Q[:nq100], a.metric, 100, s, base=base,
+                                     gt_dist=gt_d[:nq100], ks=(100,), column="vec", qtype=vt)
+            r.update({"column": f"{vt}({d})", "method": (method if vt == "vector" else method.replace("-vector", "-halfvec")
+                                                          if "-vector" in method else method + "-halfvec"),
+                      "params": " ".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()),
+                      "index_options": opts_label(opts), "recall@100": r100["recall@100"],
+                      "k100_qps": r100["qps"], "build_s": b["build_s"], "index_bytes": info["index_bytes"],
+                      "sidecar_bytes": info["sidecar_bytes"],
+                      "build_backend_hwm_mib": b["build_backend"].get("VmHWM_mib")})
+            if using == "vidx":
+                r.update(probes=s["vidx.probes"], rerank=s["vidx.rerank"])
+            res["results"].append(r)
+            bl.log(f"  {method:<17} {r['params']:<22} recall@10 {r['recall@10']:.3f} "
+                   f"recall@100 {r['recall@100']:.3f}  QPS {r['qps']:7.1f}  p50 {r['p50_ms']:.2f} "
+                   f"p99 {r['p99_ms']:.2f} ms")
+        qconn.close()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP INDEX {index}")
+        bl.write_json(os.path.join(a.out_dir, "results.json"), res)
+
+
 # ----------------------------------------------------------------- output
 
 
@@ -166,7 +235,14 @@ def write_outputs(out, res):
             f"(p50 {res['trivial_query']['p50_ms']:.3f} ms)" if res.get("trivial_query") else "") + ".",
          "Command: `/usr/bin/python3 bench/sweep.py " + " ".join(res.get("argv", [])) + "`", ""]
     for b in res["builds"]:
-        L.append(f"- vidx index ({opts_label(b['options'])}): build {b['build_s']:.1f} s, index "
+        if b.get("method", "vidx") != "vidx" and b["method"] != "vidx-vector":
+            L.append(f"- {b['method']} ({opts_label(b['options'])}): build {b['build_s']:.1f} s, index "
+                     f"{b['index_bytes'] / 2**20:.1f} MiB ({b['index_bytes'] / ds['rows']:.0f} bytes/row), "
+                     f"build backend peak RSS {b['build_backend'].get('VmHWM_mib')} MiB"
+                     + (f"; load average before its queries {', '.join(f'{x:.1f}' for x in b['loadavg_before_queries'])}"
+                        if b.get("loadavg_before_queries") else ""))
+            continue
+        L.append(f"- {b.get('method', 'vidx')} index ({opts_label(b['options'])}): build {b['build_s']:.1f} s, index "
                  f"{b['index_bytes'] / 2**20:.1f} MiB ({b['index_bytes'] / ds['rows']:.0f} bytes/row), sidecar "
                  f"{(b['sidecar_bytes'] or 0) / 2**20:.0f} MiB, {b['stats'].get('leaves')} leaves, "
                  f"build backend peak RSS {b['build_backend'].get('VmHWM_mib')} MiB, query backend peak RSS "
@@ -248,6 +324,16 @@ def main(argv=None):
     ap.add_argument("--hnsw-m", type=int, default=16)
     ap.add_argument("--hnsw-efc", type=int, default=64)
     ap.add_argument("--ef-search", default="10,16,32,64,128,256")
+    ap.add_argument("--pgvector", action="store_true",
+                    help="also vidx on a pgvector vector column, pgvector HNSW and IVFFlat (see above)")
+    ap.add_argument("--skip-real", action="store_true", help="no vidx index on the real[] column")
+    ap.add_argument("--pgv-methods", default="", help="only these of vidx-vector,pgvector-hnsw,pgvector-ivfflat")
+    ap.add_argument("--pgv-type", default="vector", choices=("vector", "halfvec"),
+                    help="pgvector mode: the column type (halfvec: values rounded to half precision)")
+    ap.add_argument("--pgv-ef-search", default="10,20,40,80,160,320")
+    ap.add_argument("--ivf-lists", type=int, default=0, help="IVFFlat lists (default rows / 1000, >= 10)")
+    ap.add_argument("--ivf-probes", default="1,2,4,8,16,32")
+    ap.add_argument("--pgv-maintenance-work-mem", default="4GB")
     ap.add_argument("--replot", action="store_true", help="only redraw outputs from results.json")
     bl.add_client_arg(ap)
     ap.add_argument("--storage", default="EXTERNAL",
@@ -256,7 +342,9 @@ def main(argv=None):
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
-    out = a.out or os.path.join(bl.RESULTS_DIR, f"{a.dataset}_{a.metric}")
+    out = a.out or os.path.join(bl.RESULTS_DIR, f"{a.dataset}_{a.metric}" + (
+        ("_pgvector" if a.pgv_type == "vector" else "_pgvector_halfvec") if a.pgvector else ""))
+    a.out_dir = out
     if a.replot:
         import json
         with open(os.path.join(out, "results.json")) as f:
@@ -291,7 +379,7 @@ def main(argv=None):
     probes = [int(x) for x in a.probes.split(",")]
     reranks = [int(x) for x in a.rerank.split(",")]
     nq100 = res["k100_queries"]
-    for oi, opts in enumerate(parse_opts(a.index_options)):
+    for oi, opts in enumerate([] if a.skip_real else parse_opts(a.index_options)):
         index = f"{table}_vidx"
         b = bl.create_index(a.dsn, table, index, a.metric, opts)
         info = bl.index_info(conn, index)
@@ -325,6 +413,8 @@ def main(argv=None):
         qconn.close()
         bl.write_json(os.path.join(out, "results.json"), res)
 
+    if a.pgvector:
+        pgvector_sweep(a, conn, table, base, Q, gt_d, res)
     if a.exact_queries:
         ne = min(a.exact_queries, len(Q))
         econn = bl.connect(a.dsn)

@@ -151,8 +151,9 @@ vidx_search(PG_FUNCTION_ARGS)
 		int found = 0;
 
 		memcpy(ARR_DATA_PTR(query), elems + (Size) q * dims, sizeof(float4) * (Size) dims);
-		ScanKeyEntryInitialize(&key, 0, 1, InvalidStrategy, InvalidOid, InvalidOid, InvalidOid,
-		                       PointerGetDatum(query));
+		/* The query is a real[] whatever the column's type (sk_subtype tells the scan). */
+		ScanKeyEntryInitialize(&key, SK_ORDER_BY, 1, InvalidStrategy, FLOAT4ARRAYOID, InvalidOid,
+		                       InvalidOid, PointerGetDatum(query));
 		index_rescan(scan, NULL, 0, &key, 1);
 		while (found < k && index_getnext_slot(scan, ForwardScanDirection, slot))
 		{

@@ -99,17 +99,16 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, boo
 {
 	VidxBuildState *bs = (VidxBuildState *) state;
 	MemoryContext old;
-	ArrayType *array;
 	float *v;
 	int dims;
+	int lbound;
 
 	if (isnull[0])
 		return;
 
 	old = MemoryContextSwitchTo(bs->tmpcxt);
-	array = DatumGetArrayTypeP(values[0]);
-	v = vidx_array_to_vector(array, &dims, "vector");
-	vidx_check_indexable(v, dims, ARR_LBOUND(array)[0], index);
+	v = vidx_datum_to_vector(index, values[0], InvalidOid, &dims, &lbound, "vector");
+	vidx_check_indexable(v, dims, lbound, index);
 	if (bs->dims == 0)
 	{
 		MemoryContextSwitchTo(old);

@@ -188,7 +188,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	MemoryContext old;
 	VidxMetaPageData meta;
 	VidxTreeCache *cache;
-	ArrayType *array;
+	int lbound;
 	float *v;
 	float *x;
 	int dims;
@@ -210,9 +210,8 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "vidx insert", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 
-	array = DatumGetArrayTypeP(values[0]);
-	v = vidx_array_to_vector(array, &dims, "vector");
-	vidx_check_indexable(v, dims, ARR_LBOUND(array)[0], index);
+	v = vidx_datum_to_vector(index, values[0], InvalidOid, &dims, &lbound, "vector");
+	vidx_check_indexable(v, dims, lbound, index);
 	vidx_read_meta(index, &meta);
 	if (meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(v, dims);

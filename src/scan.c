@@ -140,6 +140,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	VidxScanOpaque so = (VidxScanOpaque) scan->opaque;
 	MemoryContext old;
 	int dims;
+	int lbound;
 
 	if (orderbys && scan->numberOfOrderBys > 0)
 		memmove(scan->orderByData, orderbys, scan->numberOfOrderBys * sizeof(ScanKeyData));
@@ -188,8 +189,10 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	}
 
 	old = MemoryContextSwitchTo(so->cxt);
-	so->query = vidx_array_to_vector(DatumGetArrayTypeP(scan->orderByData[0].sk_argument), &dims,
-	                                 "query vector");
+	/* sk_subtype: the operator's right operand type (real[] for vidx_search) */
+	so->query =
+	    vidx_datum_to_vector(scan->indexRelation, scan->orderByData[0].sk_argument,
+	                         scan->orderByData[0].sk_subtype, &dims, &lbound, "query vector");
 	vidx_check_dims(dims, so->meta.dims, scan->indexRelation);
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);

@@ -16,6 +16,7 @@ vidx_table_reader_begin(Relation heap, Relation index)
 
 	r->fetch = table_index_fetch_begin(heap);
 	r->slot = table_slot_create(heap, NULL);
+	r->index = index;
 	r->indexInfo = BuildIndexInfo(index);
 	r->estate = CreateExecutorState();
 	GetPerTupleExprContext(r->estate)->ecxt_scantuple = r->slot;
@@ -35,6 +36,7 @@ vidx_table_reader_vector(VidxTableReader *r, ItemPointer tid, Snapshot snapshot,
 	Datum values[INDEX_MAX_KEYS];
 	bool isnull[INDEX_MAX_KEYS];
 	int got;
+	int lbound;
 	float *v;
 
 	if (!table_index_fetch_tuple(r->fetch, tid, snapshot, r->slot, &call_again, &all_dead))
@@ -45,7 +47,8 @@ vidx_table_reader_vector(VidxTableReader *r, ItemPointer tid, Snapshot snapshot,
 		ResetPerTupleExprContext(r->estate);
 		return NULL;
 	}
-	v = vidx_array_to_vector(DatumGetArrayTypeP(values[0]), &got, "vector");
+	/* The column's type, read as inserts read it (the operator class's reader for non-arrays). */
+	v = vidx_datum_to_vector(r->index, values[0], InvalidOid, &got, &lbound, "vector");
 	ResetPerTupleExprContext(r->estate);
 	if (got != dims)
 		return NULL;

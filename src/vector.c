@@ -13,12 +13,15 @@
 #include <math.h>
 #include <string.h>
 
+#include "access/genam.h"
 #include "catalog/pg_type.h"
 #include "common/shortest_dec.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
+
+#include "vidx_typeio.h"
 
 PG_FUNCTION_INFO_V1(vidx_l2_distance);
 PG_FUNCTION_INFO_V1(vidx_negative_inner_product);
@@ -211,6 +214,58 @@ float *
 vidx_array_to_vector(ArrayType *array, int *dims, const char *what)
 {
 	return array_to_vector_internal(array, dims, what, true);
+}
+
+/*
+ * The vector of a datum that an index stores or is queried with: a column
+ * value (typid InvalidOid: the index's column type) or an ORDER BY operand of
+ * type typid. Arrays (real[], and double precision[] or numeric[] queries)
+ * are read here; any other type by the operator class's reader (support
+ * function 2, vidx_typeio.h), whose result gets the same checks. *lbound is
+ * the subscript of the first element, for messages.
+ */
+float *
+vidx_datum_to_vector(Relation index, Datum datum, Oid typid, int *dims, int *lbound,
+                     const char *what)
+{
+	bool is_array =
+	    (typid == FLOAT4ARRAYOID || typid == FLOAT8ARRAYOID || typid == NUMERICARRAYOID);
+
+	if (!is_array && OidIsValid(index_getprocid(index, 1, VIDX_READER_PROC)))
+	{
+		FmgrInfo *proc = index_getprocinfo(index, 1, VIDX_READER_PROC);
+		VidxVectorRead out;
+
+		memset(&out, 0, sizeof(out));
+		out.version = VIDX_VECTOR_READ_VERSION;
+		out.what = what;
+		out.lbound = 1;
+		(void) FunctionCall2Coll(proc, InvalidOid, datum, PointerGetDatum(&out));
+		if (out.values == NULL)
+			elog(ERROR, "vidx: the vector reader of index \"%s\" returned no vector",
+			     RelationGetRelationName(index));
+		if (out.dims <= 0)
+			ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+			                errmsg("%s must have at least 1 dimension", what)));
+		if (out.dims > VIDX_MAX_DIMS)
+			ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			                errmsg("%s cannot have more than %d dimensions", what, VIDX_MAX_DIMS),
+			                errdetail("The vector has %d dimensions.", out.dims)));
+		check_finite_float4(out.values, out.dims, out.lbound, what);
+		*dims = out.dims;
+		*lbound = out.lbound;
+		return out.values;
+	}
+	else
+	{
+		ArrayType *array = DatumGetArrayTypeP(datum);
+		float *v = array_to_vector_internal(array, dims, what, true);
+
+		*lbound = ARR_LBOUND(array)[0];
+		if ((Pointer) array != DatumGetPointer(datum))
+			pfree(array); /* a detoasted copy: scans read many rows in one context */
+		return v;
+	}
 }
 
 void

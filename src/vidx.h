@@ -214,6 +214,15 @@ typedef enum VidxDebugSplit
  */
 extern float *vidx_array_to_vector(ArrayType *array, int *dims, const char *what);
 
+/*
+ * The vector (palloc'd) of a datum an index stores (typid InvalidOid) or is
+ * queried with (typid: the operand's type): arrays directly, other types
+ * through the operator class's reader (support function 2, vidx_typeio.h);
+ * with the checks of vidx_array_to_vector. *lbound: the first subscript.
+ */
+extern float *vidx_datum_to_vector(Relation index, Datum datum, Oid typid, int *dims, int *lbound,
+                                   const char *what);
+
 /* Raises an error if a vector of dims elements does not have expected dims. */
 extern void vidx_check_dims(int dims, int expected, Relation index);
 
@@ -285,6 +294,7 @@ typedef struct VidxTableReader
 	struct TupleTableSlot *slot;
 	struct EState *estate;
 	struct IndexInfo *indexInfo;
+	Relation index;
 } VidxTableReader;
 
 extern VidxTableReader *vidx_table_reader_begin(Relation heap, Relation index);

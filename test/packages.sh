@@ -25,6 +25,12 @@ VIDX_TEST_PACKAGES=(
 	python3-matplotlib python3-faiss strace
 )
 
+# The Node.js client test (test/node/run.sh: npm packages pg and pgvector from
+# the npm registry). test/run_all.sh installs these only when node or npm is
+# missing (a machine may have Node.js from elsewhere, e.g. nodesource, whose
+# nodejs package ships npm itself).
+VIDX_NODE_PACKAGES=(nodejs npm)
+
 vidx_need_packages() {
 	local caller=$1 p
 	shift

@@ -4,12 +4,17 @@
 #   test/run_all.sh
 #
 # 1. core unit tests:   cmake + ctest (build/)
-# 2. extension:         make && make install (PGXS, into the pg_config on PATH)
+# 2. extension:         make && make install (PGXS, into the pg_config on PATH): vidx and
+#                       its companion vidx_pgvector; then pgvector 0.8.6, which only
+#                       vidx_pgvector's tests need, from ../shared/third_party
+#                       (test/pgvector.sh; skipped if installed)
 # 3. test data:         Fashion-MNIST subset exported by bench/fmnist.py, clustered
 #                       sets of 64 and 1,536 dims by bench/datagen.py (build/testdata/)
 # 4. SQL tests, inside ONE throw-away cluster made by pg_virtualenv:
 #      make installcheck     (pg_regress: sql/ + expected/; isolation tester: specs/ + expected/)
+#      make -C vidx_pgvector installcheck (pg_regress of the pgvector operator classes)
 #      pg_prove test/t/*.sql (pgTAP)
+#      test/node/run.sh      (Node.js client: npm pg + pgvector on a vidx-indexed vector column)
 # 5. sharding:          test/shard/run.sh (3 shards + coordinator, ports 5460-5463)
 # 6. robustness:        test/run_robust.sh (crash, replica, restore, concurrency,
 #                       bad input, fuzzing, security, format version; own clusters on
@@ -63,6 +68,22 @@ if [ "${1:-}" = "--in-cluster" ]; then
 	fi
 
 	echo
+	echo "==== [cluster] make -C vidx_pgvector installcheck (pg_regress) ===="
+	rm -rf vidx_pgvector/regression.diffs vidx_pgvector/regression.out vidx_pgvector/results
+	t=$(date +%s)
+	if make -C vidx_pgvector installcheck; then
+		echo "installcheck_pgvector=PASS $(($(date +%s) - t))" >>"$status_file"
+	else
+		rc=1
+		echo "installcheck_pgvector=FAIL $(($(date +%s) - t))" >>"$status_file"
+		if [ -f vidx_pgvector/regression.diffs ]; then
+			echo "---- vidx_pgvector/regression.diffs ----"
+			cat vidx_pgvector/regression.diffs
+			echo "---- end of vidx_pgvector/regression.diffs ----"
+		fi
+	fi
+
+	echo
 	echo "==== [cluster] pg_prove (pgTAP: test/t/*.sql) ===="
 	# pg_prove runs each file with psql -X --set ON_ERROR_STOP=1 from this directory.
 	t=$(date +%s)
@@ -73,6 +94,16 @@ if [ "${1:-}" = "--in-cluster" ]; then
 	else
 		rc=1
 		echo "pg_prove=FAIL $(($(date +%s) - t))" >>"$status_file"
+	fi
+
+	echo
+	echo "==== [cluster] Node.js client test (test/node/run.sh) ===="
+	t=$(date +%s)
+	if bash test/node/run.sh; then
+		echo "node=PASS $(($(date +%s) - t))" >>"$status_file"
+	else
+		rc=1
+		echo "node=FAIL $(($(date +%s) - t))" >>"$status_file"
 	fi
 	exit $rc
 fi
@@ -111,6 +142,9 @@ finish() {
 # shellcheck source=test/packages.sh
 . "$ROOT/test/packages.sh"
 vidx_need_packages run_all.sh "${VIDX_TEST_PACKAGES[@]}"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+	vidx_need_packages run_all.sh "${VIDX_NODE_PACKAGES[@]}"
+fi
 for tool in pg_config pg_virtualenv pg_prove cmake make; do
 	if ! command -v "$tool" >/dev/null; then
 		echo "run_all.sh: '$tool' not found although the packages of test/packages.sh are installed" >&2
@@ -147,6 +181,12 @@ else
 	echo "extension did not build: skipping the SQL tests"
 	finish
 fi
+t=$(date +%s)
+if bash test/pgvector.sh; then
+	record "pgvector 0.8.6 (for vidx_pgvector)" PASS $(($(date +%s) - t))
+else
+	record "pgvector 0.8.6 (for vidx_pgvector)" FAIL $(($(date +%s) - t))
+fi
 
 # 3. Test data -------------------------------------------------------------------
 section "3/6 test data (Fashion-MNIST subset, clustered sets -> $VIDX_TESTDATA)"
@@ -174,11 +214,13 @@ if pg_virtualenv -t \
 	:
 fi
 elapsed=$(($(date +%s) - t))
-for step in installcheck pg_prove; do
+for step in installcheck installcheck_pgvector pg_prove node; do
 	st=$(sed -n "s/^$step=//p" "$status_file" | tail -1)
 	case $step in
 	installcheck) label="make installcheck (regress+iso)" ;;
+	installcheck_pgvector) label="vidx_pgvector installcheck" ;;
 	pg_prove) label="pg_prove test/t (pgTAP)" ;;
+	node) label="Node.js client (test/node)" ;;
 	esac
 	# a step that left no status line did not run (cluster failed to start?)
 	if [ -n "$st" ]; then
