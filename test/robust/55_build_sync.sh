@@ -8,7 +8,7 @@
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
 NAME=rbst_sync
-PORT=5453
+PORT=5459
 W=$(mktempdir)
 
 # strace needs ptrace; where the machine forbids it, say so and stop.
