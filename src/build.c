@@ -553,6 +553,10 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
 	write_index(w, bs.metric, bs.dims, opts->refine_bits, bs.build_id, tree, tree_size, postings,
 	            order, bs.ntuples, counts);
+	pfree(postings);
+	pfree(order);
+	/* The recall curve for vidx.target_recall (calibrate.c), in the metapage. */
+	vidx_calibrate_index(index, heap);
 	vidx_sidecar_sweep(index);
 
 	result->heap_tuples = reltuples;

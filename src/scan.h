@@ -96,7 +96,8 @@ typedef struct VidxScanOpaqueData
 	int nahead;
 	int ahead_pos;
 	bool sidecar_io; /* a record was not in the page cache: read ahead from disk */
-	/* best scores re-scored so far, ascending (in sidecar_io mode): their heap pages are prefetched */
+	/* best scores re-scored so far, ascending (in sidecar_io mode): their heap pages are prefetched
+	 */
 	double near_top[VIDX_HEAP_PREFETCH];
 	int nnear_top;
 
@@ -105,6 +106,7 @@ typedef struct VidxScanOpaqueData
 	int64 nresults;
 	int64 results_capacity;
 
+	int probes;  /* leaves of the first round: vidx_scan_probes() when the scan began */
 	int rerank;  /* vidx.rerank when the scan began: 0 = no budget */
 	bool strict; /* vidx.iterative_scan = strict_order when the scan began */
 	int64 rescored;

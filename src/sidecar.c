@@ -779,7 +779,8 @@ cgroup_memory(int64 *limit, int64 *unreclaimable)
 			snprintf(path, sizeof(path), "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", group);
 			*limit = file_number(path);
 			snprintf(path, sizeof(path), "/sys/fs/cgroup/memory%s/memory.stat", group);
-			*unreclaimable = Max(0, stat_value(path, "total_rss")) + Max(0, stat_value(path, "total_shmem"));
+			*unreclaimable =
+			    Max(0, stat_value(path, "total_rss")) + Max(0, stat_value(path, "total_shmem"));
 			found = true;
 		}
 		else if (strncmp(line, "0::", 3) == 0)
