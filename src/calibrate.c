@@ -3,7 +3,7 @@
  * vidx.probes, measured on the index's own rows and stored in its metapage;
  * vidx.target_recall picks the probes of a scan from it (vidx_scan_probes).
  *
- * A seeded sample of VIDX_CALIB_QUERIES postings are the queries, each
+ * A seeded sample of postings (calib_queries: 200, fewer for big indexes) are the queries, each
  * excluded from its own answer. Their exact 10 nearest rows come from one
  * pass over every posting's vector (sidecar, else the table), on the build's
  * threads (core: vidx_knn_update). A scan reads the leaves in the order of
@@ -139,6 +139,21 @@ read_vectors(Relation index, const VidxMetaPageData *meta, VidxTableReader *read
 	pfree(ptrs);
 }
 
+/*
+ * Queries of a calibration: VIDX_CALIB_QUERIES up to 10^8 row dimensions
+ * (N x D), then fewer, as 1 / sqrt(N x D), down to 64: the exact search costs
+ * queries x N x D, and must stay a small share of the build (about 90 s for
+ * 10^6 x 1024, k-means and assignment, where 64 queries take about 5 s).
+ */
+static int
+calib_queries(int64 n, int dims)
+{
+	double nd = (double) n * dims;
+	double q = nd <= 1e8 ? VIDX_CALIB_QUERIES : VIDX_CALIB_QUERIES * sqrt(1e8 / nd);
+
+	return (int) Min((double) n, Max(64.0, floor(q)));
+}
+
 /* Probes of the curve's points: 1 to 16, then 15% apart, the last one every leaf. */
 static int
 curve_grid(uint32 nleaves, uint32 *probes)
@@ -211,7 +226,7 @@ vidx_calibrate_index(Relation index, Relation heap)
 	k = (int) Min((int64) VIDX_CALIB_K, n - 1);
 
 	/* The queries: a seeded sample of the postings (partial Fisher-Yates). */
-	nq = (int) Min((int64) VIDX_CALIB_QUERIES, n);
+	nq = calib_queries(n, dims);
 	pick = MemoryContextAllocHuge(cxt, sizeof(int64) * n);
 	for (int64 i = 0; i < n; i++)
 		pick[i] = i;

@@ -9,9 +9,9 @@
  * k nearest rows (core: vidx_knn_update, on the build's threads); then each
  * query runs through the index as ORDER BY ... LIMIT k does, timed. A row the
  * index returns counts as found if its distance is at most the k-th exact
- * distance (ties count). Cost: two sequential scans of the table and
- * queries x rows exact distances, then queries index scans; a NOTICE reports
- * progress every 10 seconds.
+ * distance (ties count; within the float kernels' rounding). Cost: two sequential scans of the
+ * table and queries x rows exact distances, then queries index scans; a NOTICE reports progress
+ * every 10 seconds.
  */
 #include "scan.h"
 
@@ -341,7 +341,8 @@ vidx_recall(PG_FUNCTION_ARGS)
 			int got = 0;
 			int hits = 0;
 			double kth = top_dist[(Size) q * k + keff - 1];
-			double tol = 1e-9 * fabs(kth) + 1e-12;
+			/* (the exact search's float kernels: vidx_knn_update) */
+			double tol = metric == VIDX_METRIC_COSINE ? 1e-6 : 1e-5 * fabs(kth);
 
 			memcpy(ARR_DATA_PTR(qa), queries + (Size) q * dims, sizeof(float) * dims);
 			ScanKeyEntryInitialize(&key, 0, 1, InvalidStrategy, InvalidOid, InvalidOid, InvalidOid,
