@@ -26,6 +26,7 @@
 
 #include "access/generic_xlog.h"
 #include "access/table.h"
+#include "access/xlog.h"
 #include "catalog/index.h"
 #include "common/pg_prng.h"
 #include "fmgr.h"
@@ -357,6 +358,7 @@ vidx_calibrate_index(Relation index, Relation heap)
 		GenericXLogState *state;
 		Page page;
 		VidxMetaPage m;
+		XLogRecPtr lsn;
 		long secs;
 		int usecs;
 
@@ -380,8 +382,14 @@ vidx_calibrate_index(Relation index, Relation heap)
 		((PageHeader) page)->pd_lower =
 		    Max(((PageHeader) page)->pd_lower,
 		        (LocationIndex) (((char *) m - (char *) page) + sizeof(VidxMetaPageData)));
-		GenericXLogFinish(state);
+		lsn = GenericXLogFinish(state);
 		UnlockReleaseBuffer(buf);
+		/*
+		 * Durable when the caller returns: vidx_calibrate() and VACUUM may
+		 * commit without a transaction id, so without a WAL flush of their own.
+		 */
+		if (RelationNeedsWAL(index))
+			XLogFlush(lsn);
 	}
 	elog(DEBUG1, "vidx calibration of \"%s\": %d queries over " INT64_FORMAT " rows, %d points",
 	     RelationGetRelationName(index), nq, n, npoints);
