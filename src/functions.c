@@ -355,7 +355,7 @@ append_calibration(StringInfo buf, const VidxMetaPageData *meta)
 		appendStringInfo(buf, "%s%.4f", i ? ", " : "", meta->calib_recall[i]);
 	appendStringInfoString(buf, "], \"target_probes\": ");
 	if (vidx_target_recall > 0)
-		appendStringInfo(buf, "%d}", vidx_scan_probes(meta));
+		appendStringInfo(buf, "%.2f}", vidx_scan_probes(meta));
 	else
 		appendStringInfoString(buf, "null}");
 }

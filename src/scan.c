@@ -194,7 +194,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->nuppers = 0;
 
 	vidx_read_meta(scan->indexRelation, &so->meta);
-	so->probes = vidx_scan_probes(&so->meta);
+	so->probes = (int) ceil(vidx_scan_probes(&so->meta));
 	if (so->meta.dims == 0)
 	{
 		so->empty = true; /* nothing was ever inserted */
@@ -213,6 +213,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);
 	so->exact_mode = query_needs_exact_mode(so->query, dims, (VidxMetric) so->meta.metric);
+	so->probes = vidx_probes_for_query(vidx_scan_probes(&so->meta), so->query, dims);
 
 	MemoryContextSwitchTo(old);
 }

@@ -472,9 +472,12 @@ extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap_ou
 extern void vidx_calibrate_index(Relation index, Relation heap);
 /* Whether the index has grown enough since its calibration to measure it again. */
 extern bool vidx_calibration_stale(const VidxMetaPageData *meta);
-/* The probes a scan uses: from vidx.target_recall and the curve if both are there, else
- * vidx.probes. */
-extern int vidx_scan_probes(const VidxMetaPageData *meta);
+/*
+ * The probes a scan uses: from vidx.target_recall and the curve if both are
+ * there (fractional), else vidx.probes; and a query's share of them (whole).
+ */
+extern double vidx_scan_probes(const VidxMetaPageData *meta);
+extern int vidx_probes_for_query(double p, const float *query, int dims);
 
 /* ---------- core error reporting ---------- */
 

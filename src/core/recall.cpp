@@ -53,12 +53,155 @@ push(double d, int64_t id, double *dist, int64_t *ids, int k)
 
 } // namespace
 
+/*
+ * With AVX-512: dot products in 4 x 6 tiles give each pair's score as
+ * |x|^2 + |q|^2 - 2 x.q (or -x.q), about three times faster than l2sq_x4;
+ * that sum cancels, so it only screens: a pair whose screened score is
+ * within a generous rounding bound of the current k-th is scored again by the
+ * exact kernels (vidx_l2sq / vidx_dot), and only exact scores are kept.
+ */
+namespace
+{
+
+constexpr int TILE_Q = 6;
+constexpr int TASK_Q = 24; /* queries of a task: 4 tiles */
+
+void
+knn_tiles(VidxMetric metric, const float *queries, int nq, const int64_t *exclude,
+          const float *data, const int64_t *ids, int64_t n, int dims, int k, double *top_dist,
+          int64_t *top_id, int threads)
+{
+	int64_t ntasks = (nq + TASK_Q - 1) / TASK_Q;
+
+	auto task = [&](int64_t t, int) noexcept
+	{
+		int q0 = (int) (t * TASK_Q);
+		int m = std::min(TASK_Q, nq - q0);
+		std::vector<float> qn, xbuf;
+		float qnorm[TASK_Q];
+		const float *qs[TASK_Q];
+
+		try
+		{
+			xbuf.resize((size_t) 4 * dims);
+			if (metric == VIDX_METRIC_COSINE)
+				qn.resize((size_t) m * dims);
+		}
+		catch (...)
+		{
+			return; /* out of memory: the caller sees no neighbour for these queries */
+		}
+		for (int i = 0; i < TASK_Q; i++)
+		{
+			int q = std::min(i, m - 1); /* (tails repeat the last query) */
+
+			if (i < m)
+			{
+				qs[i] = queries + (size_t) (q0 + q) * dims;
+				if (metric == VIDX_METRIC_COSINE)
+				{
+					vidx_normalize(qs[i], qn.data() + (size_t) i * dims, dims);
+					qs[i] = qn.data() + (size_t) i * dims;
+				}
+				qnorm[i] = vidx::self_dot_fast(qs[i], dims);
+			}
+			else
+			{
+				qs[i] = qs[m - 1];
+				qnorm[i] = qnorm[m - 1];
+			}
+		}
+		for (int64_t v = 0; v < n; v += 4)
+		{
+			const float *x[4];
+			float xnorm[4];
+			float out[24];
+			int nv = (int) std::min<int64_t>(4, n - v);
+
+			for (int p = 0; p < 4; p++)
+			{
+				x[p] = data + (size_t) (v + std::min(p, nv - 1)) * dims;
+				if (metric == VIDX_METRIC_COSINE)
+				{
+					vidx_normalize(x[p], xbuf.data() + (size_t) p * dims, dims);
+					x[p] = xbuf.data() + (size_t) p * dims;
+				}
+				xnorm[p] = vidx::self_dot_fast(x[p], dims);
+			}
+			for (int j = 0; j < m; j += TILE_Q)
+			{
+				vidx::dot_tile_fast(x, qs + j, dims, out);
+				for (int p = 0; p < nv; p++)
+					for (int c = 0; c < TILE_Q && j + c < m; c++)
+					{
+						int q = q0 + j + c;
+						double *dist = top_dist + (size_t) q * k;
+						double dot = out[p * TILE_Q + c];
+						double screened, slack, exact;
+
+						if (exclude != nullptr && ids[v + p] == exclude[q])
+							continue;
+						if (metric == VIDX_METRIC_IP)
+						{
+							screened = -dot;
+							slack = 1e-4 * std::sqrt((double) xnorm[p] * qnorm[j + c]) + 1e-30;
+						}
+						else
+						{
+							screened = xnorm[p] + qnorm[j + c] - 2.0 * dot;
+							slack = 1e-4 * ((double) xnorm[p] + qnorm[j + c]) + 1e-30;
+						}
+						/* compare in score space: the k-th is a distance */
+						if (std::isfinite(dist[k - 1]))
+						{
+							double kth = dist[k - 1];
+							double kth_score = metric == VIDX_METRIC_L2       ? kth * kth
+							                   : metric == VIDX_METRIC_COSINE ? 2.0 * kth
+							                                                  : kth;
+
+							if (screened - slack >= kth_score)
+								continue;
+						}
+						if (metric == VIDX_METRIC_IP)
+						{
+							float s = -vidx_dot(x[p], qs[j + c], dims);
+
+							exact = vidx::float_sum_ok(s)
+							            ? s
+							            : -vidx::dot_double(x[p], qs[j + c], dims);
+						}
+						else
+						{
+							float s = vidx_l2sq(x[p], qs[j + c], dims);
+
+							exact = vidx::float_sum_ok(s)
+							            ? s
+							            : vidx::l2sq_double(x[p], qs[j + c], dims);
+						}
+						push(score_to_distance(metric, exact), ids[v + p], dist,
+						     top_id + (size_t) q * k, k);
+					}
+			}
+		}
+	};
+
+	vidx::parallel_for(threads, ntasks, 1, task);
+}
+
+} // namespace
+
 extern "C" void
 vidx_knn_update(VidxMetric metric, const float *queries, int nq, const int64_t *exclude,
                 const float *data, const int64_t *ids, int64_t n, int dims, int k, double *top_dist,
                 int64_t *top_id, int threads) noexcept
 {
 	int64_t nblocks = (nq + QBLOCK - 1) / QBLOCK;
+
+	if (vidx::nearest_block_fast_available())
+	{
+		knn_tiles(metric, queries, nq, exclude, data, ids, n, dims, k, top_dist, top_id, threads);
+		return;
+	}
 
 	auto block = [&](int64_t b, int) noexcept
 	{
