@@ -661,15 +661,3 @@ vidx::nearest_block_fast(const float *pts, int cnt, int dims, const float *cent,
 	    (void) besti;
 #endif
 }
-
-void
-vidx::dot_tile_fast(const float *const x[4], const float *const c[6], int dims, float out[24])
-{
-#ifdef VIDX_X86
-	dot_tile_4x6(x, c, dims, out);
-#else
-	for (int p = 0; p < 4; p++)
-		for (int q = 0; q < 6; q++)
-			out[p * 6 + q] = vidx_dot(x[p], c[q], dims);
-#endif
-}

@@ -102,12 +102,6 @@ double dot_double(const float *a, const float *b, int dims);
  */
 bool nearest_block_fast_available();
 float self_dot_fast(const float *a, int dims);
-/*
- * The 24 dot products of 4 vectors x with 6 vectors c (out[p * 6 + q]), in
- * 4 x 6 register tiles (AVX-512; vidx_dot elsewhere). Use where
- * nearest_block_fast_available().
- */
-void dot_tile_fast(const float *const x[4], const float *const c[6], int dims, float out[24]);
 void nearest_block_fast(const float *pts, int cnt, int dims, const float *cent, const float *cnorm,
                         int k, float *best, int32_t *besti);
 
