@@ -365,7 +365,7 @@ def main(argv=None):
             r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
             with qconn.cursor() as cur:
                 cur.execute(f"SET vidx.target_recall = {t}")
-                cur.execute("SELECT (vidx_stats(%s)->'calibration'->>'target_probes')::int", (index,))
+                cur.execute("SELECT (vidx_stats(%s)->'calibration'->>'target_probes')::float8", (index,))
                 used = cur.fetchone()[0]
                 cur.execute("SELECT recall, recall_low, recall_high, mean_ms, exact_ms, settings "
                             "FROM vidx_recall(%s, 0, 10, %s::real[])", (index, Q.astype(np.float32).tolist()))

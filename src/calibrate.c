@@ -3,7 +3,10 @@
  * vidx.probes, measured on the index's own rows and stored in its metapage;
  * vidx.target_recall picks the probes of a scan from it (vidx_scan_probes).
  *
- * A seeded sample of postings (calib_queries: 200, fewer for big indexes) are the queries, each
+ * A seeded sample of postings are the queries (200; a build drops the
+ * last ones, down to 160, 128, 96, 64 or 48, when the pace of its exact
+ * search says it would take more than 8% of the build; vidx_calibrate and
+ * VACUUM take fewer for big indexes, calib_queries), each
  * excluded from its own answer. Their exact 10 nearest rows come from one
  * pass over every posting's vector (sidecar, else the table), on the build's
  * threads (core: vidx_knn_update). A scan reads the leaves in the order of
@@ -42,6 +45,7 @@
 #include "utils/timestamp.h"
 
 #define VIDX_CALIB_QUERIES 200
+#define VIDX_CALIB_MIN_QUERIES 48
 #define VIDX_CALIB_K 10
 #define VIDX_CALIB_SEED UINT64CONST(0x63616c6962) /* "calib" */
 #define VIDX_CALIB_BATCH 4096
@@ -153,7 +157,7 @@ calib_queries(int64 n, int dims)
 	double nd = (double) n * dims;
 	double q = nd <= 2e7 ? VIDX_CALIB_QUERIES : VIDX_CALIB_QUERIES * sqrt(2e7 / nd);
 
-	return (int) Min((double) n, Max(48.0, floor(q)));
+	return (int) Min((double) n, Max((double) VIDX_CALIB_MIN_QUERIES, floor(q)));
 }
 
 /* Probes of the curve's points: 1 to 16, then 15% apart, the last one every leaf. */
@@ -173,7 +177,7 @@ curve_grid(uint32 nleaves, uint32 *probes)
 }
 
 void
-vidx_calibrate_index(Relation index, Relation heap)
+vidx_calibrate_index(Relation index, Relation heap, double budget_ms)
 {
 	TimestampTz t0 = GetCurrentTimestamp();
 	MemoryContext cxt =
@@ -205,6 +209,8 @@ vidx_calibrate_index(Relation index, Relation heap)
 	VidxTableReader *reader = NULL;
 	Snapshot snapshot = NULL;
 	pg_prng_state rng;
+	TimestampTz pass_start;
+	bool paced = false;
 
 	LockPage(index, VIDX_METAPAGE_BLKNO, ExclusiveLock);
 	vidx_read_meta(index, &meta);
@@ -228,7 +234,7 @@ vidx_calibrate_index(Relation index, Relation heap)
 	k = (int) Min((int64) VIDX_CALIB_K, n - 1);
 
 	/* The queries: a seeded sample of the postings (partial Fisher-Yates). */
-	nq = calib_queries(n, dims);
+	nq = budget_ms > 0 ? (int) Min((int64) VIDX_CALIB_QUERIES, n) : calib_queries(n, dims);
 	pick = MemoryContextAllocHuge(cxt, sizeof(int64) * n);
 	for (int64 i = 0; i < n; i++)
 		pick[i] = i;
@@ -275,10 +281,38 @@ vidx_calibrate_index(Relation index, Relation heap)
 		top_dist[i] = get_float8_infinity();
 		top_id[i] = -1;
 	}
+	pass_start = GetCurrentTimestamp();
 	for (int64 b = 0; b < n; b += VIDX_CALIB_BATCH)
 	{
 		int m = (int) Min((int64) VIDX_CALIB_BATCH, n - b);
 		int got = 0;
+
+		/*
+		 * Under a time budget (a build's): once a twentieth of the postings
+		 * is done, the pass's pace says what it will cost; if over budget,
+		 * the last queries of the (random) sample are dropped.
+		 */
+		if (budget_ms > 0 && !paced && b >= n / 20 && b > 0)
+		{
+			long secs;
+			int usecs;
+			double est;
+
+			TimestampDifference(pass_start, GetCurrentTimestamp(), &secs, &usecs);
+			est = (secs * 1000.0 + usecs / 1000.0) * (double) n / (double) b;
+			if (est > budget_ms)
+			{
+				/* one of a few sizes, so that builds at about the same pace agree */
+				static const int sizes[] = {160, 128, 96, 64, VIDX_CALIB_MIN_QUERIES};
+				int want = (int) floor(nq * budget_ms / est);
+				int i = 0;
+
+				while (i < (int) lengthof(sizes) - 1 && sizes[i] > want)
+					i++;
+				nq = Min(nq, sizes[i]);
+			}
+			paced = true;
+		}
 
 		for (int i = 0; i < m; i++)
 			batch[i] = &all[b + i];
@@ -491,7 +525,7 @@ vidx_calibrate(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 		                errmsg("vidx_calibrate cannot run during recovery"),
 		                errhint("Run it on the primary: the curve reaches standbys through WAL.")));
-	vidx_calibrate_index(index, heap);
+	vidx_calibrate_index(index, heap, 0);
 	vidx_read_meta(index, &meta);
 	index_close(index, RowExclusiveLock);
 	table_close(heap, AccessShareLock);

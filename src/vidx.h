@@ -467,9 +467,11 @@ extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap_ou
                                Relation *index_out);
 /*
  * Measures the recall curve of the index (heap may be NULL: rows the sidecar
- * cannot vouch for are then left out) and stores it in the metapage.
+ * cannot vouch for are then left out) and stores it in the metapage. With
+ * budget_ms > 0 (a build), fewer queries once its pace says it would take
+ * longer.
  */
-extern void vidx_calibrate_index(Relation index, Relation heap);
+extern void vidx_calibrate_index(Relation index, Relation heap, double budget_ms);
 /* Whether the index has grown enough since its calibration to measure it again. */
 extern bool vidx_calibration_stale(const VidxMetaPageData *meta);
 /*

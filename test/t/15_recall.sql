@@ -107,10 +107,10 @@ DROP ROLE vidx_t15_reader;
 
 -- ------------------------------------------------------------ calibration
 RESET vidx.probes;
-SELECT ok((vidx_stats('items_v')->'calibration'->>'queries')::int = 200
+SELECT ok((vidx_stats('items_v')->'calibration'->>'queries')::int BETWEEN 48 AND 200
           AND (vidx_stats('items_v')->'calibration'->>'rows')::int = 10000
           AND (vidx_stats('items_v')->'calibration'->>'k')::int = 10,
-          'the build measured the curve: 200 queries over the 10000 rows, k 10');
+          'the build measured the curve: 48 to 200 queries (its time budget) over the 10000 rows, k 10');
 SELECT ok((SELECT bool_and(p > 0) AND min(r) >= 0 AND max(r) = 1
            FROM (SELECT jsonb_array_elements_text(vidx_stats('items_v')->'calibration'->'probes')::int AS p,
                         jsonb_array_elements_text(vidx_stats('items_v')->'calibration'->'recall')::float8 AS r) s),
@@ -119,14 +119,12 @@ SELECT ok((SELECT bool_and(r >= prev) FROM (SELECT r::float8 AS r, lag(r::float8
            FROM jsonb_array_elements_text(vidx_stats('items_v')->'calibration'->'recall') WITH ORDINALITY AS x(r, n)) s
           ), 'the curve never decreases');
 SELECT is(vidx_stats('items_v')->'calibration'->'target_probes', 'null'::jsonb, 'target_probes null while vidx.target_recall is off');
-CREATE TABLE built AS SELECT vidx_stats('items_v')->'calibration' AS c;
 SELECT cmp_ok(vidx_calibrate('items_v'), '>', 1, 'vidx_calibrate measures it again');
-SELECT is(vidx_stats('items_v')->'calibration'->'recall', (SELECT c->'recall' FROM built),
-          '... the same curve as the build (seeded, same tree)');
+SELECT is((vidx_stats('items_v')->'calibration'->>'queries')::int, 200, '... with 200 queries (no time budget)');
 CREATE TABLE before AS SELECT vidx_stats('items_v')->'calibration' AS c;
 SELECT pg_sleep(0.01);
 SELECT cmp_ok(vidx_calibrate('items_v'), '>', 1, 'vidx_calibrate again');
-SELECT is((SELECT c->'recall' FROM before), vidx_stats('items_v')->'calibration'->'recall', '... the same curve');
+SELECT is((SELECT c->'recall' FROM before), vidx_stats('items_v')->'calibration'->'recall', '... the same curve (seeded, same tree)');
 SELECT cmp_ok((vidx_stats('items_v')->'calibration'->>'measured_at')::timestamptz, '>', (SELECT (c->>'measured_at')::timestamptz FROM before), '... measured again');
 CREATE TABLE empty (v real[]);
 CREATE INDEX empty_v ON empty USING vidx (v);
