@@ -10,10 +10,10 @@ MODULE_big = vidx
 DATA = sql/vidx--0.1.0.sql
 
 GLUE_OBJS = src/vidx.o src/vector.o src/pages.o src/tree_cache.o src/sidecar.o src/sidecar_gc.o src/build.o \
-	src/insert.o src/scan.o src/scan_pool.o src/scan_leaf.o src/scan_cost.o src/vacuum.o src/functions.o src/batch.o src/table.o src/split.o src/freeslots.o
+	src/insert.o src/scan.o src/scan_pool.o src/scan_leaf.o src/scan_cost.o src/vacuum.o src/functions.o src/batch.o src/recall.o src/calibrate.o src/table.o src/split.o src/freeslots.o
 CORE_OBJS = src/core/distance.o src/core/rotation.o src/core/rabitq.o \
 	src/core/kmeans.o src/core/tree.o src/core/tree_edit.o src/core/sidecar_format.o \
-	src/core/build.o src/core/threads.o
+	src/core/build.o src/core/threads.o src/core/recall.o
 OBJS = $(GLUE_OBJS) $(CORE_OBJS)
 
 REGRESS = vector_ops index_basic index_options index_vacuum index_batch index_costs index_numeric

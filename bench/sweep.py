@@ -37,6 +37,15 @@ Writes into --out (default bench/results/<dataset>_<metric>/):
   recall_qps.png  recall@10 (x) vs QPS (y, log), one line per method
 Recall is tie-aware: a returned row counts if its exact distance is within
 the exact k-th distance.
+
+Target-recall mode (--target-recall 0.9,0.95,0.99, issue 14): after the
+(probes, rerank) grid, each target runs the same queries with only
+vidx.target_recall set, and the results say which probes it chose, its
+recall@10 and QPS, the best fixed vidx.probes of the grid that reaches the
+target (the fewest; its QPS, run again side by side with the target), and what vidx_recall() (the same queries as
+query_vectors) estimates, with its interval. The build records how long the
+recall calibration took (vidx_stats: calibration.ms) against the build.
+  ... --target-recall 0.9,0.95,0.99 --rerank 0 --probes 1,2,...,64 --no-faiss
 """
 
 import argparse
@@ -261,6 +270,34 @@ def write_outputs(out, res):
         L.append(f"| {r['method']} | {r['params']} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | "
                  f"{'' if r100 is None else f'{r100:.3f}'} | {r['qps']:.1f} | {r['p50_ms']:.2f} | "
                  f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} |")
+    if res.get("targets"):
+        L += ["", "## vidx.target_recall", "",
+              "Only `vidx.target_recall` set; the best fixed setting is the fewest `vidx.probes` of the "
+              "grid above (same re-scoring) whose recall@10 reaches the target. The QPS ratio compares the "
+              "target's mean QPS over two runs with the best fixed setting run between them (the machine is "
+              "shared: the grid's own QPS drift). `vidx_recall` ran the same queries as `query_vectors`.", "",
+              "| target | probes chosen | recall@10 | QPS | p99 ms | best fixed probes | its recall@10 | its QPS "
+              "| QPS ratio side by side | vidx_recall (95% interval) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for t in res["targets"]:
+            bf = t.get("best_fixed") or {}
+            vr = t.get("vidx_recall") or {}
+            pr = t.get("paired") or {}
+            ratio = (f"{pr['ratio']:.2f} ({pr['target_qps']:.0f} / {pr['fixed_qps']:.0f})" if pr else "")
+            L.append(f"| {t['target']} | {t['probes_used']} | {t['recall@10']:.3f} | {t['qps']:.1f} | "
+                     f"{t['p99_ms']:.2f} | {bf.get('probes', 'none reaches it')} | "
+                     f"{bf['recall@10']:.3f} | {bf['qps']:.1f} | {ratio} | " if bf else
+                     f"| {t['target']} | {t['probes_used']} | {t['recall@10']:.3f} | {t['qps']:.1f} | "
+                     f"{t['p99_ms']:.2f} | none reaches it | | | | ")
+            L[-1] += (f"{vr['recall']:.3f} [{vr['recall_low']:.3f}, {vr['recall_high']:.3f}] |" if vr else " |")
+        for b in res["builds"]:
+            c = b.get("calibration") or {}
+            if c:
+                L.append("")
+                L.append(f"Calibration ({opts_label(b['options'])}): {c.get('queries')} queries over "
+                         f"{c.get('rows')} rows, {c.get('ms')} ms of the {b['build_s']:.1f} s build "
+                         f"({100 * c.get('ms', 0) / 1000 / b['build_s']:.1f}%); curve: " +
+                         ", ".join(f"{p}: {r}" for p, r in zip(c.get("probes", []), c.get("recall", []))))
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(L) + "\n")
     plot(out, res)
@@ -334,6 +371,8 @@ def main(argv=None):
     ap.add_argument("--ivf-lists", type=int, default=0, help="IVFFlat lists (default rows / 1000, >= 10)")
     ap.add_argument("--ivf-probes", default="1,2,4,8,16,32")
     ap.add_argument("--pgv-maintenance-work-mem", default="4GB")
+    ap.add_argument("--target-recall", default="",
+                    help="comma-separated vidx.target_recall values to run after the grid (e.g. 0.9,0.95,0.99)")
     ap.add_argument("--replot", action="store_true", help="only redraw outputs from results.json")
     bl.add_client_arg(ap)
     ap.add_argument("--storage", default="EXTERNAL",
@@ -406,6 +445,49 @@ def main(argv=None):
                 bl.log(f"  vidx {r['params']:<30} recall@1 {r['recall@1']:.3f} recall@10 {r['recall@10']:.3f} "
                        f"recall@100 {r['recall@100']:.3f}  QPS {r['qps']:7.1f}  p50 {r['p50_ms']:.2f} "
                        f"p99 {r['p99_ms']:.2f} ms")
+        with qconn.cursor() as cur:
+            cur.execute("SELECT vidx_stats(%s)->'calibration'", (index,))
+            build["calibration"] = cur.fetchone()[0]
+        for t in [float(x) for x in a.target_recall.split(",") if x.strip()]:
+            s = {"vidx.target_recall": t}
+            r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
+            fixed = [x for x in res["results"] if x["method"] == "vidx" and x["index_options"] == opts_label(opts)
+                     and x["rerank"] == 0 and x["recall@10"] >= t]
+            # the fewest probes that reach the target: the grid's own QPS are too noisy to pick by
+            best = min(fixed, key=lambda x: x["probes"]) if fixed else None
+            # the machine is shared and noisy: the best fixed setting runs again right after,
+            # and the target once more after it, so the QPS ratio compares runs side by side
+            paired = None
+            if best is not None:
+                rb, _ = bl.run_queries(qconn, table, Q, a.metric, 10, {"vidx.probes": best["probes"]},
+                                       base=base, gt_dist=gt_d)
+                rt, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
+                paired = {"fixed_qps": rb["qps"], "target_qps": (r["qps"] + rt["qps"]) / 2,
+                          "ratio": (r["qps"] + rt["qps"]) / 2 / rb["qps"]}
+            # vidx_recall last: its sequential scans of the table can push the sidecar out of the
+            # page cache, which would slow the runs after it
+            with qconn.cursor() as cur:
+                cur.execute(f"SET vidx.target_recall = {t}")
+                cur.execute("SELECT (vidx_stats(%s)->'calibration'->>'target_probes')::float8", (index,))
+                used = cur.fetchone()[0]
+                cur.execute("SELECT recall, recall_low, recall_high, mean_ms, exact_ms, settings "
+                            "FROM vidx_recall(%s, 0, 10, %s::real[])", (index, Q.astype(np.float32).tolist()))
+                vr = dict(zip(("recall", "recall_low", "recall_high", "mean_ms", "exact_ms", "settings"),
+                              cur.fetchone()))
+                cur.execute("RESET ALL")
+            tr = {"target": t, "index_options": opts_label(opts), "probes_used": used,
+                  "recall@10": r["recall@10"], "recall@1": r["recall@1"], "qps": r["qps"],
+                  "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "plan": r["plan"], "vidx_recall": vr,
+                  "best_fixed": None if best is None else {"probes": best["probes"], "recall@10": best["recall@10"],
+                                                           "qps": best["qps"]},
+                  "paired": paired}
+            res.setdefault("targets", []).append(tr)
+            bl.log(f"  target_recall {t}: probes {used}, recall@10 {r['recall@10']:.3f}, QPS {r['qps']:.1f}; "
+                   f"vidx_recall {vr['recall']:.3f} [{vr['recall_low']:.3f}, {vr['recall_high']:.3f}]; best fixed "
+                   + (f"probes {best['probes']} recall@10 {best['recall@10']:.3f} QPS {best['qps']:.1f}" if best
+                      else "none reaches it")
+                   + (f"; side by side: target {paired['target_qps']:.1f} QPS, fixed {paired['fixed_qps']:.1f} "
+                      f"(ratio {paired['ratio']:.2f})" if paired else ""))
         build["query_backend"] = bl.proc_status(qpid)
         for r in res["results"]:
             if r["method"] == "vidx" and r["index_options"] == opts_label(opts):

@@ -147,3 +147,19 @@ CREATE FUNCTION @extschema@.vidx_prewarm(index pg_catalog.regclass, OUT index_pa
                                          OUT sidecar_bytes pg_catalog.int8)
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION @extschema@.vidx_prewarm(pg_catalog.regclass) IS 'reads a vidx index into shared buffers, its sidecar file into the page cache and maps it into this session; returns the pages and bytes read';
+
+-- Recall: measured on demand, and the calibration behind vidx.target_recall.
+CREATE FUNCTION @extschema@.vidx_recall(index pg_catalog.regclass, queries pg_catalog.int4 DEFAULT 100,
+                                        k pg_catalog.int4 DEFAULT 10,
+                                        query_vectors pg_catalog.float4[] DEFAULT NULL,
+                                        OUT recall pg_catalog.float8, OUT recall_low pg_catalog.float8,
+                                        OUT recall_high pg_catalog.float8, OUT nqueries pg_catalog.int4,
+                                        OUT nk pg_catalog.int4, OUT mean_ms pg_catalog.float8,
+                                        OUT p99_ms pg_catalog.float8, OUT exact_ms pg_catalog.float8,
+                                        OUT settings pg_catalog.jsonb)
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.vidx_recall(pg_catalog.regclass, pg_catalog.int4, pg_catalog.int4, pg_catalog.float4[]) IS 'recall@k of a vidx index at the current settings: a seeded sample of queries rows (each excluded from its answer), or the rows of query_vectors, searched exactly (two sequential scans, queries x rows distances) and through the index; recall with its 95% interval, index scan latency, settings';
+
+CREATE FUNCTION @extschema@.vidx_calibrate(index pg_catalog.regclass) RETURNS pg_catalog.int4
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION @extschema@.vidx_calibrate(pg_catalog.regclass) IS 'measures the recall curve of a vidx index again (vidx.target_recall uses it; the build and VACUUM of an index that doubled measure it too); returns its points; owner only';

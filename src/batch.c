@@ -45,7 +45,7 @@ PG_FUNCTION_INFO_V1(vidx_search);
  * indexed column, and row security must not apply. The table is locked before
  * its index, as a query does.
  */
-static void
+void
 vidx_open_for_read(Oid indexoid, const char *what, Relation *heap_out, Relation *index_out)
 {
 	Oid am = get_index_am_oid("vidx", false);

@@ -20,6 +20,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 /* Opens a relation and checks that it is a vidx index. */
 static Relation
@@ -327,6 +328,38 @@ check_stats_privilege(Oid relid)
 	                   "pg_read_all_stats or pg_stat_scan_tables may read its statistics.")));
 }
 
+/*
+ * The recall calibration (calibrate.c): when and on what it was measured, the
+ * curve, and the probes vidx.target_recall gives now (null when off).
+ */
+static void
+append_calibration(StringInfo buf, const VidxMetaPageData *meta)
+{
+	appendStringInfoString(buf, ", \"calibration\": ");
+	if (meta->calib_npoints == 0)
+	{
+		appendStringInfoString(buf, "null");
+		return;
+	}
+	appendStringInfo(buf, "{\"measured_at\": ");
+	escape_json(buf, timestamptz_to_str((TimestampTz) meta->calib_time));
+	appendStringInfo(buf,
+	                 ", \"rows\": " UINT64_FORMAT ", \"queries\": %u, \"k\": %u, \"ms\": %u"
+	                 ", \"tree_version\": %u, \"stale\": %s, \"probes\": [",
+	                 meta->calib_rows, meta->calib_queries, meta->calib_k, meta->calib_ms,
+	                 meta->calib_tree_version, vidx_calibration_stale(meta) ? "true" : "false");
+	for (uint32 i = 0; i < Min(meta->calib_npoints, VIDX_CALIB_POINTS); i++)
+		appendStringInfo(buf, "%s%u", i ? ", " : "", meta->calib_probes[i]);
+	appendStringInfoString(buf, "], \"recall\": [");
+	for (uint32 i = 0; i < Min(meta->calib_npoints, VIDX_CALIB_POINTS); i++)
+		appendStringInfo(buf, "%s%.4f", i ? ", " : "", meta->calib_recall[i]);
+	appendStringInfoString(buf, "], \"target_probes\": ");
+	if (vidx_target_recall > 0)
+		appendStringInfo(buf, "%.2f}", vidx_scan_probes(meta));
+	else
+		appendStringInfoString(buf, "null}");
+}
+
 PG_FUNCTION_INFO_V1(vidx_stats);
 static int
 cmp_int64(const void *a, const void *b)
@@ -455,6 +488,9 @@ vidx_stats(PG_FUNCTION_ARGS)
 	                 ", \"postings_without_slot\": " INT64_FORMAT "}}",
 	                 ws.records, meta.next_slot, meta.free_slots, meta.free_slot_pages,
 	                 beyond + no_slot, no_slot);
+	buf.len--; /* (the closing brace) */
+	append_calibration(&buf, &meta);
+	appendStringInfoChar(&buf, '}');
 
 	relation_close(index, AccessShareLock);
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));

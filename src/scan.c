@@ -44,6 +44,7 @@ int vidx_probes = 10;
 int vidx_rerank = 0;
 int vidx_scan_threads = 1;
 int vidx_iterative_scan = VIDX_ITERATIVE_STRICT;
+double vidx_target_recall = 0;
 
 static int vidx_max_scan_threads = 4;
 
@@ -53,6 +54,18 @@ static const struct config_enum_entry iterative_scan_options[] = {
     {NULL, 0, false},
 };
 
+/* vidx.target_recall: 0 (off) or 0.5 to 0.999. */
+static bool
+check_target_recall(double *newval, void **extra, GucSource source)
+{
+	if (*newval != 0 && *newval < 0.5)
+	{
+		GUC_check_errdetail("vidx.target_recall must be 0 (off) or between 0.5 and 0.999.");
+		return false;
+	}
+	return true;
+}
+
 void
 vidx_scan_init(void)
 {
@@ -60,6 +73,12 @@ vidx_scan_init(void)
 	                        "Number of leaves a vidx scan reads before it returns rows",
 	                        "More probes: higher recall, slower queries.", &vidx_probes, 10, 1,
 	                        1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomRealVariable(
+	    "vidx.target_recall", "Recall@10 a vidx scan aims for (0 = off: vidx.probes decides)",
+	    "When set, a scan reads as many leaves as the index's calibration curve (measured at "
+	    "build time on its own rows, see vidx_stats and vidx_calibrate) says this recall "
+	    "needs, instead of vidx.probes.",
+	    &vidx_target_recall, 0, 0, 0.999, PGC_USERSET, 0, check_target_recall, NULL, NULL);
 	DefineCustomIntVariable(
 	    "vidx.rerank", "Re-scoring budget of a vidx scan, beyond the rows it returned (0 = none)",
 	    "Candidates are re-scored with their full vectors, lowest lower bound first; a row "
@@ -177,6 +196,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->nuppers = 0;
 
 	vidx_read_meta(scan->indexRelation, &so->meta);
+	so->probes = (int) ceil(vidx_scan_probes(&so->meta));
 	if (so->meta.dims == 0)
 	{
 		so->empty = true; /* nothing was ever inserted */
@@ -197,6 +217,7 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	if (so->meta.metric == VIDX_METRIC_COSINE)
 		vidx_check_nonzero(so->query, dims);
 	so->exact_mode = query_needs_exact_mode(so->query, dims, (VidxMetric) so->meta.metric);
+	so->probes = vidx_probes_for_query(vidx_scan_probes(&so->meta), so->query, dims);
 
 	MemoryContextSwitchTo(old);
 }
@@ -250,9 +271,12 @@ next_round(IndexScanDesc scan)
 	VidxTreeCache *cache;
 	bool in_node_order = so->null_query || so->exact_mode;
 	bool estimated = !in_node_order;
-	/* Round r reads vidx.probes * 2^r leaves: a deep scan reads ahead of the rows it returns. */
+	/*
+	 * Round r reads probes * 2^r leaves (vidx.probes, or what vidx.target_recall
+	 * needs): a deep scan reads ahead of the rows it returns.
+	 */
 	int probes =
-	    in_node_order ? INT_MAX : (int) Min((int64) vidx_probes << Min(so->rounds, 20), INT_MAX);
+	    in_node_order ? INT_MAX : (int) Min((int64) so->probes << Min(so->rounds, 20), INT_MAX);
 	Size prep_size = vidx_query_prep_size(so->meta.dims);
 	int64 first;
 	int nleaves = 0;
@@ -273,11 +297,11 @@ next_round(IndexScanDesc scan)
 		so->tree = vidx_get_tree(scan->indexRelation, &so->meta);
 		vidx_tree_pin(so->tree);
 		/*
-		 * vidx.probes covering every leaf asks for an exhaustive search: with
+		 * Probes covering every leaf ask for an exhaustive search: with
 		 * bounds that always hold (not the probabilistic ones), rows come out
 		 * in exact order and none is skipped.
 		 */
-		so->exact_bounds = (uint32) vidx_probes >= so->meta.nleaves;
+		so->exact_bounds = (uint32) so->probes >= so->meta.nleaves;
 		old = MemoryContextSwitchTo(so->cxt);
 
 		if (estimated)
@@ -533,12 +557,15 @@ vidx_endscan(IndexScanDesc scan)
 		vidx_table_reader_end(so->table);
 	if (so->tree != NULL)
 		vidx_tree_unpin(so->tree);
-	elog(DEBUG2,
-	     "vidx scan of \"%s\": %d rounds, %ld candidates, %ld re-scored, %ld returned, "
-	     "%ld out of order (%s)",
-	     RelationGetRelationName(scan->indexRelation), so->rounds, (long) so->pool,
-	     (long) so->rescored, (long) so->returned, (long) so->out_of_order,
-	     so->strict ? "skipped" : "returned");
+	elog(vidx_target_recall > 0 ? DEBUG1 : DEBUG2,
+	     "vidx scan of \"%s\": probes %d%s, %d rounds, %ld candidates, %ld re-scored, "
+	     "%ld returned, %ld out of order (%s)",
+	     RelationGetRelationName(scan->indexRelation), so->probes,
+	     vidx_target_recall > 0 ? (so->meta.calib_npoints > 0 ? " (vidx.target_recall)"
+	                                                          : " (not calibrated: vidx.probes)")
+	                            : "",
+	     so->rounds, (long) so->pool, (long) so->rescored, (long) so->returned,
+	     (long) so->out_of_order, so->strict ? "skipped" : "returned");
 	MemoryContextDelete(so->cxt);
 	vidx_pool_release(so);
 	if (so->results)

@@ -109,6 +109,7 @@ typedef struct VidxScanOpaqueData
 	int64 nresults;
 	int64 results_capacity;
 
+	int probes;  /* leaves of the first round (vidx_scan_probes, vidx_probes_for_query) */
 	int rerank;  /* vidx.rerank when the scan began: 0 = no budget */
 	bool strict; /* vidx.iterative_scan = strict_order when the scan began */
 	int64 rescored;

@@ -42,7 +42,7 @@ vidx_costestimate(PlannerInfo *root, IndexPath *path, double loop_count, Cost *i
 	index_close(rel, NoLock);
 	if (meta.nleaves > 0)
 		nleaves = meta.nleaves;
-	ratio = Min(1.0, (double) vidx_probes / nleaves);
+	ratio = Min(1.0, (double) vidx_scan_probes(&meta) / nleaves);
 
 	MemSet(&costs, 0, sizeof(costs));
 	costs.numIndexTuples = Max(1.0, index->tuples * ratio);

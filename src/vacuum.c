@@ -359,6 +359,14 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 		    table_open(IndexGetRelation(RelationGetRelid(index), false), AccessShareLock);
 
 		(void) vidx_merge_small_leaves(index, heap);
+		/* The recall curve, measured again once the index has doubled (calibrate.c). */
+		{
+			VidxMetaPageData meta;
+
+			vidx_read_meta(index, &meta);
+			if (vidx_calibration_stale(&meta))
+				vidx_calibrate_index(index, heap, 0);
+		}
 		table_close(heap, AccessShareLock);
 	}
 	(void) vidx_recycle_graveyard(index);

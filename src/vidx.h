@@ -92,6 +92,9 @@ typedef struct VidxFreeSlots
 	  (int) offsetof(VidxFreeSlots, slots)) /                                                      \
 	 (int) sizeof(uint32))
 
+/* Points of the recall calibration curve in the metapage. */
+#define VIDX_CALIB_POINTS 48
+
 /* The metapage, block 0. */
 typedef struct VidxMetaPageData
 {
@@ -129,6 +132,22 @@ typedef struct VidxMetaPageData
 	BlockNumber free_slot_page;
 	uint32 free_slot_pages;
 	uint64 free_slots;
+	/*
+	 * The recall calibration (calibrate.c): recall@calib_k of the index's own
+	 * rows as queries (each excluded from its answer) against their exact
+	 * answers, at calib_probes[i] probes, for calib_npoints points (0: not
+	 * calibrated; all zeros in metapages written before these fields existed,
+	 * which lie past their pd_lower). vidx.target_recall picks probes from it.
+	 */
+	uint32 calib_npoints;
+	uint16 calib_k;
+	uint16 calib_queries;
+	uint64 calib_rows;         /* postings when it was measured */
+	int64 calib_time;          /* TimestampTz when it was measured */
+	uint32 calib_tree_version; /* the tree version it was measured on */
+	uint32 calib_ms;           /* how long it took */
+	uint32 calib_probes[VIDX_CALIB_POINTS];
+	float calib_recall[VIDX_CALIB_POINTS];
 } VidxMetaPageData;
 
 /*
@@ -178,11 +197,12 @@ typedef struct VidxOptions
 #define VIDX_ROTATION_SEED UINT64CONST(0x5eed0f5151dc0de)
 
 /* Settings: each module defines its own in its init function, which _PG_init calls. */
-extern int vidx_probes;         /* scan.c */
-extern int vidx_rerank;         /* scan.c */
-extern int vidx_scan_threads;   /* scan.c */
-extern int vidx_iterative_scan; /* scan.c */
-extern int vidx_tree_cache_mb;  /* tree_cache.c */
+extern int vidx_probes;           /* scan.c */
+extern int vidx_rerank;           /* scan.c */
+extern int vidx_scan_threads;     /* scan.c */
+extern int vidx_iterative_scan;   /* scan.c */
+extern int vidx_tree_cache_mb;    /* tree_cache.c */
+extern double vidx_target_recall; /* scan.c: 0 = off */
 
 /* vidx.iterative_scan */
 #define VIDX_ITERATIVE_STRICT 0
@@ -445,6 +465,31 @@ extern int vidx_build_thread_count(void);
 extern void vidx_build_init(void);
 /* A scan's (for a large group of postings): min(vidx.scan_threads, vidx.max_scan_threads). */
 extern int vidx_scan_thread_count(void);
+
+/* ---------- recall (recall.c, calibrate.c) ---------- */
+
+/*
+ * Opens a vidx index and its table for a function that reads the table
+ * through it (vidx_search, vidx_prewarm, vidx_recall): SELECT on the indexed
+ * column, no row-level security (batch.c).
+ */
+extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap_out,
+                               Relation *index_out);
+/*
+ * Measures the recall curve of the index (heap may be NULL: rows the sidecar
+ * cannot vouch for are then left out) and stores it in the metapage. With
+ * budget_ms > 0 (a build), fewer queries once its pace says it would take
+ * longer.
+ */
+extern void vidx_calibrate_index(Relation index, Relation heap, double budget_ms);
+/* Whether the index has grown enough since its calibration to measure it again. */
+extern bool vidx_calibration_stale(const VidxMetaPageData *meta);
+/*
+ * The probes a scan uses: from vidx.target_recall and the curve if both are
+ * there (fractional), else vidx.probes; and a query's share of them (whole).
+ */
+extern double vidx_scan_probes(const VidxMetaPageData *meta);
+extern int vidx_probes_for_query(double p, const float *query, int dims);
 
 /* ---------- core error reporting ---------- */
 

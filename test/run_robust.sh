@@ -6,7 +6,7 @@
 #   test/run_robust.sh 10_crash 20_replica   # only these
 #
 # Each test/robust/NN_*.sh starts and removes its own PostgreSQL clusters
-# (pg_createcluster, ports 5440-5459) and exits non-zero if a check failed.
+# (pg_createcluster, ports 5440-5459 and 5464-5469) and exits non-zero if a check failed.
 # Expects the extension to be built and installed (test/run_all.sh does it);
 # VIDX_ROBUST_BUILD=1 runs `make -j2 && make install` first. Logs go to
 # build/robust/<test>.log (server logs of failed tests beside them).

@@ -377,6 +377,21 @@ extern "C"
 	/* Index of the next nearest leaf node, or -1 when all leaves were returned. */
 	int32_t vidx_tree_search_next(void *state, const void *tree, float *key) VIDX_NOEXCEPT;
 
+	/* ---------- exact k nearest neighbours (core/recall.cpp) ---------- */
+
+	/*
+	 * Merges n vectors (data, n x dims, named by ids) into the k nearest so
+	 * far of each of nq queries (queries, nq x dims): top_dist and top_id
+	 * (nq x k each, ascending; start at +infinity and -1). Distances are the
+	 * SQL operator's (as vidx_distance), from the float kernels (to about
+	 * 1e-6 relative; under COSINE 1e-7 absolute). A vector whose id is
+	 * exclude[q] (exclude may be NULL) is not a neighbour of query q. Ties
+	 * keep the first id seen. On threads threads, 16 queries to a task.
+	 */
+	void vidx_knn_update(VidxMetric metric, const float *queries, int nq, const int64_t *exclude,
+	                     const float *data, const int64_t *ids, int64_t n, int dims, int k,
+	                     double *top_dist, int64_t *top_id, int threads) VIDX_NOEXCEPT;
+
 /* ---------- sidecar file format ---------- */
 
 /*

@@ -1,6 +1,6 @@
 # test/robust/lib.sh: helpers shared by the robustness tests (sourced, bash).
 #
-# Each test makes its own clusters (pg_createcluster, ports 5440-5459 only),
+# Each test makes its own clusters (pg_createcluster, ports 5440-5459 and 5464-5469 only),
 # registers them for removal on every exit path (trap), prints one line per
 # check ("ok - ..." / "not ok - ...") and exits non-zero if any check failed.
 # Servers run as the postgres OS user; this script runs as root.
