@@ -83,6 +83,7 @@ rows_next(RowReader *r, float *v, ItemPointer tid)
 		bool isnull[INDEX_MAX_KEYS];
 		float *x;
 		int got;
+		int lbound;
 
 		FormIndexDatum(r->indexInfo, r->slot, r->estate, values, isnull);
 		if (isnull[0])
@@ -90,7 +91,9 @@ rows_next(RowReader *r, float *v, ItemPointer tid)
 			ResetPerTupleExprContext(r->estate);
 			continue;
 		}
-		x = vidx_array_to_vector(DatumGetArrayTypeP(values[0]), &got, "vector");
+		/* the column's type, read as inserts read it (the operator class's reader for non-arrays)
+		 */
+		x = vidx_datum_to_vector(r->index, values[0], InvalidOid, &got, &lbound, "vector");
 		vidx_check_dims(got, r->dims, r->index);
 		memcpy(v, x, sizeof(float) * r->dims);
 		pfree(x);
@@ -345,8 +348,9 @@ vidx_recall(PG_FUNCTION_ARGS)
 			double tol = metric == VIDX_METRIC_COSINE ? 1e-6 : 1e-5 * fabs(kth);
 
 			memcpy(ARR_DATA_PTR(qa), queries + (Size) q * dims, sizeof(float) * dims);
-			ScanKeyEntryInitialize(&key, 0, 1, InvalidStrategy, InvalidOid, InvalidOid, InvalidOid,
-			                       PointerGetDatum(qa));
+			/* The query is a real[] whatever the column's type (sk_subtype tells the scan). */
+			ScanKeyEntryInitialize(&key, SK_ORDER_BY, 1, InvalidStrategy, FLOAT4ARRAYOID,
+			                       InvalidOid, InvalidOid, PointerGetDatum(qa));
 			INSTR_TIME_SET_CURRENT(t0);
 			index_rescan(scan, NULL, 0, &key, 1);
 			while (got < keff && index_getnext_slot(scan, ForwardScanDirection, slot))

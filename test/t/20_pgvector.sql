@@ -17,7 +17,7 @@
 CREATE EXTENSION IF NOT EXISTS vector SCHEMA public;
 CREATE EXTENSION IF NOT EXISTS vidx_pgvector SCHEMA public;
 
-SELECT plan(47);
+SELECT plan(50);
 
 -- ---------------------------------------------------------------- helpers
 
@@ -193,6 +193,21 @@ SELECT is((SELECT count(*) FROM queries q WHERE
 		IS DISTINCT FROM
 		(SELECT array_agg(id) FROM (SELECT id FROM items ORDER BY h <#> q.v::halfvec, id LIMIT 10) e)), 0::bigint,
 	'vidx_search on a halfvec <#> index: the exact top-10 at full probes');
+
+-- vidx_recall reads a vector or halfvec column through the reader too; at
+-- full probes (still set) the index is exact.
+SELECT is((SELECT recall FROM vidx_recall('items_v_l2', 20)), 1::float8,
+	'vidx_recall on a vector index: recall 1 at full probes');
+SELECT is((SELECT recall FROM vidx_recall('items_h_cos', 20)), 1::float8,
+	'vidx_recall on a halfvec index: recall 1 at full probes');
+RESET vidx.probes;
+RESET vidx.rerank;
+SET vidx.target_recall = 0.95;
+SELECT is((SELECT count(*) FROM (SELECT id FROM items ORDER BY v <-> (SELECT v FROM items WHERE id = 3) LIMIT 10) s),
+	10::bigint, 'vidx.target_recall: a vector index answers');
+RESET vidx.target_recall;
+SET vidx.probes = 1000000;
+SET vidx.rerank = 1000000;
 
 -- Inserts (through the reader), deletes, VACUUM.
 -- (new vectors near stored ones, but not near-ties: rows whose distances differ only
