@@ -160,6 +160,6 @@ CREATE FUNCTION @extschema@.vidx_recall(index pg_catalog.regclass, queries pg_ca
 	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.vidx_recall(pg_catalog.regclass, pg_catalog.int4, pg_catalog.int4, pg_catalog.float4[]) IS 'recall@k of a vidx index at the current settings: a seeded sample of queries rows (each excluded from its answer), or the rows of query_vectors, searched exactly (two sequential scans, queries x rows distances) and through the index; recall with its 95% interval, index scan latency, settings';
 
-CREATE FUNCTION @extschema@.vidx_calibrate(index pg_catalog.regclass) RETURNS pg_catalog.int4
-	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION @extschema@.vidx_calibrate(pg_catalog.regclass) IS 'measures the recall curve of a vidx index again (vidx.target_recall uses it; the build and VACUUM of an index that doubled measure it too); returns its points; owner only';
+CREATE FUNCTION @extschema@.vidx_calibrate(index pg_catalog.regclass, queries pg_catalog.int4 DEFAULT NULL) RETURNS pg_catalog.int4
+	AS 'MODULE_PATHNAME' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.vidx_calibrate(pg_catalog.regclass, pg_catalog.int4) IS 'measures the recall curve of a vidx index again, on queries sampled rows (10 to 2000; NULL: 200, fewer for big indexes) searched exactly (queries x rows distances); vidx.target_recall uses it; the build and VACUUM of an index that doubled measure it too; returns its points; owner only';

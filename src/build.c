@@ -572,7 +572,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		int usecs;
 
 		TimestampDifference(build_start, GetCurrentTimestamp(), &secs, &usecs);
-		vidx_calibrate_index(index, heap, Max(1.0, 0.08 * (secs * 1000.0 + usecs / 1000.0)));
+		vidx_calibrate_index(index, heap, Max(1.0, 0.08 * (secs * 1000.0 + usecs / 1000.0)), 0);
 	}
 	vidx_sidecar_sweep(index);
 

@@ -46,6 +46,9 @@
 
 #define VIDX_CALIB_QUERIES 200
 #define VIDX_CALIB_MIN_QUERIES 48
+/* vidx_calibrate(index, queries): the sizes one may ask for */
+#define VIDX_CALIB_MIN_QUERIES_ASKED 10
+#define VIDX_CALIB_MAX_QUERIES 2000
 #define VIDX_CALIB_K 10
 #define VIDX_CALIB_SEED UINT64CONST(0x63616c6962) /* "calib" */
 #define VIDX_CALIB_BATCH 4096
@@ -177,7 +180,7 @@ curve_grid(uint32 nleaves, uint32 *probes)
 }
 
 void
-vidx_calibrate_index(Relation index, Relation heap, double budget_ms)
+vidx_calibrate_index(Relation index, Relation heap, double budget_ms, int asked)
 {
 	TimestampTz t0 = GetCurrentTimestamp();
 	MemoryContext cxt =
@@ -234,7 +237,9 @@ vidx_calibrate_index(Relation index, Relation heap, double budget_ms)
 	k = (int) Min((int64) VIDX_CALIB_K, n - 1);
 
 	/* The queries: a seeded sample of the postings (partial Fisher-Yates). */
-	nq = budget_ms > 0 ? (int) Min((int64) VIDX_CALIB_QUERIES, n) : calib_queries(n, dims);
+	nq = asked > 0       ? (int) Min((int64) asked, n)
+	     : budget_ms > 0 ? (int) Min((int64) VIDX_CALIB_QUERIES, n)
+	                     : calib_queries(n, dims);
 	pick = MemoryContextAllocHuge(cxt, sizeof(int64) * n);
 	for (int64 i = 0; i < n; i++)
 		pick[i] = i;
@@ -496,20 +501,34 @@ vidx_probes_for_query(double p, const float *query, int dims)
 }
 
 /*
- * vidx_calibrate(index): measures the curve again now (the index's owner).
+ * vidx_calibrate(index, queries): measures the curve again now (the index's
+ * owner), with queries sampled rows (NULL: the size rule, calib_queries).
  * Returns the points stored.
  */
 PG_FUNCTION_INFO_V1(vidx_calibrate);
 Datum
 vidx_calibrate(PG_FUNCTION_ARGS)
 {
-	Oid indexoid = PG_GETARG_OID(0);
-	Oid heapoid = IndexGetRelation(indexoid, true);
+	Oid indexoid;
+	Oid heapoid;
 	Oid am = get_index_am_oid("vidx", false);
+	int queries = 0;
 	Relation heap;
 	Relation index;
 	VidxMetaPageData meta;
 
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	indexoid = PG_GETARG_OID(0);
+	if (!PG_ARGISNULL(1))
+	{
+		queries = PG_GETARG_INT32(1);
+		if (queries < VIDX_CALIB_MIN_QUERIES_ASKED || queries > VIDX_CALIB_MAX_QUERIES)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			                errmsg("queries must be between %d and %d",
+			                       VIDX_CALIB_MIN_QUERIES_ASKED, VIDX_CALIB_MAX_QUERIES)));
+	}
+	heapoid = IndexGetRelation(indexoid, true);
 	if (!OidIsValid(heapoid))
 		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
 		                errmsg("\"%s\" is not an index",
@@ -525,7 +544,7 @@ vidx_calibrate(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 		                errmsg("vidx_calibrate cannot run during recovery"),
 		                errhint("Run it on the primary: the curve reaches standbys through WAL.")));
-	vidx_calibrate_index(index, heap, 0);
+	vidx_calibrate_index(index, heap, 0, queries);
 	vidx_read_meta(index, &meta);
 	index_close(index, RowExclusiveLock);
 	table_close(heap, AccessShareLock);

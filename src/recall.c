@@ -120,7 +120,7 @@ cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* A NOTICE every VIDX_RECALL_NOTICE_MS of a long run. */
+/* A NOTICE every VIDX_RECALL_NOTICE_MS of a long run (total <= 0: not known yet). */
 static void
 progress(TimestampTz *last, const char *what, int64 done, int64 total)
 {
@@ -128,8 +128,11 @@ progress(TimestampTz *last, const char *what, int64 done, int64 total)
 
 	if (TimestampDifferenceExceeds(*last, now, VIDX_RECALL_NOTICE_MS))
 	{
-		ereport(NOTICE,
-		        (errmsg("vidx_recall: %s " INT64_FORMAT " of " INT64_FORMAT, what, done, total)));
+		if (total > 0)
+			ereport(NOTICE, (errmsg("vidx_recall: %s " INT64_FORMAT " of " INT64_FORMAT, what, done,
+			                        total)));
+		else
+			ereport(NOTICE, (errmsg("vidx_recall: %s " INT64_FORMAT, what, done)));
 		*last = now;
 	}
 }
@@ -274,7 +277,7 @@ vidx_recall(PG_FUNCTION_ARGS)
 			if (nrows % 65536 == 0)
 			{
 				CHECK_FOR_INTERRUPTS();
-				progress(&last, "sampling: rows read", nrows, nrows);
+				progress(&last, "sampling: rows read", nrows, 0);
 			}
 		}
 		rows_end(&r);
@@ -314,7 +317,7 @@ vidx_recall(PG_FUNCTION_ARGS)
 			vidx_knn_update(metric, queries, nq, qrow, vecs, ids, n, dims, k, top_dist, top_id,
 			                threads);
 			CHECK_FOR_INTERRUPTS();
-			progress(&last, "exact search: rows done", row, own_queries ? row : nrows);
+			progress(&last, "exact search: rows done", row, own_queries ? 0 : nrows);
 		}
 		rows_end(&r);
 		nrows = row;

@@ -365,7 +365,7 @@ vidx_vacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats)
 
 			vidx_read_meta(index, &meta);
 			if (vidx_calibration_stale(&meta))
-				vidx_calibrate_index(index, heap, 0);
+				vidx_calibrate_index(index, heap, 0, 0);
 		}
 		table_close(heap, AccessShareLock);
 	}

@@ -479,9 +479,9 @@ extern void vidx_open_for_read(Oid indexoid, const char *what, Relation *heap_ou
  * Measures the recall curve of the index (heap may be NULL: rows the sidecar
  * cannot vouch for are then left out) and stores it in the metapage. With
  * budget_ms > 0 (a build), fewer queries once its pace says it would take
- * longer.
+ * longer; queries > 0 (vidx_calibrate's) takes that many.
  */
-extern void vidx_calibrate_index(Relation index, Relation heap, double budget_ms);
+extern void vidx_calibrate_index(Relation index, Relation heap, double budget_ms, int queries);
 /* Whether the index has grown enough since its calibration to measure it again. */
 extern bool vidx_calibration_stale(const VidxMetaPageData *meta);
 /*
