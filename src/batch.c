@@ -80,22 +80,6 @@ vidx_open_for_read(Oid indexoid, const char *what, Relation *heap_out, Relation 
 	*index_out = index;
 }
 
-/* A one-dimensional real[] of dims elements, for one query's scan key. */
-static ArrayType *
-new_query_array(int dims)
-{
-	Size nbytes = ARR_OVERHEAD_NONULLS(1) + sizeof(float4) * (Size) dims;
-	ArrayType *a = palloc0(nbytes);
-
-	SET_VARSIZE(a, nbytes);
-	a->ndim = 1;
-	a->dataoffset = 0;
-	a->elemtype = FLOAT4OID;
-	ARR_DIMS(a)[0] = dims;
-	ARR_LBOUND(a)[0] = 1;
-	return a;
-}
-
 Datum
 vidx_search(PG_FUNCTION_ARGS)
 {
@@ -114,23 +98,7 @@ vidx_search(PG_FUNCTION_ARGS)
 	if (k < 1 || k > VIDX_SEARCH_MAX_K)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 		                errmsg("k must be between 1 and %d", VIDX_SEARCH_MAX_K)));
-	if (ARR_NDIM(queries) == 1)
-	{
-		nqueries = 1;
-		dims = ARR_DIMS(queries)[0];
-	}
-	else if (ARR_NDIM(queries) == 2)
-	{
-		nqueries = ARR_DIMS(queries)[0];
-		dims = ARR_DIMS(queries)[1];
-	}
-	else
-		ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
-		                errmsg("queries must be a one-dimensional (one query) or two-dimensional "
-		                       "(one query per row) real[]")));
-	if (ARR_HASNULL(queries))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-		                errmsg("queries must not contain NULL elements")));
+	vidx_query_matrix_shape(queries, "queries", &nqueries, &dims);
 	if (dims > VIDX_MAX_DIMS)
 		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 		                errmsg("query vectors have %d dimensions, more than the maximum of %d",
@@ -140,7 +108,7 @@ vidx_search(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	elems = (const float4 *) ARR_DATA_PTR(queries);
-	query = new_query_array(dims);
+	query = vidx_new_query_array(dims);
 
 	/* One scan, restarted for every query: its scratch memory and the tree cache are reused. */
 	scan = index_beginscan(heap, index, GetActiveSnapshot(), 0, 1);
@@ -151,9 +119,7 @@ vidx_search(PG_FUNCTION_ARGS)
 		int found = 0;
 
 		memcpy(ARR_DATA_PTR(query), elems + (Size) q * dims, sizeof(float4) * (Size) dims);
-		/* The query is a real[] whatever the column's type (sk_subtype tells the scan). */
-		ScanKeyEntryInitialize(&key, SK_ORDER_BY, 1, InvalidStrategy, FLOAT4ARRAYOID, InvalidOid,
-		                       InvalidOid, PointerGetDatum(query));
+		vidx_query_scankey(&key, query);
 		index_rescan(scan, NULL, 0, &key, 1);
 		while (found < k && index_getnext_slot(scan, ForwardScanDirection, slot))
 		{

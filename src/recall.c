@@ -137,22 +137,6 @@ progress(TimestampTz *last, const char *what, int64 done, int64 total)
 	}
 }
 
-/* A one-dimensional real[] of dims elements, for one query's scan key. */
-static ArrayType *
-query_array(int dims)
-{
-	Size nbytes = ARR_OVERHEAD_NONULLS(1) + sizeof(float4) * (Size) dims;
-	ArrayType *a = palloc0(nbytes);
-
-	SET_VARSIZE(a, nbytes);
-	a->ndim = 1;
-	a->dataoffset = 0;
-	a->elemtype = FLOAT4OID;
-	ARR_DIMS(a)[0] = dims;
-	ARR_LBOUND(a)[0] = 1;
-	return a;
-}
-
 PG_FUNCTION_INFO_V1(vidx_recall);
 Datum
 vidx_recall(PG_FUNCTION_ARGS)
@@ -215,23 +199,7 @@ vidx_recall(PG_FUNCTION_ARGS)
 		ArrayType *a = PG_GETARG_ARRAYTYPE_P(3);
 		int qdims;
 
-		if (ARR_NDIM(a) == 1)
-		{
-			nq = 1;
-			qdims = ARR_DIMS(a)[0];
-		}
-		else if (ARR_NDIM(a) == 2)
-		{
-			nq = ARR_DIMS(a)[0];
-			qdims = ARR_DIMS(a)[1];
-		}
-		else
-			ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
-			                errmsg("query_vectors must be a one-dimensional (one query) or "
-			                       "two-dimensional (one query per row) real[]")));
-		if (ARR_HASNULL(a))
-			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-			                errmsg("query_vectors must not contain NULL elements")));
+		vidx_query_matrix_shape(a, "query_vectors", &nq, &qdims);
 		if (nq < 1 || nq > VIDX_RECALL_MAX_QUERIES)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			                errmsg("query_vectors must hold between 1 and %d queries",
@@ -339,7 +307,7 @@ vidx_recall(PG_FUNCTION_ARGS)
 	{
 		IndexScanDesc scan = index_beginscan(heap, index, GetActiveSnapshot(), 0, 1);
 		TupleTableSlot *slot = table_slot_create(heap, NULL);
-		ArrayType *qa = query_array(dims);
+		ArrayType *qa = vidx_new_query_array(dims);
 
 		for (int q = 0; q < nq; q++)
 		{
@@ -351,9 +319,7 @@ vidx_recall(PG_FUNCTION_ARGS)
 			double tol = metric == VIDX_METRIC_COSINE ? 1e-6 : 1e-5 * fabs(kth);
 
 			memcpy(ARR_DATA_PTR(qa), queries + (Size) q * dims, sizeof(float) * dims);
-			/* The query is a real[] whatever the column's type (sk_subtype tells the scan). */
-			ScanKeyEntryInitialize(&key, SK_ORDER_BY, 1, InvalidStrategy, FLOAT4ARRAYOID,
-			                       InvalidOid, InvalidOid, PointerGetDatum(qa));
+			vidx_query_scankey(&key, qa);
 			INSTR_TIME_SET_CURRENT(t0);
 			index_rescan(scan, NULL, 0, &key, 1);
 			while (got < keff && index_getnext_slot(scan, ForwardScanDirection, slot))

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "access/genam.h"
+#include "access/skey.h"
 #include "catalog/pg_type.h"
 #include "common/shortest_dec.h"
 #include "fmgr.h"
@@ -423,4 +424,61 @@ Datum
 vidx_cosine_distance(PG_FUNCTION_ARGS)
 {
 	return distance_common(fcinfo, VIDX_METRIC_COSINE);
+}
+
+/* ---------- real[] queries of vidx_search and vidx_recall ---------- */
+
+/*
+ * The number of queries and their dimensions in a real[] of query vectors:
+ * one-dimensional (one query) or two-dimensional (one query per row), without
+ * NULL elements. "what" names the argument in messages.
+ */
+void
+vidx_query_matrix_shape(ArrayType *a, const char *what, int *nqueries, int *dims)
+{
+	if (ARR_NDIM(a) == 1)
+	{
+		*nqueries = 1;
+		*dims = ARR_DIMS(a)[0];
+	}
+	else if (ARR_NDIM(a) == 2)
+	{
+		*nqueries = ARR_DIMS(a)[0];
+		*dims = ARR_DIMS(a)[1];
+	}
+	else
+		ereport(ERROR, (errcode(ERRCODE_DATA_EXCEPTION),
+		                errmsg("%s must be a one-dimensional (one query) or two-dimensional "
+		                       "(one query per row) real[]",
+		                       what)));
+	if (ARR_HASNULL(a))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+		                errmsg("%s must not contain NULL elements", what)));
+}
+
+/* A one-dimensional real[] of dims elements (zeros), to hold one query of a scan key. */
+ArrayType *
+vidx_new_query_array(int dims)
+{
+	Size nbytes = ARR_OVERHEAD_NONULLS(1) + sizeof(float4) * (Size) dims;
+	ArrayType *a = palloc0(nbytes);
+
+	SET_VARSIZE(a, nbytes);
+	a->ndim = 1;
+	a->dataoffset = 0;
+	a->elemtype = FLOAT4OID;
+	ARR_DIMS(a)[0] = dims;
+	ARR_LBOUND(a)[0] = 1;
+	return a;
+}
+
+/*
+ * The ORDER BY key of an index scan by a real[] query, whatever the column's
+ * type: sk_subtype tells the scan how to read the query (vidx_datum_to_vector).
+ */
+void
+vidx_query_scankey(ScanKey key, ArrayType *query)
+{
+	ScanKeyEntryInitialize(key, SK_ORDER_BY, 1, InvalidStrategy, FLOAT4ARRAYOID, InvalidOid,
+	                       InvalidOid, PointerGetDatum(query));
 }

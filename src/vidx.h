@@ -12,6 +12,7 @@
 #include "access/amapi.h"
 #include "access/generic_xlog.h"
 #include "access/reloptions.h"
+#include "access/skey.h"
 #include "nodes/pathnodes.h"
 #include "storage/bufmgr.h"
 #include "utils/array.h"
@@ -242,6 +243,11 @@ extern float *vidx_array_to_vector(ArrayType *array, int *dims, const char *what
  */
 extern float *vidx_datum_to_vector(Relation index, Datum datum, Oid typid, int *dims, int *lbound,
                                    const char *what);
+
+/* real[] queries of vidx_search and vidx_recall (vector.c) */
+extern void vidx_query_matrix_shape(ArrayType *a, const char *what, int *nqueries, int *dims);
+extern ArrayType *vidx_new_query_array(int dims);
+extern void vidx_query_scankey(ScanKey key, ArrayType *query);
 
 /* Raises an error if a vector of dims elements does not have expected dims. */
 extern void vidx_check_dims(int dims, int expected, Relation index);
