@@ -31,17 +31,7 @@ log "primary: $(q $P "SELECT count(*) FROM t") rows, index built"
 
 # ---------------------------------------------------------------- the standby
 log "standby: pg_basebackup -R into a new cluster"
-CLUSTERS+=($SN)
-cluster_remove $SN
-pg_createcluster $PGVER $SN -p $S --start-conf=manual -- -A trust >/dev/null
-SD=$(pgdata $SN)
-rm -rf "$SD"
-install -d -o postgres -g postgres -m 700 "$SD"
-check "pg_basebackup -R -X stream from the primary" \
-	runuser -u postgres -- pg_basebackup -h $SOCKDIR -p $P -U postgres -D "$SD" -R -X stream -c fast
-echo "hot_standby = on" >"/etc/postgresql/$PGVER/$SN/conf.d/robust.conf"
-echo "listen_addresses = '127.0.0.1'" >>"/etc/postgresql/$PGVER/$SN/conf.d/robust.conf"
-check "the standby starts" cluster_start $SN
+standby_create "" $P $SN $S
 check_eq "the standby is in recovery" "$(q $S "SELECT pg_is_in_recovery()")" t
 check "the primary streams to the standby" wait_until 60 bash -c "[ \"\$(psql -X -At -h $SOCKDIR -p $P -U postgres -c 'SELECT count(*) FROM pg_stat_replication WHERE state = \$\$streaming\$\$')\" = 1 ]"
 

@@ -31,17 +31,7 @@ q $P "CREATE INDEX t_v ON t USING vidx (v) WITH (lists = 30); CREATE INDEX t_h O
 log "primary: $(q $P "SELECT count(*) FROM t") rows, indexes built"
 
 log "standby: pg_basebackup -R into a new cluster"
-CLUSTERS+=($SN)
-cluster_remove $SN
-pg_createcluster $PGVER $SN -p $S --start-conf=manual -- -A trust >/dev/null
-SD=$(pgdata $SN)
-rm -rf "$SD"
-install -d -o postgres -g postgres -m 700 "$SD"
-check "pg_basebackup -R -X stream from the primary" \
-	runuser -u postgres -- pg_basebackup -h $SOCKDIR -p $P -U postgres -D "$SD" -R -X stream -c fast
-echo "hot_standby = on" >"/etc/postgresql/$PGVER/$SN/conf.d/robust.conf"
-echo "listen_addresses = '127.0.0.1'" >>"/etc/postgresql/$PGVER/$SN/conf.d/robust.conf"
-check "the standby starts" cluster_start $SN
+standby_create "" $P $SN $S
 check_eq "the standby is in recovery" "$(q $S "SELECT pg_is_in_recovery()")" t
 
 # writes after the base backup: their sidecar records are not on the standby

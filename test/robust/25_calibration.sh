@@ -67,17 +67,7 @@ check_eq "C: after a clean restart, the same curve" "$(curve $P)" "$grown"
 
 # ------------------------------------------------------------------ D. standby
 log "D: standby by pg_basebackup -R"
-CLUSTERS+=($SN)
-cluster_remove $SN
-pg_createcluster $PGVER $SN -p $S --start-conf=manual -- -A trust >/dev/null
-SD=$(pgdata $SN)
-rm -rf "$SD"
-install -d -o postgres -g postgres -m 700 "$SD"
-check "D: pg_basebackup -R -X stream from the primary" \
-	runuser -u postgres -- pg_basebackup -h $SOCKDIR -p $P -U postgres -D "$SD" -R -X stream -c fast
-echo "hot_standby = on" >"/etc/postgresql/$PGVER/$SN/conf.d/robust.conf"
-echo "listen_addresses = '127.0.0.1'" >>"/etc/postgresql/$PGVER/$SN/conf.d/robust.conf"
-check "D: the standby starts" cluster_start $SN
+standby_create "D: " $P $SN $S
 check_eq "D: the standby has the primary's curve" "$(curve $S)" "$grown"
 rows 12001 25000
 check "D: VACUUM on the primary" q $P "VACUUM t"

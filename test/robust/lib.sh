@@ -134,6 +134,24 @@ cluster_create() {
 	cluster_start "$name"
 }
 
+# standby_create LABEL PRIMARY_PORT NAME PORT: a hot standby of the primary by
+# pg_basebackup -R (streaming), registered for removal and started; two checks,
+# their descriptions prefixed by LABEL.
+standby_create() {
+	local label=$1 primary=$2 name=$3 port=$4 dir
+	CLUSTERS+=("$name")
+	cluster_remove "$name"
+	pg_createcluster "$PGVER" "$name" -p "$port" --start-conf=manual -- -A trust >/dev/null
+	dir=$(pgdata "$name")
+	rm -rf "$dir"
+	install -d -o postgres -g postgres -m 700 "$dir"
+	check "${label}pg_basebackup -R -X stream from the primary" \
+		runuser -u postgres -- pg_basebackup -h "$SOCKDIR" -p "$primary" -U postgres -D "$dir" -R -X stream -c fast
+	echo "hot_standby = on" >"/etc/postgresql/$PGVER/$name/conf.d/robust.conf"
+	echo "listen_addresses = '127.0.0.1'" >>"/etc/postgresql/$PGVER/$name/conf.d/robust.conf"
+	check "${label}the standby starts" cluster_start "$name"
+}
+
 cluster_start() {
 	pg_ctlcluster "$PGVER" "$1" start -- -t 300 >/dev/null || {
 		echo "# could not start cluster $1; log tail:"
