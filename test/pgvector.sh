@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vidx: build and install pgvector 0.8.6 (the reference for vidx_pgvector's tests
 # and bench/'s pgvector mode) from the unmodified source tarball in
-# ../shared/third_party/ (or $VIDX_PGVECTOR_TARBALL), after checking its sha256.
+# third_party/ (else ../shared/third_party/, or $VIDX_PGVECTOR_TARBALL), after
+# checking its sha256.
 # Not part of vidx: vidx never depends on it; only the companion extension
 # vidx_pgvector (vidx_pgvector/) and the tests and benchmarks of it do.
 #
@@ -18,7 +19,8 @@ VIDX_PGVECTOR_SHA256=5743dac39fdfa740533cf95e71b033bd5513b71dda194b3cf19464ccbf7
 vidx_install_pgvector() {
 	local root tarball sharedir have
 	root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
-	tarball=${VIDX_PGVECTOR_TARBALL:-$root/../shared/third_party/pgvector-$VIDX_PGVECTOR_VERSION.tar.gz}
+	tarball=${VIDX_PGVECTOR_TARBALL:-$root/third_party/pgvector-$VIDX_PGVECTOR_VERSION.tar.gz}
+	[ -f "$tarball" ] || tarball=$root/../shared/third_party/pgvector-$VIDX_PGVECTOR_VERSION.tar.gz
 	sharedir=$(pg_config --sharedir)
 	have=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$sharedir/extension/vector.control" 2>/dev/null || true)
 	if [ "$have" = "$VIDX_PGVECTOR_VERSION" ] && [ -f "$(pg_config --pkglibdir)/vector.so" ]; then

@@ -6,7 +6,7 @@
 # 1. core unit tests:   cmake + ctest (build/)
 # 2. extension:         make && make install (PGXS, into the pg_config on PATH): vidx and
 #                       its companion vidx_pgvector; then pgvector 0.8.6, which only
-#                       vidx_pgvector's tests need, from ../shared/third_party
+#                       vidx_pgvector's tests need, from third_party/
 #                       (test/pgvector.sh; skipped if installed)
 # 3. test data:         Fashion-MNIST subset exported by bench/fmnist.py, clustered
 #                       sets of 64 and 1,536 dims by bench/datagen.py (build/testdata/)
