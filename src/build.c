@@ -3,7 +3,7 @@
  * (ambuildempty).
  *
  * The build reads every vector once from the table and writes it, in slot
- * order, to the sidecar; it keeps nothing else per row. Then it reads the
+ * order, to the sidecar; it keeps only the row's heap TID (8 bytes) in memory. Then it reads the
  * vectors back from the sidecar (sequentially, from the page cache) instead of
  * holding them all in memory: a seeded sample, rotated, for the balanced
  * k-means that gives the leaf centroids; then every vector, in batches,
@@ -47,6 +47,9 @@ typedef struct VidxBuildState
 	int dims;
 	uint64 build_id;
 	int64 ntuples;
+	VidxHeapTid *tids; /* heap TID of each slot's row (the sidecar holds only vectors) */
+	int64 tids_allocated;
+	MemoryContext buildcxt; /* the build's memory, for tids */
 	MemoryContext tmpcxt;
 } VidxBuildState;
 
@@ -129,10 +132,21 @@ build_callback(Relation index, ItemPointer tid, Datum *values, bool *isnull, boo
 		                errmsg("index \"%s\" cannot hold more than %u vectors",
 		                       RelationGetRelationName(index), PG_UINT32_MAX)));
 
-	vidx_sidecar_build_write(bs->ntuples, tid, v);
+	MemoryContextSwitchTo(old);
+	if (bs->ntuples == bs->tids_allocated)
+	{
+		bs->tids_allocated = Max(bs->tids_allocated * 2, 1024);
+		bs->tids =
+		    bs->tids == NULL
+		        ? MemoryContextAllocHuge(bs->buildcxt, sizeof(VidxHeapTid) * bs->tids_allocated)
+		        : repalloc_huge(bs->tids, sizeof(VidxHeapTid) * bs->tids_allocated);
+	}
+	bs->tids[bs->ntuples].block = ItemPointerGetBlockNumber(tid);
+	bs->tids[bs->ntuples].offset = ItemPointerGetOffsetNumber(tid);
+	bs->tids[bs->ntuples].pad = 0;
+	vidx_sidecar_build_write(bs->ntuples, v);
 	bs->ntuples++;
 
-	MemoryContextSwitchTo(old);
 	MemoryContextReset(bs->tmpcxt);
 }
 
@@ -450,6 +464,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	bs.index = index;
 	bs.metric = vidx_index_metric(index);
 	bs.build_id = new_build_id();
+	bs.buildcxt = CurrentMemoryContext;
 	bs.tmpcxt =
 	    AllocSetContextCreate(CurrentMemoryContext, "vidx build tuple", ALLOCSET_DEFAULT_SIZES);
 
@@ -523,16 +538,17 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			int64 n = Min((int64) VIDX_BUILD_BATCH, bs.ntuples - i);
 
 			vidx_sidecar_build_read(i, n, records);
-			vidx_core_check(vidx_build_encode(records, n, rsize, bs.dims, opts->refine_bits,
-			                                  bs.metric, rotation, centroids, nleaves, (uint32) i,
-			                                  scratch, postings + psize * i, assignment + i,
-			                                  threads, err, sizeof(err)),
+			vidx_core_check(vidx_build_encode(records, bs.tids + i, n, rsize, bs.dims,
+			                                  opts->refine_bits, bs.metric, rotation, centroids,
+			                                  nleaves, (uint32) i, scratch, postings + psize * i,
+			                                  assignment + i, threads, err, sizeof(err)),
 			                "encoding", err);
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i + n);
 			CHECK_FOR_INTERRUPTS();
 		}
 		vidx_sidecar_build_end();
 		pfree(records);
+		pfree(bs.tids);
 		pfree(scratch);
 		elog(DEBUG1, "vidx build: %d leaves, %d threads", nleaves, threads);
 

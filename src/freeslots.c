@@ -20,7 +20,7 @@
  *
  * Why a reused record is safe (src/README.md, "Sidecar slots"): a slot is
  * pushed only after its posting's deletion is WAL-logged, and only if its
- * record is still valid for the posting (heap TID and vector hash). A push
+ * record is still valid for the posting (its vector hashes to the posting's). A push
  * stamps the page with the WAL insert position (flush_lsn, past those
  * deletions); an insert that takes a slot flushes WAL up to it before it
  * overwrites the record, so no crash can bring the posting back pointing at

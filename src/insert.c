@@ -224,7 +224,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 
 	/* The record is in the sidecar before any posting points at it. */
 	if (slot != VIDX_SLOT_NONE)
-		vidx_sidecar_append(index, &meta, slot, heap_tid, v);
+		vidx_sidecar_append(index, &meta, slot, v);
 	else
 		vidx_sidecar_warn_full(index);
 

@@ -417,7 +417,7 @@ rescore(IndexScanDesc scan, Candidate *c)
 
 	ItemPointerSet(&tid, c->heap_block, c->heap_offset);
 	c->rescored = true;
-	if (!vidx_sidecar_distance(scan->indexRelation, &so->meta, &tid, c->slot, c->vhash, so->query,
+	if (!vidx_sidecar_distance(scan->indexRelation, &so->meta, c->slot, c->vhash, so->query,
 	                           &distance))
 	{
 		MemoryContext old = MemoryContextSwitchTo(so->cxt);

@@ -1,9 +1,10 @@
 /*
  * sidecar.c: the file of full-precision vectors beside a vidx index.
  *
- * The sidecar is an accelerator, never the source of truth: each record is
- * checked against the posting that points at it (heap TID and vector hash, both
- * in WAL-logged index pages) before use, and anything missing, short, stale or
+ * The sidecar is an accelerator, never the source of truth: a record (the
+ * vector alone, format 2: a 1024-d record is one page) is used only if it
+ * hashes to the vector hash of the posting that points at it (in WAL-logged
+ * index pages), and anything missing, short, stale or
  * bad makes the scan take the vector from the table instead. It lives in
  * $PGDATA/vidx/, named only from OIDs: <tablespace>_<database>_<relfilenode>.vsc,
  * so REINDEX, TRUNCATE and VACUUM FULL (new relfilenode) get a new file and an
@@ -158,13 +159,12 @@ vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id)
 }
 
 void
-vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v)
+vidx_sidecar_build_write(uint64 slot, const float *v)
 {
 	Assert(build_writer.fd >= 0 && slot == build_writer.next_slot);
 	if (build_writer.used + build_writer.record_size > BUILD_BUFFER_SIZE)
 		build_flush();
-	vidx_sidecar_record_fill(build_writer.buffer + build_writer.used, build_writer.dims,
-	                         ItemPointerGetBlockNumber(tid), ItemPointerGetOffsetNumber(tid), v);
+	vidx_sidecar_record_fill(build_writer.buffer + build_writer.used, build_writer.dims, v);
 	build_writer.used += build_writer.record_size;
 	build_writer.next_slot++;
 }
@@ -282,8 +282,7 @@ vidx_sidecar_start(Relation index, const VidxMetaPageData *meta)
 /* ---------- appends by inserts ---------- */
 
 void
-vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot, ItemPointer tid,
-                    const float *v)
+vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot, const float *v)
 {
 	char *path = vidx_sidecar_path(index);
 	size_t record_size = vidx_sidecar_record_size(meta->dims);
@@ -327,8 +326,7 @@ vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot, I
 	}
 
 	record = palloc(record_size);
-	vidx_sidecar_record_fill(record, meta->dims, ItemPointerGetBlockNumber(tid),
-	                         ItemPointerGetOffsetNumber(tid), v);
+	vidx_sidecar_record_fill(record, meta->dims, v);
 	if (pg_pwrite(fd, record, record_size, VIDX_SIDECAR_HEADER_SIZE + slot * record_size) !=
 	    (ssize_t) record_size)
 		vidx_sidecar_warn(index, "the sidecar file cannot be written");
@@ -624,8 +622,8 @@ install_sigbus_handler(void)
  * distance from it. False if the record is missing, short, stale or bad.
  */
 static bool
-sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
-               uint32 vhash, const float *query, double *distance)
+sidecar_record(Relation index, const VidxMetaPageData *meta, uint32 slot, uint32 vhash,
+               const float *query, double *distance)
 {
 	const char *why;
 	SidecarMap *m;
@@ -658,8 +656,7 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, ui
 		return false;
 	}
 	sidecar_guarded = 1;
-	v = vidx_sidecar_record_vector(m->base + offset, meta->dims, ItemPointerGetBlockNumber(tid),
-	                               ItemPointerGetOffsetNumber(tid), vhash);
+	v = vidx_sidecar_record_vector(m->base + offset, meta->dims, vhash);
 	if (v != NULL && query != NULL)
 		*distance = vidx_distance((VidxMetric) meta->metric, v, query, meta->dims);
 	sidecar_guarded = 0;
@@ -670,10 +667,10 @@ sidecar_record(Relation index, const VidxMetaPageData *meta, ItemPointer tid, ui
 }
 
 bool
-vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid, uint32 slot,
-                      uint32 vhash, const float *query, double *distance)
+vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, uint32 slot, uint32 vhash,
+                      const float *query, double *distance)
 {
-	return sidecar_record(index, meta, tid, slot, vhash, query, distance);
+	return sidecar_record(index, meta, slot, vhash, query, distance);
 }
 
 /*
@@ -719,7 +716,7 @@ vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
 		             VIDX_SIDECAR_HEADER_SIZE + (off_t) p->slot * record_size) !=
 		        (ssize_t) record_size)
 			continue;
-		v = vidx_sidecar_record_vector(rec, meta->dims, p->heap_block, p->heap_offset, p->vhash);
+		v = vidx_sidecar_record_vector(rec, meta->dims, p->vhash);
 		if (v != NULL)
 		{
 			if (out != NULL)
@@ -915,8 +912,8 @@ vidx_sidecar_prefetch(Relation index, const VidxMetaPageData *meta, uint32 slot)
 
 /*
  * The page-aligned range of the mapping that holds a slot's record, or false
- * (no record, sidecar unusable, or beyond the mapping). A 1024-d record plus
- * its header straddles two 4 kB pages.
+ * (no record, sidecar unusable, or beyond the mapping). A 1024-d record is
+ * one 4 kB page (format 2).
  */
 static bool
 record_pages(Relation index, const VidxMetaPageData *meta, uint32 slot, char **start, size_t *len)
@@ -978,10 +975,7 @@ vidx_sidecar_willneed(Relation index, const VidxMetaPageData *meta, uint32 slot)
 bool
 vidx_sidecar_check(Relation index, const VidxMetaPageData *meta, const VidxPosting *p)
 {
-	ItemPointerData tid;
-
-	ItemPointerSet(&tid, p->heap_block, p->heap_offset);
-	return sidecar_record(index, meta, &tid, p->slot, p->vhash, NULL, NULL);
+	return sidecar_record(index, meta, p->slot, p->vhash, NULL, NULL);
 }
 
 const char *

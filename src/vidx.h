@@ -337,11 +337,11 @@ extern void vidx_table_reader_end(VidxTableReader *r);
 extern char *vidx_sidecar_path_for(Oid spc, Oid db, Oid relfilenode, bool temp);
 extern char *vidx_sidecar_path(Relation index);
 extern void vidx_sidecar_build_begin(Relation index, int dims, uint64 build_id);
-extern void vidx_sidecar_build_write(uint64 slot, ItemPointer tid, const float *v);
+extern void vidx_sidecar_build_write(uint64 slot, const float *v);
 extern void vidx_sidecar_build_read(uint64 slot, int64 n, char *buf);
 extern void vidx_sidecar_build_end(void);
 extern void vidx_sidecar_append(Relation index, const VidxMetaPageData *meta, uint64 slot,
-                                ItemPointer tid, const float *v);
+                                const float *v);
 /*
  * Replaces the sidecar by a new, empty file for an index that has no record
  * yet (the insert of slot 0, under the metapage lock); returns why it could
@@ -352,8 +352,8 @@ extern const char *vidx_sidecar_start(Relation index, const VidxMetaPageData *me
  * Exact distance of the query to the posting's vector, from its sidecar
  * record; false if the record is missing, short, stale or bad.
  */
-extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, ItemPointer tid,
-                                  uint32 slot, uint32 vhash, const float *query, double *distance);
+extern bool vidx_sidecar_distance(Relation index, const VidxMetaPageData *meta, uint32 slot,
+                                  uint32 vhash, const float *query, double *distance);
 /* The vectors of n postings from their sidecar records (found[i]: valid; out may be NULL). */
 extern void vidx_sidecar_read_vectors(Relation index, const VidxMetaPageData *meta,
                                       const VidxPosting *const *postings, int n, float *out,

@@ -181,8 +181,7 @@ kmeans_balanced_run(const float *points, int64_t n, int dims, int k, int iterati
 inline const float *
 record_vector(const char *records, size_t record_size, int64_t i)
 {
-	return reinterpret_cast<const float *>(records + (size_t) i * record_size +
-	                                       sizeof(VidxSidecarRecord));
+	return reinterpret_cast<const float *>(records + (size_t) i * record_size);
 }
 
 void
@@ -268,18 +267,19 @@ vidx_build_rotate(const void *records, int64_t n, size_t record_size, int dims, 
 }
 
 extern "C" int
-vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, int refine_bits,
-                  VidxMetric metric, const void *rotation, const float *centroids, int nleaves,
-                  uint32_t first_slot, float *scratch, void *postings, int32_t *assignment,
-                  int threads, char *err, size_t errlen) noexcept
+vidx_build_encode(const void *records, const VidxHeapTid *tids, int64_t n, size_t record_size,
+                  int dims, int refine_bits, VidxMetric metric, const void *rotation,
+                  const float *centroids, int nleaves, uint32_t first_slot, float *scratch,
+                  void *postings, int32_t *assignment, int threads, char *err,
+                  size_t errlen) noexcept
 {
 	try
 	{
 		if (n <= 0)
 			return VIDX_OK;
-		if (records == nullptr || centroids == nullptr || nleaves < 1 || dims <= 0 ||
-		    !vidx_refine_bits_valid(refine_bits) || scratch == nullptr || postings == nullptr ||
-		    assignment == nullptr)
+		if (records == nullptr || tids == nullptr || centroids == nullptr || nleaves < 1 ||
+		    dims <= 0 || !vidx_refine_bits_valid(refine_bits) || scratch == nullptr ||
+		    postings == nullptr || assignment == nullptr)
 		{
 			vidx::set_err(err, errlen, "invalid build encode arguments (n=%lld, dims=%d)",
 			              (long long) n, dims);
@@ -294,8 +294,6 @@ vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, 
 
 		auto encode = [&](int64_t i, int) noexcept
 		{
-			const VidxSidecarRecord *r =
-			    reinterpret_cast<const VidxSidecarRecord *>(recs + (size_t) i * record_size);
 			VidxPosting *p =
 			    reinterpret_cast<VidxPosting *>(static_cast<char *>(postings) + (size_t) i * psize);
 
@@ -303,10 +301,10 @@ vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims, 
 			vidx_rabitq_encode_refined(scratch + (size_t) i * d,
 			                           centroids + (size_t) assignment[i] * d, dims, refine_bits,
 			                           p);
-			p->heap_block = r->heap_block;
-			p->heap_offset = r->heap_offset;
+			p->heap_block = tids[i].block;
+			p->heap_offset = tids[i].offset;
 			p->slot = first_slot + (uint32_t) i;
-			p->vhash = r->vhash;
+			p->vhash = vidx_vector_hash(record_vector(recs, record_size, i), dims);
 		};
 
 		vidx::parallel_for(threads, n, 64, encode);

@@ -93,7 +93,7 @@ vidx_sidecar_record_size(int dims) noexcept
 {
 	if (dims < 0)
 		dims = 0;
-	return (sizeof(VidxSidecarRecord) + 4 * (size_t) dims + 15) & ~(size_t) 15;
+	return (4 * (size_t) dims + 15) & ~(size_t) 15;
 }
 
 extern "C" void
@@ -158,29 +158,19 @@ vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid,
 }
 
 extern "C" void
-vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block, uint16_t heap_offset,
-                         const float *v) noexcept
+vidx_sidecar_record_fill(void *rec, int dims, const float *v) noexcept
 {
-	VidxSidecarRecord *r = static_cast<VidxSidecarRecord *>(rec);
+	size_t bytes = dims > 0 ? 4 * (size_t) dims : 0;
 
-	std::memset(rec, 0, vidx_sidecar_record_size(dims));
-	r->heap_block = heap_block;
-	r->heap_offset = heap_offset;
-	r->vhash = vidx_vector_hash(v, dims);
-	if (dims > 0)
-		std::memcpy(r + 1, v, 4 * (size_t) dims);
+	if (bytes > 0)
+		std::memcpy(rec, v, bytes);
+	std::memset(static_cast<char *>(rec) + bytes, 0, vidx_sidecar_record_size(dims) - bytes);
 }
 
 extern "C" const float *
-vidx_sidecar_record_vector(const void *rec, int dims, uint32_t heap_block, uint16_t heap_offset,
-                           uint32_t vhash) noexcept
+vidx_sidecar_record_vector(const void *rec, int dims, uint32_t vhash) noexcept
 {
-	const VidxSidecarRecord *r = static_cast<const VidxSidecarRecord *>(rec);
-	const float *v = reinterpret_cast<const float *>(r + 1);
+	const float *v = static_cast<const float *>(rec);
 
-	if (r->heap_block != heap_block || r->heap_offset != heap_offset || r->vhash != vhash)
-		return nullptr;
-	if (vidx_vector_hash(v, dims) != vhash)
-		return nullptr;
-	return v;
+	return vidx_vector_hash(v, dims) == vhash ? v : nullptr;
 }

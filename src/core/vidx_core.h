@@ -255,18 +255,27 @@ extern "C"
 	                       VidxMetric metric, const void *rotation, float *out,
 	                       int threads) VIDX_NOEXCEPT;
 
+	/* A row's heap TID, as the build hands it to vidx_build_encode. */
+	typedef struct VidxHeapTid
+	{
+		uint32_t block;
+		uint16_t offset;
+		uint16_t pad;
+	} VidxHeapTid;
+
 	/*
-	 * Encodes a batch of n sidecar records (slots first_slot ..): rotates them
-	 * into scratch (n x dims), assigns each to its exact nearest of the
-	 * nleaves leaf centroids into assignment, and writes n postings of
-	 * vidx_posting_size_refined(dims, refine_bits) bytes (heap TID and hash
-	 * from the record). The results do not depend on the thread count.
+	 * Encodes a batch of n sidecar records (slots first_slot ..) of the rows
+	 * at tids[0 .. n-1]: rotates them into scratch (n x dims), assigns each to
+	 * its exact nearest of the nleaves leaf centroids into assignment, and
+	 * writes n postings of vidx_posting_size_refined(dims, refine_bits) bytes
+	 * (the vector's hash computed from the record). The results do not depend
+	 * on the thread count.
 	 */
-	int vidx_build_encode(const void *records, int64_t n, size_t record_size, int dims,
-	                      int refine_bits, VidxMetric metric, const void *rotation,
-	                      const float *centroids, int nleaves, uint32_t first_slot, float *scratch,
-	                      void *postings, int32_t *assignment, int threads, char *err,
-	                      size_t errlen) VIDX_NOEXCEPT;
+	int vidx_build_encode(const void *records, const VidxHeapTid *tids, int64_t n,
+	                      size_t record_size, int dims, int refine_bits, VidxMetric metric,
+	                      const void *rotation, const float *centroids, int nleaves,
+	                      uint32_t first_slot, float *scratch, void *postings, int32_t *assignment,
+	                      int threads, char *err, size_t errlen) VIDX_NOEXCEPT;
 
 	/*
 	 * The build's postings in leaf order, a counting sort of assignment (n
@@ -396,12 +405,16 @@ extern "C"
 
 /*
  * The sidecar is a flat file: a 4096-byte header, then one fixed-size record
- * per slot. A record holds the heap TID and the hash of the vector, then the
- * original float32 vector. A record is used only if the TID and hash match the
- * posting that points at it and the vector hashes to that value.
+ * per slot, the original float32 vector zero-padded to a multiple of 16 bytes
+ * (format 2; format 1 records began with a 16-byte heap TID and hash, so a
+ * 1024-d record straddled two 4 kB pages). Record i starts at
+ * VIDX_SIDECAR_HEADER_SIZE + i * record_size: at 1024 dimensions each record
+ * is one page. A record is used only if its vector hashes to the hash of the
+ * posting that points at it: the vector the posting was encoded from, whatever
+ * row wrote the slot (a row with the same vector gives the same distance).
  */
 #define VIDX_SIDECAR_MAGIC 0x5649445853494443ULL /* "VIDXSIDC" */
-#define VIDX_SIDECAR_VERSION 1
+#define VIDX_SIDECAR_VERSION 2
 #define VIDX_SIDECAR_HEADER_SIZE 4096
 
 	typedef struct VidxSidecarHeader
@@ -418,16 +431,6 @@ extern "C"
 		uint32_t pad;
 	} VidxSidecarHeader;
 
-	typedef struct VidxSidecarRecord
-	{
-		uint32_t heap_block;
-		uint16_t heap_offset;
-		uint16_t pad;
-		uint32_t vhash;
-		uint32_t pad2;
-		/* followed by dims floats */
-	} VidxSidecarRecord;
-
 	uint32_t vidx_hash32(const void *data, size_t len) VIDX_NOEXCEPT;
 	uint32_t vidx_vector_hash(const float *v, int dims) VIDX_NOEXCEPT;
 	size_t vidx_sidecar_record_size(int dims) VIDX_NOEXCEPT; /* multiple of 16 */
@@ -439,15 +442,11 @@ extern "C"
 	int vidx_sidecar_header_check(const VidxSidecarHeader *h, int dims, uint32_t db_oid,
 	                              uint32_t index_oid, uint32_t relfilenode, uint64_t build_id,
 	                              char *err, size_t errlen) VIDX_NOEXCEPT;
-	/* Formats a record (record_size bytes at rec) for a vector and its TID. */
-	void vidx_sidecar_record_fill(void *rec, int dims, uint32_t heap_block, uint16_t heap_offset,
-	                              const float *v) VIDX_NOEXCEPT;
-	/*
-	 * The record's vector if the record at rec is valid for this TID and hash,
-	 * else NULL. Checks the TID, the stored hash and the hash of the vector.
-	 */
-	const float *vidx_sidecar_record_vector(const void *rec, int dims, uint32_t heap_block,
-	                                        uint16_t heap_offset, uint32_t vhash) VIDX_NOEXCEPT;
+	/* Formats a record (record_size bytes at rec) for a vector. */
+	void vidx_sidecar_record_fill(void *rec, int dims, const float *v) VIDX_NOEXCEPT;
+	/* The record's vector if it hashes to vhash (the posting's hash), else NULL. */
+	const float *vidx_sidecar_record_vector(const void *rec, int dims,
+	                                        uint32_t vhash) VIDX_NOEXCEPT;
 
 #ifdef __cplusplus
 }

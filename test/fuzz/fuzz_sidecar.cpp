@@ -27,12 +27,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t rs = vidx_sidecar_record_size(dims);
 	std::vector<uint64_t> rec(rs / 8 + 1);
 	std::memcpy(rec.data(), data, size < rs ? size : rs);
-	VidxSidecarRecord r;
-	std::memcpy(&r, rec.data(), sizeof(r));
-	const float *v =
-	    vidx_sidecar_record_vector(rec.data(), dims, p[1], static_cast<uint16_t>(p[2]), p[3]);
+	const float *v = vidx_sidecar_record_vector(rec.data(), dims, p[3]);
 	(void) v;
-	v = vidx_sidecar_record_vector(rec.data(), dims, r.heap_block, r.heap_offset, r.vhash);
+	/* the record's own hash: the valid path */
+	v = vidx_sidecar_record_vector(
+	    rec.data(), dims, vidx_vector_hash(reinterpret_cast<const float *>(rec.data()), dims));
 	if (v != nullptr)
 	{
 		volatile float s = 0;

@@ -49,17 +49,19 @@ main(int argc, char **argv)
 			}
 	for (int dims : {1, 3, 16, 100})
 	{
-		uint32_t p[4] = {static_cast<uint32_t>(dims - 1), 5, 16384, 16390};
+		std::vector<float> v(dims);
+		for (int i = 0; i < dims; i++)
+			v[i] = i * 0.5f - 1;
+		/* p[3]: the hash a posting would hold, so the seed takes the valid path */
+		uint32_t p[4] = {static_cast<uint32_t>(dims - 1), 5, 16384,
+		                 vidx_vector_hash(v.data(), dims)};
 		VidxSidecarHeader h;
 		vidx_sidecar_header_init(&h, dims, 5, 16384, 16390, 5 ^ 16384);
 		std::vector<char> buf(16 + sizeof(h) + vidx_sidecar_record_size(dims));
 		memcpy(buf.data(), p, 16);
 		memcpy(buf.data() + 16, &h, sizeof(h));
-		std::vector<float> v(dims);
-		for (int i = 0; i < dims; i++)
-			v[i] = i * 0.5f - 1;
 		std::vector<char> rec(vidx_sidecar_record_size(dims));
-		vidx_sidecar_record_fill(rec.data(), dims, 5, 16384 & 0xffff, v.data());
+		vidx_sidecar_record_fill(rec.data(), dims, v.data());
 		buf.resize(16 + sizeof(h));
 		buf.insert(buf.end(), rec.begin(), rec.end());
 		put(dir + "/sidecar/seed" + std::to_string(dims), buf.data(), buf.size());

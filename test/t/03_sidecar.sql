@@ -226,33 +226,31 @@ SELECT is(diff_results('reindexed2'), '', 'REINDEX: results identical');
 
 -- ---------------------------------------------------------------- one record corrupted
 -- The record of the row with id 1 (query 1 is that very vector, so its rerank
--- needs the record): overwrite the first float of its vector.
-CREATE FUNCTION corrupt_record(path text, tid tid) RETURNS SETOF text LANGUAGE sql AS $$
-	SELECT vidx_t03.sh(format('/usr/bin/python3 -c %s %s %s %s',
+-- needs the record), found by its vector (a record holds only the vector):
+-- overwrite its first float.
+CREATE FUNCTION corrupt_record(path text, vec real[]) RETURNS SETOF text LANGUAGE sql AS $$
+	SELECT vidx_t03.sh(format('/usr/bin/python3 -c %s %s %s',
 		vidx_t03.shell_quote(
 'import os, struct, sys
-path, blk, off = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, vec = sys.argv[1], [float(x) for x in sys.argv[2].strip("{}").split(",")]
+want = struct.pack("<%df" % len(vec), *vec)
 with open(path, "r+b") as f:
     head = f.read(4096)
     rs = struct.unpack_from("<I", head, 16)[0]
     n = (os.path.getsize(path) - 4096) // rs
     for s in range(n):
         f.seek(4096 + s * rs)
-        b, o = struct.unpack("<IH", f.read(6))
-        if b == blk and o == off:
-            f.seek(4096 + s * rs + 16)
-            v = struct.unpack("<f", f.read(4))[0]
-            f.seek(4096 + s * rs + 16)
-            f.write(struct.pack("<f", v + 1000.0))
+        if f.read(len(want)) == want:
+            f.seek(4096 + s * rs)
+            f.write(struct.pack("<f", vec[0] + 1000.0))
             print("corrupted slot %d of %d" % (s, n))
             break
     else:
         print("record not found")'),
-		vidx_t03.shell_quote(path),
-		(tid::text::point)[0]::int, (tid::text::point)[1]::int))
+		vidx_t03.shell_quote(path), vidx_t03.shell_quote(vec::text)))
 $$;
 SELECT matches((SELECT string_agg(x, ' ') FROM corrupt_record(sidecar_path('items_vidx'),
-		(SELECT ctid FROM items WHERE id = 1)) x), '^corrupted slot',
+		(SELECT embedding FROM items WHERE id = 1)) x), '^corrupted slot',
 	'corrupted: one record overwritten (the vector of row 1)');
 SELECT run_check('corrupted', 2);
 SELECT is(diff_results('corrupted', 2), '', 'corrupted: results are identical');

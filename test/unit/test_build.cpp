@@ -200,9 +200,19 @@ records(const std::vector<float> &v, int64_t n, int d)
 	std::vector<char> r(rs * n);
 
 	for (int64_t i = 0; i < n; i++)
-		vidx_sidecar_record_fill(r.data() + rs * i, d, (uint32_t) (i / 7), (uint16_t) (i % 7 + 1),
-		                         v.data() + (size_t) i * d);
+		vidx_sidecar_record_fill(r.data() + rs * i, d, v.data() + (size_t) i * d);
 	return r;
+}
+
+/* Heap TIDs of n rows: 7 to a block. */
+std::vector<VidxHeapTid>
+tids(int64_t n)
+{
+	std::vector<VidxHeapTid> t(n);
+
+	for (int64_t i = 0; i < n; i++)
+		t[i] = {(uint32_t) (i / 7), (uint16_t) (i % 7 + 1), 0};
+	return t;
 }
 
 TEST(BuildEncode, ExactNearestLeafAndSameCodes)
@@ -225,9 +235,9 @@ TEST(BuildEncode, ExactNearestLeafAndSameCodes)
 	std::vector<int32_t> a(n);
 	char err[256] = "";
 
-	ASSERT_EQ(VIDX_OK, vidx_build_encode(recs.data(), n, rs, d, 0, VIDX_METRIC_L2, rot.data(),
-	                                     h.cent.data(), k, 1000, scratch.data(), post.data(),
-	                                     a.data(), vt::THREADS, err, sizeof(err)))
+	ASSERT_EQ(VIDX_OK, vidx_build_encode(recs.data(), tids(n).data(), n, rs, d, 0, VIDX_METRIC_L2,
+	                                     rot.data(), h.cent.data(), k, 1000, scratch.data(),
+	                                     post.data(), a.data(), vt::THREADS, err, sizeof(err)))
 	    << err;
 
 	std::vector<int32_t> flat(n);

@@ -529,7 +529,7 @@ records(const std::vector<float> &v, int64_t n, int d)
 	std::vector<char> r(rs * n);
 
 	for (int64_t i = 0; i < n; i++)
-		vidx_sidecar_record_fill(r.data() + rs * i, d, (uint32_t) i, 1, v.data() + (size_t) i * d);
+		vidx_sidecar_record_fill(r.data() + rs * i, d, v.data() + (size_t) i * d);
 	return r;
 }
 
@@ -565,6 +565,7 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 				ASSERT_EQ(VIDX_OK, vidx_vector_check_indexable(&g[(size_t) i * d], d, &bad));
 			}
 			auto recs = records(g, n, d);
+			std::vector<VidxHeapTid> tids(n, VidxHeapTid{1, 1, 0});
 			const size_t rs = vidx_sidecar_record_size(d), ps = vidx_posting_size(d);
 			std::vector<char> rot(vidx_rotation_size(d));
 			vidx_rotation_init(rot.data(), d, 3);
@@ -582,9 +583,9 @@ TEST(Numeric, BuildPathAtEveryMagnitude)
 			std::vector<float> scratch((size_t) n * d);
 			std::vector<char> post(ps * n);
 			std::vector<int32_t> a(n);
-			ASSERT_EQ(VIDX_OK,
-			          vidx_build_encode(recs.data(), n, rs, d, 0, m, rot.data(), cent.data(), k, 0,
-			                            scratch.data(), post.data(), a.data(), 2, err, sizeof(err)))
+			ASSERT_EQ(VIDX_OK, vidx_build_encode(recs.data(), tids.data(), n, rs, d, 0, m,
+			                                     rot.data(), cent.data(), k, 0, scratch.data(),
+			                                     post.data(), a.data(), 2, err, sizeof(err)))
 			    << err;
 			std::vector<uint32_t> counts(k, 0);
 			for (int64_t i = 0; i < n; i++)

@@ -111,8 +111,10 @@ run_all(int threads)
 	std::vector<char> recs(rs * n), rot(vidx_rotation_size(d));
 
 	for (int64_t i = 0; i < n; i++)
-		vidx_sidecar_record_fill(recs.data() + rs * i, d, (uint32_t) i, 1,
-		                         pts.data() + (size_t) i * d);
+		vidx_sidecar_record_fill(recs.data() + rs * i, d, pts.data() + (size_t) i * d);
+	std::vector<VidxHeapTid> tids(n);
+	for (int64_t i = 0; i < n; i++)
+		tids[i] = {(uint32_t) i, 1, 0};
 	vidx_rotation_init(rot.data(), d, 5);
 	o.rotated.resize((size_t) n * d);
 	vidx_build_rotate(recs.data(), n, rs, d, VIDX_METRIC_COSINE, rot.data(), o.rotated.data(),
@@ -121,7 +123,7 @@ run_all(int threads)
 	o.postings.resize(ps * n);
 	o.enc_assign.resize(n);
 	EXPECT_EQ(VIDX_OK,
-	          vidx_build_encode(recs.data(), n, rs, d, 4, VIDX_METRIC_L2, rot.data(),
+	          vidx_build_encode(recs.data(), tids.data(), n, rs, d, 4, VIDX_METRIC_L2, rot.data(),
 	                            o.balanced.data(), k, 7, o.scratch.data(), o.postings.data(),
 	                            o.enc_assign.data(), threads, err, sizeof(err)))
 	    << err;
