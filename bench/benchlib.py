@@ -380,10 +380,10 @@ def load_table(conn, table, X, chunk=20_000, verbose=True, storage="EXTERNAL", s
 STORAGE_CODES = {"plain": "p", "external": "e", "main": "m", "extended": "x"}
 
 
-def column_storage(conn, table):
+def column_storage(conn, table, column="embedding"):
     with conn.cursor() as cur:
         cur.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                    "AND attname = 'embedding'", (table,))
+                    "AND attname = %s", (table, column))
         row = cur.fetchone()
     return row[0] if row else None
 
@@ -406,21 +406,25 @@ def ensure_tables(conn, name, base, queries, verbose=True, storage="EXTERNAL"):
     return t
 
 
-def ensure_pgvector_table(conn, name, dim, verbose=True, vtype="vector"):
+def ensure_pgvector_table(conn, name, dim, verbose=True, vtype="vector", storage=None):
     """pgvector mode: <name>_pgv (id bigint, vec vector(dim)) made from <name>'s
     real[] column (the same rows and values), unless it holds as many rows
     (vtype "halfvec": <name>_pgh with a halfvec(dim) column, values rounded to
-    half precision). Creates the extensions vector and vidx_pgvector. Returns
-    the table name."""
+    half precision). storage: the vector column's storage (None: the type's
+    default). Creates the extensions vector and vidx_pgvector. Returns the
+    table name."""
     t = name + ("_pgv" if vtype == "vector" else "_pgh")
     with conn.cursor() as cur:
         cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
         cur.execute("CREATE EXTENSION IF NOT EXISTS vidx_pgvector")
-    if table_rows(conn, t) != table_rows(conn, name):
+    if (table_rows(conn, t) != table_rows(conn, name)
+            or (storage and column_storage(conn, t, "vec") != STORAGE_CODES[storage.lower()])):
         t0 = time.perf_counter()
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS {t}")
             cur.execute(f"CREATE TABLE {t} (id bigint, vec {vtype}({int(dim)}))")
+            if storage:
+                cur.execute(f"ALTER TABLE {t} ALTER COLUMN vec SET STORAGE {storage.upper()}")
             cur.execute(f"INSERT INTO {t} SELECT id, embedding::{vtype}({int(dim)}) FROM {name} ORDER BY id")
             cur.execute(f"VACUUM ANALYZE {t}")
         if verbose:
@@ -648,6 +652,49 @@ def run_queries(conn, table, queries, metric, k, settings=None, exact=False, bas
             res[f"recall@{kk}"] = float(np.mean([
                 recall(rows[i], gt_dist[i], base, queries[i], metric, kk) for i in range(len(rows))]))
     return res, rows
+
+
+SERVER_LOOP_FN = """
+CREATE OR REPLACE FUNCTION pg_temp.bench_server_loop(sql text, qtable text, n int, warm int)
+RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE q record; t0 timestamptz; r bigint[]; done int := 0;
+BEGIN
+  FOR q IN EXECUTE format('SELECT embedding FROM %s ORDER BY id LIMIT %s', qtable, warm) LOOP
+    EXECUTE sql INTO r USING q.embedding;
+  END LOOP;
+  t0 := clock_timestamp();
+  FOR q IN EXECUTE format('SELECT embedding FROM %s ORDER BY id LIMIT %s', qtable, n) LOOP
+    EXECUTE sql INTO r USING q.embedding;
+    done := done + 1;
+  END LOOP;
+  RETURN extract(epoch FROM clock_timestamp() - t0) * 1000 / greatest(done, 1);
+END $$"""
+
+
+def server_side_ms(conn, table, metric, settings=None, n=1000, rounds=3, warm=100, k=10,
+                   column="embedding", qtype=None):
+    """Time per query measured inside the server (issue 13): a plpgsql loop runs
+    the first n queries of <table>_q through EXECUTE ... USING, so neither the
+    client's formatting nor the round trip counts (planning each EXECUTE does,
+    for every index alike). After warm queries, `rounds` timed loops; returns
+    their median and all of them, in ms per query."""
+    op = OPERATOR[metric]
+    cast = f"::{qtype}" if qtype else ""
+    sql = f"SELECT array_agg(id) FROM (SELECT id FROM {table} ORDER BY {column} {op} $1{cast} LIMIT {int(k)}) s"
+    qtable = table.replace("_pgv", "").replace("_pgh", "") + "_q"
+    with conn.cursor() as cur:
+        cur.execute("RESET ALL")
+        cur.execute(SERVER_LOOP_FN)
+        for name, value in (settings or {}).items():
+            cur.execute(f"SET {name} = {value}")
+        ms = []
+        for i in range(rounds):
+            cur.execute("SELECT pg_temp.bench_server_loop(%s, %s, %s, %s)",
+                        (sql, qtable, int(n), int(warm) if i == 0 else 0))
+            ms.append(cur.fetchone()[0])
+        cur.execute("RESET ALL")
+    return {"server_ms": float(np.median(ms)), "server_ms_rounds": [float(x) for x in ms],
+            "server_queries": int(n)}
 
 
 def buffers_sample(conn, table, queries, metric, k=10, settings=None, n=20):

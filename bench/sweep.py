@@ -46,6 +46,16 @@ target (the fewest; its QPS, run again side by side with the target), and what v
 query_vectors) estimates, with its interval. The build records how long the
 recall calibration took (vidx_stats: calibration.ms) against the build.
   ... --target-recall 0.9,0.95,0.99 --rerank 0 --probes 1,2,...,64 --no-faiss
+
+Server-side mode (--server-side N, issue 13): each setting (vidx and, with
+--pgvector, pgvector's) is also timed inside the server, a plpgsql loop of
+the first N queries through EXECUTE ... USING (bench/benchlib.py
+server_side_ms): the client's formatting and the round trip do not count,
+planning does (for every index alike). Median of 3 rounds, in ms per query,
+in the "server ms/q" column. With --storage PLAIN both the real[] table and
+the pgvector table keep their vectors in the row (no TOAST fetch when the
+executor computes the ORDER BY expression of each row returned).
+  ... --dataset fmnist --storage PLAIN --server-side 1000 --pgvector
 """
 
 import argparse
@@ -163,7 +173,7 @@ def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
     """vidx (vidx_pgvector), pgvector HNSW and IVFFlat on one vector column."""
     n, d = base.shape
     vt = a.pgv_type
-    ptable = bl.ensure_pgvector_table(conn, table, d, vtype=vt)
+    ptable = bl.ensure_pgvector_table(conn, table, d, vtype=vt, storage=a.storage)
     opclass = bl.PGV_OPCLASS[a.metric].replace("vector_", vt + "_")
     nq100 = res["k100_queries"]
     cpus = os.cpu_count()
@@ -194,6 +204,9 @@ def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
                 bl.log(f"  WARNING: plan without the index: {r['plan']}")
             r100, _ = bl.run_queries(qconn, ptable, Q[:nq100], a.metric, 100, s, base=base,
                                      gt_dist=gt_d[:nq100], ks=(100,), column="vec", qtype=vt)
+            if a.server_side:
+                r.update(bl.server_side_ms(qconn, ptable, a.metric, s, n=min(a.server_side, len(Q)),
+                                           column="vec", qtype=vt))
             r.update({"column": f"{vt}({d})", "method": (method if vt == "vector" else method.replace("-vector", "-halfvec")
                                                           if "-vector" in method else method + "-halfvec"),
                       "params": " ".join(f"{k.split('.')[-1]}={v}" for k, v in s.items()),
@@ -263,13 +276,21 @@ def write_outputs(out, res):
     for k, v in fb.items():
         if k != "faiss-flat":
             L.append(f"- {k}: build {v:.1f} s ({m['cpus']} threads)")
-    L += ["", "| method | setting | recall@1 | recall@10 | recall@100 | QPS | p50 ms | p95 ms | p99 ms |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    server = any("server_ms" in r for r in res["results"])
+    if server:
+        L += ["", "Server ms/q: time per query inside the server (a plpgsql loop of the first "
+              f"{max(r.get('server_queries', 0) for r in res['results'])} queries through EXECUTE ... USING, "
+              "planning included; median of 3 rounds, the rounds in results.json), beside the client-side "
+              "figures."]
+    L += ["", "| method | setting | recall@1 | recall@10 | recall@100 | QPS | p50 ms | p95 ms | p99 ms |"
+          + (" server ms/q |" if server else ""),
+          "|---|---|---|---|---|---|---|---|---|" + ("---|" if server else "")]
     for r in res["results"]:
         r100 = r.get("recall@100")
         L.append(f"| {r['method']} | {r['params']} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | "
                  f"{'' if r100 is None else f'{r100:.3f}'} | {r['qps']:.1f} | {r['p50_ms']:.2f} | "
-                 f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} |")
+                 f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} |"
+                 + ((f" {r['server_ms']:.3f} |" if "server_ms" in r else " |") if server else ""))
     if res.get("targets"):
         L += ["", "## vidx.target_recall", "",
               "Only `vidx.target_recall` set; the best fixed setting is the fewest `vidx.probes` of the "
@@ -373,6 +394,9 @@ def main(argv=None):
     ap.add_argument("--pgv-maintenance-work-mem", default="4GB")
     ap.add_argument("--target-recall", default="",
                     help="comma-separated vidx.target_recall values to run after the grid (e.g. 0.9,0.95,0.99)")
+    ap.add_argument("--server-side", type=int, default=0, metavar="N",
+                    help="also time each setting inside the server: a plpgsql loop of the first N "
+                         "queries through EXECUTE ... USING, median of 3 rounds (ms per query)")
     ap.add_argument("--replot", action="store_true", help="only redraw outputs from results.json")
     bl.add_client_arg(ap)
     ap.add_argument("--storage", default="EXTERNAL",
@@ -434,6 +458,8 @@ def main(argv=None):
                     bl.log(f"  WARNING: plan without the index: {r['plan']}")
                 r100, _ = bl.run_queries(qconn, table, Q[:nq100], a.metric, 100, s, base=base,
                                          gt_dist=gt_d[:nq100], ks=(100,))
+                if a.server_side:
+                    r.update(bl.server_side_ms(qconn, table, a.metric, s, n=min(a.server_side, len(Q))))
                 r.update({"method": "vidx", "params": f"probes={p} rerank={rr}" +
                           ("" if not opts else f" [{opts_label(opts)}]"),
                           "index_options": opts_label(opts), "probes": p, "rerank": rr,
