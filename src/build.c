@@ -9,7 +9,9 @@
  * k-means that gives the leaf centroids; then every vector, in batches,
  * rotated, assigned to its exact nearest leaf centroid and encoded
  * (core/build.cpp, on vidx_build_thread_count() threads of the core's
- * pool, on plain memory). The core groups the leaf centroids into the tree,
+ * pool, on plain memory). The postings stay in memory when they fit in
+ * maintenance_work_mem, else they go to a temporary file (PostingStore). The
+ * core groups the leaf centroids into the tree,
  * and the pages are written in one pass in block order:
  *
  *   block 0          metapage
@@ -31,6 +33,7 @@
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/buffile.h"
 #include "storage/smgr.h"
 #include "utils/memutils.h"
 #include "utils/guc.h"
@@ -164,6 +167,91 @@ kmeans_progress(void *arg, int64_t done, int64_t total)
 	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
 }
 
+/* ---------- the build's postings: in memory, or in a temporary file ---------- */
+
+/*
+ * The encoded postings, in slot order. They stay in memory when they fit in
+ * maintenance_work_mem; else they go to a temporary file as each batch is
+ * encoded, and the chains are written by reading them back one by one (in
+ * leaf order, so ascending slots within a leaf: mostly forward reads of the
+ * file's buffer). The temporary file goes with the transaction on error.
+ */
+typedef struct PostingStore
+{
+	Size psize;
+	char *mem;      /* all postings, or NULL when spilled to file */
+	BufFile *file;  /* spilled postings */
+	char *batch;    /* the batch being encoded (spilled) */
+	int64 file_pos; /* the file's position, in postings */
+	char *one;      /* one posting read back from the file */
+} PostingStore;
+
+static void
+store_init(PostingStore *ps, Relation index, Size psize, int64 n)
+{
+	memset(ps, 0, sizeof(*ps));
+	ps->psize = psize;
+	if ((double) psize * n <= (double) maintenance_work_mem * 1024.0)
+	{
+		ps->mem = MemoryContextAllocHuge(CurrentMemoryContext, psize * n);
+		return;
+	}
+	ereport(DEBUG1,
+	        (errmsg("vidx build of \"%s\": %.0f MB of postings exceed "
+	                "maintenance_work_mem, they go to a temporary file",
+	                RelationGetRelationName(index), (double) psize * n / (1024.0 * 1024.0))));
+	ps->file = BufFileCreateTemp(false);
+	ps->batch = palloc(psize * VIDX_BUILD_BATCH);
+	ps->one = palloc(psize);
+}
+
+/* Where the postings of a batch from slot first go (VIDX_BUILD_BATCH at most). */
+static char *
+store_batch(PostingStore *ps, int64 first)
+{
+	return ps->mem != NULL ? ps->mem + ps->psize * first : ps->batch;
+}
+
+/* After a batch of n postings was encoded into store_batch's buffer. */
+static void
+store_batch_done(PostingStore *ps, int64 n)
+{
+	if (ps->mem != NULL)
+		return;
+	BufFileWrite(ps->file, ps->batch, ps->psize * n);
+	ps->file_pos += n;
+}
+
+/* The posting of a slot (valid until the next call). */
+static const char *
+store_get(PostingStore *ps, int64 slot)
+{
+	if (ps->mem != NULL)
+		return ps->mem + ps->psize * slot;
+	if (slot != ps->file_pos &&
+	    BufFileSeek(ps->file, 0, (off_t) (slot - ps->file_pos) * (off_t) ps->psize, SEEK_CUR) != 0)
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not seek in the temporary file of a vidx build: %m")));
+	if (BufFileRead(ps->file, ps->one, ps->psize) != ps->psize)
+		ereport(ERROR, (errcode_for_file_access(),
+		                errmsg("could not read the temporary file of a vidx build: %m")));
+	ps->file_pos = slot + 1;
+	return ps->one;
+}
+
+static void
+store_free(PostingStore *ps)
+{
+	if (ps->mem != NULL)
+		pfree(ps->mem);
+	if (ps->file != NULL)
+	{
+		BufFileClose(ps->file);
+		pfree(ps->batch);
+		pfree(ps->one);
+	}
+}
+
 /* ---------- page writer: main fork through shared buffers, init fork through smgr ---------- */
 
 typedef struct PageWriter
@@ -212,13 +300,13 @@ finish_pages(PageWriter *w)
 }
 
 /*
- * Writes the whole index: metapage, tree pages, posting chains. postings holds
+ * Writes the whole index: metapage, tree pages, posting chains. store holds
  * ntuples postings of posting_size bytes in slot order; order lists their
  * slots grouped by leaf in leaf order, counts[l] of them for leaf l.
  */
 static void
 write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 build_id,
-            void *tree, size_t tree_size, const char *postings, const uint32 *order, int64 ntuples,
+            void *tree, size_t tree_size, PostingStore *store, const uint32 *order, int64 ntuples,
             const uint32 *counts)
 {
 	const VidxTreeHeader *th = (const VidxTreeHeader *) tree;
@@ -315,7 +403,7 @@ write_index(PageWriter *w, VidxMetric metric, int dims, int refine_bits, uint64 
 			}
 			for (int i = 0; i < n; i++)
 			{
-				const char *p = postings + psize * order[next++];
+				const char *p = store_get(store, order[next++]);
 
 				if (PageAddItem(w->page.data, (Item) p, psize, InvalidOffsetNumber, false, false) ==
 				    InvalidOffsetNumber)
@@ -450,7 +538,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	void *tree;
 	size_t tree_size;
 	uint32 *counts;
-	char *postings;
+	PostingStore postings;
 	uint32 *order;
 	int nleaves;
 	char err[256];
@@ -529,7 +617,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL, bs.ntuples);
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, 0);
 		assignment = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(int32) * bs.ntuples);
-		postings = MemoryContextAllocHuge(CurrentMemoryContext, psize * bs.ntuples);
+		store_init(&postings, index, psize, bs.ntuples);
 		records = MemoryContextAllocHuge(CurrentMemoryContext, rsize * VIDX_BUILD_BATCH);
 		scratch = MemoryContextAllocHuge(CurrentMemoryContext,
 		                                 sizeof(float) * bs.dims * VIDX_BUILD_BATCH);
@@ -540,9 +628,11 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			vidx_sidecar_build_read(i, n, records);
 			vidx_core_check(vidx_build_encode(records, bs.tids + i, n, rsize, bs.dims,
 			                                  opts->refine_bits, bs.metric, rotation, centroids,
-			                                  nleaves, (uint32) i, scratch, postings + psize * i,
-			                                  assignment + i, threads, err, sizeof(err)),
+			                                  nleaves, (uint32) i, scratch,
+			                                  store_batch(&postings, i), assignment + i, threads,
+			                                  err, sizeof(err)),
 			                "encoding", err);
+			store_batch_done(&postings, n);
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, i + n);
 			CHECK_FOR_INTERRUPTS();
 		}
@@ -575,9 +665,9 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	}
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_WRITE);
-	write_index(w, bs.metric, bs.dims, opts->refine_bits, bs.build_id, tree, tree_size, postings,
+	write_index(w, bs.metric, bs.dims, opts->refine_bits, bs.build_id, tree, tree_size, &postings,
 	            order, bs.ntuples, counts);
-	pfree(postings);
+	store_free(&postings);
 	pfree(order);
 	/*
 	 * The recall curve for vidx.target_recall (calibrate.c), in the metapage:
