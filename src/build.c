@@ -226,15 +226,20 @@ store_batch_done(PostingStore *ps, int64 n)
 static const char *
 store_get(PostingStore *ps, int64 slot)
 {
+	size_t got;
+
 	if (ps->mem != NULL)
 		return ps->mem + ps->psize * slot;
 	if (slot != ps->file_pos &&
 	    BufFileSeek(ps->file, 0, (off_t) (slot - ps->file_pos) * (off_t) ps->psize, SEEK_CUR) != 0)
 		ereport(ERROR, (errcode_for_file_access(),
 		                errmsg("could not seek in the temporary file of a vidx build: %m")));
-	if (BufFileRead(ps->file, ps->one, ps->psize) != ps->psize)
+	got = BufFileRead(ps->file, ps->one, ps->psize);
+	if (got != ps->psize)
 		ereport(ERROR, (errcode_for_file_access(),
-		                errmsg("could not read the temporary file of a vidx build: %m")));
+		                errmsg("could not read the temporary file of a vidx build: read %zu of %zu "
+		                       "bytes at posting " INT64_FORMAT,
+		                       got, ps->psize, slot)));
 	ps->file_pos = slot + 1;
 	return ps->one;
 }
