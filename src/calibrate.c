@@ -495,8 +495,11 @@ int
 vidx_probes_for_query(double p, const float *query, int dims)
 {
 	double whole = floor(p);
-	double u = (double) vidx_hash32(query, sizeof(float) * (size_t) dims) / 4294967296.0;
+	double u;
 
+	if (p == whole) /* vidx.probes, or a whole number of the curve: no hash needed */
+		return (int) Max(1.0, Min(whole, (double) INT_MAX));
+	u = (double) vidx_hash32(query, sizeof(float) * (size_t) dims) / 4294967296.0;
 	return (int) Max(1.0, Min(whole + (u < p - whole ? 1 : 0), (double) INT_MAX));
 }
 
