@@ -172,7 +172,8 @@ vidx_rescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int n
 	so->empty = false;
 	so->null_query = false;
 	so->leaves_done = false;
-	so->ncands = so->nby_est = so->nby_lower = 0;
+	so->ncands = 0;
+	so->by_est.nfront = so->by_est.nback = so->by_lower.nfront = so->by_lower.nback = 0;
 	so->nahead = so->ahead_pos = 0;
 	so->sidecar_io = false;
 	so->residency_asked = 0;

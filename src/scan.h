@@ -29,6 +29,32 @@ typedef struct Candidate
 } Candidate;
 
 /*
+ * An entry of the pool's heaps: a candidate and its key (lower bound or
+ * estimate) side by side, so that sifting reads one array, not the candidates.
+ */
+typedef struct PoolEntry
+{
+	float key;
+	int64 id; /* index into cands */
+} PoolEntry;
+
+/*
+ * A min-heap of candidates in two tiers (scan_pool.c): a binary heap of the
+ * entries whose keys are at most cut, and after it the others, unordered (all
+ * above cut). A scan pops a few hundred of tens of thousands of candidates:
+ * heapifying them all cost more than estimating them.
+ */
+typedef struct PoolHeap
+{
+	PoolEntry *e; /* the pool's capacity */
+	int64 front;  /* the heap: e[front .. front + nfront) */
+	int64 nfront;
+	int64 back; /* the rest: e[back .. back + nback) */
+	int64 nback;
+	float cut;
+} PoolHeap;
+
+/*
  * Re-scoring reads each candidate's full vector from a different place of the
  * sidecar: a cache and TLB miss per record. The next few candidates (in
  * lower-bound order) are taken from the heap together and their records
@@ -89,10 +115,8 @@ typedef struct VidxScanOpaqueData
 	Candidate *cands;
 	int64 ncands;
 	int64 cands_capacity;
-	int64 *by_lower;
-	int64 nby_lower;
-	int64 *by_est;
-	int64 nby_est;
+	PoolHeap by_lower;
+	PoolHeap by_est;
 	/* the next candidates by lower bound, popped early so their vectors can be prefetched */
 	int64 ahead[VIDX_IO_LOOKAHEAD];
 	int nahead;

@@ -1,7 +1,8 @@
 /*
  * scan_pool.c: a scan's pool of candidates and the order it takes them in.
  *
- * The candidates of every round read so far, with two min-heaps of the
+ * The candidates of every round read so far, with two min-heaps (two tiers:
+ * a heap of the smallest keys, the rest unordered until it empties) of the
  * indexes of those not re-scored yet (by lower bound; by estimate, under a
  * re-scoring budget), the look-ahead popped from the first so that their
  * sidecar records can be prefetched, and the min-heap of re-scored rows by
@@ -25,8 +26,8 @@ typedef struct ScanScratch
 {
 	bool in_use;
 	Candidate *cands;
-	int64 *by_est;
-	int64 *by_lower;
+	PoolEntry *by_est;
+	PoolEntry *by_lower;
 	int64 capacity;
 } ScanScratch;
 
@@ -43,13 +44,18 @@ vidx_pool_take_scratch(VidxScanOpaque so)
 		scratch.in_use = true;
 		so->owns_scratch = true;
 		so->cands = scratch.cands;
-		so->by_est = scratch.by_est;
-		so->by_lower = scratch.by_lower;
+		so->by_est.e = scratch.by_est;
+		so->by_lower.e = scratch.by_lower;
 		so->cands_capacity = scratch.capacity;
 	}
 }
 
-/* ---------- two small binary heaps ---------- */
+/* ---------- two heaps of candidates, in two tiers ---------- */
+
+/* Entries a tier's front aims at: about what a LIMIT 10 scan pops, with room. */
+#define VIDX_HEAP_FRONT 1024
+/* Keys sampled to place the cut. */
+#define VIDX_HEAP_SAMPLE 256
 
 static inline float
 cand_key(const VidxScanOpaque so, int64 id, bool by_lower)
@@ -58,10 +64,9 @@ cand_key(const VidxScanOpaque so, int64 id, bool by_lower)
 }
 
 static void
-id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
+id_sift_down(PoolEntry *h, int64 n, int64 i)
 {
-	int64 x = h[i];
-	float kx = cand_key(so, x, by_lower);
+	PoolEntry x = h[i];
 
 	for (;;)
 	{
@@ -69,9 +74,9 @@ id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
 
 		if (c >= n)
 			break;
-		if (c + 1 < n && cand_key(so, h[c + 1], by_lower) < cand_key(so, h[c], by_lower))
+		if (c + 1 < n && h[c + 1].key < h[c].key)
 			c++;
-		if (!(cand_key(so, h[c], by_lower) < kx))
+		if (!(h[c].key < x.key))
 			break;
 		h[i] = h[c];
 		i = c;
@@ -79,24 +84,99 @@ id_sift_down(VidxScanOpaque so, int64 *h, int64 n, int64 i, bool by_lower)
 	h[i] = x;
 }
 
-static int64
-id_pop(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
+static int
+cmp_float(const void *a, const void *b)
 {
-	int64 top = h[0];
+	float x = *(const float *) a, y = *(const float *) b;
 
-	h[0] = h[--*n];
-	if (*n > 0)
-		id_sift_down(so, h, *n, 0, by_lower);
+	return (x > y) - (x < y);
+}
+
+/*
+ * Makes the back's entries with the smallest keys (about VIDX_HEAP_FRONT, by a
+ * cut placed from an evenly spaced sample of their keys) the new front heap,
+ * once the front is empty: a partition of the back in place, then a heapify
+ * of its first part. Every key left behind is above the cut; when the cut
+ * takes none of them (keys that do not compare, NaN) it takes them all.
+ */
+static void
+refill(PoolHeap *h)
+{
+	PoolEntry *back = h->e + h->back;
+	int64 nback = h->nback;
+	int64 m = 0;
+
+	Assert(h->nfront == 0 && nback > 0);
+	if (nback <= VIDX_HEAP_FRONT)
+		h->cut = get_float4_infinity();
+	else
+	{
+		float sample[VIDX_HEAP_SAMPLE];
+		int ns = VIDX_HEAP_SAMPLE;
+		int rank;
+
+		for (int i = 0; i < ns; i++)
+			sample[i] = back[(int64) i * nback / ns].key;
+		qsort(sample, ns, sizeof(float), cmp_float);
+		rank = (int) Min((double) ns - 1, (double) ns * VIDX_HEAP_FRONT / (double) nback);
+		h->cut = sample[rank];
+	}
+	for (int64 i = 0; i < nback; i++)
+	{
+		if (back[i].key <= h->cut)
+		{
+			PoolEntry x = back[i];
+
+			back[i] = back[m];
+			back[m++] = x;
+		}
+	}
+	if (m == 0)
+		m = nback; /* nothing compared at or below the cut: take them all */
+	h->front = h->back;
+	h->nfront = m;
+	h->back += m;
+	h->nback -= m;
+	for (int64 i = m / 2 - 1; i >= 0; i--)
+		id_sift_down(h->e + h->front, m, i);
+}
+
+/* Fills a heap with the keys of candidates 0 .. n-1 (all in the back, then a refill). */
+static void
+heap_build(VidxScanOpaque so, PoolHeap *h, bool by_lower)
+{
+	h->front = h->nfront = h->back = 0;
+	h->nback = so->ncands;
+	for (int64 i = 0; i < so->ncands; i++)
+	{
+		h->e[i].key = cand_key(so, i, by_lower);
+		h->e[i].id = i;
+	}
+	if (h->nback > 0)
+		refill(h);
+}
+
+static int64
+id_pop(PoolHeap *h)
+{
+	PoolEntry *f = h->e + h->front;
+	int64 top = f[0].id;
+
+	f[0] = f[--h->nfront];
+	if (h->nfront > 0)
+		id_sift_down(f, h->nfront, 0);
+	else if (h->nback > 0)
+		refill(h);
 	return top;
 }
 
-/* The top of a heap of candidate ids after shedding re-scored ones, or -1. */
+/* The smallest candidate after shedding re-scored ones, or -1. */
 static int64
-heap_top(VidxScanOpaque so, int64 *h, int64 *n, bool by_lower)
+heap_top(VidxScanOpaque so, PoolHeap *h)
 {
-	while (*n > 0 && so->cands[h[0]].rescored)
-		(void) id_pop(so, h, n, by_lower);
-	return *n > 0 ? h[0] : -1;
+	while (h->nfront > 0 && so->cands[h->e[h->front].id].rescored)
+		(void) id_pop(h);
+	return h->nfront > 0 ? h->e[h->front].id : -1;
 }
 
 void
@@ -162,21 +242,21 @@ vidx_pool_reserve(VidxScanOpaque so, int64 n)
 	if (so->cands == NULL)
 	{
 		so->cands = MemoryContextAllocHuge(cxt, sizeof(Candidate) * capacity);
-		so->by_est = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
-		so->by_lower = MemoryContextAllocHuge(cxt, sizeof(int64) * capacity);
+		so->by_est.e = MemoryContextAllocHuge(cxt, sizeof(PoolEntry) * capacity);
+		so->by_lower.e = MemoryContextAllocHuge(cxt, sizeof(PoolEntry) * capacity);
 	}
 	else
 	{
 		so->cands = repalloc_huge(so->cands, sizeof(Candidate) * capacity);
-		so->by_est = repalloc_huge(so->by_est, sizeof(int64) * capacity);
-		so->by_lower = repalloc_huge(so->by_lower, sizeof(int64) * capacity);
+		so->by_est.e = repalloc_huge(so->by_est.e, sizeof(PoolEntry) * capacity);
+		so->by_lower.e = repalloc_huge(so->by_lower.e, sizeof(PoolEntry) * capacity);
 	}
 	so->cands_capacity = capacity;
 	if (so->owns_scratch)
 	{
 		scratch.cands = so->cands;
-		scratch.by_est = so->by_est;
-		scratch.by_lower = so->by_lower;
+		scratch.by_est = so->by_est.e;
+		scratch.by_lower = so->by_lower.e;
 		scratch.capacity = capacity;
 	}
 }
@@ -201,11 +281,11 @@ vidx_pool_release(VidxScanOpaque so)
 	else if (so->cands != NULL)
 	{
 		pfree(so->cands);
-		pfree(so->by_est);
-		pfree(so->by_lower);
+		pfree(so->by_est.e);
+		pfree(so->by_lower.e);
 	}
 	so->cands = NULL;
-	so->by_est = so->by_lower = NULL;
+	so->by_est.e = so->by_lower.e = NULL;
 	so->cands_capacity = 0;
 }
 
@@ -245,7 +325,7 @@ vidx_pool_compact(VidxScanOpaque so)
 		if (!so->cands[i].rescored)
 			so->cands[m++] = so->cands[i];
 	so->ncands = m;
-	so->nby_lower = so->nby_est = 0;
+	so->by_lower.nfront = so->by_lower.nback = so->by_est.nfront = so->by_est.nback = 0;
 	so->nahead = so->ahead_pos = 0;
 }
 
@@ -256,18 +336,9 @@ vidx_pool_compact(VidxScanOpaque so)
 void
 vidx_pool_build_heaps(VidxScanOpaque so)
 {
-	for (int64 i = 0; i < so->ncands; i++)
-		so->by_lower[i] = i;
-	so->nby_lower = so->ncands;
-	for (int64 i = so->nby_lower / 2 - 1; i >= 0; i--)
-		id_sift_down(so, so->by_lower, so->nby_lower, i, true);
+	heap_build(so, &so->by_lower, true);
 	if (so->rerank > 0)
-	{
-		memcpy(so->by_est, so->by_lower, sizeof(int64) * so->ncands);
-		so->nby_est = so->ncands;
-		for (int64 i = so->nby_est / 2 - 1; i >= 0; i--)
-			id_sift_down(so, so->by_est, so->nby_est, i, false);
-	}
+		heap_build(so, &so->by_est, false);
 }
 
 /*
@@ -277,8 +348,7 @@ vidx_pool_build_heaps(VidxScanOpaque so)
 float
 vidx_pool_min_left(VidxScanOpaque so, bool by_lower)
 {
-	int64 top = by_lower ? heap_top(so, so->by_lower, &so->nby_lower, true)
-	                     : heap_top(so, so->by_est, &so->nby_est, false);
+	int64 top = heap_top(so, by_lower ? &so->by_lower : &so->by_est);
 	float m = top >= 0 ? cand_key(so, top, by_lower) : get_float4_infinity();
 
 	for (int i = so->ahead_pos; i < so->nahead; i++)
@@ -290,7 +360,7 @@ vidx_pool_min_left(VidxScanOpaque so, bool by_lower)
 bool
 vidx_pool_more_to_rescore(VidxScanOpaque so)
 {
-	return so->ahead_pos < so->nahead || heap_top(so, so->by_lower, &so->nby_lower, true) >= 0;
+	return so->ahead_pos < so->nahead || heap_top(so, &so->by_lower) >= 0;
 }
 
 /*
@@ -313,9 +383,9 @@ vidx_pool_next_to_rescore(IndexScanDesc scan)
 		so->ahead_pos = 0;
 	}
 	while (so->nahead < (so->sidecar_io ? VIDX_IO_LOOKAHEAD : VIDX_LOOKAHEAD) &&
-	       heap_top(so, so->by_lower, &so->nby_lower, true) >= 0)
+	       heap_top(so, &so->by_lower) >= 0)
 	{
-		Candidate *c = &so->cands[id_pop(so, so->by_lower, &so->nby_lower, true)];
+		Candidate *c = &so->cands[id_pop(&so->by_lower)];
 
 		so->ahead[so->nahead++] = c - so->cands;
 		/*
