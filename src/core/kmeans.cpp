@@ -229,18 +229,35 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	}
 
 	std::vector<float> mind(m);
+	std::vector<int32_t> near(m, 0);
+	std::vector<float> cc(k);
 	std::vector<char> chosen(m, 0);
 	int64_t first = (int64_t) rng.below((uint64_t) m);
 	float *cent = centroids; /* the latest centroid */
-	/* mind: each sample point's squared distance to its nearest centroid so far */
+	int latest = 0;
+	/*
+	 * mind: each sample point's squared distance to its nearest centroid so
+	 * far, near: that centroid. cc[j]: squared distance from the latest
+	 * centroid to centroid j. By the triangle inequality a point whose
+	 * nearest centroid j has cc[j] >= (2 + 1/40)^2 mind cannot be nearer the
+	 * latest one: |x - latest| >= 1.025 sqrt(mind), a margin far beyond float
+	 * rounding, so the float distance would not have been smaller either and
+	 * skipping it changes nothing. Most points are skipped once there are a
+	 * few dozen centroids.
+	 */
 	auto first_dist = [&](int64_t i, int) noexcept
 	{ mind[i] = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims); };
 	auto nearer = [&](int64_t i, int) noexcept
 	{
+		if (cc[near[i]] >= 4.1f * mind[i])
+			return;
 		float dd = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims);
 
 		if (dd < mind[i])
+		{
 			mind[i] = dd;
+			near[i] = latest;
+		}
 	};
 
 	std::memcpy(cent, points + (size_t) sample[first] * d, d * sizeof(float));
@@ -290,9 +307,13 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 		chosen[pick] = 1;
 		cent = centroids + (size_t) c * d;
 		std::memcpy(cent, points + (size_t) sample[pick] * d, d * sizeof(float));
+		latest = c;
+		for (int j = 0; j < c; j++)
+			cc[j] = vidx_l2sq(cent, centroids + (size_t) j * d, dims);
 		parallel_for(threads, m, SEED_CHUNK, nearer);
 	}
 	std::vector<float>().swap(mind);
+	std::vector<int32_t>().swap(near);
 	std::vector<char>().swap(chosen);
 	std::vector<int64_t>().swap(sample);
 
