@@ -39,6 +39,14 @@ report(VidxProgressFn progress, void *arg, int64_t done, int64_t total)
 	return progress != nullptr && progress(arg, done, total) != 0;
 }
 
+/* s[u] += x[u] in double (one addition per element: the same sums with any vector width). */
+VIDX_CLONES void
+add_to_double(double *s, const float *x, size_t d)
+{
+	for (size_t u = 0; u < d; u++)
+		s[u] += x[u];
+}
+
 } // namespace
 
 void
@@ -56,12 +64,7 @@ vidx::means_from_order(const float *points, int dims, int k, const int64_t *coun
 
 		std::fill(s, s + d, 0.0);
 		for (int64_t t = start[j]; t < start[j + 1]; t++)
-		{
-			const float *x = points + (size_t) order[t] * d;
-
-			for (size_t u = 0; u < d; u++)
-				s[u] += x[u];
-		}
+			add_to_double(s, points + (size_t) order[t] * d, d);
 		double inv = 1.0 / (double) count[j];
 		float *cj = centroids + (size_t) j * d;
 

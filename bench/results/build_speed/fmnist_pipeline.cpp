@@ -5,14 +5,14 @@
  *
  *   g++ -O3 -std=c++17 -pthread -Isrc/core bench/results/build_speed/fmnist_pipeline.cpp \
  *       src/core/*.cpp -o /tmp/fmnist_pipeline
- *   /tmp/fmnist_pipeline DIR [threads] [queries]
+ *   /tmp/fmnist_pipeline DIR [threads] [queries] [iterations]
  *
  * DIR holds base.f32 (60,000 x 784 float32), q.f32 (queries x 784) and
  * gt10.i64 (each query's 10 true nearest rows), written from bench/data/fmnist
  * by numpy's tofile. Steps as in the build: rotation; a seeded sample of
  * max(10,000, 64 * lists) rows (SplitMix64 here, pg_prng in the build, so the
  * sample differs from the server's); balanced k-means (vidx_kmeans_balanced,
- * 10 iterations); every row rotated, assigned to its nearest centroid and
+ * 10 iterations unless given); every row rotated, assigned to its nearest centroid and
  * encoded (vidx_build_encode, batches of 8,192). Prints each step's time,
  * leaf sizes, a hash of the assignment (same hash = same index) and the
  * probe recall: the share of each query's true top 10 whose leaf is among
@@ -68,7 +68,7 @@ main(int argc, char **argv)
 {
 	if (argc < 2)
 	{
-		std::fprintf(stderr, "usage: %s DIR [threads] [queries]\n", argv[0]);
+		std::fprintf(stderr, "usage: %s DIR [threads] [queries] [iterations]\n", argv[0]);
 		return 2;
 	}
 	const std::string dir = argv[1];
@@ -82,6 +82,7 @@ main(int argc, char **argv)
 	int nq = (int) (q_raw.size() / (sizeof(float) * dims));
 	if (argc > 3)
 		nq = std::min(nq, std::atoi(argv[3]));
+	const int iterations = argc > 4 ? std::atoi(argv[4]) : 10;
 	const float *queries = reinterpret_cast<const float *>(q_raw.data());
 	const int64_t *gt = reinterpret_cast<const int64_t *>(gt_raw.data());
 	const int nleaves = (int) std::sqrt((double) n);
@@ -117,7 +118,7 @@ main(int argc, char **argv)
 	double t1 = now_ms();
 
 	std::vector<float> centroids((size_t) nleaves * dims);
-	if (vidx_kmeans_balanced(sample.data(), nsample, dims, nleaves, 10, 0x6b6d65616e73ULL,
+	if (vidx_kmeans_balanced(sample.data(), nsample, dims, nleaves, iterations, 0x6b6d65616e73ULL,
 	                         centroids.data(), threads, nullptr, nullptr, err,
 	                         sizeof(err)) != VIDX_OK)
 	{
