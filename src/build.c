@@ -549,6 +549,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	char err[256];
 
 	TimestampTz build_start = GetCurrentTimestamp();
+	TimestampTz t_load = 0, t_kmeans = 0, t_assign = 0, t_write = 0;
 
 	if (RelationGetNumberOfBlocks(index) != 0)
 		elog(ERROR, "index \"%s\" already contains data", RelationGetRelationName(index));
@@ -564,6 +565,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_LOAD);
 	reltuples =
 	    table_index_build_scan(heap, index, indexInfo, true, true, build_callback, &bs, NULL);
+	t_load = GetCurrentTimestamp();
 
 	w->index = index;
 	w->fork = MAIN_FORKNUM;
@@ -616,6 +618,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		                "k-means", err);
 		pfree(sample);
 		CHECK_FOR_INTERRUPTS();
+		t_kmeans = GetCurrentTimestamp();
 
 		/* Assign and encode every vector, read back from the sidecar in batches. */
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, VIDX_PHASE_ASSIGN);
@@ -664,6 +667,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 			tree = tree_to_context(blob, tree_size);
 		}
 		CHECK_FOR_INTERRUPTS();
+		t_assign = GetCurrentTimestamp();
 
 		pfree(centroids);
 		pfree(rotation);
@@ -674,6 +678,7 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 	            order, bs.ntuples, counts);
 	store_free(&postings);
 	pfree(order);
+	t_write = GetCurrentTimestamp();
 	/*
 	 * The recall curve for vidx.target_recall (calibrate.c), in the metapage:
 	 * its exact search may take 8% of the build so far.
@@ -686,6 +691,16 @@ vidx_build(Relation heap, Relation index, IndexInfo *indexInfo)
 		vidx_calibrate_index(index, heap, Max(1.0, 0.08 * (secs * 1000.0 + usecs / 1000.0)), 0);
 	}
 	vidx_sidecar_sweep(index);
+	{
+		TimestampTz t_end = GetCurrentTimestamp();
+
+		elog(DEBUG1,
+		     "vidx build: load %.0f ms, k-means %.0f ms, assign and encode %.0f ms, write %.0f ms, "
+		     "calibration %.0f ms",
+		     (t_load - build_start) / 1000.0, (t_kmeans - t_load) / 1000.0,
+		     (t_assign - t_kmeans) / 1000.0, (t_write - t_assign) / 1000.0,
+		     (t_end - t_write) / 1000.0);
+	}
 
 	result->heap_tuples = reltuples;
 	result->index_tuples = bs.ntuples;

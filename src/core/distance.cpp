@@ -374,33 +374,60 @@ l2sq_x4_avx512(const float *x, const float *c0, const float *c1, const float *c2
 AVX512 void
 dot_tile_4x6(const float *const x[4], const float *const c[6], int n, float out[24])
 {
-	__m512 acc[4][6];
+	/*
+	 * 24 named accumulators, not an array: GCC 12 keeps an array of vectors
+	 * in registers but also stores all of it to the stack on every step
+	 * (24 stores per 24 FMAs), which ran this loop at a fraction of its speed.
+	 */
+#define VIDX_TILE_ROW(q) a0##q = a1##q = a2##q = a3##q = _mm512_setzero_ps()
+	__m512 a00, a10, a20, a30, a01, a11, a21, a31, a02, a12, a22, a32;
+	__m512 a03, a13, a23, a33, a04, a14, a24, a34, a05, a15, a25, a35;
 
-	for (int p = 0; p < 4; p++)
-		for (int q = 0; q < 6; q++)
-			acc[p][q] = _mm512_setzero_ps();
+	VIDX_TILE_ROW(0);
+	VIDX_TILE_ROW(1);
+	VIDX_TILE_ROW(2);
+	VIDX_TILE_ROW(3);
+	VIDX_TILE_ROW(4);
+	VIDX_TILE_ROW(5);
+#undef VIDX_TILE_ROW
+	const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+	const float *c0 = c[0], *c1 = c[1], *c2 = c[2], *c3 = c[3], *c4 = c[4], *c5 = c[5];
+
 	for (int i = 0; i < n; i += 16)
 	{
 		__mmask16 m = n - i >= 16 ? (__mmask16) 0xFFFF : tail_mask(n - i);
-		__m512 xv0 = _mm512_maskz_loadu_ps(m, x[0] + i);
-		__m512 xv1 = _mm512_maskz_loadu_ps(m, x[1] + i);
-		__m512 xv2 = _mm512_maskz_loadu_ps(m, x[2] + i);
-		__m512 xv3 = _mm512_maskz_loadu_ps(m, x[3] + i);
+		__m512 xv0 = _mm512_maskz_loadu_ps(m, x0 + i);
+		__m512 xv1 = _mm512_maskz_loadu_ps(m, x1 + i);
+		__m512 xv2 = _mm512_maskz_loadu_ps(m, x2 + i);
+		__m512 xv3 = _mm512_maskz_loadu_ps(m, x3 + i);
+		__m512 cv;
 
-#pragma GCC unroll 6
-		for (int q = 0; q < 6; q++)
-		{
-			__m512 cv = _mm512_maskz_loadu_ps(m, c[q] + i);
-
-			acc[0][q] = _mm512_fmadd_ps(xv0, cv, acc[0][q]);
-			acc[1][q] = _mm512_fmadd_ps(xv1, cv, acc[1][q]);
-			acc[2][q] = _mm512_fmadd_ps(xv2, cv, acc[2][q]);
-			acc[3][q] = _mm512_fmadd_ps(xv3, cv, acc[3][q]);
-		}
+#define VIDX_TILE_COL(q)                                                                           \
+	cv = _mm512_maskz_loadu_ps(m, c##q + i);                                                       \
+	a0##q = _mm512_fmadd_ps(xv0, cv, a0##q);                                                       \
+	a1##q = _mm512_fmadd_ps(xv1, cv, a1##q);                                                       \
+	a2##q = _mm512_fmadd_ps(xv2, cv, a2##q);                                                       \
+	a3##q = _mm512_fmadd_ps(xv3, cv, a3##q)
+		VIDX_TILE_COL(0);
+		VIDX_TILE_COL(1);
+		VIDX_TILE_COL(2);
+		VIDX_TILE_COL(3);
+		VIDX_TILE_COL(4);
+		VIDX_TILE_COL(5);
+#undef VIDX_TILE_COL
 	}
-	for (int p = 0; p < 4; p++)
-		for (int q = 0; q < 6; q++)
-			out[p * 6 + q] = _mm512_reduce_add_ps(acc[p][q]);
+#define VIDX_TILE_OUT(p)                                                                           \
+	out[p * 6 + 0] = _mm512_reduce_add_ps(a##p##0);                                                \
+	out[p * 6 + 1] = _mm512_reduce_add_ps(a##p##1);                                                \
+	out[p * 6 + 2] = _mm512_reduce_add_ps(a##p##2);                                                \
+	out[p * 6 + 3] = _mm512_reduce_add_ps(a##p##3);                                                \
+	out[p * 6 + 4] = _mm512_reduce_add_ps(a##p##4);                                                \
+	out[p * 6 + 5] = _mm512_reduce_add_ps(a##p##5)
+	VIDX_TILE_OUT(0);
+	VIDX_TILE_OUT(1);
+	VIDX_TILE_OUT(2);
+	VIDX_TILE_OUT(3);
+#undef VIDX_TILE_OUT
 }
 
 AVX512 float
@@ -416,16 +443,32 @@ self_dot_avx512(const float *a, int n)
 /* Centroids per chunk kept in L2 while a block of points passes over them. */
 constexpr int DOT_CHUNK = 48;
 
+/*
+ * A pair's squared distance from its dot product: |x|^2 + |c|^2 - 2 x.c,
+ * with one rounding for the last step (what GCC contracted the plain
+ * expression to), never negative. Every kernel below uses this, so a pair
+ * has the same float distance whichever computes it.
+ */
+AVX512 inline float
+pair_distance(float xn, float cn, float dot)
+{
+	return std::max(0.0f, std::fma(-2.0f, dot, xn + cn));
+}
+
+/*
+ * Nearest centroid of up to 64 points given by row pointers; if all is not
+ * null, every pair's distance too (all[t * k + j]).
+ */
 AVX512 void
-nearest_block_avx512(const float *pts, int cnt, int dims, const float *cent, const float *cnorm,
-                     int k, float *best, int32_t *besti)
+nearest_rows_avx512(const float *const *rows, int cnt, int dims, const float *cent,
+                    const float *cnorm, int k, float *best, int32_t *besti, float *all)
 {
 	float xn[64];
 	float out[24];
 
 	for (int t = 0; t < cnt; t++)
 	{
-		xn[t] = self_dot_avx512(pts + (size_t) t * dims, dims);
+		xn[t] = self_dot_avx512(rows[t], dims);
 		best[t] = std::numeric_limits<float>::infinity();
 		besti[t] = 0;
 	}
@@ -438,7 +481,7 @@ nearest_block_avx512(const float *pts, int cnt, int dims, const float *cent, con
 			const float *x[4];
 
 			for (int p = 0; p < 4; p++)
-				x[p] = pts + (size_t) std::min(t + p, cnt - 1) * dims;
+				x[p] = rows[std::min(t + p, cnt - 1)];
 			for (int j = j0; j < j1; j += 6)
 			{
 				const float *c[6];
@@ -449,8 +492,10 @@ nearest_block_avx512(const float *pts, int cnt, int dims, const float *cent, con
 				for (int p = 0; p < 4 && t + p < cnt; p++)
 					for (int q = 0; q < 6 && j + q < j1; q++)
 					{
-						float d = std::max(0.0f, xn[t + p] + cnorm[j + q] - 2.0f * out[p * 6 + q]);
+						float d = pair_distance(xn[t + p], cnorm[j + q], out[p * 6 + q]);
 
+						if (all)
+							all[(size_t) (t + p) * k + j + q] = d;
 						if (d < best[t + p])
 						{
 							best[t + p] = d;
@@ -459,6 +504,70 @@ nearest_block_avx512(const float *pts, int cnt, int dims, const float *cent, con
 					}
 			}
 		}
+	}
+}
+
+AVX512 void
+nearest_block_avx512(const float *pts, int cnt, int dims, const float *cent, const float *cnorm,
+                     int k, float *best, int32_t *besti)
+{
+	const float *rows[64];
+
+	for (int t = 0; t < cnt; t++)
+		rows[t] = pts + (size_t) t * dims;
+	nearest_rows_avx512(rows, cnt, dims, cent, cnorm, k, best, besti, nullptr);
+}
+
+/*
+ * Dot products of one row with 8 centroids: each pair summed exactly as in
+ * dot_tile_4x6 (16 lanes, masked tail, then _mm512_reduce_add_ps).
+ */
+AVX512 void
+dot_tile_1x8(const float *x, const float *const c[8], int n, float out[8])
+{
+	__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+	const float *c0 = c[0], *c1 = c[1], *c2 = c[2], *c3 = c[3];
+	const float *c4 = c[4], *c5 = c[5], *c6 = c[6], *c7 = c[7];
+
+	for (int i = 0; i < n; i += 16)
+	{
+		__mmask16 m = n - i >= 16 ? (__mmask16) 0xFFFF : tail_mask(n - i);
+		__m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+
+		a0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c0 + i), a0);
+		a1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c1 + i), a1);
+		a2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c2 + i), a2);
+		a3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c3 + i), a3);
+		a4 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c4 + i), a4);
+		a5 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c5 + i), a5);
+		a6 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c6 + i), a6);
+		a7 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(m, c7 + i), a7);
+	}
+	out[0] = _mm512_reduce_add_ps(a0);
+	out[1] = _mm512_reduce_add_ps(a1);
+	out[2] = _mm512_reduce_add_ps(a2);
+	out[3] = _mm512_reduce_add_ps(a3);
+	out[4] = _mm512_reduce_add_ps(a4);
+	out[5] = _mm512_reduce_add_ps(a5);
+	out[6] = _mm512_reduce_add_ps(a6);
+	out[7] = _mm512_reduce_add_ps(a7);
+}
+
+AVX512 void
+row_distances_avx512(const float *row, float xn, int dims, const float *cent, const float *cnorm,
+                     const int32_t *js, int cnt, float *out)
+{
+	float dot[8];
+
+	for (int t = 0; t < cnt; t += 8)
+	{
+		const float *c[8];
+
+		for (int q = 0; q < 8; q++)
+			c[q] = cent + (size_t) js[std::min(t + q, cnt - 1)] * dims;
+		dot_tile_1x8(row, c, dims, dot);
+		for (int q = 0; q < 8 && t + q < cnt; q++)
+			out[t + q] = pair_distance(xn, cnorm[js[t + q]], dot[q]);
 	}
 }
 
@@ -647,6 +756,30 @@ vidx::self_dot_fast(const float *a, int dims)
 	return self_dot_avx512(a, dims);
 #else
 	return vidx_norm_sq(a, dims);
+#endif
+}
+
+void
+vidx::nearest_rows_fast(const float *const *rows, int cnt, int dims, const float *cent,
+                        const float *cnorm, int k, float *best, int32_t *besti, float *all)
+{
+#ifdef VIDX_X86
+	nearest_rows_avx512(rows, cnt, dims, cent, cnorm, k, best, besti, all);
+#else
+	(void) rows, (void) cnt, (void) dims, (void) cent, (void) cnorm, (void) k, (void) best,
+	    (void) besti, (void) all;
+#endif
+}
+
+void
+vidx::row_distances_fast(const float *row, float xn, int dims, const float *cent,
+                         const float *cnorm, const int32_t *js, int cnt, float *out)
+{
+#ifdef VIDX_X86
+	row_distances_avx512(row, xn, dims, cent, cnorm, js, cnt, out);
+#else
+	(void) row, (void) xn, (void) dims, (void) cent, (void) cnorm, (void) js, (void) cnt,
+	    (void) out;
 #endif
 }
 

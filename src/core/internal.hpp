@@ -104,6 +104,16 @@ bool nearest_block_fast_available();
 float self_dot_fast(const float *a, int dims);
 void nearest_block_fast(const float *pts, int cnt, int dims, const float *cent, const float *cnorm,
                         int k, float *best, int32_t *besti);
+/*
+ * The same for up to 64 points given by row pointers; if all is not null it
+ * receives every pair's distance (all[t * k + j]). row_distances_fast: the
+ * distances of one row (xn = self_dot_fast(row)) to the cnt centroids js.
+ * A pair's distance is the same float whichever of the three computes it.
+ */
+void nearest_rows_fast(const float *const *rows, int cnt, int dims, const float *cent,
+                       const float *cnorm, int k, float *best, int32_t *besti, float *all);
+void row_distances_fast(const float *row, float xn, int dims, const float *cent, const float *cnorm,
+                        const int32_t *js, int cnt, float *out);
 
 /*
  * Parallel loops on the core's own thread pool (threads.cpp; its workers have

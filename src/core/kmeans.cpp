@@ -23,6 +23,10 @@ namespace
 constexpr int MAX_BLOCK = 64;
 /* Points per chunk of a k-means++ distance update (one distance each). */
 constexpr int64_t SEED_CHUNK = 512;
+/* Lloyd keeps a lower bound per point and centroid up to this many pairs (64 MB). */
+constexpr double ELKAN_MAX_PAIRS = 16.0 * 1024 * 1024;
+/* Bound of the dot-product kernel's float error on a squared distance, per |x|^2 + |c|^2. */
+constexpr double DOT_ERR = 2e-5;
 
 int
 block_points(int dims)
@@ -37,6 +41,14 @@ bool
 report(VidxProgressFn progress, void *arg, int64_t done, int64_t total)
 {
 	return progress != nullptr && progress(arg, done, total) != 0;
+}
+
+/* s[u] += x[u] in double (one addition per element: the same sums with any vector width). */
+VIDX_CLONES void
+add_to_double(double *s, const float *x, size_t d)
+{
+	for (size_t u = 0; u < d; u++)
+		s[u] += x[u];
 }
 
 } // namespace
@@ -56,12 +68,7 @@ vidx::means_from_order(const float *points, int dims, int k, const int64_t *coun
 
 		std::fill(s, s + d, 0.0);
 		for (int64_t t = start[j]; t < start[j + 1]; t++)
-		{
-			const float *x = points + (size_t) order[t] * d;
-
-			for (size_t u = 0; u < d; u++)
-				s[u] += x[u];
-		}
+			add_to_double(s, points + (size_t) order[t] * d, d);
 		double inv = 1.0 / (double) count[j];
 		float *cj = centroids + (size_t) j * d;
 
@@ -229,18 +236,35 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	}
 
 	std::vector<float> mind(m);
+	std::vector<int32_t> near(m, 0);
+	std::vector<float> cc(k);
 	std::vector<char> chosen(m, 0);
 	int64_t first = (int64_t) rng.below((uint64_t) m);
 	float *cent = centroids; /* the latest centroid */
-	/* mind: each sample point's squared distance to its nearest centroid so far */
+	int latest = 0;
+	/*
+	 * mind: each sample point's squared distance to its nearest centroid so
+	 * far, near: that centroid. cc[j]: squared distance from the latest
+	 * centroid to centroid j. By the triangle inequality a point whose
+	 * nearest centroid j has cc[j] >= (2 + 1/40)^2 mind cannot be nearer the
+	 * latest one: |x - latest| >= 1.025 sqrt(mind), a margin far beyond float
+	 * rounding, so the float distance would not have been smaller either and
+	 * skipping it changes nothing. Most points are skipped once there are a
+	 * few dozen centroids.
+	 */
 	auto first_dist = [&](int64_t i, int) noexcept
 	{ mind[i] = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims); };
 	auto nearer = [&](int64_t i, int) noexcept
 	{
+		if (cc[near[i]] >= 4.1f * mind[i])
+			return;
 		float dd = vidx_l2sq(points + (size_t) sample[i] * d, cent, dims);
 
 		if (dd < mind[i])
+		{
 			mind[i] = dd;
+			near[i] = latest;
+		}
 	};
 
 	std::memcpy(cent, points + (size_t) sample[first] * d, d * sizeof(float));
@@ -290,9 +314,13 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 		chosen[pick] = 1;
 		cent = centroids + (size_t) c * d;
 		std::memcpy(cent, points + (size_t) sample[pick] * d, d * sizeof(float));
+		latest = c;
+		for (int j = 0; j < c; j++)
+			cc[j] = vidx_l2sq(cent, centroids + (size_t) j * d, dims);
 		parallel_for(threads, m, SEED_CHUNK, nearer);
 	}
 	std::vector<float>().swap(mind);
+	std::vector<int32_t>().swap(near);
 	std::vector<char>().swap(chosen);
 	std::vector<int64_t>().swap(sample);
 
@@ -300,9 +328,172 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 	std::vector<int32_t> assign(n, -1), prev(n, -1);
 	std::vector<float> dist(n);
 	std::vector<int64_t> count(k), start(k + 1), order(n);
+	/*
+	 * With the dot-product kernel and at most ELKAN_MAX_PAIRS point-centroid
+	 * pairs, Elkan's bounds skip the distances that cannot change a point's
+	 * nearest centroid: ub[i] bounds the distance from point i to its
+	 * centroid, lb[i k + j] the distance to centroid j (moved by the
+	 * centroids' drifts after each update). Distance j of point i is computed
+	 * unless lb^2 - ub^2 exceeds twice the kernel's worst float error for the
+	 * point (DOT_ERR (|x|^2 + max |c|^2)); a skipped centroid's float distance
+	 * is then surely above the nearest one's, and every computed distance is
+	 * the float the kernel computes for the pair (distance.cpp), so the
+	 * assignments, and the centroids, are exactly those of computing every
+	 * distance. A skipped point's dist (used only to reseed an empty cluster)
+	 * is computed when needed (stamp: the iteration it was computed in).
+	 */
+	const bool bounded = nearest_block_fast_available() && k >= 6 && n >= 64 &&
+	                     (double) n * (double) k <= ELKAN_MAX_PAIRS;
+	std::vector<float> lb, xn, cnorm, old;
+	std::vector<double> ub;
+	std::vector<int32_t> stamp;
+	const int pb = block_points(dims);
+	double cnmax = 0;
+
+	if (bounded)
+	{
+		lb.resize((size_t) n * k);
+		ub.assign(n, 0.0);
+		xn.resize(n);
+		cnorm.resize(k);
+		old.resize((size_t) k * d);
+		stamp.assign(n, -1);
+		parallel_for(threads, n, 256,
+		             [&](int64_t i, int) noexcept
+		             { xn[i] = self_dot_fast(points + (size_t) i * d, dims); });
+	}
+	auto err_of = [&](int64_t i) noexcept { return DOT_ERR * ((double) xn[i] + cnmax); };
+	/* First iteration: every distance, by blocks of points. */
+	auto full_block = [&](int64_t b, int) noexcept
+	{
+		int64_t i0 = b * pb;
+		int cnt = (int) std::min<int64_t>(pb, n - i0);
+		const float *rows[MAX_BLOCK];
+		float best[MAX_BLOCK];
+		int32_t besti[MAX_BLOCK];
+
+		for (int t = 0; t < cnt; t++)
+			rows[t] = points + (size_t) (i0 + t) * d;
+		nearest_rows_fast(rows, cnt, dims, centroids, cnorm.data(), k, best, besti,
+		                  lb.data() + (size_t) i0 * k);
+		for (int t = 0; t < cnt; t++)
+		{
+			int64_t i = i0 + t;
+			double e = err_of(i);
+			float *l = lb.data() + (size_t) i * k;
+
+			for (int j = 0; j < k; j++)
+				l[j] = (float) std::sqrt(std::max(0.0, (double) l[j] - e));
+			assign[i] = besti[t];
+			dist[i] = best[t];
+			ub[i] = std::sqrt((double) best[t] + e);
+		}
+	};
+	/* Later iterations: the distances the bounds do not rule out, point by point. */
+	auto bounded_point = [&](int64_t i, int it, int32_t *js, float *dd) noexcept
+	{
+		const float *row = points + (size_t) i * d;
+		float *l = lb.data() + (size_t) i * k;
+		const double e = err_of(i);
+		int a = prev[i];
+		int nj = 0;
+
+		if (a >= 0)
+		{
+			double u2 = ub[i] * ub[i] + 2 * e;
+			bool skip = true;
+
+			for (int j = 0; j < k && skip; j++)
+				if (j != a && (double) l[j] * (double) l[j] <= u2)
+					skip = false;
+			if (skip)
+			{
+				assign[i] = a;
+				return;
+			}
+			/* The distance to its own centroid first: it tightens ub. */
+			row_distances_fast(row, xn[i], dims, centroids, cnorm.data(), &a, 1, dd);
+			ub[i] = std::sqrt((double) dd[0] + e);
+			l[a] = (float) std::sqrt(std::max(0.0, (double) dd[0] - e));
+			u2 = ub[i] * ub[i] + 2 * e;
+			for (int j = 0; j < k; j++)
+				if (j != a && (double) l[j] * (double) l[j] <= u2)
+					js[nj++] = j;
+			float best = dd[0];
+			int32_t besti = a;
+
+			row_distances_fast(row, xn[i], dims, centroids, cnorm.data(), js, nj, dd);
+			for (int t = 0; t < nj; t++)
+			{
+				int j = js[t];
+
+				l[j] = (float) std::sqrt(std::max(0.0, (double) dd[t] - e));
+				if (dd[t] < best || (dd[t] == best && j < besti))
+				{
+					best = dd[t];
+					besti = j;
+				}
+			}
+			assign[i] = besti;
+			dist[i] = best;
+			ub[i] = std::sqrt((double) best + e);
+		}
+		else
+		{
+			/* A reseeded point: every distance. */
+			for (int j = 0; j < k; j++)
+				js[nj++] = j;
+			row_distances_fast(row, xn[i], dims, centroids, cnorm.data(), js, nj, dd);
+			float best = std::numeric_limits<float>::infinity();
+			int32_t besti = 0;
+
+			for (int j = 0; j < k; j++)
+			{
+				l[j] = (float) std::sqrt(std::max(0.0, (double) dd[j] - e));
+				if (dd[j] < best)
+				{
+					best = dd[j];
+					besti = j;
+				}
+			}
+			assign[i] = besti;
+			dist[i] = best;
+			ub[i] = std::sqrt((double) best + e);
+		}
+		stamp[i] = it;
+	};
+
 	for (int it = 0; it < iterations; it++)
 	{
-		assign_points(points, n, dims, centroids, k, assign.data(), dist.data(), threads);
+		if (!bounded)
+			assign_points(points, n, dims, centroids, k, assign.data(), dist.data(), threads);
+		else
+		{
+			cnmax = 0;
+			for (int j = 0; j < k; j++)
+			{
+				cnorm[j] = self_dot_fast(centroids + (size_t) j * d, dims);
+				cnmax = std::max(cnmax, (double) cnorm[j]);
+			}
+			if (it == 0)
+			{
+				parallel_for(threads, (n + pb - 1) / pb, 1, full_block);
+				std::fill(stamp.begin(), stamp.end(), 0);
+			}
+			else
+			{
+				const int nt = parallel_threads(threads, n, 64);
+				std::vector<int32_t> js((size_t) nt * k);
+				std::vector<float> dd((size_t) nt * k);
+
+				parallel_for(nt, n, 64,
+				             [&](int64_t i, int tid) noexcept {
+					             bounded_point(i, it, js.data() + (size_t) tid * k,
+					                           dd.data() + (size_t) tid * k);
+				             });
+			}
+			std::memcpy(old.data(), centroids, (size_t) k * d * sizeof(float));
+		}
 
 		int64_t changed = 0;
 
@@ -338,6 +529,13 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 			{
 				int64_t i = order[t];
 
+				if (bounded && stamp[i] != it)
+				{
+					/* its distance to the centroid it had in this iteration's assignment */
+					row_distances_fast(points + (size_t) i * d, xn[i], dims, old.data(),
+					                   cnorm.data(), &big, 1, &dist[i]);
+					stamp[i] = it;
+				}
 				if (dist[i] >= 0 && (far < 0 || dist[i] > dist[far]))
 					far = i;
 			}
@@ -349,6 +547,28 @@ vidx::kmeans_run(const float *points, int64_t n, int dims, int k, int iterations
 			std::memcpy(centroids + (size_t) j * d, points + (size_t) far * d, d * sizeof(float));
 			prev[far] = -1; /* counts as changed at the next iteration */
 			reseeded = true;
+		}
+
+		if (bounded)
+		{
+			/* Each centroid's drift, rounded up; the bounds follow. */
+			std::vector<float> drift(k);
+
+			for (int j = 0; j < k; j++)
+				drift[j] = (float) (std::sqrt(l2sq_double(old.data() + (size_t) j * d,
+				                                          centroids + (size_t) j * d, dims)) *
+				                        (1.0 + 1e-6) +
+				                    1e-30);
+			parallel_for(threads, n, 256,
+			             [&](int64_t i, int) noexcept
+			             {
+				             float *l = lb.data() + (size_t) i * k;
+
+				             for (int j = 0; j < k; j++)
+					             l[j] = std::max(0.0f, l[j] - drift[j]);
+				             if (prev[i] >= 0)
+					             ub[i] += (double) drift[prev[i]];
+			             });
 		}
 
 		if (report(progress, progress_arg, it + 1, iterations))

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "internal.hpp"
 #include "test_util.hpp"
 
 namespace
@@ -60,6 +61,33 @@ TEST(KMeans, DeterministicAcrossThreadCounts)
 	EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
 	EXPECT_EQ(0, std::memcmp(b.data(), c.data(), b.size() * 4));
 	EXPECT_NE(0, std::memcmp(a.data(), e.data(), a.size() * 4));
+}
+
+/*
+ * Lloyd skips distances by bounds (Elkan) when it uses the dot-product kernel:
+ * every iteration must still give exactly the centroids of a full assignment
+ * (vidx_assign) and the means of that assignment, to the bit.
+ */
+TEST(KMeans, BoundedLloydEqualsFullAssignment)
+{
+	const int d = 40, k = 24;
+	const int64_t n = 3000;
+	auto pts = vt::clustered(n, d, 12, 5, 1.0f, 1.5f); /* overlapping: points move for a while */
+	std::vector<float> prev((size_t) k * d), cur((size_t) k * d), want((size_t) k * d);
+	std::vector<int32_t> a(n);
+
+	ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, 0, 3, prev.data(), vt::THREADS, nullptr,
+	                               nullptr, nullptr, 0));
+	for (int it = 1; it <= 8; it++)
+	{
+		ASSERT_EQ(VIDX_OK, vidx_kmeans(pts.data(), n, d, k, it, 3, cur.data(), vt::THREADS, nullptr,
+		                               nullptr, nullptr, 0));
+		vidx_assign(pts.data(), n, d, prev.data(), k, a.data(), 1);
+		want = prev;
+		vidx::update_means(pts.data(), n, d, k, a.data(), want.data(), 1);
+		EXPECT_EQ(0, std::memcmp(want.data(), cur.data(), want.size() * 4)) << "iteration " << it;
+		prev = cur;
+	}
 }
 
 TEST(KMeans, FewPointsAndDuplicates)
