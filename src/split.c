@@ -1,14 +1,15 @@
 /*
  * split.c: the tree grows with its table. A leaf that passes twice the target
- * leaf size (which follows the row count) is split in two by 2-means over its
- * own vectors; the tree gets a new version with the two leaves in its place
+ * leaf size (which follows the row count) is split: its rows and those of its
+ * nearest leaves are clustered again by k-means into more leaves; the tree
+ * gets a new version with the new leaves in the old ones' places
  * (core/tree_edit.cpp: a parent past fanout splits in turn, the root gains a
  * level). The design, and why it is safe, is in docs/growth.md; in short:
  *
  *  - one split at a time per index, never during VACUUM: a heavyweight lock
  *    on the metapage's block number, taken conditionally here (a busy index
  *    splits at a later insert) and unconditionally by VACUUM;
- *  - the chain is replaced, never edited: the two halves go to new chains
+ *  - chains are replaced, never edited: the new leaves go to new chains
  *    and the tree to new pages, all unreachable until one WAL record switches
  *    the metapage to the new version and marks the old head replaced;
  *  - the old chain and tree stay readable for the scans that started before
@@ -40,11 +41,11 @@
 #define VIDX_SPLIT_ITERATIONS 10
 #define VIDX_SPLIT_SEED UINT64CONST(0x73706c6974) /* "split" */
 /* The nearest leaves whose rows a split clusters again with the leaf's. */
-#define VIDX_SPLIT_NEIGHBOURS 8
+#define VIDX_SPLIT_NEIGHBOURS 16
 /* Lloyd iterations of that re-clustering (before and after clusters are added). */
 #define VIDX_RECLUSTER_ITERATIONS 5
 /* It makes about one leaf per this share (%) of the target leaf size. */
-#define VIDX_SPLIT_TARGET_PCT 130
+#define VIDX_SPLIT_TARGET_PCT 115
 
 int64
 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta)
