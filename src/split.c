@@ -896,6 +896,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		float *xn = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) xn_cap);
 		BlockNumber nb_head[VIDX_SPLIT_NEIGHBOURS];
 		int nb_dropped[VIDX_SPLIT_NEIGHBOURS];
+		bool keep_nb[VIDX_SPLIT_NEIGHBOURS];
 		VidxNewLeaf nl[2 * (1 + VIDX_SPLIT_NEIGHBOURS)];
 		BlockNumber replaces[2 * (1 + VIDX_SPLIT_NEIGHBOURS)]; /* the head each new leaf replaces */
 		int nnew = 0;
@@ -1023,7 +1024,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		 * neighbours' are divided again by k-means (Lloyd, from the two
 		 * halves and the neighbours' centroids), into about one leaf per
 		 * VIDX_SPLIT_TARGET_PCT % of the target size, at least one more than
-		 * the leaves in and at most two for each. Every neighbour is
+		 * the leaves in and at most two for each. A changed neighbour is
 		 * replaced (its centroid moves to the mean of its new rows); each
 		 * new leaf takes the place in the tree of the leaf its cluster
 		 * started from.
@@ -1064,8 +1065,6 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 						row_of[nall] = i;
 						from[nall++] = 1 + j;
 					}
-				dropped += nb_dropped[j]; /* rows no one can see: every neighbour is replaced */
-				retired[nretired++] = retired[1 + j];
 			}
 			pfree(x);
 			pfree(xn);
@@ -1081,6 +1080,39 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			size = palloc(sizeof(int64) * kmax);
 			k = recluster(xa, nall, dims, cent, owner, 2 + nnb, kwant, assign, size);
 
+			/*
+			 * A neighbour left with exactly its own rows, in one cluster,
+			 * keeps its chain, codes and centroid (the cluster's mean moved a
+			 * little, not its rows): fewer pages written and retired per
+			 * split. The others are replaced; their rows no one can see any
+			 * more are dropped.
+			 */
+			for (int j = 0; j < nnb; j++)
+				keep_nb[j] = true;
+			for (int c = 0; c < k; c++)
+				if (owner[c] > 0 && (size[c] == 0 || c >= 2 + nnb))
+					keep_nb[owner[c] - 1] = false; /* emptied or divided */
+			for (int a = 0; a < nall; a++)
+			{
+				int o = owner[assign[a]];
+
+				if (o != from[a])
+				{
+					if (o > 0)
+						keep_nb[o - 1] = false;
+					if (from[a] > 0)
+						keep_nb[from[a] - 1] = false;
+				}
+			}
+			for (int j = 0; j < nnb; j++)
+				if (keep_nb[j])
+					UnlockReleaseBuffer(retired[1 + j].hbuf);
+				else
+				{
+					dropped += nb_dropped[j]; /* (a kept chain keeps its unseen rows) */
+					retired[nretired++] = retired[1 + j];
+				}
+
 			/* the new chains (codes against the new centroids), unreachable until published */
 			for (int o = 0; o < nin; o++)
 				for (int c = 0; c < k; c++)
@@ -1088,7 +1120,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 					char **fresh;
 					int kk = 0;
 
-					if (owner[c] != o || size[c] == 0)
+					if (owner[c] != o || size[c] == 0 || (o > 0 && keep_nb[o - 1]))
 						continue;
 					fresh = palloc(sizeof(char *) * size[c]);
 					for (int a = 0; a < nall; a++)
@@ -1120,8 +1152,11 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			{
 				BlockNumber ohead = o == 0 ? head : nb_head[o - 1];
 				int cnt = 0;
-				size_t need = vidx_tree_replace_bound(cur);
+				size_t need;
 
+				if (o > 0 && keep_nb[o - 1])
+					continue;
+				need = vidx_tree_replace_bound(cur);
 				while (first + cnt < nnew && replaces[first + cnt] == ohead)
 					cnt++;
 				if (need > caps[w])
