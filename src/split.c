@@ -45,7 +45,7 @@
 /* Lloyd iterations of that re-clustering (before and after clusters are added). */
 #define VIDX_RECLUSTER_ITERATIONS 5
 /* It makes about one leaf per this share (%) of the target leaf size. */
-#define VIDX_SPLIT_TARGET_PCT 115
+#define VIDX_SPLIT_TARGET_PCT 130
 
 int64
 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta)
