@@ -1,14 +1,15 @@
 /*
  * split.c: the tree grows with its table. A leaf that passes twice the target
- * leaf size (which follows the row count) is split in two by 2-means over its
- * own vectors; the tree gets a new version with the two leaves in its place
+ * leaf size (which follows the row count) is split: its rows and those of its
+ * nearest leaves are clustered again by k-means into more leaves; the tree
+ * gets a new version with the new leaves in the old ones' places
  * (core/tree_edit.cpp: a parent past fanout splits in turn, the root gains a
  * level). The design, and why it is safe, is in docs/growth.md; in short:
  *
  *  - one split at a time per index, never during VACUUM: a heavyweight lock
  *    on the metapage's block number, taken conditionally here (a busy index
  *    splits at a later insert) and unconditionally by VACUUM;
- *  - the chain is replaced, never edited: the two halves go to new chains
+ *  - chains are replaced, never edited: the new leaves go to new chains
  *    and the tree to new pages, all unreachable until one WAL record switches
  *    the metapage to the new version and marks the old head replaced;
  *  - the old chain and tree stay readable for the scans that started before
@@ -39,8 +40,12 @@
 #define VIDX_SPLIT_SAMPLE 4096
 #define VIDX_SPLIT_ITERATIONS 10
 #define VIDX_SPLIT_SEED UINT64CONST(0x73706c6974) /* "split" */
-/* The nearest leaves whose rows a split may reassign (SPFresh's LIRE). */
-#define VIDX_SPLIT_NEIGHBOURS 8
+/* The nearest leaves whose rows a split clusters again with the leaf's. */
+#define VIDX_SPLIT_NEIGHBOURS 16
+/* Lloyd iterations of that re-clustering (before and after clusters are added). */
+#define VIDX_RECLUSTER_ITERATIONS 5
+/* It makes about one leaf per this share (%) of the target leaf size. */
+#define VIDX_SPLIT_TARGET_PCT 130
 
 int64
 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta)
@@ -457,6 +462,113 @@ balanced_halves(const float *x, int n, int dims, const float *centroids, int32 *
 	pfree(proj);
 }
 
+/*
+ * Lloyd iterations from the k centroids in cent: each assigns every vector of
+ * x (n x dims) to its nearest centroid, then moves each centroid to the mean
+ * of its vectors (a cluster left empty keeps its centroid). On return,
+ * assign and size are those of the last assignment and cent their means.
+ */
+static void
+lloyd(const float *x, int n, int dims, float *cent, int k, int32 *assign, int64 *size,
+      int iterations)
+{
+	double *sum = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(double) * dims * (Size) k);
+
+	for (int it = 0; it < iterations; it++)
+	{
+		vidx_assign(x, n, dims, cent, k, assign, 1);
+		memset(sum, 0, sizeof(double) * dims * (Size) k);
+		memset(size, 0, sizeof(int64) * k);
+		for (int i = 0; i < n; i++)
+		{
+			const float *v = x + (Size) i * dims;
+			double *s = sum + (Size) assign[i] * dims;
+
+			size[assign[i]]++;
+			for (int u = 0; u < dims; u++)
+				s[u] += v[u];
+		}
+		for (int c = 0; c < k; c++)
+			if (size[c] > 0)
+				for (int u = 0; u < dims; u++)
+					cent[(Size) c * dims + u] =
+					    (float) (sum[(Size) c * dims + u] / (double) size[c]);
+	}
+	pfree(sum);
+}
+
+/*
+ * A split's re-clustering of its neighbourhood, x (n x dims): Lloyd from the
+ * k0 centroids in cent; then, while fewer than kwant clusters, the largest
+ * cluster whose leaf (owner) has not two clusters yet is divided by 2-means
+ * (seeded, on at most VIDX_SPLIT_SAMPLE of its vectors), the new cluster
+ * taking the same owner; then Lloyd again. cent has room for kwant
+ * centroids, owner for kwant entries. Returns the number of clusters;
+ * assign and size as lloyd's.
+ */
+static int
+recluster(const float *x, int n, int dims, float *cent, int32 *owner, int k0, int kwant,
+          int32 *assign, int64 *size)
+{
+	int nowned[2 * (1 + VIDX_SPLIT_NEIGHBOURS)] = {0};
+	int k = k0;
+
+	lloyd(x, n, dims, cent, k, assign, size, VIDX_RECLUSTER_ITERATIONS);
+	for (int c = 0; c < k; c++)
+		nowned[owner[c]]++;
+	while (k < kwant)
+	{
+		int best = -1;
+		int m = 0;
+		int nsample;
+		float *sample;
+		float *pair = palloc(sizeof(float) * 2 * dims);
+		char err[256];
+
+		for (int c = 0; c < k; c++)
+			if (nowned[owner[c]] < 2 && size[c] >= 2 * VIDX_MIN_LEAF_SIZE &&
+			    (best < 0 || size[c] > size[best]))
+				best = c;
+		if (best < 0)
+			break;
+		nsample = (int) Min(size[best], VIDX_SPLIT_SAMPLE);
+		sample =
+		    MemoryContextAllocHuge(CurrentMemoryContext, sizeof(float) * dims * (Size) nsample);
+		/* every (size / nsample)-th of its vectors */
+		for (int i = 0, seen = 0; i < n && m < nsample; i++)
+			if (assign[i] == best)
+			{
+				if ((int64) seen * nsample / size[best] == m)
+					memcpy(sample + (Size) m++ * dims, x + (Size) i * dims, sizeof(float) * dims);
+				seen++;
+			}
+		vidx_core_check(vidx_kmeans(sample, m, dims, 2, VIDX_SPLIT_ITERATIONS, VIDX_SPLIT_SEED,
+		                            pair, 1, NULL, NULL, err, sizeof(err)),
+		                "leaf split", err);
+		memcpy(cent + (Size) best * dims, pair, sizeof(float) * dims);
+		memcpy(cent + (Size) k * dims, pair + dims, sizeof(float) * dims);
+		pfree(pair);
+		pfree(sample);
+		owner[k] = owner[best];
+		nowned[owner[best]]++;
+		/* its vectors between the two, so that the next choice sees the sizes */
+		size[k] = 0;
+		for (int i = 0; i < n; i++)
+			if (assign[i] == best &&
+			    vidx_l2sq(x + (Size) i * dims, cent + (Size) k * dims, dims) <
+			        vidx_l2sq(x + (Size) i * dims, cent + (Size) best * dims, dims))
+			{
+				assign[i] = k;
+				size[k]++;
+				size[best]--;
+			}
+		k++;
+	}
+	if (k > k0)
+		lloyd(x, n, dims, cent, k, assign, size, VIDX_RECLUSTER_ITERATIONS);
+	return k;
+}
+
 /* The leaf node of the tree whose chain starts at head, or -1. */
 static int32
 leaf_of_head(const void *tree, BlockNumber head)
@@ -777,25 +889,20 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		int nnb = 0;
 		int range[VIDX_SPLIT_NEIGHBOURS + 1]; /* neighbour j's rows: range[j] .. range[j+1] - 1 */
 		int total = n;
-		int32 *dest; /* 0, 1: the halves; 2 + j: neighbour j */
 		int *vrow =
-		    palloc(sizeof(int) * Max(n, 1)); /* a neighbour's row: its vector in xn, or -1 */
-		bool *alive = palloc(sizeof(bool) * Max(n, 1)); /* a neighbour's row: seen by someone */
+		    palloc(sizeof(int) * Max(n, 1)); /* a neighbour's row: its vector in xn, or -1 (dead) */
 		int xn_cap = 1024;
 		int nx = 0;
 		float *xn = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) xn_cap);
-		bool keep_nb[VIDX_SPLIT_NEIGHBOURS];
 		BlockNumber nb_head[VIDX_SPLIT_NEIGHBOURS];
 		int nb_dropped[VIDX_SPLIT_NEIGHBOURS];
-		VidxNewLeaf nl[2 + VIDX_SPLIT_NEIGHBOURS];
-		BlockNumber replaces[2 + VIDX_SPLIT_NEIGHBOURS]; /* the head each new leaf replaces */
+		bool keep_nb[VIDX_SPLIT_NEIGHBOURS];
+		VidxNewLeaf nl[2 * (1 + VIDX_SPLIT_NEIGHBOURS)];
+		BlockNumber replaces[2 * (1 + VIDX_SPLIT_NEIGHBOURS)]; /* the head each new leaf replaces */
 		int nnew = 0;
 		int nretired = 1;
 		int moved = 0;
 		char *blob;
-		char *next_blob;
-		size_t blob_cap;
-		size_t next_cap;
 		size_t blob_size;
 		BlockNumber tree_start;
 		uint32 tree_pages;
@@ -839,16 +946,14 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		}
 
 		/*
-		 * Reassignment (SPFresh's LIRE): rows of the nearest leaves that are
-		 * now closer to a half than to their own centroid move to it, and rows
-		 * of the split leaf closer to a neighbour go there. Without it, rows
-		 * that reached a region before it had a leaf of its own (a new cluster
+		 * The nearest leaves (SPFresh's neighbourhood): their rows are
+		 * clustered again with the leaf's below. Without it, rows that
+		 * reached a region before it had a leaf of its own (a new cluster
 		 * routed to whatever leaf was least far) stay scattered over the
-		 * leaves they landed in. Neighbours' heads are held like the leaf's
-		 * (only a split-lock holder takes two heads: no deadlock with inserts).
-		 * A neighbour's row r from centroid c can be nearer a half h only if
-		 * ||r - c|| > ||c - h|| / 2 (triangle inequality); the posting holds
-		 * ||r - c||, so only those rows' vectors are read.
+		 * leaves they landed in, and leaves made by repeated 2-way splits
+		 * are cut worse than a build's k-means. Neighbours' heads are held
+		 * like the leaf's (only a split-lock holder takes two heads: no
+		 * deadlock with inserts) until the publication retires them.
 		 */
 		{
 			void *search = palloc(vidx_tree_search_size(cache->tree));
@@ -863,9 +968,6 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 				Buffer nbuf;
 				VidxPageOpaque no;
 				int got;
-				double reach;
-				char **cand;
-				int ncand = 0;
 				int kept;
 
 				if (b < 0)
@@ -885,43 +987,25 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 				}
 				got = copy_chain(index, nbuf, VidxMetaPostingSize(&meta), &postings, total, &cap);
 				vrow = repalloc(vrow, sizeof(int) * Max(got, 1));
-				alive = repalloc(alive, sizeof(bool) * Max(got, 1));
-				reach =
-				    Min(sqrt((double) vidx_l2sq(vidx_tree_centroid(bn), centroids, dims)),
-				        sqrt((double) vidx_l2sq(vidx_tree_centroid(bn), centroids + dims, dims))) /
-				    2;
-				cand = palloc(sizeof(char *) * Max(got - total, 1));
-				for (int i = total; i < got; i++)
+				if (nx + (got - total) > xn_cap)
 				{
-					vrow[i] = -1;
-					alive[i] = true;
-					if (((VidxPosting *) postings[i])->norm > reach)
-						cand[ncand++] = postings[i];
-				}
-				if (nx + ncand > xn_cap)
-				{
-					xn_cap = Max(2 * xn_cap, nx + ncand);
+					xn_cap = Max(2 * xn_cap, nx + (got - total));
 					xn = repalloc_huge(xn, sizeof(float) * dims * (Size) xn_cap);
 				}
-				kept = load_vectors(index, heap, cache, &meta, cand, ncand, xn + (Size) nx * dims);
-				/* (load_vectors keeps the order: the survivors are found by pointer) */
 				{
+					/* load_vectors compacts its array, keeping the order: survivors by pointer */
+					char **cand = palloc(sizeof(char *) * Max(got - total, 1));
 					int k = 0;
 
+					memcpy(cand, postings + total, sizeof(char *) * (got - total));
+					kept = load_vectors(index, heap, cache, &meta, cand, got - total,
+					                    xn + (Size) nx * dims);
 					for (int i = total; i < got; i++)
-					{
-						if (((VidxPosting *) postings[i])->norm <= reach)
-							continue;
-						/* candidate: kept if it is the next survivor */
-						if (k < kept && cand[k] == postings[i])
-							vrow[i] = nx + k++;
-						else
-							alive[i] = false;
-					}
+						vrow[i] = k < kept && cand[k] == postings[i] ? nx + k++ : -1;
+					pfree(cand);
 				}
 				nx += kept;
-				nb_dropped[nnb] = ncand - kept;
-				pfree(cand);
+				nb_dropped[nnb] = got - total - kept;
 				nb_head[nnb] = bn->head_block;
 				retired[1 + nnb].hbuf = nbuf;
 				retired[1 + nnb].leaf_id = bn->leaf_id;
@@ -934,122 +1018,164 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			pfree(search);
 		}
 		INSTR_TIME_SET_CURRENT(t[2]);
-		dest = palloc(sizeof(int32) * Max(total, 1));
-		/* the leaf's rows: their 2-means side, unless a neighbour is nearer */
-		vidx_assign(x, n, dims, centroids, 2 + nnb, dest, 1);
-		for (int i = 0; i < n; i++)
-			if (dest[i] < 2)
-				dest[i] = side[i];
-		/* a neighbour's rows: stay, or go to the nearer half if it is nearer than their centroid */
-		for (int j = 0; j < nnb; j++)
-			for (int i = range[j]; i < range[j + 1]; i++)
-			{
-				const float *v = vrow[i] >= 0 ? xn + (Size) vrow[i] * dims : NULL;
-				float dn, d0, d1;
 
-				dest[i] = 2 + j;
-				if (v == NULL)
-					continue;
-				dn = vidx_l2sq(v, centroids + (Size) (2 + j) * dims, dims);
-				d0 = vidx_l2sq(v, centroids, dims);
-				d1 = vidx_l2sq(v, centroids + dims, dims);
-				if (Min(d0, d1) < dn)
-					dest[i] = d0 <= d1 ? 0 : 1;
-			}
-		/* a neighbour that neither loses nor gains a row keeps its chain */
-		for (int j = 0; j < nnb; j++)
-			keep_nb[j] = true;
-		for (int i = 0; i < total; i++)
+		/*
+		 * Re-clustering of the neighbourhood: the leaf's rows and its
+		 * neighbours' are divided again by k-means (Lloyd, from the two
+		 * halves and the neighbours' centroids), into about one leaf per
+		 * VIDX_SPLIT_TARGET_PCT % of the target size, at least one more than
+		 * the leaves in and at most two for each. A changed neighbour is
+		 * replaced (its centroid moves to the mean of its new rows); each
+		 * new leaf takes the place in the tree of the leaf its cluster
+		 * started from.
+		 */
 		{
-			int from = -1;
+			int nin = 1 + nnb;
+			int kmax = 2 * nin;
+			float *xa = MemoryContextAllocHuge(cxt, sizeof(float) * dims * (Size) Max(total, 1));
+			int *row_of = palloc(sizeof(int) * Max(total, 1)); /* a vector's posting */
+			int *from = palloc(sizeof(int) * Max(total, 1));   /* its leaf: 0, or 1 + neighbour */
+			float *cent = palloc(sizeof(float) * dims * (Size) kmax);
+			int32 owner[2 * (1 + VIDX_SPLIT_NEIGHBOURS)]; /* the leaf a cluster replaces */
+			int32 *assign;
+			int64 *size;
+			int nall = 0;
+			int k;
+			int kwant;
+			const char *cur;
+			size_t cur_size;
+			int first = 0;
+			char *bufs[2] = {NULL, NULL}; /* the tree edits go back and forth */
+			size_t caps[2] = {0, 0};
+			int w = 0;
 
-			for (int j = 0; j < nnb && from < 0; j++)
-				if (i >= range[j] && i < range[j + 1])
-					from = j;
-			if (from >= 0 && dest[i] != 2 + from)
+			for (int i = 0; i < n; i++)
 			{
-				keep_nb[from] = false;
-				moved++;
+				memcpy(xa + (Size) nall * dims, x + (Size) i * dims, sizeof(float) * dims);
+				row_of[nall] = i;
+				from[nall++] = 0;
 			}
-			if (from < 0 && dest[i] >= 2)
+			for (int j = 0; j < nnb; j++)
 			{
-				keep_nb[dest[i] - 2] = false;
-				moved++;
+				for (int i = range[j]; i < range[j + 1]; i++)
+					if (vrow[i] >= 0)
+					{
+						memcpy(xa + (Size) nall * dims, xn + (Size) vrow[i] * dims,
+						       sizeof(float) * dims);
+						row_of[nall] = i;
+						from[nall++] = 1 + j;
+					}
 			}
-		}
-		for (int j = 0; j < nnb; j++)
-			if (!keep_nb[j])
+			pfree(x);
+			pfree(xn);
+			memcpy(cent, centroids, sizeof(float) * dims * (Size) (2 + nnb));
+			owner[0] = owner[1] = 0;
+			for (int j = 0; j < nnb; j++)
+				owner[2 + j] = 1 + j;
+			kwant =
+			    (int) ceil((double) nall * 100.0 /
+			               ((double) vidx_target_leaf_size(index, &meta) * VIDX_SPLIT_TARGET_PCT));
+			kwant = Max(Min(kwant, kmax), nin + 1);
+			assign = palloc(sizeof(int32) * Max(nall, 1));
+			size = palloc(sizeof(int64) * kmax);
+			k = recluster(xa, nall, dims, cent, owner, 2 + nnb, kwant, assign, size);
+
+			/*
+			 * A neighbour left with exactly its own rows, in one cluster,
+			 * keeps its chain, codes and centroid (the cluster's mean moved a
+			 * little, not its rows): fewer pages written and retired per
+			 * split. The others are replaced; their rows no one can see any
+			 * more are dropped.
+			 */
+			for (int j = 0; j < nnb; j++)
+				keep_nb[j] = true;
+			for (int c = 0; c < k; c++)
+				if (owner[c] > 0 && (size[c] == 0 || c >= 2 + nnb))
+					keep_nb[owner[c] - 1] = false; /* emptied or divided */
+			for (int a = 0; a < nall; a++)
 			{
-				retired[nretired++] = retired[1 + j];
-				dropped += nb_dropped[j]; /* (a kept chain keeps its unseen rows) */
-			}
-			else
-				UnlockReleaseBuffer(retired[1 + j].hbuf);
+				int o = owner[assign[a]];
 
-		/* the new chains (codes against their centroids), unreachable until published */
-		for (int d = 0; d < 2 + nnb; d++)
-		{
-			char **fresh;
-			int k = 0;
-
-			if (d >= 2 && keep_nb[d - 2])
-				continue;
-			fresh = palloc(sizeof(char *) * Max(total, 1));
-			for (int i = 0; i < total; i++)
-			{
-				bool own = d >= 2 && i >= range[d - 2] && i < range[d - 1];
-				const float *v;
-
-				if (dest[i] != d || (i >= n && !alive[i]))
-					continue;
-				if (own)
+				if (o != from[a])
 				{
-					fresh[k++] = postings[i]; /* (same centroid: the code stands) */
-					continue;
+					if (o > 0)
+						keep_nb[o - 1] = false;
+					if (from[a] > 0)
+						keep_nb[from[a] - 1] = false;
 				}
-				v = i < n ? x + (Size) i * dims : xn + (Size) vrow[i] * dims;
-				fresh[k++] = reencode(postings[i], v, centroids + (Size) d * dims, &meta);
 			}
-			nl[nnew].leaf_id = meta.next_leaf_id + nnew;
-			nl[nnew].head_block = write_chain(index, fresh, k, VidxMetaPostingSize(&meta), per_page,
-			                                  nl[nnew].leaf_id);
-			nl[nnew].centroid = centroids + (Size) d * dims;
-			nl[nnew].count = k;
-			replaces[nnew] = d < 2 ? head : nb_head[d - 2];
-			nnew++;
-			pfree(fresh);
-		}
-		INSTR_TIME_SET_CURRENT(t[3]);
-		vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_CHAINS);
+			for (int j = 0; j < nnb; j++)
+				if (keep_nb[j])
+					UnlockReleaseBuffer(retired[1 + j].hbuf);
+				else
+				{
+					dropped += nb_dropped[j]; /* (a kept chain keeps its unseen rows) */
+					retired[nretired++] = retired[1 + j];
+				}
 
-		/* the new tree: the leaf by its halves, each changed neighbour by its new chain */
-		blob_cap = next_cap = vidx_tree_replace_bound(cache->tree);
-		blob = MemoryContextAllocHuge(cxt, blob_cap);
-		next_blob = MemoryContextAllocHuge(cxt, next_cap);
-		vidx_core_check(vidx_tree_replace_leaf(cache->tree, cache->tree_size, leaf, nl, 2,
-		                                       tree_fanout(index), blob, blob_cap, &blob_size, err,
-		                                       sizeof(err)),
-		                "leaf split", err);
-		for (int k = 2; k < nnew; k++)
-		{
-			char *tmp;
-			size_t tmp_cap;
+			/* the new chains (codes against the new centroids), unreachable until published */
+			for (int o = 0; o < nin; o++)
+				for (int c = 0; c < k; c++)
+				{
+					char **fresh;
+					int kk = 0;
 
-			if (vidx_tree_replace_bound(blob) > next_cap)
+					if (owner[c] != o || size[c] == 0 || (o > 0 && keep_nb[o - 1]))
+						continue;
+					fresh = palloc(sizeof(char *) * size[c]);
+					for (int a = 0; a < nall; a++)
+						if (assign[a] == c)
+						{
+							fresh[kk++] = reencode(postings[row_of[a]], xa + (Size) a * dims,
+							                       cent + (Size) c * dims, &meta);
+							if (from[a] != o)
+								moved++;
+						}
+					nl[nnew].leaf_id = meta.next_leaf_id + nnew;
+					nl[nnew].head_block = write_chain(index, fresh, kk, VidxMetaPostingSize(&meta),
+					                                  per_page, nl[nnew].leaf_id);
+					nl[nnew].centroid = cent + (Size) c * dims;
+					nl[nnew].count = kk;
+					replaces[nnew] = o == 0 ? head : nb_head[o - 1];
+					nnew++;
+					for (int i = 0; i < kk; i++)
+						pfree(fresh[i]);
+					pfree(fresh);
+				}
+			INSTR_TIME_SET_CURRENT(t[3]);
+			vidx_debug_split_point(VIDX_DEBUG_CRASH_AFTER_CHAINS);
+
+			/* the new tree: each leaf in by its new leaves (0, 1 or 2) */
+			cur = cache->tree;
+			cur_size = cache->tree_size;
+			for (int o = 0; o < nin; o++)
 			{
-				next_cap = vidx_tree_replace_bound(blob);
-				next_blob = repalloc_huge(next_blob, next_cap);
+				BlockNumber ohead = o == 0 ? head : nb_head[o - 1];
+				int cnt = 0;
+				size_t need;
+
+				if (o > 0 && keep_nb[o - 1])
+					continue;
+				need = vidx_tree_replace_bound(cur);
+				while (first + cnt < nnew && replaces[first + cnt] == ohead)
+					cnt++;
+				if (need > caps[w])
+				{
+					bufs[w] = bufs[w] == NULL ? MemoryContextAllocHuge(cxt, need)
+					                          : repalloc_huge(bufs[w], need);
+					caps[w] = need;
+				}
+				vidx_core_check(vidx_tree_replace_leaf(cur, cur_size, leaf_of_head(cur, ohead),
+				                                       cnt > 0 ? &nl[first] : NULL, cnt,
+				                                       tree_fanout(index), bufs[w], caps[w],
+				                                       &blob_size, err, sizeof(err)),
+				                "leaf split", err);
+				first += cnt;
+				cur = bufs[w];
+				cur_size = blob_size;
+				w = 1 - w;
 			}
-			vidx_core_check(vidx_tree_replace_leaf(blob, blob_size, leaf_of_head(blob, replaces[k]),
-			                                       &nl[k], 1, tree_fanout(index), next_blob,
-			                                       next_cap, &blob_size, err, sizeof(err)),
-			                "leaf split", err);
-			tmp = blob;
-			blob = next_blob;
-			next_blob = tmp;
-			tmp_cap = blob_cap;
-			blob_cap = next_cap;
-			next_cap = tmp_cap;
+			blob = bufs[1 - w];
 		}
 		tree_start = write_tree(index, blob, blob_size, meta.tree_version + 1, &tree_pages);
 		INSTR_TIME_SET_CURRENT(t[4]);
@@ -1067,12 +1193,11 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		for (int i = 5; i > 0; i--)
 			INSTR_TIME_SUBTRACT(t[i], t[i - 1]);
 		elog(DEBUG1,
-		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) into leaves %u (%u) and %u "
-		     "(%u), %d rows moved between it and %d of %d neighbours; tree version %u, %u leaves; "
+		     "vidx: split leaf %u of \"%s\" (%d postings, %d dropped) with %d neighbours into %d "
+		     "leaves, %d rows moved; tree version %u, %u leaves; "
 		     "ms: leaf %.1f, neighbours %.1f, chains %.1f, tree %.1f (%u pages), publish %.1f",
-		     retired[0].leaf_id, RelationGetRelationName(index), n + dropped, dropped,
-		     nl[0].leaf_id, nl[0].count, nl[1].leaf_id, nl[1].count, moved, nretired - 1, nnb,
-		     meta.tree_version + 1, ((const VidxTreeHeader *) blob)->nleaves,
+		     retired[0].leaf_id, RelationGetRelationName(index), n + dropped, dropped, nnb, nnew,
+		     moved, meta.tree_version + 1, ((const VidxTreeHeader *) blob)->nleaves,
 		     INSTR_TIME_GET_MILLISEC(t[1]), INSTR_TIME_GET_MILLISEC(t[2]),
 		     INSTR_TIME_GET_MILLISEC(t[3]), INSTR_TIME_GET_MILLISEC(t[4]), tree_pages,
 		     INSTR_TIME_GET_MILLISEC(t[5]));
