@@ -15,15 +15,7 @@
 
 #include "internal.hpp"
 
-#ifdef VIDX_X86
-#include <immintrin.h>
-#endif
-
-/* GCC 12's AVX-512 headers trip false (maybe-)uninitialized warnings (_mm512_undefined). */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+#include "simd.hpp"
 
 namespace
 {
