@@ -354,7 +354,7 @@ append_calibration(StringInfo buf, const VidxMetaPageData *meta)
 	for (uint32 i = 0; i < Min(meta->calib_npoints, VIDX_CALIB_POINTS); i++)
 		appendStringInfo(buf, "%s%.4f", i ? ", " : "", meta->calib_recall[i]);
 	appendStringInfoString(buf, "], \"target_probes\": ");
-	if (vidx_target_recall > 0)
+	if (vidx_active_target_recall() > 0)
 		appendStringInfo(buf, "%.2f}", vidx_scan_probes(meta));
 	else
 		appendStringInfoString(buf, "null}");

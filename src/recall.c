@@ -377,7 +377,7 @@ vidx_recall(PG_FUNCTION_ARGS)
 		                 "\"vidx.iterative_scan\": \"%s\", \"vidx.scan_threads\": %d, "
 		                 "\"probes_used\": %.1f, \"queries_from\": \"%s\", \"rows\": " INT64_FORMAT
 		                 ", \"exact_distances\": " INT64_FORMAT "}",
-		                 vidx_probes, vidx_target_recall, vidx_rerank,
+		                 vidx_probes, vidx_active_target_recall(), vidx_rerank,
 		                 vidx_iterative_scan == VIDX_ITERATIVE_STRICT ? "strict_order"
 		                                                              : "relaxed_order",
 		                 vidx_scan_threads, (double) probes_sum / nq,

@@ -44,7 +44,17 @@ int vidx_probes = 10;
 int vidx_rerank = 0;
 int vidx_scan_threads = 1;
 int vidx_iterative_scan = VIDX_ITERATIVE_STRICT;
-double vidx_target_recall = 0;
+static double vidx_target_recall = VIDX_DEFAULT_TARGET_RECALL;
+
+/*
+ * Whether vidx.probes and vidx.target_recall were set (SET, ALTER ... SET,
+ * postgresql.conf, ...) rather than left at their built-in defaults: an
+ * explicit vidx.probes overrides the default target, not an explicit one.
+ * Kept in each value's GUC "extra", so RESET, SET LOCAL and rollbacks restore
+ * the flag with the value.
+ */
+static bool vidx_probes_explicit = false;
+static bool vidx_target_recall_explicit = false;
 
 static int vidx_max_scan_threads = 4;
 
@@ -53,6 +63,35 @@ static const struct config_enum_entry iterative_scan_options[] = {
     {"relaxed_order", VIDX_ITERATIVE_RELAXED, false},
     {NULL, 0, false},
 };
+
+/* A check hook's extra: whether the value comes from anywhere but the default. */
+static bool
+note_explicit(void **extra, GucSource source)
+{
+	bool *is_explicit = malloc(sizeof(bool)); /* GUC extras are malloc'd (guc.c frees them) */
+
+	if (is_explicit == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
+		return false;
+	}
+	*is_explicit = source > PGC_S_DEFAULT;
+	*extra = is_explicit;
+	return true;
+}
+
+static bool
+check_probes(int *newval, void **extra, GucSource source)
+{
+	return note_explicit(extra, source);
+}
+
+static void
+assign_probes(int newval, void *extra)
+{
+	vidx_probes_explicit = *(bool *) extra;
+}
 
 /* vidx.target_recall: 0 (off) or 0.5 to 0.999. */
 static bool
@@ -63,22 +102,44 @@ check_target_recall(double *newval, void **extra, GucSource source)
 		GUC_check_errdetail("vidx.target_recall must be 0 (off) or between 0.5 and 0.999.");
 		return false;
 	}
-	return true;
+	return note_explicit(extra, source);
+}
+
+static void
+assign_target_recall(double newval, void *extra)
+{
+	vidx_target_recall_explicit = *(bool *) extra;
+}
+
+/*
+ * The recall target scans aim for, 0 when vidx.probes decides: the default
+ * target gives way to a vidx.probes that was set, a target that was set does
+ * not.
+ */
+double
+vidx_active_target_recall(void)
+{
+	if (vidx_probes_explicit && !vidx_target_recall_explicit)
+		return 0;
+	return vidx_target_recall;
 }
 
 void
 vidx_scan_init(void)
 {
-	DefineCustomIntVariable("vidx.probes",
-	                        "Number of leaves a vidx scan reads before it returns rows",
-	                        "More probes: higher recall, slower queries.", &vidx_probes, 10, 1,
-	                        1000000, PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable(
+	    "vidx.probes", "Number of leaves a vidx scan reads before it returns rows",
+	    "More probes: higher recall, slower queries. Setting it overrides "
+	    "the default vidx.target_recall (not one that was set).",
+	    &vidx_probes, 10, 1, 1000000, PGC_USERSET, 0, check_probes, assign_probes, NULL);
 	DefineCustomRealVariable(
 	    "vidx.target_recall", "Recall@10 a vidx scan aims for (0 = off: vidx.probes decides)",
-	    "When set, a scan reads as many leaves as the index's calibration curve (measured at "
-	    "build time on its own rows, see vidx_stats and vidx_calibrate) says this recall "
-	    "needs, instead of vidx.probes.",
-	    &vidx_target_recall, 0, 0, 0.999, PGC_USERSET, 0, check_target_recall, NULL, NULL);
+	    "A scan reads as many leaves as the index's calibration curve (measured at build time "
+	    "on its own rows, see vidx_stats and vidx_calibrate) says this recall needs. The "
+	    "default gives way to vidx.probes when that is set; an index without a curve uses "
+	    "vidx.probes.",
+	    &vidx_target_recall, VIDX_DEFAULT_TARGET_RECALL, 0, 0.999, PGC_USERSET, 0,
+	    check_target_recall, assign_target_recall, NULL);
 	DefineCustomIntVariable(
 	    "vidx.rerank", "Re-scoring budget of a vidx scan, beyond the rows it returned (0 = none)",
 	    "Candidates are re-scored with their full vectors, lowest lower bound first; a row "
@@ -558,13 +619,14 @@ vidx_endscan(IndexScanDesc scan)
 		vidx_table_reader_end(so->table);
 	if (so->tree != NULL)
 		vidx_tree_unpin(so->tree);
-	elog(vidx_target_recall > 0 ? DEBUG1 : DEBUG2,
+	elog(vidx_active_target_recall() > 0 ? DEBUG1 : DEBUG2,
 	     "vidx scan of \"%s\": probes %d%s, %d rounds, %ld candidates, %ld re-scored, "
 	     "%ld returned, %ld out of order (%s)",
 	     RelationGetRelationName(scan->indexRelation), so->probes,
-	     vidx_target_recall > 0 ? (so->meta.calib_npoints > 0 ? " (vidx.target_recall)"
-	                                                          : " (not calibrated: vidx.probes)")
-	                            : "",
+	     vidx_active_target_recall() > 0
+	         ? (so->meta.calib_npoints > 0 ? " (vidx.target_recall)"
+	                                       : " (not calibrated: vidx.probes)")
+	         : "",
 	     so->rounds, (long) so->pool, (long) so->rescored, (long) so->returned,
 	     (long) so->out_of_order, so->strict ? "skipped" : "returned");
 	MemoryContextDelete(so->cxt);

@@ -198,12 +198,14 @@ typedef struct VidxOptions
 #define VIDX_ROTATION_SEED UINT64CONST(0x5eed0f5151dc0de)
 
 /* Settings: each module defines its own in its init function, which _PG_init calls. */
-extern int vidx_probes;           /* scan.c */
-extern int vidx_rerank;           /* scan.c */
-extern int vidx_scan_threads;     /* scan.c */
-extern int vidx_iterative_scan;   /* scan.c */
-extern int vidx_tree_cache_mb;    /* tree_cache.c */
-extern double vidx_target_recall; /* scan.c: 0 = off */
+extern int vidx_probes;         /* scan.c */
+extern int vidx_rerank;         /* scan.c */
+extern int vidx_scan_threads;   /* scan.c */
+extern int vidx_iterative_scan; /* scan.c */
+extern int vidx_tree_cache_mb;  /* tree_cache.c */
+/* The recall@10 scans aim for unless vidx.probes is set (scan.c, calibrate.c) */
+#define VIDX_DEFAULT_TARGET_RECALL 0.97
+extern double vidx_active_target_recall(void); /* scan.c: 0 = vidx.probes decides */
 
 /* vidx.iterative_scan */
 #define VIDX_ITERATIVE_STRICT 0
@@ -300,6 +302,14 @@ typedef struct VidxTreeCache
 	void *tree; /* blob, dims = index dims */
 	size_t tree_size;
 	void *rotation; /* vidx_rotation_* state for dims */
+	/*
+	 * The shared buffer each index block was last found in (InvalidBuffer:
+	 * not yet), for blocks below recent_nblocks: a scan re-pins a chain page
+	 * there with ReadRecentBuffer, which checks the buffer still holds the
+	 * block, instead of a buffer-table lookup (NULL for temporary indexes).
+	 */
+	Buffer *recent;
+	BlockNumber recent_nblocks;
 } VidxTreeCache;
 
 extern VidxTreeCache *vidx_get_tree(Relation index, VidxMetaPageData *meta);

@@ -39,10 +39,13 @@ push(double d, int64_t id, double *dist, int64_t *ids, int k)
 {
 	int j;
 
-	/* ties keep the earlier id: the result does not depend on batch boundaries */
-	if (!(d < dist[k - 1]))
+	/*
+	 * Ties go to the smaller id: the result depends neither on batch
+	 * boundaries nor on the order the vectors come in (storage order).
+	 */
+	if (!(d < dist[k - 1] || (d == dist[k - 1] && id < ids[k - 1])))
 		return;
-	for (j = k - 1; j > 0 && d < dist[j - 1]; j--)
+	for (j = k - 1; j > 0 && (d < dist[j - 1] || (d == dist[j - 1] && id < ids[j - 1])); j--)
 	{
 		dist[j] = dist[j - 1];
 		ids[j] = ids[j - 1];

@@ -118,7 +118,9 @@ SELECT ok((SELECT bool_and(p > 0) AND min(r) >= 0 AND max(r) = 1
 SELECT ok((SELECT bool_and(r >= prev) FROM (SELECT r::float8 AS r, lag(r::float8, 1, 0::float8) OVER (ORDER BY n) AS prev
            FROM jsonb_array_elements_text(vidx_stats('items_v')->'calibration'->'recall') WITH ORDINALITY AS x(r, n)) s
           ), 'the curve never decreases');
+SET vidx.target_recall = 0;
 SELECT is(vidx_stats('items_v')->'calibration'->'target_probes', 'null'::jsonb, 'target_probes null while vidx.target_recall is off');
+RESET vidx.target_recall;
 SELECT cmp_ok(vidx_calibrate('items_v'), '>', 1, 'vidx_calibrate measures it again');
 SELECT is((vidx_stats('items_v')->'calibration'->>'queries')::int, 200, '... with 200 queries (no time budget)');
 CREATE TABLE before AS SELECT vidx_stats('items_v')->'calibration' AS c;

@@ -103,4 +103,26 @@ TEST(Knn, FewerRowsThanK)
 	EXPECT_TRUE(std::isinf(r.dist[2]));
 }
 
+/* Equal distances go to the smaller id whatever order the rows come in (the
+ * calibration reads them in storage order, not id order). */
+TEST(Knn, TiesGoToTheSmallerIdInAnyOrder)
+{
+	/* rows 10..13 all at distance 1 from the query (0, 0); k = 2 */
+	std::vector<float> query = {0, 0};
+	std::vector<float> data = {0, 1, 1, 0, 0, -1, -1, 0};
+	std::vector<int64_t> order[] = {{10, 11, 12, 13}, {13, 12, 11, 10}, {12, 13, 10, 11}};
+	int64_t exclude = -1;
+
+	for (const auto &ids : order)
+	{
+		Knn r = fresh(1, 2);
+
+		for (int i = 0; i < 4; i++) /* one row per call: batches of one */
+			vidx_knn_update(VIDX_METRIC_L2, query.data(), 1, &exclude, data.data() + 2 * i, &ids[i],
+			                1, 2, 2, r.dist.data(), r.id.data(), 1);
+		EXPECT_EQ(10, r.id[0]);
+		EXPECT_EQ(11, r.id[1]);
+	}
+}
+
 } // namespace
