@@ -138,6 +138,12 @@ SELECT '{Infinity,2}'::real[] <-> '{1,2}'::real[];
 SELECT '{1,2}'::real[] <-> '{1,-Infinity}'::real[];
 SELECT '{1,2}'::real[] <#> '{1,-Infinity}'::float8[];
 SELECT '{1,2}'::real[] <=> ARRAY['Infinity'::numeric, 2.0];
+-- In the eight-lane pass (elements 1-16) and in its tail (17-19); -0 and the
+-- largest finite real are finite.
+SELECT array_fill(1, ARRAY[19])::real[] <-> (array_fill(1, ARRAY[5]) || 'NaN'::real || array_fill(1, ARRAY[13]))::real[];
+SELECT array_fill(1, ARRAY[19])::real[] <-> (array_fill(1, ARRAY[15]) || '-Infinity'::real || array_fill(1, ARRAY[3]))::real[];
+SELECT array_fill(1, ARRAY[19])::real[] <-> (array_fill(1, ARRAY[18]) || 'Infinity'::real)::real[];
+SELECT array_fill(0, ARRAY[19])::real[] <-> (array_fill('-0'::real, ARRAY[17]) || ARRAY['3.4028235e38', '-3.4028235e38']::real[]);
 
 -- Values out of the range of real.
 SELECT '{1,2}'::real[] <-> '{1,1e39}'::float8[];

@@ -84,12 +84,44 @@ id_sift_down(PoolEntry *h, int64 n, int64 i)
 	h[i] = x;
 }
 
-static int
-cmp_float(const void *a, const void *b)
+/*
+ * The k-th smallest of a[0 .. n-1] (quickselect, Hoare's partition; a is
+ * reordered): refill needs one order statistic of its sample, not the sample
+ * sorted (a qsort of it was 6% of a Fashion-MNIST query). A NaN compares
+ * false both ways, which only stops the scans earlier.
+ */
+static float
+select_kth(float *a, int n, int k)
 {
-	float x = *(const float *) a, y = *(const float *) b;
+	int lo = 0, hi = n - 1;
 
-	return (x > y) - (x < y);
+	while (lo < hi)
+	{
+		float pivot = a[lo + (hi - lo) / 2];
+		int i = lo, j = hi;
+
+		while (i <= j)
+		{
+			while (a[i] < pivot)
+				i++;
+			while (pivot < a[j])
+				j--;
+			if (i <= j)
+			{
+				float t = a[i];
+
+				a[i++] = a[j];
+				a[j--] = t;
+			}
+		}
+		if (k <= j)
+			hi = j;
+		else if (k >= i)
+			lo = i;
+		else
+			break; /* j < k < i: a[k] equals the pivot */
+	}
+	return a[k];
 }
 
 /*
@@ -117,9 +149,8 @@ refill(PoolHeap *h)
 
 		for (int i = 0; i < ns; i++)
 			sample[i] = back[(int64) i * nback / ns].key;
-		qsort(sample, ns, sizeof(float), cmp_float);
 		rank = (int) Min((double) ns - 1, (double) ns * VIDX_HEAP_FRONT / (double) nback);
-		h->cut = sample[rank];
+		h->cut = select_kth(sample, ns, rank);
 	}
 	for (int64 i = 0; i < nback; i++)
 	{
@@ -394,7 +425,7 @@ vidx_pool_next_to_rescore(IndexScanDesc scan)
 		 * hundreds, and a sidecar that does not fit shows within a few.
 		 */
 		if (!so->sidecar_io &&
-		    (so->residency_asked++ < VIDX_RESIDENCY_SAMPLE ||
+		    (so->residency_asked++ < VIDX_RESIDENCY_FIRST ||
 		     so->residency_asked % VIDX_RESIDENCY_SAMPLE == 0) &&
 		    !vidx_sidecar_resident(index, &so->meta, c->slot))
 		{

@@ -44,22 +44,38 @@ report_nonfinite(bool is_nan, int subscript, const char *what)
 }
 
 /*
- * Checks that n floats are finite. The common case is one branch-free pass the
- * compiler can vectorize; only on failure is the culprit located.
+ * Checks that n floats are finite. The common case is one branch-free pass:
+ * a float is finite when its bits without the sign are below the infinity's,
+ * so the largest of them, kept in eight independent lanes (-O2 does not
+ * vectorize a loop of unknown length; one lane was 6% of a query, run on
+ * each ORDER BY distance the executor computes), says it for all. Only on
+ * failure is the culprit located.
  */
 static void
 check_finite_float4(const float *v, int n, int lbound, const char *what)
 {
-	uint32 bad = 0;
-	int i;
+	uint32 lane[8] = {0};
+	uint32 bad;
+	int i = 0;
 
-	for (i = 0; i < n; i++)
+	for (; i + 8 <= n; i += 8)
+	{
+		uint32 bits[8];
+
+		memcpy(bits, &v[i], sizeof(bits));
+		for (int j = 0; j < 8; j++)
+			lane[j] = Max(lane[j], bits[j] & 0x7fffffffU);
+	}
+	for (; i < n; i++)
 	{
 		uint32 bits;
 
 		memcpy(&bits, &v[i], sizeof(bits));
-		bad |= ((bits & FLOAT4_EXP_MASK) == FLOAT4_EXP_MASK);
+		lane[0] = Max(lane[0], bits & 0x7fffffffU);
 	}
+	bad = 0;
+	for (int j = 0; j < 8; j++)
+		bad |= lane[j] >= FLOAT4_EXP_MASK;
 	if (likely(bad == 0))
 		return;
 
