@@ -29,6 +29,8 @@ vidx_tree_cache_init(void)
 }
 
 #define VIDX_TREE_CACHE_SLOTS 8
+/* Blocks whose recent buffer a cached version remembers (8 MB: an index of 16 GB). */
+#define VIDX_RECENT_MAX_BLOCKS (1 << 21)
 
 typedef struct TreeCacheSlot
 {
@@ -245,6 +247,16 @@ vidx_get_tree(Relation index, VidxMetaPageData *meta)
 
 	c->rotation = MemoryContextAlloc(slot->cxt, vidx_rotation_size(meta->dims));
 	vidx_rotation_init(c->rotation, meta->dims, meta->rotation_seed);
+
+	/* Blocks added later (inserts into this version) are read the usual way. */
+	c->recent = NULL;
+	c->recent_nblocks = 0;
+	if (!RelationUsesLocalBuffers(index))
+	{
+		c->recent_nblocks =
+		    Min(RelationGetNumberOfBlocks(index), (BlockNumber) VIDX_RECENT_MAX_BLOCKS);
+		c->recent = MemoryContextAllocZero(slot->cxt, sizeof(Buffer) * Max(c->recent_nblocks, 1));
+	}
 
 	slot->last_used = ++tree_clock;
 	slot->valid = true;

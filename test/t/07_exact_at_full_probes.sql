@@ -28,29 +28,9 @@ CREATE INDEX items_cos ON items USING vidx (v vidx_cosine_ops);
 SET vidx.probes = 1000000;
 SET vidx.rerank = 1000000;
 
--- Exact top-10 lists per query, and the index's, for one operator.
-CREATE FUNCTION mismatches(op text) RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE q record; a int[]; b int[]; bad bigint := 0;
-BEGIN
-  FOR q IN SELECT id, v FROM queries ORDER BY id LOOP
-    SET LOCAL enable_seqscan = on;
-    SET LOCAL enable_indexscan = off;
-    EXECUTE format('SELECT array_agg(id) FROM (SELECT id FROM items ORDER BY v %s $1, id LIMIT 10) s', op)
-      INTO b USING q.v;
-    SET LOCAL enable_seqscan = off;
-    SET LOCAL enable_indexscan = on;
-    EXECUTE format('SELECT array_agg(id) FROM (SELECT id FROM items ORDER BY v %s $1 LIMIT 10) s', op)
-      INTO a USING q.v;
-    IF a IS DISTINCT FROM b THEN
-      bad := bad + 1;
-    END IF;
-  END LOOP;
-  RETURN bad;
-END $$;
-
-SELECT is(mismatches('<->'), 0::bigint, 'L2: index top-10 equals exact top-10 for 30 queries');
-SELECT is(mismatches('<#>'), 0::bigint, 'inner product: index top-10 equals exact top-10 for 30 queries');
-SELECT is(mismatches('<=>'), 0::bigint, 'cosine: index top-10 equals exact top-10 for 30 queries');
+SELECT is(index_mismatches('items', '<->'), 0::bigint, 'L2: index top-10 equals exact top-10 for 30 queries');
+SELECT is(index_mismatches('items', '<#>'), 0::bigint, 'inner product: index top-10 equals exact top-10 for 30 queries');
+SELECT is(index_mismatches('items', '<=>'), 0::bigint, 'cosine: index top-10 equals exact top-10 for 30 queries');
 SELECT ok(vidx_verify('items_l2'), 'L2 index verifies');
 SELECT ok(vidx_verify('items_ip'), 'inner-product index verifies');
 SELECT ok(vidx_verify('items_cos'), 'cosine index verifies');
