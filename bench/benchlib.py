@@ -139,16 +139,46 @@ def dataset_dir(name):
     return os.path.join(DATA_DIR, name)
 
 
+def machine_line(m):
+    """The "Machine: ..." line of a results.md, from machine_info()."""
+    return (f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, {m['os']}; "
+            f"{m.get('postgres', '').split(' on ')[0]}; FAISS {m.get('faiss')}; commit {m['commit']}"
+            f"{' (+ uncommitted changes in the tree)' if m.get('tree_dirty') else ''}; {m['date_utc']}; "
+            f"load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}.")
+
+
 def load_dataset(name, mmap=True):
     """(base, queries, meta): base is a read-only memmap unless mmap=False."""
     d = dataset_dir(name)
-    base = np.load(os.path.join(d, "base.npy"), mmap_mode="r" if mmap else None)
     queries = np.load(os.path.join(d, "queries.npy"))
     meta = {}
     if os.path.exists(os.path.join(d, "meta.json")):
         with open(os.path.join(d, "meta.json")) as f:
             meta = json.load(f)
+    if meta.get("virtual"):
+        import datagen
+        base = datagen.VirtualBase(datagen.generator_of(meta), meta["rows"], meta["chunk"])
+    else:
+        base = np.load(os.path.join(d, "base.npy"), mmap_mode="r" if mmap else None)
     return base, queries, meta
+
+
+class RowSubset:
+    """Some rows of a base, fetched in one call (a VirtualBase generates each
+    chunk once per call, not once per query): indexing by row numbers among
+    them returns their vectors."""
+
+    def __init__(self, base, rows):
+        self.rows = np.unique(np.asarray(rows, dtype=np.int64).ravel())
+        self.vectors = base[self.rows]
+
+    def __getitem__(self, rows):
+        return self.vectors[np.searchsorted(self.rows, np.asarray(rows, dtype=np.int64))]
+
+
+def rows_of(base, rows):
+    """base itself when it is an array (memmap), else a RowSubset of rows."""
+    return base if isinstance(base, np.ndarray) else RowSubset(base, rows)
 
 
 def gt_paths(name, metric, k=100):
@@ -212,9 +242,10 @@ def compute_gt(base, queries, metric, k=100, block=200_000, slack=16, threads=No
                 f"({time.perf_counter() - t0:.0f} s)")
     ids = np.empty((len(Q), k), dtype=np.int64)
     dist = np.empty((len(Q), k), dtype=np.float64)
+    cand = rows_of(base, best_i)
     for qi in range(len(Q)):
         c = np.sort(best_i[qi])
-        ex = exact_distances(base[c], queries[qi], metric)
+        ex = exact_distances(cand[c], queries[qi], metric)
         order = np.lexsort((c, ex))[:k]
         ids[qi] = c[order]
         dist[qi] = ex[order]
@@ -598,14 +629,15 @@ def trivial_query(conn, queries, n=2000):
 
 
 def run_queries(conn, table, queries, metric, k, settings=None, exact=False, base=None,
-                gt_dist=None, ks=(1, 10), warmup=1, column="embedding", qtype=None):
+                gt_dist=None, ks=(1, 10), warmup=1, column="embedding", qtype=None,
+                latencies=False):
     """Queries one at a time through a prepared statement (binary real[] param).
 
     column/qtype: pgvector mode queries the vector column with the same
     binary real[] parameter cast to vector in SQL (qtype "vector"), so vidx
     and pgvector's indexes run on the same client path.
     Returns latency percentiles, QPS, recall@k for k in ks (<= LIMIT k) and the
-    rows returned.
+    rows returned (latencies=True: also each query's latency in ms, "latencies_ms").
     """
     op = OPERATOR[metric]
     with conn.cursor() as cur:
@@ -647,10 +679,13 @@ def run_queries(conn, table, queries, metric, k, settings=None, exact=False, bas
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "plan": plan,
     }
+    if latencies:
+        res["latencies_ms"] = (lat * 1e3).tolist()
     if base is not None and gt_dist is not None:
+        got = rows_of(base, [r for rr in rows for r in rr[:max(ks)]])
         for kk in ks:
             res[f"recall@{kk}"] = float(np.mean([
-                recall(rows[i], gt_dist[i], base, queries[i], metric, kk) for i in range(len(rows))]))
+                recall(rows[i], gt_dist[i], got, queries[i], metric, kk) for i in range(len(rows))]))
     return res, rows
 
 

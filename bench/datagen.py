@@ -11,6 +11,8 @@
       whole set in memory), with queries from the same distribution (a
       different seed stream, so never a base row) and exact top-100 for each
       metric. Seeded and reproducible: the same arguments give the same bytes.
+      --virtual writes no base.npy: the rows are generated again, chunk by
+      chunk, whenever they are read (the 10M x 384 set of bench/memcap.py).
 
 The generator: C = max(64, N/1000) cluster centres drawn once from a
 Gaussian with a decaying per-coordinate spectrum (sigma_j ~ (1+j)^-0.5 over a
@@ -100,6 +102,55 @@ class HardGenerator:
         return x
 
 
+class VirtualBase:
+    """The base rows of a generated set, generated on demand instead of read
+    from base.npy (--virtual: 10M x 384 is 15 GB that the table and the
+    sidecar already hold twice). Chunks are seeded, so a row is the same
+    bytes whenever it is generated. Supports len(), .shape, slices (chunk by
+    chunk, as the loader and the ground truth read) and integer arrays
+    (grouped by chunk: each chunk generated once per call)."""
+
+    def __init__(self, gen, rows, chunk):
+        self.gen, self.rows, self.chunk_rows = gen, rows, chunk
+        self.shape = (rows, gen.dim)
+        self.dtype = np.dtype(np.float32)
+        self._last = (None, None)  # the last chunk: the loader reads it in several slices
+
+    def __len__(self):
+        return self.rows
+
+    def _chunk(self, ci):
+        if self._last[0] != ci:
+            s = ci * self.chunk_rows
+            self._last = (ci, self.gen.chunk(1, ci, min(self.chunk_rows, self.rows - s)))
+        return self._last[1]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.rows)
+            if step != 1:
+                raise IndexError("VirtualBase: slices with a step")
+            parts = [self._chunk(ci)[max(start - ci * self.chunk_rows, 0):stop - ci * self.chunk_rows]
+                     for ci in range(start // self.chunk_rows, (stop - 1) // self.chunk_rows + 1)] if stop > start else []
+            return np.concatenate(parts) if parts else np.empty((0, self.gen.dim), np.float32)
+        idx = np.asarray(key, dtype=np.int64)
+        flat = idx.ravel()
+        out = np.empty((len(flat), self.gen.dim), dtype=np.float32)
+        ci_of = flat // self.chunk_rows
+        for ci in np.unique(ci_of):
+            sel = np.nonzero(ci_of == ci)[0]
+            out[sel] = self._chunk(int(ci))[flat[sel] - ci * self.chunk_rows]
+        return out.reshape(idx.shape + (self.gen.dim,))
+
+
+def generator_of(meta):
+    """The generator a data set's meta.json describes."""
+    if meta["name"].startswith("hard"):
+        return HardGenerator(meta["dim"], meta["rows"], meta["seed"], meta["spread"], meta["subspace"],
+                             meta["zipf"], meta["noise"])
+    return Generator(meta["dim"], meta["rows"], meta["seed"], meta["spread"])
+
+
 def cmd_gen(a):
     hard = getattr(a, "cmd", "gen") == "hard"
     name = a.name or ("hard" if hard else "clustered") + gen_name(a.dim, a.rows, a.seed)[len("clustered"):]
@@ -108,6 +159,8 @@ def cmd_gen(a):
     meta_path = os.path.join(d, "meta.json")
     meta = {"name": name, "dim": a.dim, "rows": a.rows, "queries": a.queries, "seed": a.seed,
             "spread": a.spread, "chunk": a.chunk}
+    if getattr(a, "virtual", False):
+        meta["virtual"] = True
     if hard:
         meta.update(generator="hard: Zipf-sized overlapping clusters in a subspace, plus "
                     "isotropic noise, unit-normalized (bench/datagen.py hard)",
@@ -124,6 +177,9 @@ def cmd_gen(a):
         done = all(old.get(k) == v for k, v in meta.items()) and old.get("complete")
     if done:
         bl.log(f"{name}: data already generated ({d})")
+    elif meta.get("virtual"):
+        t0 = time.perf_counter()
+        bl.log(f"{name}: virtual set, base rows generated on demand (no base.npy)")
     else:
         t0 = time.perf_counter()
         bl.log(f"{name}: generating {a.rows:,} x {a.dim} float32 "
@@ -140,6 +196,7 @@ def cmd_gen(a):
                 last = now
         base.flush()
         del base
+    if not done:
         q = g.chunk(2, 0, a.queries)
         np.save(os.path.join(d, "queries.npy"), q)
         meta["complete"] = True
@@ -208,6 +265,8 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=50_000, help="rows generated per chunk")
     p.add_argument("--metrics", default="l2,ip,cos")
     p.add_argument("--name", help="dataset name (default clustered_d<D>_n<N>_s<seed>)")
+    p.add_argument("--virtual", action="store_true",
+                   help="no base.npy: base rows are generated on demand (sets larger than the disk allows twice)")
     p.set_defaults(func=cmd_gen)
     p = sub.add_parser("hard", help="hard set (issue 13): Zipf-sized overlapping clusters in a "
                        "subspace plus noise, unit-normalized, + ground truth")
@@ -222,6 +281,8 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=50_000, help="rows generated per chunk")
     p.add_argument("--metrics", default="l2,ip,cos")
     p.add_argument("--name", help="dataset name (default hard_d<D>_n<N>_s<seed>)")
+    p.add_argument("--virtual", action="store_true",
+                   help="no base.npy: base rows are generated on demand (sets larger than the disk allows twice)")
     p.set_defaults(func=cmd_gen)
     p = sub.add_parser("export", help="small clustered set as TSV for the pgTAP tests")
     p.add_argument("--dim", type=int, required=True)

@@ -155,8 +155,11 @@ autovacuum = off
             self.pg("pg_ctl", "-D", self.pgdata, "-m", "fast", "-w", "-t", "600", "stop", check=False)
 
     def start(self, in_cgroup):
+        # the sizes of this run, not those the cluster was created with
+        opts = (f"-c shared_buffers={self.a.shared_buffers} -c effective_cache_size={self.a.shared_buffers} "
+                f"-c maintenance_work_mem={self.a.maintenance_work_mem}")
         cmd = (f"exec runuser -u postgres -- {self.bindir}/pg_ctl -D {self.pgdata} -l {self.log} "
-               f"-w -t 600 start")
+               f"-o '{opts}' -w -t 600 start")
         if in_cgroup:
             cmd = f"echo $$ > {CGROUP}/cgroup.procs && " + cmd
         subprocess.run(["sh", "-c", cmd], check=True, capture_output=True)
@@ -205,6 +208,35 @@ def proc_io(pid):
             if line.startswith("read_bytes:"):
                 return int(line.split()[1])
     return 0
+
+
+def memory_breakdown(conn, index, pid):
+    """Where the group's memory is, against the design's formula: the tree and
+    the codes (the index) resident in shared buffers, the sidecar cache in the
+    page cache, and the backend's working memory (private anonymous pages)."""
+    st = {}
+    for line in cg_read("memory.stat").splitlines():
+        k, v = line.split()
+        st[k] = int(v)
+    with conn.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+        cur.execute("SELECT pg_relation_size(%s), current_setting('shared_buffers'), "
+                    "count(*) FILTER (WHERE b.relfilenode = pg_relation_filenode(%s) "
+                    "AND b.reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())), "
+                    "count(*) FILTER (WHERE b.relfilenode IS NOT NULL) "
+                    "FROM pg_buffercache b", (index, index))
+        index_bytes, sb, index_buffers, used_buffers = cur.fetchone()
+    rss_anon = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                rss_anon = int(line.split()[1]) * 1024
+    return {"index_bytes": index_bytes, "shared_buffers": sb,
+            "index_in_shared_buffers": index_buffers * 8192, "shared_buffers_used": used_buffers * 8192,
+            "backend_rss_anon": rss_anon,
+            "group_usage": int(cg_read("memory.usage_in_bytes")),
+            "group_rss": st.get("total_rss", 0), "group_cache": st.get("total_cache", 0),
+            "group_shmem": st.get("total_shmem", 0), "group_mapped_file": st.get("total_mapped_file", 0)}
 
 
 def server_side(conn, table, queries, settings, k=10):
@@ -261,6 +293,11 @@ def run_setting(cl, table, index, base, Q, gt_d, settings, a, prewarm, warm_q, c
     r["read_kib_per_query"] = (io1 - io0) / len(Q[ns:]) / 1024
     r["sidecar_resident"] = resident(cl.sidecars())
     r["prewarmed_sidecar_bytes"] = warmed
+    r["memory"] = memory_breakdown(conn, index, pid)
+    if not settings:  # the probes the default target gives
+        with conn.cursor() as cur:
+            cur.execute("SELECT (vidx_stats(%s)->'calibration'->>'target_probes')::float8", (index,))
+            r["target_probes"] = cur.fetchone()[0]
     conn.close()
     return r
 
@@ -276,7 +313,8 @@ def main(argv=None):
     ap.add_argument("--no-uncapped", action="store_true")
     ap.add_argument("--shared-buffers", default="512MB")
     ap.add_argument("--maintenance-work-mem", default="256MB")
-    ap.add_argument("--probes-list", default="1,2,3,4,6")
+    ap.add_argument("--probes-list", default="1,2,3,4,6",
+                    help="vidx.probes values; 'defaults' runs with nothing set (the default target recall)")
     ap.add_argument("--rerank", default="", help="also these vidx.rerank values at the --probes-list")
     ap.add_argument("--warmup", type=int, default=500, help="base-row queries before each setting")
     ap.add_argument("--cold-queries", type=int, default=100)
@@ -299,8 +337,11 @@ def main(argv=None):
 
     name = datagen.gen_name(a.dim, a.rows, a.seed)
     # the set always has 1,000 queries (so runs with fewer share its files); --queries takes the first
+    # a set larger than 8 GiB is not written out: its rows are generated again
+    # whenever read (the table and the sidecar hold it twice already)
+    virtual = a.rows * a.dim * 4 > 8 << 30
     datagen.cmd_gen(argparse.Namespace(name=None, dim=a.dim, rows=a.rows, queries=max(1000, a.queries), seed=a.seed,
-                                       spread=0.7, chunk=50_000, metrics="l2"))
+                                       spread=0.7, chunk=50_000, metrics="l2", virtual=virtual))
     base, Q, meta = bl.load_dataset(name)
     _, gt_d = bl.ensure_gt(name, "l2")
     Q = Q[:a.queries]
@@ -313,7 +354,7 @@ def main(argv=None):
     cl = Cluster(a)
     cl.stop()
     cl.init(a.fresh)
-    table = "memcap_items" + ("_plain" if a.storage == "plain" else "")
+    table = f"memcap_d{a.dim}_n{a.rows}" + ("_plain" if a.storage == "plain" else "")
     index = table + "_vidx"
 
     # load once, uncapped (the load is not what is measured)
@@ -332,9 +373,11 @@ def main(argv=None):
     cl.stop()
 
     configs = ([] if a.no_uncapped else [0]) + [parse_size(c) for c in a.caps.split(",") if c]
-    probes = [int(p) for p in a.probes_list.split(",")]
-    settings_list = [{"vidx.probes": p} for p in probes]
-    settings_list += [{"vidx.probes": p, "vidx.rerank": r} for r in a.rerank.split(",") if r for p in probes]
+    # "defaults": nothing set (the default vidx.target_recall)
+    probes = [p if p == "defaults" else int(p) for p in a.probes_list.split(",")]
+    settings_list = [{} if p == "defaults" else {"vidx.probes": p} for p in probes]
+    settings_list += [{"vidx.probes": p, "vidx.rerank": r} for r in a.rerank.split(",") if r for p in probes
+                      if p != "defaults"]
     for cap in configs:
         label = "uncapped" if cap == 0 else f"cap {human(cap)}"
         bl.log(f"== {label}")
@@ -425,7 +468,8 @@ def write_md(out, res, a):
     L = [f"# vidx larger than memory: {a.rows:,} x {a.dim} (clustered, unit-normalized, L2)", "",
          f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM; {m.get('postgres', '')}; "
          f"commit {m['commit']}{' (dirty)' if m['tree_dirty'] else ''}; {m['date_utc']}.",
-         f"Server: shared_buffers {a.shared_buffers}, maintenance_work_mem {a.maintenance_work_mem}; vector column storage "
+         f"Server: shared_buffers {m.get('pg_settings', {}).get('shared_buffers', a.shared_buffers)}, "
+         f"maintenance_work_mem {a.maintenance_work_mem}; vector column storage "
          f"{a.storage.upper()} (table {human(res['table_bytes'])}); "
          f"the postmaster runs in a cgroup v1 memory group of the given size (page cache charged).",
          f"Command: `{res['command']}`", "",
@@ -446,10 +490,28 @@ def write_md(out, res, a):
           "|---|---|---|---|---|---|---|---|---|---|"]
     for c in res["configs"]:
         for r in c["steady"]:
-            st = ", ".join(f"{k.split('.')[1]} {v}" for k, v in r["settings"].items())
+            st = (", ".join(f"{k.split('.')[1]} {v}" for k, v in r["settings"].items())
+                  or f"defaults (probes {r.get('target_probes')})")
             L.append(f"| {c['label']} | {st} | {r['recall@10']:.3f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
                      f"{r['server_p50_ms']:.2f} / {r['server_p99_ms']:.2f} | {r['qps']:.0f} | "
                      f"{r['majfault_per_query']:.1f} | {r['read_kib_per_query']:.0f} | {r['shared_read_per_query']:.1f} |")
+    L += ["", "Memory after each setting's queries, against the formula (tree + codes: the index, resident in "
+          "shared buffers; the sidecar cache: page cache; working memory: the query backend's private pages). "
+          "The group's usage is its RSS (private pages of all its processes) plus its page cache, which "
+          "includes shared buffers (shmem).", "",
+          "| config | setting | index (tree + codes) | of it in shared buffers | shared buffers used / size "
+          "| sidecar in page cache | backend private | group usage = rss + cache (shmem) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for c in res["configs"]:
+        for r in c["steady"]:
+            mb = r.get("memory")
+            if not mb:
+                continue
+            st = ", ".join(f"{k.split('.')[1]} {v}" for k, v in r["settings"].items()) or "defaults"
+            L.append(f"| {c['label']} | {st} | {human(mb['index_bytes'])} | {human(mb['index_in_shared_buffers'])} | "
+                     f"{human(mb['shared_buffers_used'])} / {mb['shared_buffers']} | {human(r['sidecar_resident'])} | "
+                     f"{human(mb['backend_rss_anon'])} | {human(mb['group_usage'])} = {human(mb['group_rss'])} + "
+                     f"{human(mb['group_cache'])} ({human(mb['group_shmem'])}) |")
     L += ["", "| config | query peak usage | failcnt | OOM kills |", "|---|---|---|---|"]
     for c in res["configs"]:
         L.append(f"| {c['label']} | {human(c['query_peak_usage'])} | {c['query_failcnt']} | {c['oom_kill_total']} |")

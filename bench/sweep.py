@@ -46,6 +46,8 @@ target (the fewest; its QPS, run again side by side with the target), and what v
 query_vectors) estimates, with its interval. The build records how long the
 recall calibration took (vidx_stats: calibration.ms) against the build.
   ... --target-recall 0.9,0.95,0.99 --rerank 0 --probes 1,2,...,64 --no-faiss
+"defaults" among the targets runs the queries with nothing set: the default
+vidx.target_recall, compared with the fewest fixed probes reaching 0.95.
 
 Server-side mode (--server-side N, issue 13): each setting (vidx and, with
 --pgvector, pgvector's) is also timed inside the server, a plpgsql loop of
@@ -246,10 +248,7 @@ def write_outputs(out, res):
     m = res["machine"]
     ds = res["dataset"]
     L = [f"# vidx sweep: {ds.get('name')} ({ds.get('rows'):,} x {ds.get('dim')}, {res['metric']})", "",
-         f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, {m['os']}; "
-         f"{m.get('postgres', '').split(' on ')[0]}; FAISS {m.get('faiss')}; commit {m['commit']}"
-         f"{' (+ uncommitted changes in the tree)' if m.get('tree_dirty') else ''}; {m['date_utc']}; "
-         f"load average at start {', '.join(f'{x:.1f}' for x in m['loadavg_at_start'])}.",
+         bl.machine_line(m),
          f"Server settings: {', '.join(f'{k}={v}' for k, v in m.get('pg_settings', {}).items())}.",
          f"Queries: {res['queries']} (LIMIT 10; recall@100 from LIMIT 100 over the first "
          f"{res['k100_queries']}), one client, prepared statement, one at a time; embedding storage "
@@ -396,7 +395,9 @@ def main(argv=None):
     ap.add_argument("--ivf-probes", default="1,2,4,8,16,32")
     ap.add_argument("--pgv-maintenance-work-mem", default="4GB")
     ap.add_argument("--target-recall", default="",
-                    help="comma-separated vidx.target_recall values to run after the grid (e.g. 0.9,0.95,0.99)")
+                    help="comma-separated vidx.target_recall values to run after the grid (e.g. 0.9,0.95,0.99); "
+                         "'defaults' runs with nothing set (the best fixed setting is then the fewest probes "
+                         "reaching 0.95)")
     ap.add_argument("--server-side", type=int, default=0, metavar="N",
                     help="also time each setting inside the server: a plpgsql loop of the first N "
                          "queries through EXECUTE ... USING, median of 3 rounds (ms per query)")
@@ -477,11 +478,14 @@ def main(argv=None):
         with qconn.cursor() as cur:
             cur.execute("SELECT vidx_stats(%s)->'calibration'", (index,))
             build["calibration"] = cur.fetchone()[0]
-        for t in [float(x) for x in a.target_recall.split(",") if x.strip()]:
-            s = {"vidx.target_recall": t}
+        for tv in [x.strip() for x in a.target_recall.split(",") if x.strip()]:
+            # "defaults": nothing set (the default target, issue 13's goal of recall@10 >= 0.95)
+            t = "defaults" if tv == "defaults" else float(tv)
+            s = {} if t == "defaults" else {"vidx.target_recall": t}
+            goal = 0.95 if t == "defaults" else t
             r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
             fixed = [x for x in res["results"] if x["method"] == "vidx" and x["index_options"] == opts_label(opts)
-                     and x["rerank"] == 0 and x["recall@10"] >= t]
+                     and x["rerank"] == 0 and x["recall@10"] >= goal]
             # the fewest probes that reach the target: the grid's own QPS are too noisy to pick by
             best = min(fixed, key=lambda x: x["probes"]) if fixed else None
             # the machine is shared and noisy: the best fixed setting runs again right after,
@@ -496,7 +500,9 @@ def main(argv=None):
             # vidx_recall last: its sequential scans of the table can push the sidecar out of the
             # page cache, which would slow the runs after it
             with qconn.cursor() as cur:
-                cur.execute(f"SET vidx.target_recall = {t}")
+                cur.execute("RESET ALL")
+                for name, value in s.items():
+                    cur.execute(f"SET {name} = {value}")
                 cur.execute("SELECT (vidx_stats(%s)->'calibration'->>'target_probes')::float8", (index,))
                 used = cur.fetchone()[0]
                 cur.execute("SELECT recall, recall_low, recall_high, mean_ms, exact_ms, settings "
