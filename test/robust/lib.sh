@@ -197,6 +197,30 @@ wait_until() {
 	done
 }
 
+# vacuum_settled PORT TABLE INDEX: VACUUMs TABLE until one VACUUM merges no
+# leaves (at most 4 times), then prints the chains still awaiting freeing
+# ("still-merging" if all 4 merged). A chain is freed by a VACUUM once an xid
+# later than the split or merge that replaced it has completed: one is taken
+# before each VACUUM. The chains a VACUUM's own merges replace can only be
+# freed by a later VACUUM, so the count is read after one that merged nothing.
+# Autovacuum of TABLE is switched off first, so that no other VACUUM merges
+# in between.
+vacuum_settled() {
+	local port=$1 table=$2 index=$3 i m0 m1
+	q "$port" "ALTER TABLE $table SET (autovacuum_enabled = off)" || return 1
+	for i in 1 2 3 4; do
+		m0=$(q "$port" "SELECT (vidx_stats('$index')->>'merges')::int") || return 1
+		q "$port" "SELECT txid_current()" >/dev/null || return 1
+		q "$port" "VACUUM $table" || return 1
+		m1=$(q "$port" "SELECT (vidx_stats('$index')->>'merges')::int") || return 1
+		if [ "$m1" = "$m0" ]; then
+			q "$port" "SELECT vidx_stats('$index')->>'replaced_awaiting_free'"
+			return 0
+		fi
+	done
+	echo "still-merging"
+}
+
 # No backend died of a signal and no PANIC in a cluster's log.
 log_clean() {
 	local f
