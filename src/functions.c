@@ -57,8 +57,9 @@ typedef struct ChainStats
 {
 	int64 postings;
 	int64 pages;
-	int64 beyond;  /* postings whose sidecar slot is past the end of the file */
-	int64 no_slot; /* postings stored without a sidecar slot (VIDX_SLOT_NONE) */
+	int64 beyond;       /* postings whose sidecar slot is past the end of the file */
+	int64 no_slot;      /* postings stored without a sidecar slot (VIDX_SLOT_NONE) */
+	bool split_refused; /* the head is marked: a split could not part its rows */
 } ChainStats;
 
 /*
@@ -247,6 +248,7 @@ walk_chain(WalkState *ws, const VidxTreeNode *node, BlockNumber resume_from, Cha
 	check_special(ws, node, head, BufferGetPage(hbuf));
 	last = VidxPageGetOpaque(BufferGetPage(hbuf))->last;
 	hint = VidxPageGetOpaque(BufferGetPage(hbuf))->insert_hint;
+	cs->split_refused = VidxPageGetOpaque(BufferGetPage(hbuf))->split_refused != 0;
 
 	for (bool again = BlockNumberIsValid(resume_from); BlockNumberIsValid(blkno); again = false)
 	{
@@ -381,6 +383,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 	int64 max_leaf = 0;
 	int64 posting_pages = 0;
 	int64 empty_leaves = 0;
+	int64 unsplittable = 0;
 	int64 beyond = 0;
 	int64 no_slot = 0;
 	uint32 nnodes = 0;
@@ -405,7 +408,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 		for (uint32 i = 0; i < h->nnodes; i++)
 		{
 			const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
-			ChainStats cs = {0, 0, 0, 0};
+			ChainStats cs = {0, 0, 0, 0, false};
 
 			if (node->nchildren != 0)
 				continue;
@@ -416,6 +419,7 @@ vidx_stats(PG_FUNCTION_ARGS)
 			posting_pages += cs.pages;
 			if (cs.postings == 0)
 				empty_leaves++;
+			unsplittable += cs.split_refused;
 			if (min_leaf < 0 || cs.postings < min_leaf)
 				min_leaf = cs.postings;
 			max_leaf = Max(max_leaf, cs.postings);
@@ -459,6 +463,8 @@ vidx_stats(PG_FUNCTION_ARGS)
 		    sizes[Min((int64) nsizes * 90 / 100, nsizes - 1)]);
 	}
 	appendStringInfoChar(&buf, '}');
+	/* leaves whose split was refused: copies of one vector, see vidx_split_due */
+	appendStringInfo(&buf, ", \"unsplittable_leaves\": " INT64_FORMAT, unsplittable);
 	appendStringInfo(&buf, ", \"code_bytes\": %d, \"refine_bits\": %u, \"posting_bytes\": %zu",
 	                 vidx_code_words(meta.dims) * 8, meta.refine_bits, VidxMetaPostingSize(&meta));
 
@@ -640,7 +646,7 @@ check_unowned_page(WalkState *ws, BlockNumber blkno, const VidxTreeNode **leaves
 
 	if (opaque.page_id == VIDX_PAGE_ID && opaque.page_type == VIDX_PAGE_POSTING)
 	{
-		ChainStats cs = {0, 0, 0, 0};
+		ChainStats cs = {0, 0, 0, 0, false};
 
 		ends[opaque.leaf_id] = walk_chain(ws, leaves[opaque.leaf_id], ends[opaque.leaf_id], &cs);
 	}
@@ -821,7 +827,7 @@ vidx_verify(PG_FUNCTION_ARGS)
 	for (uint32 i = 0; i < h->nnodes; i++)
 	{
 		const VidxTreeNode *node = vidx_tree_node(cache->tree, i);
-		ChainStats cs = {0, 0, 0, 0};
+		ChainStats cs = {0, 0, 0, 0, false};
 
 		if (node->nchildren != 0)
 			continue;

@@ -88,11 +88,13 @@ take_slot(Relation index, int dims, VidxMetaPageData *meta_out)
 
 /*
  * Appends one posting to the chain of leaf_id that starts at head and returns
- * the chain's postings after it; -1 if a split replaced the chain since the
- * caller's tree version (the caller routes again in the current one).
+ * the chain's postings after it, and the head's split_refused mark; -1 if a
+ * split replaced the chain since the caller's tree version (the caller routes
+ * again in the current one).
  */
 static int64
-append_to_chain(Relation index, BlockNumber head, uint32 leaf_id, const VidxPosting *p, Size psize)
+append_to_chain(Relation index, BlockNumber head, uint32 leaf_id, const VidxPosting *p, Size psize,
+                uint16 *split_refused)
 {
 	int64 npostings;
 	Buffer hbuf = ReadBuffer(index, head);
@@ -141,6 +143,7 @@ append_to_chain(Relation index, BlockNumber head, uint32 leaf_id, const VidxPost
 	cpage = (cbuf == hbuf) ? hpage : GenericXLogRegisterBuffer(state, cbuf, 0);
 	hopaque = VidxPageGetOpaque(hpage);
 	npostings = ++hopaque->npostings;
+	*split_refused = hopaque->split_refused;
 
 	if (PageGetFreeSpace(cpage) >= MAXALIGN(psize))
 	{
@@ -201,6 +204,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 	const VidxTreeNode *node;
 	BlockNumber head;
 	int64 npostings;
+	uint16 split_refused = 0;
 	uint32 routed_version;
 
 	/* A NULL vector is simply not indexed. */
@@ -257,7 +261,7 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 		p->vhash = vidx_vector_hash(v, dims);
 
 		vidx_debug_split_point(VIDX_DEBUG_WAIT_AFTER_ROUTE);
-		npostings = append_to_chain(index, head, node->leaf_id, p, psize);
+		npostings = append_to_chain(index, head, node->leaf_id, p, psize, &split_refused);
 		if (npostings >= 0)
 			break;
 		/*
@@ -276,8 +280,11 @@ vidx_insert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid, R
 			                errhint("REINDEX INDEX %s;", RelationGetRelationName(index))));
 	}
 
-	/* The leaf passed twice its target size: split it (if no split or VACUUM runs). */
-	if (vidx_leaf_needs_split(index, &meta, (uint32) npostings))
+	/*
+	 * The leaf passed twice its target size: split it (if no split or VACUUM
+	 * runs), unless a split was refused at about this size (vidx_split_due).
+	 */
+	if (vidx_split_due(index, &meta, (uint32) npostings, split_refused))
 		vidx_maybe_split(index, heap, head);
 
 	MemoryContextSwitchTo(old);

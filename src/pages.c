@@ -81,7 +81,7 @@ vidx_init_page(Page page, uint16 page_type)
 	opaque->leaf_id = 0;
 	opaque->npostings = 0;
 	opaque->flags = 0;
-	opaque->reserved = 0;
+	opaque->split_refused = 0;
 	opaque->page_type = page_type;
 	opaque->page_id = VIDX_PAGE_ID;
 }

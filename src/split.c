@@ -63,6 +63,48 @@ vidx_leaf_needs_split(Relation index, const VidxMetaPageData *meta, uint32 npost
 	return meta->dims > 0 && (int64) npostings > 2 * vidx_target_leaf_size(index, meta);
 }
 
+/*
+ * A chain no split can bring under twice the target size: its rows are
+ * copies of one vector (or, under cosine, multiples of one), which k-means
+ * cannot part. Without a mark every insert into it would split it again, or
+ * try to: 20,000 copies of one vector made 19,872 splits and 8.4 GB of pages.
+ * The head's split_refused is then the bit length of the postings the chain
+ * held (1 + floor(log2 n)), and inserts try a split again only once it holds
+ * 2^split_refused postings, more than before and at most twice: a chain
+ * growing to N postings is tried O(log N) times.
+ */
+static uint16
+refusal_mark(int64 npostings)
+{
+	uint16 bits = 0;
+
+	for (uint64 n = (uint64) Max(npostings, 1); n > 0; n >>= 1)
+		bits++;
+	return bits;
+}
+
+bool
+vidx_split_due(Relation index, const VidxMetaPageData *meta, uint32 npostings, uint16 split_refused)
+{
+	if (!vidx_leaf_needs_split(index, meta, npostings))
+		return false;
+	return split_refused == 0 || split_refused >= 64 ||
+	       (uint64) npostings >= (UINT64CONST(1) << split_refused);
+}
+
+/*
+ * The mark a VACUUM leaves on a chain it brought down to npostings: none once
+ * the chain holds fewer postings than when it was marked (to within a factor
+ * of 2), since the rows that could not be parted may be gone.
+ */
+uint16
+vidx_split_refused_after_vacuum(uint16 split_refused, uint32 npostings)
+{
+	if (split_refused == 0 || split_refused >= 64)
+		return split_refused;
+	return (uint64) npostings < (UINT64CONST(1) << (split_refused - 1)) ? 0 : split_refused;
+}
+
 /* ---------- writing new chains and tree versions ---------- */
 
 /* Writes one page, whole, to WAL (it is new, or free and unreachable). */
@@ -82,7 +124,8 @@ log_full_page(Relation index, Buffer buf, Page image)
  * the other pages are written from the end, each linking to the one after.
  */
 static BlockNumber
-write_chain(Relation index, char *const *postings, int n, Size psize, int per_page, uint32 leaf_id)
+write_chain(Relation index, char *const *postings, int n, Size psize, int per_page, uint32 leaf_id,
+            uint16 split_refused)
 {
 	int npages = vidx_chain_pages(n, per_page);
 	Buffer hbuf = vidx_new_buffer(index);
@@ -112,6 +155,7 @@ write_chain(Relation index, char *const *postings, int n, Size psize, int per_pa
 			opaque->last = last;
 			opaque->insert_hint = last;
 			opaque->npostings = n;
+			opaque->split_refused = split_refused;
 		}
 		log_full_page(index, buf, image.data);
 		next = BufferGetBlockNumber(buf);
@@ -810,6 +854,42 @@ publish(Relation index, const VidxMetaPageData *meta, const char *blob, size_t b
 /* ---------- the split ---------- */
 
 /*
+ * Whether a split's re-clustering parts nothing: the leaf's rows (from 0) are
+ * all in one cluster, or no more clusters are non-empty than the nin leaves
+ * that went in.
+ */
+static bool
+split_refused(int nall, const int *from, const int32 *assign, int k, const int64 *size, int nin)
+{
+	int32 leaf_cluster = -1;
+	bool together = true;
+	int nonempty = 0;
+
+	for (int a = 0; a < nall && together; a++)
+		if (from[a] == 0)
+		{
+			if (leaf_cluster < 0)
+				leaf_cluster = assign[a];
+			else if (assign[a] != leaf_cluster)
+				together = false;
+		}
+	for (int c = 0; c < k; c++)
+		nonempty += size[c] > 0;
+	return together || nonempty <= nin;
+}
+
+/* Marks the head (held exclusively) of a chain whose split was refused. */
+static void
+mark_split_refused(Relation index, Buffer hbuf)
+{
+	GenericXLogState *state = GenericXLogStart(index);
+	VidxPageOpaque w = VidxPageGetOpaque(GenericXLogRegisterBuffer(state, hbuf, 0));
+
+	w->split_refused = refusal_mark(w->npostings);
+	GenericXLogFinish(state);
+}
+
+/*
  * Splits the leaf whose chain starts at head if it is still over the limit and
  * no other split or VACUUM runs. Called by an insert after it added to that
  * chain, holding no buffer lock.
@@ -856,7 +936,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 	hopaque = VidxPageGetOpaque(BufferGetPage(hbuf));
 	if (!vidx_page_is(BufferGetPage(hbuf), VIDX_PAGE_POSTING) || hopaque->head != head ||
 	    hopaque->leaf_id != node->leaf_id || (hopaque->flags & VIDX_CHAIN_REPLACED) ||
-	    !vidx_leaf_needs_split(index, &meta, hopaque->npostings))
+	    !vidx_split_due(index, &meta, hopaque->npostings, hopaque->split_refused))
 	{
 		UnlockReleaseBuffer(hbuf);
 		goto done;
@@ -978,9 +1058,13 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 				nbuf = ReadBuffer(index, bn->head_block);
 				LockBuffer(nbuf, BUFFER_LOCK_EXCLUSIVE);
 				no = VidxPageGetOpaque(BufferGetPage(nbuf));
+				/*
+				 * (A chain no split can part is left out: its rows would go
+				 * back to one cluster, and reading them costs the most.)
+				 */
 				if (!vidx_page_is(BufferGetPage(nbuf), VIDX_PAGE_POSTING) ||
 				    no->head != bn->head_block || no->leaf_id != bn->leaf_id ||
-				    (no->flags & VIDX_CHAIN_REPLACED))
+				    (no->flags & VIDX_CHAIN_REPLACED) || no->split_refused != 0)
 				{
 					UnlockReleaseBuffer(nbuf);
 					continue;
@@ -1081,6 +1165,25 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 			k = recluster(xa, nall, dims, cent, owner, 2 + nnb, kwant, assign, size);
 
 			/*
+			 * k-means kept the leaf's rows together, or the neighbourhood
+			 * would come out with no more leaves than it had: copies of one
+			 * vector (multiples of one, under cosine). Nothing is published;
+			 * the head is marked so that inserts try again only once the
+			 * chain has doubled.
+			 */
+			if (split_refused(nall, from, assign, k, size, nin))
+			{
+				for (int j = 0; j < nnb; j++)
+					UnlockReleaseBuffer(retired[1 + j].hbuf);
+				mark_split_refused(index, hbuf);
+				elog(DEBUG1,
+				     "vidx: split of leaf %u of \"%s\" (%d postings) refused: k-means does not "
+				     "part its rows",
+				     node->leaf_id, RelationGetRelationName(index), n + dropped);
+				goto refused;
+			}
+
+			/*
 			 * A neighbour left with exactly its own rows, in one cluster,
 			 * keeps its chain, codes and centroid (the cluster's mean moved a
 			 * little, not its rows): fewer pages written and retired per
@@ -1132,8 +1235,10 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 								moved++;
 						}
 					nl[nnew].leaf_id = meta.next_leaf_id + nnew;
-					nl[nnew].head_block = write_chain(index, fresh, kk, VidxMetaPostingSize(&meta),
-					                                  per_page, nl[nnew].leaf_id);
+					/* a cluster over the limit already: the rows k-means could not part */
+					nl[nnew].head_block = write_chain(
+					    index, fresh, kk, VidxMetaPostingSize(&meta), per_page, nl[nnew].leaf_id,
+					    vidx_leaf_needs_split(index, &meta, (uint32) kk) ? refusal_mark(kk) : 0);
 					nl[nnew].centroid = cent + (Size) c * dims;
 					nl[nnew].count = kk;
 					replaces[nnew] = o == 0 ? head : nb_head[o - 1];
@@ -1202,6 +1307,7 @@ vidx_maybe_split(Relation index, Relation heap, BlockNumber head)
 		     INSTR_TIME_GET_MILLISEC(t[3]), INSTR_TIME_GET_MILLISEC(t[4]), tree_pages,
 		     INSTR_TIME_GET_MILLISEC(t[5]));
 	}
+refused:
 	UnlockReleaseBuffer(hbuf);
 
 done:
@@ -1392,7 +1498,7 @@ merge_pairs(Relation index, Relation heap, VidxTreeCache *cache, const VidxMetaP
 			fresh[i] = reencode(postings[i], x + (Size) i * dims, centroid, meta);
 
 		nl.leaf_id = meta->next_leaf_id + merged;
-		nl.head_block = write_chain(index, fresh, kept, psize, per_page, nl.leaf_id);
+		nl.head_block = write_chain(index, fresh, kept, psize, per_page, nl.leaf_id, 0);
 		nl.centroid = centroid;
 		nl.count = kept;
 

@@ -56,6 +56,7 @@ update_head(Relation index, BlockNumber head, uint32 removed, BufferAccessStrate
 
 		w->insert_hint = head;
 		w->npostings -= Min(removed, w->npostings);
+		w->split_refused = vidx_split_refused_after_vacuum(w->split_refused, w->npostings);
 		GenericXLogFinish(state);
 	}
 	UnlockReleaseBuffer(buf);

@@ -45,7 +45,7 @@ typedef struct VidxPageOpaqueData
 	uint16 flags;            /* posting head page only: VIDX_CHAIN_* */
 	uint16 page_type;        /* VIDX_PAGE_* */
 	uint16 page_id;          /* VIDX_PAGE_ID, so tools can recognize vidx pages */
-	uint16 reserved;
+	uint16 split_refused;    /* posting head page only: 0, or see vidx_split_due (split.c) */
 } VidxPageOpaqueData;
 
 /* A split or merge replaced the chain: inserts route again; old scans may still read it. */
@@ -458,6 +458,9 @@ extern void vidx_scan_init(void);
 /* split.c */
 extern int64 vidx_target_leaf_size(Relation index, const VidxMetaPageData *meta);
 extern bool vidx_leaf_needs_split(Relation index, const VidxMetaPageData *meta, uint32 npostings);
+extern bool vidx_split_due(Relation index, const VidxMetaPageData *meta, uint32 npostings,
+                           uint16 split_refused);
+extern uint16 vidx_split_refused_after_vacuum(uint16 split_refused, uint32 npostings);
 extern void vidx_maybe_split(Relation index, Relation heap, BlockNumber head);
 extern int vidx_merge_small_leaves(Relation index, Relation heap);
 extern int vidx_recycle_graveyard(Relation index);

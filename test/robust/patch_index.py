@@ -32,10 +32,10 @@ FREE = 4                  # VIDX_PAGE_FREE
 PAGE_ID = 0xFF8A
 INVALID = 0xFFFFFFFF
 # VidxPageOpaqueData: next, head, last, insert_hint, leaf_id, npostings (uint32),
-# flags, page_type, page_id, reserved (uint16)
+# flags, page_type, page_id, split_refused (uint16)
 OPAQUE = struct.Struct("<6I4H")
 FIELDS = ("next", "head", "last", "insert_hint", "leaf_id", "npostings", "flags", "page_type",
-          "page_id", "reserved")
+          "page_id", "split_refused")
 
 # src/include/storage/checksum_impl.h (PostgreSQL 15)
 N_SUMS = 32

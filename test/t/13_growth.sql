@@ -7,7 +7,7 @@
 \set schema vidx_t13
 \ir ../pgtap_setup.sql
 
-SELECT plan(23);
+SELECT plan(25);
 
 -- 40 Gaussian clusters of 64 dimensions; rows are inserted in cluster-mixed order.
 SELECT setseed(0.1313);
@@ -77,6 +77,8 @@ SELECT cmp_ok((vidx_stats('empty_built_v')->>'leaves')::int, '>=', 70,
               'built empty, 20,000 rows inserted: at least 70 leaves (a build makes 141)');
 SELECT cmp_ok((vidx_stats('empty_built_v')->'leaf_size'->>'max')::int, '<=', 300,
               'no leaf holds more than about twice the target size');
+SELECT is((vidx_stats('empty_built_v')->>'unsplittable_leaves')::int, 0,
+          'no split refused (those are for copies of one vector: t/22)');
 SELECT ok((s->'leaf_size'->>'p10')::int <= (s->'leaf_size'->>'p50')::int
           AND (s->'leaf_size'->>'p50')::int <= (s->'leaf_size'->>'p90')::int
           AND (s->'leaf_size'->>'p50')::int BETWEEN (s->>'target_leaf_size')::int / 2
@@ -101,6 +103,7 @@ SELECT is((vidx_stats('grown10_v')->>'leaves')::int, 44, 'built on 2,000 rows: 4
 INSERT INTO grown10 SELECT * FROM source WHERE id > 2000;
 SELECT cmp_ok((vidx_stats('grown10_v')->>'leaves')::int, '>=', 70, '10x growth: at least 70 leaves');
 SELECT cmp_ok((vidx_stats('grown10_v')->>'splits')::int, '>', 0, 'leaves were split');
+SELECT is((vidx_stats('grown10_v')->>'unsplittable_leaves')::int, 0, '10x growth: no split refused');
 SELECT ok(vidx_verify('grown10_v'), 'vidx_verify after 10x growth');
 SELECT is(f.*, ROW(60000::bigint, 60000::bigint), '10x growth: every row found once at full probes')
   FROM full_scan_rows('grown10') f;
