@@ -39,3 +39,29 @@ BEGIN
 	END LOOP;
 	RETURN bad;
 END $$;
+
+-- Seeded Gaussian test data (the caller calls setseed first). The queries are
+-- built as text with the numbers in them, so each plans (and draws its
+-- random() values in the same order) as the SQL the files wrote out before.
+-- n centres c = 0 .. n-1 of dims coordinates, each scale x N(0, 1) (Box-Muller).
+CREATE FUNCTION gaussian_centres(n int, dims int, scale float8 DEFAULT 1)
+RETURNS TABLE (c int, v real[]) LANGUAGE plpgsql AS $$
+BEGIN
+	RETURN QUERY EXECUTE format(
+		'SELECT c, array_agg((%s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v '
+		'FROM generate_series(0, %s) c, generate_series(1, %s) j GROUP BY c', scale, n - 1, dims);
+END $$;
+
+-- Rows id = 1 .. n around the centres of the table centres (c, v): row i is
+-- centre (i x stride) mod (number of centres), plus noise x N(0, 1) in each
+-- coordinate.
+CREATE FUNCTION gaussian_rows(centres regclass, n int, stride int, noise float8 DEFAULT 1)
+RETURNS TABLE (id int, v real[]) LANGUAGE plpgsql AS $$
+DECLARE ncentres int; dims int;
+BEGIN
+	EXECUTE format('SELECT count(*), max(array_length(v, 1)) FROM %s', centres) INTO ncentres, dims;
+	RETURN QUERY EXECUTE format(
+		'SELECT i AS id, array_agg(c.v[j] + (%s * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v '
+		'FROM generate_series(1, %s) i JOIN %s c ON c.c = (i * %s) %% %s, generate_series(1, %s) j GROUP BY i',
+		noise, n, centres, stride, ncentres, dims);
+END $$;

@@ -9,17 +9,9 @@ SELECT plan(6);
 
 -- 64 centres (scale 2) plus unit Gaussian noise, seeded.
 SELECT setseed(0.1234);
-CREATE TABLE centres AS
-  SELECT c, array_agg((2 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(0, 63) c, generate_series(1, 128) j GROUP BY c;
-CREATE TABLE items AS
-  SELECT i AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 6000) i JOIN centres c ON c.c = i % 64, generate_series(1, 128) j
-  GROUP BY i;
-CREATE TABLE queries AS
-  SELECT q AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 30) q JOIN centres c ON c.c = (q * 7) % 64, generate_series(1, 128) j
-  GROUP BY q;
+CREATE TABLE centres AS SELECT * FROM gaussian_centres(64, 128, 2);
+CREATE TABLE items AS SELECT * FROM gaussian_rows('centres', 6000, 1);
+CREATE TABLE queries AS SELECT * FROM gaussian_rows('centres', 30, 7);
 
 CREATE INDEX items_l2 ON items USING vidx (v vidx_l2_ops);
 CREATE INDEX items_ip ON items USING vidx (v vidx_ip_ops);

@@ -14,18 +14,10 @@ SELECT plan(16);
 
 -- 40 Gaussian clusters of 64 dimensions, 20,000 rows, seeded.
 SELECT setseed(0.4242);
-CREATE TABLE centres AS
-  SELECT c, array_agg((1.5 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(0, 39) c, generate_series(1, 64) j GROUP BY c;
-CREATE TABLE items AS
-  SELECT i AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 20000) i JOIN centres c ON c.c = (i * 7) % 40, generate_series(1, 64) j
-  GROUP BY i;
+CREATE TABLE centres AS SELECT * FROM gaussian_centres(40, 64, 1.5);
+CREATE TABLE items AS SELECT * FROM gaussian_rows('centres', 20000, 7);
 ALTER TABLE items ADD PRIMARY KEY (id);
-CREATE TABLE queries AS
-  SELECT q AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 12) q JOIN centres c ON c.c = (q * 13) % 40, generate_series(1, 64) j
-  GROUP BY q;
+CREATE TABLE queries AS SELECT * FROM gaussian_rows('centres', 12, 13);
 ANALYZE items;
 
 CREATE INDEX items_l2 ON items USING vidx (v vidx_l2_ops);

@@ -9,15 +9,9 @@ SELECT plan(4);
 
 -- 100 Gaussian clusters of 128 dimensions with wide spread, 30,000 rows, seeded.
 SELECT setseed(0.77);
-CREATE TABLE centres AS
-  SELECT c, array_agg((sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(0, 99) c, generate_series(1, 128) j GROUP BY c;
-CREATE TABLE items AS
-  SELECT i AS id, array_agg(c.v[j] + (1.8 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 30000) i JOIN centres c ON c.c = (i * 7) % 100, generate_series(1, 128) j GROUP BY i;
-CREATE TABLE queries AS
-  SELECT q AS id, array_agg(c.v[j] + (1.8 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 100) q JOIN centres c ON c.c = (q * 13) % 100, generate_series(1, 128) j GROUP BY q;
+CREATE TABLE centres AS SELECT * FROM gaussian_centres(100, 128);
+CREATE TABLE items AS SELECT * FROM gaussian_rows('centres', 30000, 7, 1.8);
+CREATE TABLE queries AS SELECT * FROM gaussian_rows('centres', 100, 13, 1.8);
 CREATE INDEX ON items USING vidx (v vidx_cosine_ops);
 CREATE INDEX ON items USING vidx (v vidx_l2_ops);
 

@@ -11,17 +11,9 @@ SELECT plan(25);
 
 -- 40 Gaussian clusters of 64 dimensions; rows are inserted in cluster-mixed order.
 SELECT setseed(0.1313);
-CREATE TABLE centres WITH (autovacuum_enabled = off) AS
-  SELECT c, array_agg((2 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(0, 39) c, generate_series(1, 64) j GROUP BY c;
-CREATE TABLE source WITH (autovacuum_enabled = off) AS
-  SELECT i AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 20000) i JOIN centres c ON c.c = (i * 7) % 40, generate_series(1, 64) j
-  GROUP BY i;
-CREATE TABLE queries WITH (autovacuum_enabled = off) AS
-  SELECT q AS id, array_agg(c.v[j] + (sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 50) q JOIN centres c ON c.c = (q * 11) % 40, generate_series(1, 64) j
-  GROUP BY q;
+CREATE TABLE centres WITH (autovacuum_enabled = off) AS SELECT * FROM gaussian_centres(40, 64, 2);
+CREATE TABLE source WITH (autovacuum_enabled = off) AS SELECT * FROM gaussian_rows('centres', 20000, 7);
+CREATE TABLE queries WITH (autovacuum_enabled = off) AS SELECT * FROM gaussian_rows('centres', 50, 11);
 
 -- recall@10 of the table's index at the defaults, against an exact scan
 CREATE FUNCTION recall10(tbl text) RETURNS float8 LANGUAGE plpgsql AS $$

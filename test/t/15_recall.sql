@@ -9,15 +9,9 @@ SELECT * FROM no_plan();
 -- 40 overlapping Gaussian clusters of 12 dimensions, 10,000 rows, 50
 -- held-out queries; seeded, and no autovacuum (its merges would change the tree).
 SELECT setseed(0.15);
-CREATE TABLE centres AS
-  SELECT c, array_agg((sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(0, 39) c, generate_series(1, 12) j GROUP BY c;
-CREATE TABLE items WITH (autovacuum_enabled = false) AS
-  SELECT i AS id, array_agg(c.v[j] + (1.5 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 10000) i JOIN centres c ON c.c = (i * 7) % 40, generate_series(1, 12) j GROUP BY i;
-CREATE TABLE queries AS
-  SELECT q AS id, array_agg(c.v[j] + (1.5 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 50) q JOIN centres c ON c.c = (q * 13) % 40, generate_series(1, 12) j GROUP BY q;
+CREATE TABLE centres AS SELECT * FROM gaussian_centres(40, 12);
+CREATE TABLE items WITH (autovacuum_enabled = false) AS SELECT * FROM gaussian_rows('centres', 10000, 7, 1.5);
+CREATE TABLE queries AS SELECT * FROM gaussian_rows('centres', 50, 13, 1.5);
 ALTER TABLE items ADD PRIMARY KEY (id);
 CREATE INDEX items_v ON items USING vidx (v) WITH (lists = 100);
 

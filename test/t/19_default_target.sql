@@ -13,15 +13,9 @@ SELECT * FROM no_plan();
 -- leaves of about 30 (small leaves: a query's neighbours spread over many),
 -- 100 held-out queries; seeded, no autovacuum (its merges change the tree).
 SELECT setseed(0.19);
-CREATE TABLE centres AS
-  SELECT c, array_agg((sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(0, 39) c, generate_series(1, 16) j GROUP BY c;
-CREATE TABLE items WITH (autovacuum_enabled = false) AS
-  SELECT i AS id, array_agg(c.v[j] + (1.5 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 12000) i JOIN centres c ON c.c = (i * 7) % 40, generate_series(1, 16) j GROUP BY i;
-CREATE TABLE queries AS
-  SELECT q AS id, array_agg(c.v[j] + (1.5 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random()))::real ORDER BY j) AS v
-  FROM generate_series(1, 100) q JOIN centres c ON c.c = (q * 13) % 40, generate_series(1, 16) j GROUP BY q;
+CREATE TABLE centres AS SELECT * FROM gaussian_centres(40, 16);
+CREATE TABLE items WITH (autovacuum_enabled = false) AS SELECT * FROM gaussian_rows('centres', 12000, 7, 1.5);
+CREATE TABLE queries AS SELECT * FROM gaussian_rows('centres', 100, 13, 1.5);
 CREATE INDEX items_v ON items USING vidx (v) WITH (lists = 400);
 CREATE TABLE qarr AS SELECT array_agg(v ORDER BY id) AS a FROM queries;
 
