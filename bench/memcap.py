@@ -38,6 +38,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -93,7 +94,12 @@ def cg_stat():
 
 def cg_setup(limit):
     os.makedirs(CGROUP, exist_ok=True)
-    procs = cg_read("cgroup.procs").split()
+    # a stopped server's last processes may take a moment to leave the group
+    for _ in range(50):
+        procs = cg_read("cgroup.procs").split()
+        if not procs:
+            break
+        time.sleep(0.2)
     if procs:
         raise SystemExit(f"{CGROUP} still has processes {procs}: stop the server first")
     # the cap; -1 = unlimited. Lowering below current usage reclaims first.
