@@ -67,7 +67,7 @@ vidx_leaf_needs_split(Relation index, const VidxMetaPageData *meta, uint32 npost
  * A chain no split can bring under twice the target size: its rows are
  * copies of one vector (or, under cosine, multiples of one), which k-means
  * cannot part. Without a mark every insert into it would split it again, or
- * try to: 20,000 copies of one vector made 19,872 splits and 8.4 GB of pages.
+ * try to: 5,000 copies of one vector made 4,872 splits and 70,361 pages.
  * The head's split_refused is then the bit length of the postings the chain
  * held (1 + floor(log2 n)), and inserts try a split again only once it holds
  * 2^split_refused postings, more than before and at most twice: a chain
