@@ -179,7 +179,8 @@ extern "C"
 
 	/*
 	 * Estimated score of each posting (lower is better) and a lower bound of the
-	 * true score that holds with high probability (RaBitQ error bound, eps0 = 3).
+	 * true score that holds with high probability (3 standard deviations of the
+	 * estimate's error: RaBitQ's term and the query's rounding, in quadrature).
 	 * Score: L2 and COSINE -> squared L2 distance in the (normalized, rotated)
 	 * space; IP -> negative inner product.
 	 */
