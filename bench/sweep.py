@@ -83,6 +83,11 @@ def parse_opts(s):
     return out
 
 
+def warmup_of(a, Q):
+    """Untimed queries before a setting's timed pass: all of them with --warm-pass, else one."""
+    return len(Q) if a.warm_pass else 1
+
+
 def opts_label(o):
     return ",".join(f"{k}={v}" for k, v in o.items()) or "defaults"
 
@@ -203,7 +208,7 @@ def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
         qconn = bl.connect(a.dsn)
         for s in settings_list:
             r, _ = bl.run_queries(qconn, ptable, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
-                                  column="vec", qtype=vt)
+                                  column="vec", qtype=vt, warmup=warmup_of(a, Q))
             if f"Index Scan using {index}" not in r["plan"]:
                 bl.log(f"  WARNING: plan without the index: {r['plan']}")
             r100, _ = bl.run_queries(qconn, ptable, Q[:nq100], a.metric, 100, s, base=base,
@@ -255,7 +260,9 @@ def write_outputs(out, res):
          f"{res.get('storage', 'EXTERNAL')}; query vectors sent as "
          f"{'a Python float list (float8[])' if res.get('trivial_query', {}).get('client') == 'list' else 'binary real[] from numpy'}"
          + (f"; on this path a trivial query carrying the vector runs at {res['trivial_query']['qps']:.0f} QPS "
-            f"(p50 {res['trivial_query']['p50_ms']:.3f} ms)" if res.get("trivial_query") else "") + ".",
+            f"(p50 {res['trivial_query']['p50_ms']:.3f} ms)" if res.get("trivial_query") else "")
+         + ("; each setting's queries ran once, untimed, before its timed pass (--warm-pass)"
+            if "--warm-pass" in res.get("argv", []) else "") + ".",
          "Command: `/usr/bin/python3 bench/sweep.py " + " ".join(res.get("argv", [])) + "`", ""]
     for b in res["builds"]:
         if b.get("method", "vidx") != "vidx" and b["method"] != "vidx-vector":
@@ -401,6 +408,10 @@ def main(argv=None):
     ap.add_argument("--server-side", type=int, default=0, metavar="N",
                     help="also time each setting inside the server: a plpgsql loop of the first N "
                          "queries through EXECUTE ... USING, median of 3 rounds (ms per query)")
+    ap.add_argument("--warm-pass", action="store_true",
+                    help="run every query of a setting once, untimed, before its timed pass (steady "
+                         "state of a long-lived connection: a session's first read of each sidecar "
+                         "page is a page fault; without it, one warm-up query)")
     ap.add_argument("--replot", action="store_true", help="only redraw outputs from results.json")
     bl.add_client_arg(ap)
     ap.add_argument("--storage", default="EXTERNAL",
@@ -457,7 +468,8 @@ def main(argv=None):
         for rr in reranks:
             for p in probes:
                 s = {"vidx.probes": p, "vidx.rerank": rr}
-                r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
+                r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
+                                      warmup=warmup_of(a, Q))
                 if "Index Scan" not in r["plan"]:
                     bl.log(f"  WARNING: plan without the index: {r['plan']}")
                 r100, _ = bl.run_queries(qconn, table, Q[:nq100], a.metric, 100, s, base=base,
@@ -483,7 +495,8 @@ def main(argv=None):
             t = "defaults" if tv == "defaults" else float(tv)
             s = {} if t == "defaults" else {"vidx.target_recall": t}
             goal = 0.95 if t == "defaults" else t
-            r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
+            r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
+                                  warmup=warmup_of(a, Q))
             fixed = [x for x in res["results"] if x["method"] == "vidx" and x["index_options"] == opts_label(opts)
                      and x["rerank"] == 0 and x["recall@10"] >= goal]
             # the fewest probes that reach the target: the grid's own QPS are too noisy to pick by
@@ -493,8 +506,9 @@ def main(argv=None):
             paired = None
             if best is not None:
                 rb, _ = bl.run_queries(qconn, table, Q, a.metric, 10, {"vidx.probes": best["probes"]},
-                                       base=base, gt_dist=gt_d)
-                rt, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d)
+                                       base=base, gt_dist=gt_d, warmup=warmup_of(a, Q))
+                rt, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
+                                       warmup=warmup_of(a, Q))
                 paired = {"fixed_qps": rb["qps"], "target_qps": (r["qps"] + rt["qps"]) / 2,
                           "ratio": (r["qps"] + rt["qps"]) / 2 / rb["qps"]}
             # vidx_recall last: its sequential scans of the table can push the sidecar out of the
