@@ -764,6 +764,35 @@ struct PrepStats
 };
 
 /*
+ * The four bit planes of 64 4-bit values: bit j of planes[k] is bit k of
+ * qq[j]. Eight values at a time: with byte i of x holding one bit of qq[i]
+ * (in its lowest bit), the product below gathers those eight bits into its
+ * top byte, bit i from byte i (each partial product lands on its own bit,
+ * so nothing carries into it).
+ */
+inline void
+bit_planes(const uint8_t qq[64], uint64_t planes[4])
+{
+	for (int k = 0; k < 4; k++)
+		planes[k] = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	for (int g = 0; g < 8; g++)
+	{
+		uint64_t x;
+
+		std::memcpy(&x, qq + 8 * g, 8);
+		for (int k = 0; k < 4; k++)
+			planes[k] |= ((((x >> k) & 0x0101010101010101ULL) * 0x0102040810204080ULL) >> 56)
+			             << (8 * g);
+	}
+#else
+	for (int j = 0; j < 64; j++)
+		for (int k = 0; k < 4; k++)
+			planes[k] |= (uint64_t) ((qq[j] >> k) & 1) << j;
+#endif
+}
+
+/*
  * The 4-bit quantization (round to nearest) of qr = q - cw * c (cw 1 or 0)
  * over its range [lo, hi] into bit planes. In float, unless the step is extreme:
  * then in double (in float 1/delta overflows for a range below 1e-38 and the
@@ -828,22 +857,14 @@ prep_quantize(const float *q, const float *c, float cw, float lo, float hi, int 
 			}
 		for (int j = cnt; j < 64; j++)
 			qq[j] = 0; /* padding bits stay zero */
-		uint64_t b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+		uint64_t b[4];
 
-		for (int j = 0; j < 64; j++)
+		bit_planes(qq, b);
+		for (int k = 0; k < 4; k++)
 		{
-			uint64_t v = qq[j];
-
-			b0 |= (v & 1) << j;
-			b1 |= ((v >> 1) & 1) << j;
-			b2 |= ((v >> 2) & 1) << j;
-			b3 |= ((v >> 3) & 1) << j;
-			sum_qq += (int64_t) v;
+			planes[k * words + w] = b[k];
+			sum_qq += (int64_t) __builtin_popcountll(b[k]) << k;
 		}
-		planes[w] = b0;
-		planes[words + w] = b1;
-		planes[2 * words + w] = b2;
-		planes[3 * words + w] = b3;
 	}
 	for (int j = 0; j < 64; j++)
 		st.qerr_sq += (double) e2f[j] + e2[j];
