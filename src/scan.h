@@ -17,16 +17,7 @@
 #include "access/relscan.h"
 
 /* A posting seen by the scan, kept after its page lock is released. */
-typedef struct Candidate
-{
-	float est;   /* estimated score */
-	float lower; /* lower bound of its score */
-	uint32 heap_block;
-	uint16 heap_offset;
-	bool rescored;
-	uint32 slot;  /* sidecar slot */
-	uint32 vhash; /* hash of the full vector */
-} Candidate;
+typedef VidxCandidate Candidate;
 
 /*
  * An entry of the pool's heaps: a candidate and its key (lower bound or

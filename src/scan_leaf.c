@@ -32,10 +32,8 @@ typedef struct PageGroup
 	int npages;
 	int ntasks;
 	int nptrs;
-	/* VIDX_GROUP_PAGES * MaxIndexTuplesPerPage each, allocated once per backend */
+	/* VIDX_GROUP_PAGES * MaxIndexTuplesPerPage, allocated once per backend */
 	const VidxPosting **ptrs;
-	float *est;
-	float *lower;
 } PageGroup;
 
 static PageGroup group;
@@ -122,11 +120,11 @@ note_upper(VidxScanOpaque so, float upper)
 }
 
 /*
- * Refines the group's postings that can still matter (lower bound below the
+ * Refines the group's candidates that can still matter (lower bound below the
  * cut), while their pages are locked: the refinement codes live there.
  */
 static void
-refine_group(VidxScanOpaque so, const void *prep)
+refine_group(VidxScanOpaque so, const void *prep, Candidate *cands)
 {
 	float cut;
 
@@ -139,48 +137,46 @@ refine_group(VidxScanOpaque so, const void *prep)
 	cut = so->nuppers < so->uppers_cap ? get_float4_infinity() : so->uppers[0];
 	for (int i = 0; i < group.nptrs; i++)
 	{
-		float est = group.est[i];
-		float lower = group.lower[i];
+		Candidate *c = &cands[i];
 
-		if (lower <= cut)
-		{
-			vidx_rabitq_refine(prep, group.ptrs[i], &est, &lower);
-			group.est[i] = est;
-			group.lower[i] = lower;
-		}
+		if (c->lower <= cut)
+			vidx_rabitq_refine(prep, group.ptrs[i], &c->est, &c->lower);
 		/* the bounds are about symmetric around the estimate */
-		cut = note_upper(so, 2 * est - lower);
+		cut = note_upper(so, 2 * c->est - c->lower);
 	}
 }
 
+/* Makes the group's postings candidates (estimated, unless the scan has no estimates), releases it.
+ */
 static void
 flush_group(VidxScanOpaque so, const void *prep)
 {
-	bool estimated = !so->null_query && !so->exact_mode;
+	Candidate *cands;
 
-	if (group.nptrs > 0 && estimated)
+	vidx_pool_reserve(so, group.nptrs);
+	cands = &so->cands[so->ncands];
+	if (so->null_query || so->exact_mode)
 	{
+		/* No bound: none is returned before all are scored. */
+		for (int i = 0; i < group.nptrs; i++)
+			vidx_candidate_set(&cands[i], group.ptrs[i], 0, -get_float4_infinity());
+	}
+	else if (group.nptrs > 0)
+	{
+		Candidate *out = cands;
+
+		for (int t = 0; t < group.ntasks; t++)
+		{
+			group.tasks[t].out = out;
+			out += group.tasks[t].n;
+		}
 		vidx_rabitq_estimate_tasks(
 		    group.tasks, group.ntasks,
 		    group.nptrs >= VIDX_PARALLEL_MIN_POSTINGS ? vidx_scan_thread_count() : 1);
 		if (so->meta.refine_bits > 0)
-			refine_group(so, prep);
+			refine_group(so, prep, cands);
 	}
-	vidx_pool_reserve(so, group.nptrs);
-	for (int i = 0; i < group.nptrs; i++)
-	{
-		Candidate *c = &so->cands[so->ncands++];
-		const VidxPosting *p = group.ptrs[i];
-
-		/* Unestimated candidates: no bound, so none is returned before all are scored. */
-		c->lower = estimated ? group.lower[i] : -get_float4_infinity();
-		c->est = estimated ? group.est[i] : 0;
-		c->heap_block = p->heap_block;
-		c->heap_offset = p->heap_offset;
-		c->rescored = false;
-		c->slot = p->slot;
-		c->vhash = p->vhash;
-	}
+	so->ncands += group.nptrs;
 	for (int i = 0; i < group.npages; i++)
 		UnlockReleaseBuffer(group.bufs[i]);
 	group.npages = group.ntasks = group.nptrs = 0;
@@ -199,8 +195,6 @@ vidx_scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
 		Size n = (Size) VIDX_GROUP_PAGES * MaxIndexTuplesPerPage;
 
 		group.ptrs = MemoryContextAlloc(TopMemoryContext, sizeof(VidxPosting *) * n);
-		group.est = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
-		group.lower = MemoryContextAlloc(TopMemoryContext, sizeof(float) * n);
 	}
 	/* A scan that failed inside a group left it set; the abort released its buffers. */
 	group.npages = group.ntasks = group.nptrs = 0;
@@ -236,8 +230,7 @@ vidx_scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep)
 			t->prep = prep;
 			t->postings = &group.ptrs[first];
 			t->n = group.nptrs - first;
-			t->est = &group.est[first];
-			t->lower = &group.lower[first];
+			t->out = NULL; /* set by flush_group */
 		}
 		blkno = opaque->next;
 		if (group.npages == VIDX_GROUP_PAGES || !BlockNumberIsValid(blkno))

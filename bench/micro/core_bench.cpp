@@ -157,17 +157,17 @@ BM_estimate_tasks(benchmark::State &st)
 		ptrs[i] = p;
 	}
 	std::vector<char> prep(vidx_query_prep_size(d));
-	std::vector<float> est(total), lower(total);
+	std::vector<VidxCandidate> cands(total);
 	std::vector<VidxEstimateTask> tasks(ntasks);
 
 	vidx_query_prep_refined(prep.data(), VIDX_METRIC_L2, q.data(), c.data(), d, 0);
 	for (int t = 0; t < ntasks; t++)
 		tasks[t] = VidxEstimateTask{prep.data(), ptrs.data() + (size_t) t * n, n,
-		                            est.data() + (size_t) t * n, lower.data() + (size_t) t * n};
+		                            cands.data() + (size_t) t * n};
 	for (auto _ : st)
 	{
 		vidx_rabitq_estimate_tasks(tasks.data(), ntasks, threads);
-		benchmark::DoNotOptimize(est.data());
+		benchmark::DoNotOptimize(cands.data());
 	}
 	st.SetItemsProcessed((int64_t) st.iterations() * total); /* codes/s */
 }

@@ -1116,8 +1116,19 @@ vidx_rabitq_estimate_tasks(const VidxEstimateTask *tasks, int ntasks, int thread
 {
 	auto estimate = [&](int64_t i, int) noexcept
 	{
-		vidx_rabitq_estimate(tasks[i].prep, tasks[i].postings, tasks[i].n, tasks[i].est,
-		                     tasks[i].lower);
+		/* In blocks, so that a block's headers are still in cache when copied. */
+		constexpr int BLOCK = 64;
+		const VidxEstimateTask &t = tasks[i];
+		float est[BLOCK], lower[BLOCK];
+
+		for (int b = 0; b < t.n; b += BLOCK)
+		{
+			int m = std::min(BLOCK, t.n - b);
+
+			vidx_rabitq_estimate(t.prep, t.postings + b, m, est, lower);
+			for (int j = 0; j < m; j++)
+				vidx_candidate_set(t.out + b + j, t.postings[b + j], est[j], lower[j]);
+		}
 	};
 
 	vidx::parallel_for(threads, ntasks, 1, estimate);

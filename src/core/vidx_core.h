@@ -196,14 +196,47 @@ extern "C"
 	void vidx_rabitq_refine(const void *prep, const VidxPosting *posting, float *est,
 	                        float *lower) VIDX_NOEXCEPT;
 
-	/* One call of vidx_rabitq_estimate: a run of postings that share a query preparation. */
+	/*
+	 * A posting as a scan's candidate: its estimate and lower bound, and what
+	 * re-scoring it needs from its header (heap TID, sidecar slot, hash).
+	 */
+	typedef struct VidxCandidate
+	{
+		float est;   /* estimated score */
+		float lower; /* lower bound of its score */
+		uint32_t heap_block;
+		uint16_t heap_offset;
+		uint8_t rescored; /* the scan's: 0 when made */
+		uint8_t reserved;
+		uint32_t slot;  /* sidecar slot */
+		uint32_t vhash; /* hash of the full vector */
+	} VidxCandidate;
+
+	static inline void vidx_candidate_set(VidxCandidate *c, const VidxPosting *p, float est,
+	                                      float lower) VIDX_NOEXCEPT
+	{
+		c->est = est;
+		c->lower = lower;
+		c->heap_block = p->heap_block;
+		c->heap_offset = p->heap_offset;
+		c->rescored = 0;
+		c->reserved = 0;
+		c->slot = p->slot;
+		c->vhash = p->vhash;
+	}
+
+	/*
+	 * One run of postings that share a query preparation, estimated into
+	 * out[0 .. n-1] (vidx_candidate_set with vidx_rabitq_estimate's est and
+	 * lower): whichever thread estimates a posting copies its header while
+	 * it is in that thread's cache.
+	 */
 	typedef struct VidxEstimateTask
 	{
 		const void *prep;
 		const VidxPosting *const *postings;
 		int n;
-		float *est;
-		float *lower;
+		VidxCandidate *out;
 	} VidxEstimateTask;
 
 	/*

@@ -145,12 +145,30 @@ run_all(int threads)
 	vidx_query_prep_refined(prep.data(), VIDX_METRIC_L2, o.rotated.data(), o.balanced.data(), d, 0);
 	for (int64_t i = 0; i < n; i++)
 		ptrs[i] = reinterpret_cast<const VidxPosting *>(o.postings.data() + ps * i);
-	o.est.resize(n);
-	o.lower.resize(n);
+	std::vector<VidxCandidate> cands(n);
+
 	for (int64_t i = 0; i < n; i += 300)
-		tasks.push_back({prep.data(), ptrs.data() + i, (int) std::min<int64_t>(300, n - i),
-		                 o.est.data() + i, o.lower.data() + i});
+		tasks.push_back(
+		    {prep.data(), ptrs.data() + i, (int) std::min<int64_t>(300, n - i), cands.data() + i});
 	vidx_rabitq_estimate_tasks(tasks.data(), (int) tasks.size(), threads);
+
+	/* Each candidate: the estimate of its posting, and the header re-scoring needs. */
+	std::vector<float> est(n), lower(n);
+
+	vidx_rabitq_estimate(prep.data(), ptrs.data(), (int) n, est.data(), lower.data());
+	for (int64_t i = 0; i < n; i++)
+	{
+		const VidxCandidate &c = cands[i];
+		const VidxPosting *p = ptrs[i];
+
+		o.est.push_back(c.est);
+		o.lower.push_back(c.lower);
+		EXPECT_EQ(est[i], c.est) << i;
+		EXPECT_EQ(lower[i], c.lower) << i;
+		EXPECT_TRUE(c.heap_block == p->heap_block && c.heap_offset == p->heap_offset &&
+		            c.slot == p->slot && c.vhash == p->vhash && c.rescored == 0)
+		    << i;
+	}
 	return o;
 }
 
