@@ -408,9 +408,15 @@ next_round(IndexScanDesc scan)
 		PrefetchBuffer(scan->indexRelation, MAIN_FORKNUM,
 		               vidx_tree_node(cache->tree, leaf)->head_block);
 	}
+	if (nleaves > 0)
+		vidx_scan_leaf_prefetch(scan, vidx_tree_node(cache->tree, so->round[0]));
 	for (int i = 0; i < nleaves; i++)
 	{
 		const VidxTreeNode *node = vidx_tree_node(cache->tree, so->round[i]);
+
+		/* the next leaf's chain while this one is read */
+		if (i + 1 < nleaves)
+			vidx_scan_leaf_prefetch(scan, vidx_tree_node(cache->tree, so->round[i + 1]));
 
 		if (estimated)
 		{

@@ -191,5 +191,6 @@ extern ScanResult vidx_result_pop(VidxScanOpaque so);
 
 /* Reads one leaf's chain and estimates every live posting into the pool. */
 extern void vidx_scan_leaf(IndexScanDesc scan, const VidxTreeNode *node, const void *prep);
+extern void vidx_scan_leaf_prefetch(IndexScanDesc scan, const VidxTreeNode *node);
 
 #endif /* VIDX_SCAN_H */

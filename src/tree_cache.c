@@ -29,7 +29,7 @@ vidx_tree_cache_init(void)
 }
 
 #define VIDX_TREE_CACHE_SLOTS 8
-/* Blocks whose recent buffer a cached version remembers (8 MB: an index of 16 GB). */
+/* Blocks whose recent buffer and link a cached version remembers (16 MB: an index of 16 GB). */
 #define VIDX_RECENT_MAX_BLOCKS (1 << 21)
 
 typedef struct TreeCacheSlot
@@ -250,12 +250,15 @@ vidx_get_tree(Relation index, VidxMetaPageData *meta)
 
 	/* Blocks added later (inserts into this version) are read the usual way. */
 	c->recent = NULL;
+	c->recent_next = NULL;
 	c->recent_nblocks = 0;
 	if (!RelationUsesLocalBuffers(index))
 	{
 		c->recent_nblocks =
 		    Min(RelationGetNumberOfBlocks(index), (BlockNumber) VIDX_RECENT_MAX_BLOCKS);
 		c->recent = MemoryContextAllocZero(slot->cxt, sizeof(Buffer) * Max(c->recent_nblocks, 1));
+		c->recent_next =
+		    MemoryContextAllocZero(slot->cxt, sizeof(BlockNumber) * Max(c->recent_nblocks, 1));
 	}
 
 	slot->last_used = ++tree_clock;

@@ -309,6 +309,12 @@ typedef struct VidxTreeCache
 	 * block, instead of a buffer-table lookup (NULL for temporary indexes).
 	 */
 	Buffer *recent;
+	/*
+	 * The chain link each of those blocks had when last read (0: not known;
+	 * block 0 is the metapage, never a chain page): a hint to prefetch a
+	 * chain's pages before its links are followed, never trusted otherwise.
+	 */
+	BlockNumber *recent_next;
 	BlockNumber recent_nblocks;
 } VidxTreeCache;
 
