@@ -189,7 +189,7 @@ def pgvector_sweep(a, conn, table, base, Q, gt_d, res):
     build_settings = {"max_parallel_maintenance_workers": max(0, cpus - 1),
                       "maintenance_work_mem": f"'{a.pgv_maintenance_work_mem}'"}
     ivf_lists = a.ivf_lists or max(10, n // 1000)
-    methods = [("vidx-vector", "vidx", {}, [{"vidx.probes": p, "vidx.rerank": rr}
+    methods = [("vidx-vector", "vidx", {}, [{"vidx.probes": p, "vidx.rerank": rr, **extra_settings(a)}
                                             for rr in a.rerank.split(",") for p in a.probes.split(",")]),
                ("pgvector-hnsw", "hnsw", {"m": a.hnsw_m, "ef_construction": a.hnsw_efc},
                 [{"hnsw.ef_search": ef} for ef in a.pgv_ef_search.split(",")]),
@@ -371,6 +371,17 @@ def plot(out, res):
 # ----------------------------------------------------------------- main
 
 
+def extra_settings(a):
+    """--set NAME=VALUE settings, for every vidx run."""
+    out = {}
+    for x in a.set:
+        name, sep, value = x.partition("=")
+        if not sep or not name.strip():
+            sys.exit(f"--set wants NAME=VALUE, not {x!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def main(argv=None):
     bl.fast_blas()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -417,6 +428,9 @@ def main(argv=None):
     ap.add_argument("--storage", default="EXTERNAL",
                     help="storage of the embedding column: EXTERNAL (out of line, TOAST) or MAIN "
                          "(in the row when it fits; no TOAST lookup per returned row)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for every vidx run besides probes and rerank (repeatable), "
+                         "e.g. --set vidx.scan_threads=2")
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
@@ -467,7 +481,7 @@ def main(argv=None):
         qpid = bl.backend_pid(qconn)
         for rr in reranks:
             for p in probes:
-                s = {"vidx.probes": p, "vidx.rerank": rr}
+                s = {"vidx.probes": p, "vidx.rerank": rr, **extra_settings(a)}
                 r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
                                       warmup=warmup_of(a, Q))
                 if "Index Scan" not in r["plan"]:
@@ -477,6 +491,7 @@ def main(argv=None):
                 if a.server_side:
                     r.update(bl.server_side_ms(qconn, table, a.metric, s, n=min(a.server_side, len(Q))))
                 r.update({"method": "vidx", "params": f"probes={p} rerank={rr}" +
+                          "".join(f" {k}={v}" for k, v in extra_settings(a).items()) +
                           ("" if not opts else f" [{opts_label(opts)}]"),
                           "index_options": opts_label(opts), "probes": p, "rerank": rr,
                           "recall@100": r100["recall@100"], "k100_qps": r100["qps"],
@@ -493,7 +508,7 @@ def main(argv=None):
         for tv in [x.strip() for x in a.target_recall.split(",") if x.strip()]:
             # "defaults": nothing set (the default target, issue 13's goal of recall@10 >= 0.95)
             t = "defaults" if tv == "defaults" else float(tv)
-            s = {} if t == "defaults" else {"vidx.target_recall": t}
+            s = {**extra_settings(a), **({} if t == "defaults" else {"vidx.target_recall": t})}
             goal = 0.95 if t == "defaults" else t
             r, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
                                   warmup=warmup_of(a, Q))
@@ -505,7 +520,7 @@ def main(argv=None):
             # and the target once more after it, so the QPS ratio compares runs side by side
             paired = None
             if best is not None:
-                rb, _ = bl.run_queries(qconn, table, Q, a.metric, 10, {"vidx.probes": best["probes"]},
+                rb, _ = bl.run_queries(qconn, table, Q, a.metric, 10, {"vidx.probes": best["probes"], **extra_settings(a)},
                                        base=base, gt_dist=gt_d, warmup=warmup_of(a, Q))
                 rt, _ = bl.run_queries(qconn, table, Q, a.metric, 10, s, base=base, gt_dist=gt_d,
                                        warmup=warmup_of(a, Q))
