@@ -24,6 +24,7 @@ import platform
 import re
 import struct
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -313,6 +314,17 @@ def _float4_array_dumper():
             return hdr + body.tobytes()
 
     return Float4ArrayDumper
+
+
+def parse_settings(items):
+    """NAME=VALUE strings (the scripts' repeatable --set) as a dict of settings."""
+    out = {}
+    for x in items:
+        name, sep, value = x.partition("=")
+        if not sep or not name.strip():
+            sys.exit(f"--set wants NAME=VALUE, not {x!r}")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def connect(dsn="", autocommit=True):

@@ -373,13 +373,7 @@ def plot(out, res):
 
 def extra_settings(a):
     """--set NAME=VALUE settings, for every vidx run."""
-    out = {}
-    for x in a.set:
-        name, sep, value = x.partition("=")
-        if not sep or not name.strip():
-            sys.exit(f"--set wants NAME=VALUE, not {x!r}")
-        out[name.strip()] = value.strip()
-    return out
+    return bl.parse_settings(a.set)
 
 
 def main(argv=None):

@@ -45,6 +45,8 @@ def main():
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="another setting for the queries (repeatable), e.g. --set vidx.scan_threads=2")
     ap.add_argument("--dsn", default="")
     ap.add_argument("--out", default=None, help="output directory (default bench/results/tail_<dataset>_p<probes>)")
     a = ap.parse_args()
@@ -64,7 +66,7 @@ def main():
             t0 = time.perf_counter()
             cur.execute(f"CREATE INDEX {index} ON {table} USING vidx (embedding {bl.OPCLASS[a.metric]})")
             bl.log(f"  built in {time.perf_counter() - t0:.1f} s")
-    settings = {"vidx.rerank": a.rerank}
+    settings = {"vidx.rerank": a.rerank, **bl.parse_settings(a.set)}
     if a.probes:
         settings["vidx.probes"] = a.probes
     res = {"benchmark": "per-query latency against scan counters (bench/tail.py)", "argv": sys.argv[1:],
