@@ -59,19 +59,16 @@ SELECT run_all(2);
 SELECT cmp_ok(backend_threads(), '>', 1::bigint, 'two scan threads: the backend started a worker');
 SELECT run_all(4);
 
--- Each (probes, metric) against one thread.
-SELECT is((SELECT count(*) FROM runs a JOIN runs b USING (probes, op)
-           WHERE a.threads = 1 AND b.threads = 2 AND a.rows = b.rows AND a.probes = 2), 3::bigint,
+-- The metrics (of 3) whose answers with that many threads at those probes are those of one thread.
+CREATE FUNCTION same_as_one_thread(n int, p int) RETURNS bigint LANGUAGE sql AS $$
+	SELECT count(*) FROM runs a JOIN runs b USING (probes, op)
+	WHERE a.threads = 1 AND b.threads = n AND a.probes = p AND a.rows = b.rows
+$$;
+SELECT is(same_as_one_thread(2, 2), 3::bigint,
           'probes 2: 2 threads return what 1 does, for L2, inner product and cosine (refined)');
-SELECT is((SELECT count(*) FROM runs a JOIN runs b USING (probes, op)
-           WHERE a.threads = 1 AND b.threads = 4 AND a.rows = b.rows AND a.probes = 2), 3::bigint,
-          'probes 2: 4 threads return what 1 does');
-SELECT is((SELECT count(*) FROM runs a JOIN runs b USING (probes, op)
-           WHERE a.threads = 1 AND b.threads = 2 AND a.rows = b.rows AND a.probes = 1000), 3::bigint,
-          'every leaf: 2 threads return what 1 does');
-SELECT is((SELECT count(*) FROM runs a JOIN runs b USING (probes, op)
-           WHERE a.threads = 1 AND b.threads = 4 AND a.rows = b.rows AND a.probes = 1000), 3::bigint,
-          'every leaf: 4 threads return what 1 does');
+SELECT is(same_as_one_thread(4, 2), 3::bigint, 'probes 2: 4 threads return what 1 does');
+SELECT is(same_as_one_thread(2, 1000), 3::bigint, 'every leaf: 2 threads return what 1 does');
+SELECT is(same_as_one_thread(4, 1000), 3::bigint, 'every leaf: 4 threads return what 1 does');
 
 -- And every leaf is the exact answer.
 SET vidx.scan_threads = 2;
