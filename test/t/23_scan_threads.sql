@@ -10,7 +10,7 @@
 \set schema vidx_t23
 \ir ../pgtap_setup.sql
 
-SELECT plan(9);
+SELECT plan(10);
 
 SET vidx.build_threads = 1;
 SELECT setseed(0.2323);
@@ -64,6 +64,12 @@ CREATE FUNCTION same_as_one_thread(n int, p int) RETURNS bigint LANGUAGE sql AS 
 	SELECT count(*) FROM runs a JOIN runs b USING (probes, op)
 	WHERE a.threads = 1 AND b.threads = n AND a.probes = p AND a.rows = b.rows
 $$;
+-- Every run answered each of the 20 queries with 10 rows (9 commas each),
+-- so the comparisons below compare full answers, not empty ones.
+SELECT is((SELECT count(*) FROM runs
+           WHERE length(rows) - length(replace(rows, ',', '')) <> 20 * 9
+              OR length(rows) - length(replace(rows, ';', '')) <> 20),
+          0::bigint, 'every run returned 10 rows for each of the 20 queries');
 SELECT is(same_as_one_thread(2, 2), 3::bigint,
           'probes 2: 2 threads return what 1 does, for L2, inner product and cosine (refined)');
 SELECT is(same_as_one_thread(4, 2), 3::bigint, 'probes 2: 4 threads return what 1 does');
